@@ -1,0 +1,111 @@
+"""`python -m fsd.train`: one distillation run without Ray, for debugging one configuration.
+
+It fine-tunes (or reuses) the teacher, then distils a student and prints each epoch's dev metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from fsd.config import ConfigError, DistillConfig
+from fsd.data import DataError
+
+HELP = {
+    "task": "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli",
+    "teacher": "teacher: a fine-tuned teacher folder, or a pre-trained backbone (hub id, folder, or "
+               "'packaged-minilm') to fine-tune first with the paper's recipe",
+    "student_init": "pre-trained backbone whose first layers make the student (default: the teacher's backbone)",
+    "student_layers": "number of transformer layers of the student (paper: 6)",
+    "method": "objective: nokd or vkd (more with the objectives package)",
+    "alpha": "weight of the hard-label loss vs KD, in [0, 1]",
+    "temperature": "KD temperature T",
+    "data_dir": "local GLUE folder (GLUE download layout); default: nyu-mll/glue from the hub",
+    "storage": "folder for the tokenised-data cache, fine-tuned teachers and checkpoints",
+    "max_train_samples": "keep the first N training rows (small budgets)",
+    "max_eval_samples": "keep the first N rows of each dev split",
+    "pad_to_max": "pad every batch to max_seq_len as the paper did (default: pad per batch)",
+    "device": "auto, cpu or cuda[:N]",
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(DistillConfig)
+    for f in fields(DistillConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = next(k for k in (bool, int, float, str) if k in (typing.get_args(hints[f.name]) or (hints[f.name],)))
+        help_ = HELP.get(f.name, f.name.replace("_", " "))
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+            continue
+        required = f.default is MISSING
+        default = None if required else f.default
+        parser.add_argument(flag, type=kind, required=required, default=default,
+                            help=help_ + ("" if required else f" (default: {default})"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fsd.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_flags(parser)
+    parser.add_argument("--teacher-epochs", type=int, default=3, help="teacher fine-tuning epochs (paper: 3)")
+    parser.add_argument("--teacher-lr", type=float, default=None,
+                        help="teacher learning rate (default: the paper's, 5e-5 STS-B/WNLI, else 2e-5)")
+    parser.add_argument("--output-dir", default=None,
+                        help="write the best epoch's checkpoint and the exported student here")
+    return parser
+
+
+def _fail(message: str) -> typing.NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def quiet_libraries() -> None:
+    """Progress bars and load reports of datasets/transformers drown the per-epoch lines of a CLI."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from fsd.teacher import TeacherSpec, ensure_teacher
+    from fsd.train import distill, export_student
+
+    quiet_libraries()
+
+    args = build_parser().parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in fields(DistillConfig)}
+    try:
+        config = DistillConfig.from_dict(values)
+        if config.data_dir is not None and not Path(config.data_dir).is_dir():
+            raise DataError(f"--data-dir {config.data_dir} is not a folder: point it at a GLUE download")
+        spec = TeacherSpec(config.task, config.teacher, config.data_dir, epochs=args.teacher_epochs,
+                           max_seq_len=config.max_seq_len, lr=args.teacher_lr, seed=config.seed,
+                           max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples)
+        teacher = ensure_teacher(spec, config.storage, config.device)
+        config = config.replace(teacher=teacher, student_init=config.student_init or args.teacher)
+        best = float("-inf")
+        for report in distill(config):
+            shown = {k: round(v, 4) for k, v in report.metrics.items() if k.startswith(("eval", "train/loss"))}
+            print(f"epoch {report.epoch}: {json.dumps(shown)} "
+                  f"({report.metrics['time/epoch_s']:.0f} s, {report.metrics['train/samples_per_s']:.1f} samples/s)")
+            if args.output_dir and report.metrics["eval/score"] > best:
+                best = report.metrics["eval/score"]
+                report.save(args.output_dir)
+        if args.output_dir:
+            print(f"best dev score {best:.4f}; student exported to "
+                  f"{export_student(args.output_dir, Path(args.output_dir) / 'student')}")
+    except (ConfigError, DataError) as e:
+        _fail(str(e))
+
+
+if __name__ == "__main__":
+    main()

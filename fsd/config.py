@@ -1,0 +1,136 @@
+"""`DistillConfig`: one validated, frozen configuration for one distillation run (one trial)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that cannot run; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Everything one distillation run depends on; stored in every checkpoint and logged as params."""
+
+    task: str
+    teacher: str  # a teacher fine-tuned on `task` (folder or hub id)
+    student_init: str | None = None  # pre-trained backbone of the student; None: the teacher's backbone
+    student_layers: int = 6
+    method: str = "vkd"
+    # loss weights (METHOD.md §2)
+    alpha: float = 0.5
+    temperature: float = 10.0
+    beta: float = 1.0
+    gamma_i: float = 1.0
+    gamma_l: float = 1.0
+    gamma_g: float = 1.0
+    lam: float = 0.5
+    rkd_distance: float = 1.0
+    rkd_angle: float = 2.0
+    memory_size: int | None = None  # None: the task's (300 QQP/MNLI, else 100)
+    memory_iters: int = 3
+    memory_init: str = "kmeans++"
+    structure_mask: bool = True
+    # optimisation
+    lr: float = 5e-5
+    epochs: int = 3
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    max_seq_len: int = 128
+    pad_to_max: bool = False
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 42
+    # data and placement
+    data_dir: str | None = None
+    storage: str = "./fsd_runs"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
+        self._check_values()
+
+    def _check_values(self) -> None:
+        from fsd.objectives import OBJECTIVES
+        from fsd.tasks import get_task
+
+        try:
+            get_task(self.task)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.method not in OBJECTIVES:
+            raise ConfigError(f"unknown method {self.method!r}: choose one of {', '.join(OBJECTIVES)}")
+        positive = ["lr", "epochs", "batch_size", "eval_batch_size", "max_seq_len", "temperature",
+                    "student_layers", "memory_iters"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ["alpha", "lam", "warmup_ratio"]:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        for name in ["beta", "gamma_i", "gamma_l", "gamma_g", "rkd_distance", "rkd_angle", "weight_decay",
+                     "grad_clip"]:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ["memory_size", "max_train_samples", "max_eval_samples"]:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0 (or unset), got {getattr(self, name)}")
+        if self.memory_init not in ("kmeans++", "reference"):
+            raise ConfigError(f"memory_init must be 'kmeans++' or 'reference', got {self.memory_init!r}")
+        if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
+            raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DistillConfig:
+        """Build from a flat dict (a Tune config, a checkpoint); unknown keys are errors.
+
+        Raises:
+            ConfigError: an unknown key (with the nearest valid name), a wrong type or a bad value.
+        """
+        names = [f.name for f in fields(cls)]
+        for key in values:
+            if key not in names:
+                near = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(names)}"
+                raise ConfigError(f"unknown config key {key!r}{hint}")
+        missing = [f.name for f in fields(cls) if f.default is dataclasses.MISSING and f.name not in values]
+        if missing:
+            raise ConfigError(f"config is missing {', '.join(missing)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> DistillConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(DistillConfig)
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
+            return
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if kind is str and isinstance(value, str):
+            return
+    names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed)
+    raise ConfigError(f"{name} must be {names}, got {value!r}")

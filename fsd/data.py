@@ -1,0 +1,236 @@
+"""Load a GLUE task (hub or local GLUE folder), tokenise it once with a disk cache, batch it."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+from fsd.tasks import Task, get_task
+
+log = logging.getLogger(__name__)
+HUB_DATASET = "nyu-mll/glue"
+csv.field_size_limit(sys.maxsize)  # a few MNLI parse columns are longer than csv's default limit
+
+
+class DataError(ValueError):
+    """A data folder or file that cannot be read as the task needs; the message says how to fix it."""
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def _local_file(task: Task, data_dir: str, split_file: str) -> Path:
+    path = Path(data_dir) / task.folder / f"{split_file}.tsv"
+    if not path.is_file():
+        raise DataError(
+            f"{path} not found: --data-dir must hold {task.folder}/{split_file}.tsv in the GLUE download layout"
+        )
+    return path
+
+
+def _convert_label(task: Task, raw: str, where: str) -> float | int:
+    if task.is_regression:
+        try:
+            return float(raw)
+        except ValueError:
+            raise DataError(f"{where}: label {raw!r} is not a number; fix or remove that row") from None
+    if raw not in task.labels:
+        raise DataError(f"{where}: label {raw!r} is not one of {list(task.labels)}; fix or remove that row")
+    return task.labels.index(raw)
+
+
+def read_glue_tsv(task: Task, path: Path) -> dict[str, list]:
+    """Rows of one GLUE-layout TSV as `{"text_a", "text_b"?, "label"}` columns.
+
+    Quoting is off (quotes are text in GLUE), a leading BOM is dropped, and lines with the wrong number of
+    fields (QQP has some) are skipped and counted in the log.
+    """
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if task.has_header:
+        if not rows:
+            raise DataError(f"{path} is empty: it needs a header line and at least one row")
+        header, rows = rows[0], rows[1:]
+        wanted = [*task.local_columns, task.local_label]
+        missing = [c for c in wanted if c not in header]
+        if missing:
+            raise DataError(f"{path} has no column {missing[0]!r} (header: {header}); is it the {task.folder} file?")
+        index = [header.index(c) for c in wanted]
+        width = len(header)
+    else:
+        index = [*task.local_columns, task.local_label]
+        width = 4
+    out: dict[str, list] = {"text_a": [], "text_b": [], "label": []}
+    skipped = 0
+    for line_no, row in enumerate(rows, start=2 if task.has_header else 1):
+        if len(row) != width:
+            skipped += 1
+            continue
+        out["text_a"].append(row[index[0]])
+        if len(task.local_columns) == 2:
+            out["text_b"].append(row[index[1]])
+        out["label"].append(_convert_label(task, row[index[-1]], f"{path}:{line_no}"))
+    if skipped:
+        log.warning("%s: skipped %d malformed line(s) with a field count other than %d", path, skipped, width)
+    if not out["label"]:
+        raise DataError(f"{path} has no usable row: check that it is the {task.folder} file")
+    if not out["text_b"]:
+        del out["text_b"]
+    return out
+
+
+def _split_files(task: Task) -> dict[str, str]:
+    return {"train": "train", **dict(zip(task.dev_splits, task.local_dev_files))}
+
+
+def load_raw(task: str | Task, data_dir: str | None = None) -> DatasetDict:
+    """The train and dev splits of a task, columns `text_a`, `text_b` (pairs only) and `label`.
+
+    Args:
+        task: task name or `Task`.
+        data_dir: a folder in the GLUE download layout; None reads `nyu-mll/glue` from the hub.
+    """
+    spec = get_task(task) if isinstance(task, str) else task
+    if data_dir is not None:
+        return DatasetDict(
+            {split: Dataset.from_dict(read_glue_tsv(spec, _local_file(spec, data_dir, name)))
+             for split, name in _split_files(spec).items()}
+        )
+    hub = load_dataset(HUB_DATASET, spec.hub_name)
+    renames = dict(zip(spec.text_columns, ("text_a", "text_b")))
+    keep = ["train", *spec.dev_splits]
+    return DatasetDict(
+        {s: hub[s].select_columns([*spec.text_columns, "label"]).rename_columns(renames) for s in keep}
+    )
+
+
+# ---------------------------------------------------------------------------------------------- tokenising
+def source_fingerprint(task: Task, data_dir: str | None) -> str:
+    if data_dir is None:
+        return f"hub:{HUB_DATASET}/{task.hub_name}"
+    parts = []
+    for name in _split_files(task).values():
+        p = _local_file(task, data_dir, name)
+        st = p.stat()
+        parts.append(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+    return "|".join(parts)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """What makes two tokenisers produce the same ids: class, vocabulary, lower-casing."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
+    lower = getattr(tokenizer, "do_lower_case", None)
+    return hashlib.sha256(f"{type(tokenizer).__name__}|{lower}|{vocab}".encode()).hexdigest()[:16]
+
+
+def cache_key(task: Task, tokenizer, max_seq_len: int, data_dir: str | None) -> str:
+    src = source_fingerprint(task, data_dir)
+    raw = f"{task.name}|{tokenizer_fingerprint(tokenizer)}|{max_seq_len}|{src}"
+    return f"{task.name}-len{max_seq_len}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
+
+
+def _tokenise(raw: DatasetDict, tokenizer, max_seq_len: int) -> DatasetDict:
+    def encode(batch):
+        texts = (batch["text_a"], batch["text_b"]) if "text_b" in batch else (batch["text_a"],)
+        enc = tokenizer(*texts, truncation=True, max_length=max_seq_len)
+        return {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]}
+
+    cols = raw["train"].column_names
+    drop = [c for c in cols if c != "label"]
+    return raw.map(encode, batched=True, remove_columns=drop, desc="tokenising")
+
+
+def load_task_data(
+    task: str | Task,
+    tokenizer,
+    max_seq_len: int = 128,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+) -> DatasetDict:
+    """Tokenised train and dev splits (`input_ids`, `token_type_ids`, `label`).
+
+    The tokenised data is saved once under `cache_dir/<key>`, key = (task, tokeniser, max_seq_len, data
+    source), written to a temporary folder and renamed so a killed run never leaves half a cache.
+    `max_*_samples` keep the first N rows of a split (after the cache, so the cache stays whole).
+    """
+    spec = get_task(task) if isinstance(task, str) else task
+    data = None
+    if cache_dir is not None:
+        final = Path(cache_dir) / cache_key(spec, tokenizer, max_seq_len, data_dir)
+        if final.is_dir():
+            data = load_from_disk(str(final))
+        else:
+            data = _tokenise(load_raw(spec, data_dir), tokenizer, max_seq_len)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent)
+            data.save_to_disk(tmp)
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another process finished the same cache first: theirs is as good
+                shutil.rmtree(tmp, ignore_errors=True)
+            data = load_from_disk(str(final))
+    else:
+        data = _tokenise(load_raw(spec, data_dir), tokenizer, max_seq_len)
+    limits = {"train": max_train_samples, **{s: max_eval_samples for s in spec.dev_splits}}
+    return DatasetDict(
+        {s: data[s].select(range(min(n, len(data[s])))) if n else data[s] for s, n in limits.items()}
+    )
+
+
+# ---------------------------------------------------------------------------------------------- batching
+class Batches:
+    """Mini-batches of a tokenised split, padded per batch (or to `pad_to`), reproducible per epoch.
+
+    The order of epoch e depends only on (seed, e), so a run resumed at epoch e sees the same batches as an
+    uninterrupted one.
+    """
+
+    def __init__(self, split: Dataset, batch_size: int, pad_id: int, shuffle: bool = False,
+                 seed: int = 0, pad_to: int | None = None, regression: bool = False):
+        self.input_ids: list[list[int]] = split["input_ids"]
+        self.token_type_ids: list[list[int]] = split["token_type_ids"]
+        self.labels = torch.tensor(split["label"], dtype=torch.float32 if regression else torch.long)
+        self.batch_size, self.pad_id, self.shuffle, self.seed, self.pad_to = (
+            batch_size, pad_id, shuffle, seed, pad_to)
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.labels)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(len(self.labels))
+        g = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+        return torch.randperm(len(self.labels), generator=g)
+
+    def epoch(self, epoch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        order = self.order(epoch).tolist()
+        for start in range(0, len(order), self.batch_size):
+            yield self.collate(order[start:start + self.batch_size])
+
+    def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        width = self.pad_to or max(len(self.input_ids[i]) for i in idx)
+        ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
+        types = torch.zeros((len(idx), width), dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            n = len(self.input_ids[i])
+            ids[row, :n] = torch.tensor(self.input_ids[i])
+            types[row, :n] = torch.tensor(self.token_type_ids[i])
+            mask[row, :n] = 1
+        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
+                "labels": self.labels[idx], "index": torch.tensor(idx)}

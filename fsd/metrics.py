@@ -1,0 +1,54 @@
+"""GLUE dev metrics, from scikit-learn and scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from fsd.tasks import get_task
+
+
+def _as_predictions(predictions: np.ndarray, regression: bool) -> np.ndarray:
+    preds = np.asarray(predictions)
+    if regression:
+        return preds.reshape(-1).astype(np.float64)
+    return preds.argmax(axis=-1) if preds.ndim == 2 else preds.astype(np.int64)
+
+
+def glue_metrics(task: str, predictions, labels) -> dict[str, float]:
+    """Every metric of `task` plus `score`, the primary selection metric.
+
+    Args:
+        task: a GLUE task name.
+        predictions: class ids `[N]`, logits `[N, C]`, or regression outputs `[N]` / `[N, 1]`.
+        labels: gold labels `[N]`.
+
+    Returns:
+        e.g. `{"accuracy": .., "f1": .., "score": (f1 + accuracy) / 2}` for MRPC and QQP; CoLA's score is
+        Matthews correlation, STS-B's the mean of Pearson and Spearman, the rest accuracy.
+    """
+    spec = get_task(task)
+    preds = _as_predictions(predictions, spec.is_regression)
+    gold = np.asarray(labels).reshape(-1)
+    if len(preds) != len(gold):
+        raise ValueError(f"{len(preds)} predictions for {len(gold)} labels")
+    out: dict[str, float] = {}
+    if spec.is_regression:
+        # A constant prediction makes the correlations undefined; 0 is the honest score there.
+        constant = np.ptp(preds) == 0 or np.ptp(gold) == 0
+        out["pearson"] = 0.0 if constant else float(pearsonr(preds, gold)[0])
+        out["spearman"] = 0.0 if constant else float(spearmanr(preds, gold)[0])
+        out["score"] = (out["pearson"] + out["spearman"]) / 2
+        return out
+    out["accuracy"] = float(accuracy_score(gold, preds))
+    if "f1" in spec.metrics:
+        out["f1"] = float(f1_score(gold, preds, zero_division=0.0))
+    if "mcc" in spec.metrics:
+        out["mcc"] = float(matthews_corrcoef(gold, preds))
+    out["score"] = {
+        "accuracy": out["accuracy"],
+        "mcc": out.get("mcc", 0.0),
+        "f1_acc": (out.get("f1", 0.0) + out["accuracy"]) / 2,
+    }[spec.score]
+    return out

@@ -1,0 +1,241 @@
+"""One distillation run: `distill(config)` trains a student and yields per-epoch metrics and checkpoints.
+
+Read top to bottom: setup -> data -> models -> objective -> optimiser -> resume -> loop. Also a plain
+command line for one run without Ray: `python -m fsd.train --task rte --alpha 0.5 --temperature 10 ...`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from fsd.config import DistillConfig
+from fsd.data import Batches, load_task_data
+from fsd.metrics import glue_metrics
+from fsd.models import build_student, load_teacher, load_tokenizer, run_model, teacher_meta
+from fsd.objectives import build_objective
+from fsd.tasks import Task, get_task
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LossFn = Callable[[dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, total_steps: int,
+                   warmup_ratio: float = 0.0):
+    """AdamW (eps 1e-8) with linear decay to 0 after an optional linear warm-up (METHOD.md §1)."""
+    optimizer = torch.optim.AdamW(list(params), lr=lr, eps=1e-8, weight_decay=weight_decay)
+    warmup = int(warmup_ratio * total_steps)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+
+
+def train_epoch(batches: Batches, epoch: int, loss_fn: LossFn, params: list[torch.nn.Parameter],
+                optimizer, scheduler, grad_clip: float, device: torch.device) -> dict[str, float]:
+    """One pass over the training batches; returns the mean of each loss part and the throughput."""
+    sums: dict[str, torch.Tensor] = {}
+    start, steps = time.perf_counter(), 0
+    for step, batch in enumerate(batches.epoch(epoch)):
+        batch = to_device(batch, device)
+        with autocast(device):
+            loss, parts = loss_fn(batch)
+        if not torch.isfinite(loss):
+            bad = [k for k, v in parts.items() if not torch.isfinite(v)]
+            raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step} (parts: {bad or ['total']})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        scheduler.step()
+        for k, v in {"loss": loss, **parts}.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float()
+        steps += 1
+    seconds = time.perf_counter() - start
+    out = {f"train/{k}": float(v) / max(steps, 1) for k, v in sums.items()}
+    out["train/samples_per_s"] = batches.num_examples / seconds
+    out["time/epoch_s"] = seconds
+    return out
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, batches: Batches, device: torch.device) -> np.ndarray:
+    model.eval()
+    chunks = []
+    for batch in batches.epoch(0):
+        with autocast(device):
+            chunks.append(run_model(model, to_device(batch, device)).logits.float().cpu())
+    return torch.cat(chunks).numpy()
+
+
+def evaluate(model: torch.nn.Module, dev: dict[str, Batches], task: Task, device: torch.device) -> dict[str, float]:
+    """GLUE metrics on each dev split: the main split as `eval/<metric>`, MNLI mismatched as `eval_mm/..`."""
+    out: dict[str, float] = {}
+    for i, (split, batches) in enumerate(dev.items()):
+        prefix = "eval" if i == 0 else "eval_mm"
+        metrics = glue_metrics(task.name, predict(model, batches, device), batches.labels.numpy())
+        out.update({f"{prefix}/{k}": v for k, v in metrics.items()})
+    return out
+
+
+def make_batches(config_like, task: Task, tokenizer, storage: str, data_dir: str | None,
+                 max_train: int | None, max_eval: int | None, seed: int):
+    """Train batches (shuffled per epoch) and one `Batches` per dev split, from the tokenised cache."""
+    data = load_task_data(task, tokenizer, config_like.max_seq_len, data_dir,
+                          os.path.join(storage, "data_cache"), max_train, max_eval)
+    pad_to = config_like.max_seq_len if getattr(config_like, "pad_to_max", False) else None
+    common = {"pad_id": tokenizer.pad_token_id, "pad_to": pad_to, "regression": task.is_regression}
+    train = Batches(data["train"], config_like.batch_size, shuffle=True, seed=seed, **common)
+    dev = {s: Batches(data[s], config_like.eval_batch_size, **common) for s in task.dev_splits}
+    return train, dev
+
+
+# ---------------------------------------------------------------------------------------------- the run
+@dataclass
+class EpochReport:
+    """What `distill` yields after each epoch: flat metrics, and `save(dir)` for a resumable checkpoint."""
+
+    epoch: int
+    metrics: dict[str, float]
+    state: Callable[[], dict]
+
+    def save(self, directory: str | os.PathLike) -> str:
+        """Write `checkpoint.pt` (student, objective, optimiser, scheduler, epoch, best score, config, RNG)
+        to a temporary name, then rename it: a killed save never leaves a half-written checkpoint."""
+        path = Path(directory) / CHECKPOINT_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, path)
+        return str(path)
+
+
+def student_backbone(config: DistillConfig) -> str:
+    """The student's pre-trained init: explicit, else the backbone the teacher was fine-tuned from."""
+    if config.student_init:
+        return config.student_init
+    meta = teacher_meta(config.teacher)
+    return meta["backbone"] if meta else config.teacher
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def distill(config: DistillConfig, resume_from: str | os.PathLike | None = None) -> Iterator[EpochReport]:
+    """Train a student on `config.task` with `config.method`, evaluating on dev after every epoch.
+
+    Args:
+        config: the run's configuration; `config.teacher` must be fine-tuned on the task.
+        resume_from: a checkpoint file or folder written by `EpochReport.save`; training continues after
+            its epoch and gives the same results as an uninterrupted run (on CPU).
+
+    Yields:
+        One `EpochReport` per epoch; `metrics` has `epoch`, `eval/score` and the task's metrics,
+        `train/loss` and each loss part, `train/samples_per_s`, `eval/best_score`.
+    """
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    task = get_task(config.task)
+    tokenizer = load_tokenizer(config.teacher)
+    train, dev = make_batches(config, task, tokenizer, config.storage, config.data_dir,
+                              config.max_train_samples, config.max_eval_samples, config.seed)
+
+    objective = build_objective(config, regression=task.is_regression).to(device)
+    attn = "eager" if objective.needs_attentions else "sdpa"  # sdpa cannot return attention probabilities
+    teacher = None
+    if objective.needs_teacher:
+        teacher = load_teacher(config.teacher, task.num_labels, attn).to(device).eval().requires_grad_(False)
+    student = build_student(student_backbone(config), config.student_layers, task.num_labels, attn).to(device)
+
+    params = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
+    optimizer, scheduler = make_optimizer(params, config.lr, config.weight_decay,
+                                          len(train) * config.epochs, config.warmup_ratio)
+    start_epoch, best = 0, float("-inf")
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        student.load_state_dict(state["student"])
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = state["epoch"] + 1, state["best_score"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def loss_fn(batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        t_out = None
+        if teacher is not None:
+            with torch.no_grad():
+                t_out = run_model(teacher, batch, objective.needs_hidden, objective.needs_attentions)
+        s_out = run_model(student, batch, objective.needs_hidden, objective.needs_attentions)
+        return objective(s_out, t_out, batch)
+
+    for epoch in range(start_epoch, config.epochs):
+        student.train()
+        objective.train()
+        metrics = train_epoch(train, epoch, loss_fn, params, optimizer, scheduler, config.grad_clip, device)
+        metrics.update(evaluate(student, dev, task, device))
+        best = max(best, metrics["eval/score"])
+        metrics.update({"epoch": epoch + 1, "eval/best_score": best})
+
+        def state(epoch: int = epoch, best: float = best) -> dict:
+            return {"student": student.state_dict(), "objective": objective.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "epoch": epoch, "best_score": best, "config": config.to_dict(),
+                    "rng": {"torch": torch.get_rng_state(),
+                            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
+
+        yield EpochReport(epoch + 1, metrics, state)
+
+
+def export_student(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> str:
+    """A plain Hugging Face model folder of a checkpoint's student (no objective state, no memory)."""
+    state = load_checkpoint(checkpoint)
+    config = DistillConfig.from_dict(state["config"])
+    task = get_task(config.task)
+    student = build_student(student_backbone(config), config.student_layers, task.num_labels)
+    student.load_state_dict(state["student"])
+    student.save_pretrained(out_dir)
+    load_tokenizer(config.teacher).save_pretrained(out_dir)
+    return str(out_dir)
+
+
+if __name__ == "__main__":
+    from fsd.cli import main
+
+    main()

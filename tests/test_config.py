@@ -1,0 +1,41 @@
+import pytest
+
+from fsd.config import ConfigError, DistillConfig
+
+BASE = {"task": "rte", "teacher": "t"}
+
+
+def test_defaults_and_round_trip():
+    c = DistillConfig.from_dict(BASE)
+    assert c.method == "vkd" and c.student_layers == 6 and c.structure_mask
+    assert DistillConfig.from_dict(c.to_dict()) == c
+
+
+def test_unknown_key_suggests_the_nearest():
+    with pytest.raises(ConfigError, match="unknown config key 'temprature'; did you mean 'temperature'"):
+        DistillConfig.from_dict({**BASE, "temprature": 5})
+
+
+def test_missing_required_key():
+    with pytest.raises(ConfigError, match="missing teacher"):
+        DistillConfig.from_dict({"task": "rte"})
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("lr", 0.0, "lr must be > 0"), ("batch_size", -1, "batch_size must be > 0"), ("epochs", 0, "epochs must be > 0"),
+    ("alpha", 1.5, r"alpha must lie in \[0, 1\]"), ("lam", -0.1, r"lam must lie in \[0, 1\]"),
+    ("beta", -1.0, "beta must be >= 0"), ("task", "squad", "unknown task"), ("method", "distil", "unknown method"),
+    ("epochs", 2.5, "epochs must be int"), ("structure_mask", 1, "structure_mask must be bool"),
+    ("lr", "fast", "lr must be float"), ("memory_init", "random", "memory_init must be"),
+    ("max_train_samples", 0, "max_train_samples must be > 0"),
+])
+def test_bad_values_are_named(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        DistillConfig.from_dict({**BASE, key: value})
+
+
+def test_frozen():
+    c = DistillConfig.from_dict(BASE)
+    with pytest.raises(AttributeError):
+        c.alpha = 0.1  # type: ignore[misc]
+    assert c.replace(alpha=0.1).alpha == 0.1

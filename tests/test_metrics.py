@@ -1,0 +1,69 @@
+"""glue_metrics against formulas written out here (not scikit-learn's code path)."""
+
+import numpy as np
+import pytest
+
+from fsd.metrics import glue_metrics
+
+
+def _counts(p, y):
+    tp = np.sum((p == 1) & (y == 1))
+    fp = np.sum((p == 1) & (y == 0))
+    fn = np.sum((p == 0) & (y == 1))
+    tn = np.sum((p == 0) & (y == 0))
+    return tp, fp, fn, tn
+
+
+def _ranks(x):
+    order = np.argsort(x)
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x))
+    return r
+
+
+rng = np.random.default_rng(0)
+P = rng.integers(0, 2, 200)
+Y = np.where(rng.random(200) < 0.7, P, 1 - P)
+
+
+def test_mrpc_f1_accuracy_mean():
+    tp, fp, fn, tn = _counts(P, Y)
+    acc = (tp + tn) / len(Y)
+    f1 = 2 * tp / (2 * tp + fp + fn)
+    m = glue_metrics("mrpc", P, Y)
+    assert m["accuracy"] == pytest.approx(acc)
+    assert m["f1"] == pytest.approx(f1)
+    assert m["score"] == pytest.approx((acc + f1) / 2)
+
+
+def test_cola_matthews():
+    tp, fp, fn, tn = _counts(P, Y)
+    mcc = (tp * tn - fp * fn) / np.sqrt(float((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
+    assert glue_metrics("cola", P, Y)["score"] == pytest.approx(mcc)
+
+
+def test_logits_are_argmaxed():
+    logits = rng.normal(size=(50, 3))
+    gold = rng.integers(0, 3, 50)
+    assert glue_metrics("mnli", logits, gold)["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == gold))
+
+
+def test_stsb_mean_of_pearson_and_spearman():
+    y = rng.random(100) * 5
+    p = y + rng.normal(size=100)  # continuous: no ties
+    pearson = np.corrcoef(p, y)[0, 1]
+    spearman = np.corrcoef(_ranks(p), _ranks(y))[0, 1]
+    m = glue_metrics("stsb", p[:, None], y)
+    assert m["pearson"] == pytest.approx(pearson)
+    assert m["spearman"] == pytest.approx(spearman)
+    assert m["score"] == pytest.approx((pearson + spearman) / 2)
+
+
+def test_constant_regression_output_scores_zero_not_nan():
+    m = glue_metrics("stsb", np.ones(10), np.arange(10.0))
+    assert m["score"] == 0.0
+
+
+def test_length_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="predictions"):
+        glue_metrics("rte", P[:10], Y)

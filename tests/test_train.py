@@ -1,0 +1,105 @@
+"""distill() on a tiny random BERT and real RTE/STS-B rows: metrics, checkpoints, resume, determinism."""
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+import fsd.train as train_mod
+from fsd.config import DistillConfig
+from fsd.objectives import OBJECTIVES, Objective
+from fsd.train import distill, export_student, load_checkpoint
+
+
+def _config(tiny_bert, glue_dir, tmp_path, **kw):
+    values = {"task": "rte", "teacher": tiny_bert, "student_layers": 2, "epochs": 2, "batch_size": 16,
+              "max_train_samples": 48, "max_eval_samples": 32, "data_dir": glue_dir, "storage": str(tmp_path),
+              "lr": 1e-3, "seed": 7, **kw}
+    return DistillConfig.from_dict(values)
+
+
+def _run(config, resume_from=None, save_to=None):
+    out = []
+    for report in distill(config, resume_from):
+        out.append(report.metrics)
+        if save_to is not None:
+            report.save(save_to / f"epoch{report.epoch}")
+    return out
+
+
+def _no_time(m):
+    return {k: v for k, v in m.items() if not k.startswith("time/") and k != "train/samples_per_s"}
+
+
+def test_metrics_per_epoch(tiny_bert, glue_dir, tmp_path):
+    runs = _run(_config(tiny_bert, glue_dir, tmp_path))
+    assert [m["epoch"] for m in runs] == [1, 2]
+    for m in runs:
+        assert {"eval/score", "eval/accuracy", "train/loss", "train/ce", "train/kd", "eval/best_score"} <= set(m)
+        assert m["train/loss"] == pytest.approx(m["train/ce"] + m["train/kd"], rel=1e-5)
+        assert 0.0 <= m["eval/score"] <= 1.0
+    assert runs[1]["eval/best_score"] == max(m["eval/score"] for m in runs)
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tiny_bert, glue_dir, tmp_path):
+    a = _run(_config(tiny_bert, glue_dir, tmp_path, epochs=1))
+    b = _run(_config(tiny_bert, glue_dir, tmp_path, epochs=1))
+    c = _run(_config(tiny_bert, glue_dir, tmp_path, epochs=1, seed=8))
+    assert _no_time(a[0]) == _no_time(b[0])
+    assert a[0]["train/loss"] != c[0]["train/loss"]
+
+
+def test_resume_continues_exactly(tiny_bert, glue_dir, tmp_path):
+    config = _config(tiny_bert, glue_dir, tmp_path)
+    straight = _run(config, save_to=tmp_path / "a")
+    first = []
+    for report in distill(config):  # killed after its first epoch's checkpoint
+        first.append(report.metrics)
+        report.save(tmp_path / "b" / "epoch1")
+        break
+    resumed = _run(config, resume_from=tmp_path / "b" / "epoch1", save_to=tmp_path / "b")
+    assert _no_time(first[0]) == _no_time(straight[0])
+    assert [m["epoch"] for m in resumed] == [2]
+    assert _no_time(resumed[0]) == _no_time(straight[1])
+    sa, sb = load_checkpoint(tmp_path / "a" / "epoch2"), load_checkpoint(tmp_path / "b" / "epoch2")
+    for name, value in sa["student"].items():
+        assert torch.equal(value, sb["student"][name]), name
+
+
+def test_checkpoint_is_one_plain_dict_and_exports_a_plain_student(tiny_bert, glue_dir, tmp_path):
+    config = _config(tiny_bert, glue_dir, tmp_path, epochs=1)
+    _run(config, save_to=tmp_path / "ck")
+    state = load_checkpoint(tmp_path / "ck" / "epoch1")
+    assert set(state) == {"student", "objective", "optimizer", "scheduler", "epoch", "best_score", "config", "rng"}
+    assert DistillConfig.from_dict(state["config"]) == config
+    assert not list((tmp_path / "ck" / "epoch1").glob("*.tmp"))
+    out = export_student(tmp_path / "ck" / "epoch1", tmp_path / "student")
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2
+    assert torch.equal(model.classifier.weight, state["student"]["classifier.weight"])
+
+
+def test_nokd_never_loads_the_teacher(tiny_bert, glue_dir, tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("teacher loaded")
+
+    monkeypatch.setattr(train_mod, "load_teacher", boom)
+    (m,) = _run(_config(tiny_bert, glue_dir, tmp_path, epochs=1, method="nokd"))
+    assert set(k for k in m if k.startswith("train/") and k != "train/samples_per_s") == {"train/loss", "train/ce"}
+
+
+def test_regression_task(tiny_bert_regression, glue_dir, tmp_path):
+    (m,) = _run(_config(tiny_bert_regression, glue_dir, tmp_path, task="stsb", epochs=1))
+    assert {"eval/pearson", "eval/spearman", "eval/score"} <= set(m)
+    assert m["train/kd"] > 0
+
+
+class _NaN(Objective):
+    def forward(self, s, t, batch):
+        bad = s.logits.sum() * float("nan")
+        return bad, {"ce": s.logits.sum(), "broken": bad}
+
+
+def test_non_finite_loss_names_the_part_and_step(tiny_bert, glue_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(OBJECTIVES, "nan_test", _NaN)
+    with pytest.raises(FloatingPointError, match=r"epoch 0 step 0 \(parts: \['broken'\]\)"):
+        _run(_config(tiny_bert, glue_dir, tmp_path, method="nan_test"))
