@@ -89,7 +89,7 @@ def read_glue_tsv(task: Task, path: Path) -> dict[str, list]:
 
 
 def _split_files(task: Task) -> dict[str, str]:
-    return {"train": "train", **dict(zip(task.dev_splits, task.local_dev_files))}
+    return {"train": "train", **dict(zip(task.dev_splits, task.local_dev_files, strict=True))}
 
 
 def load_raw(task: str | Task, data_dir: str | None = None) -> DatasetDict:
@@ -106,7 +106,7 @@ def load_raw(task: str | Task, data_dir: str | None = None) -> DatasetDict:
              for split, name in _split_files(spec).items()}
         )
     hub = load_dataset(HUB_DATASET, spec.hub_name)
-    renames = dict(zip(spec.text_columns, ("text_a", "text_b")))
+    renames = dict(zip(spec.text_columns, ("text_a", "text_b")[:len(spec.text_columns)], strict=True))
     keep = ["train", *spec.dev_splits]
     return DatasetDict(
         {s: hub[s].select_columns([*spec.text_columns, "label"]).rename_columns(renames) for s in keep}

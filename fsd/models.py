@@ -94,6 +94,7 @@ class ModelOutputs:
     logits: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+    values: torch.Tensor | None = None  # last layer's value vectors `[n, h, l, d_head]` (MiniLM)
 
     @property
     def penultimate(self) -> torch.Tensor:
@@ -102,9 +103,24 @@ class ModelOutputs:
 
 
 def run_model(model: PreTrainedModel, batch: dict[str, torch.Tensor], hidden: bool = False,
-              attentions: bool = False) -> ModelOutputs:
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                token_type_ids=batch["token_type_ids"], output_hidden_states=hidden,
-                output_attentions=attentions)
+              attentions: bool = False, values: bool = False) -> ModelOutputs:
+    """Forward pass; `values=True` also captures the last layer's value projection, split into heads."""
+    captured: list[torch.Tensor] = []
+    handle = None
+    if values:
+        attn = model.base_model.encoder.layer[-1].attention.self
+        handle = attn.value.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    token_type_ids=batch["token_type_ids"], output_hidden_states=hidden,
+                    output_attentions=attentions)
+    finally:
+        if handle is not None:
+            handle.remove()
+    v = None
+    if captured:
+        n, l, d = captured[0].shape
+        heads = model.config.num_attention_heads
+        v = captured[0].view(n, l, heads, d // heads).transpose(1, 2)
     return ModelOutputs(out.logits, out.hidden_states if hidden else None,
-                        out.attentions if attentions else None)
+                        out.attentions if attentions else None, v)

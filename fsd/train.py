@@ -19,11 +19,12 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from fsd.config import DistillConfig
-from fsd.data import Batches, load_task_data
+from fsd.data import Batches, cache_key, load_task_data
 from fsd.metrics import glue_metrics
 from fsd.models import build_student, load_teacher, load_tokenizer, run_model, teacher_meta
-from fsd.objectives import build_objective
+from fsd.objectives import Setup, build_objective
 from fsd.tasks import Task, get_task
+from fsd.teacher_outputs import teacher_memory
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LossFn = Callable[[dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -102,7 +103,7 @@ def predict(model: torch.nn.Module, batches: Batches, device: torch.device) -> n
 def evaluate(model: torch.nn.Module, dev: dict[str, Batches], task: Task, device: torch.device) -> dict[str, float]:
     """GLUE metrics on each dev split: the main split as `eval/<metric>`, MNLI mismatched as `eval_mm/..`."""
     out: dict[str, float] = {}
-    for i, (split, batches) in enumerate(dev.items()):
+    for i, batches in enumerate(dev.values()):
         prefix = "eval" if i == 0 else "eval_mm"
         metrics = glue_metrics(task.name, predict(model, batches, device), batches.labels.numpy())
         out.update({f"{prefix}/{k}": v for k, v in metrics.items()})
@@ -181,6 +182,9 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | None = None)
     if objective.needs_teacher:
         teacher = load_teacher(config.teacher, task.num_labels, attn).to(device).eval().requires_grad_(False)
     student = build_student(student_backbone(config), config.student_layers, task.num_labels, attn).to(device)
+    data_key = cache_key(task, tokenizer, config.max_seq_len, config.data_dir)
+    objective.setup(Setup(teacher, student, config.max_seq_len, lambda: teacher_memory(
+        config, teacher, train, data_key, device)))
 
     params = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
     optimizer, scheduler = make_optimizer(params, config.lr, config.weight_decay,
@@ -197,12 +201,14 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | None = None)
         if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
+    needs = (objective.needs_hidden, objective.needs_attentions, objective.needs_values)
+
     def loss_fn(batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         t_out = None
         if teacher is not None:
             with torch.no_grad():
-                t_out = run_model(teacher, batch, objective.needs_hidden, objective.needs_attentions)
-        s_out = run_model(student, batch, objective.needs_hidden, objective.needs_attentions)
+                t_out = run_model(teacher, batch, *needs)
+        s_out = run_model(student, batch, *needs)
         return objective(s_out, t_out, batch)
 
     for epoch in range(start_epoch, config.epochs):

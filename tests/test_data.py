@@ -118,7 +118,8 @@ def _split(lengths):
     from datasets import Dataset
 
     return Dataset.from_dict({"input_ids": [[101] + [7] * (n - 2) + [102] for n in lengths],
-                              "token_type_ids": [[0] * n for n in lengths], "label": [i % 2 for i in range(len(lengths))]})
+                              "token_type_ids": [[0] * n for n in lengths],
+                              "label": [i % 2 for i in range(len(lengths))]})
 
 
 def test_batches_pad_per_batch_or_to_max():

@@ -82,9 +82,10 @@ class TeacherMemory:
         if isinstance(init, torch.Tensor):
             if init.dim() != 2 or init.shape[0] != k:
                 raise ValueError(f"init tensor must be [k={k}, D], got {tuple(init.shape)}")
-            centroids = init.detach().to(device=device, dtype=torch.float32)
-            shift = centroids.mean(dim=0)
-            centroids = centroids - shift
+            # The first batch's mean, not the centroids': a far-off starting centroid would move the
+            # origin away from the data and cost float32 precision in every row.
+            shift = _rows(_first(features), device).mean(dim=0)
+            centroids = init.detach().to(device=device, dtype=torch.float32) - shift
         else:
             sample, _ = _reservoir(features, max(sample_size or 8 * k, 256, k), gen, device)
             if sample.shape[0] < k:

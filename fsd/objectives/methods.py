@@ -1,0 +1,182 @@
+"""The distillation methods as `Objective` modules: each combines the pure losses of one family.
+
+Every method is `L = L_VKD + beta * L_method` (METHOD.md §2, Eq. 3); the FSD family's `L_method` is
+`gamma_i*L_I + gamma_l*L_L + gamma_g*L_G` over the structures the method uses (Eq. 11). Parts are the
+weighted terms, so they sum to the total and each can be logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fsd.models import ModelOutputs
+from fsd.objectives.baselines import attention_kl_loss, pkd_loss, rkd_angle_loss, rkd_distance_loss, value_relation_loss
+from fsd.objectives.kd import kd_loss, label_loss
+from fsd.objectives.memory import StudentMemory, global_structure_parts
+from fsd.objectives.structure import flatten_features, intra_feature_loss, local_inter_feature_loss
+
+if TYPE_CHECKING:
+    from fsd.config import DistillConfig
+
+Parts = dict[str, torch.Tensor]
+
+
+@dataclass
+class Setup:
+    """What an objective may need before training; `teacher_memory()` returns the teacher's centroids
+    (fitted once per key, then read from storage)."""
+
+    teacher: nn.Module | None
+    student: nn.Module
+    max_seq_len: int
+    teacher_memory: Callable[[], torch.Tensor]  # built lazily: only FSDG needs it
+
+
+class Objective(nn.Module):
+    """A training loss: `forward(student_out, teacher_out, batch) -> (total, parts)`.
+
+    Class attributes tell the loop what to compute: teacher outputs at all, hidden states, attentions,
+    the last layer's value vectors. Trainable state (the student memory) lives in the module and is
+    optimised with the student; it is never part of the exported student.
+    """
+
+    needs_teacher = True
+    needs_hidden = False
+    needs_attentions = False
+    needs_values = False
+
+    def __init__(self, config: DistillConfig, regression: bool):
+        super().__init__()
+        self.config = config
+        self.regression = regression
+
+    def setup(self, ctx: Setup) -> None:
+        """Called once after the models are built and before the optimiser (so new parameters train)."""
+
+    def mask(self, batch: dict) -> torch.Tensor | None:
+        """Structures over real tokens only (default), or over every position as the reference code."""
+        return batch["attention_mask"] if self.config.structure_mask else None
+
+    def vkd_parts(self, s: ModelOutputs, t: ModelOutputs, labels: torch.Tensor) -> Parts:
+        c = self.config
+        return {"ce": c.alpha * label_loss(s.logits, labels, self.regression),
+                "kd": (1 - c.alpha) * kd_loss(s.logits, t.logits.detach(), c.temperature, self.regression)}
+
+    def extra_parts(self, s: ModelOutputs, t: ModelOutputs, batch: dict) -> Parts:
+        return {}
+
+    def forward(self, s: ModelOutputs, t: ModelOutputs | None, batch: dict) -> tuple[torch.Tensor, Parts]:
+        parts = {**self.vkd_parts(s, t, batch["labels"]), **self.extra_parts(s, t, batch)}
+        return sum(parts.values()), parts
+
+
+class NoKD(Objective):
+    """The student alone: cross-entropy (or MSE) to the labels."""
+
+    needs_teacher = False
+
+    def forward(self, s: ModelOutputs, t: ModelOutputs | None, batch: dict) -> tuple[torch.Tensor, Parts]:
+        parts = {"ce": label_loss(s.logits, batch["labels"], self.regression)}
+        return parts["ce"], parts
+
+
+class VKD(Objective):
+    """Hinton KD (Eq. 2)."""
+
+
+class PKD(Objective):
+    """PKD-skip: [CLS] of student layers 1..k-1 against teacher layers s, 2s, ... with s = L_T // k."""
+
+    needs_hidden = True
+
+    def extra_parts(self, s: ModelOutputs, t: ModelOutputs, batch: dict) -> Parts:
+        k = len(s.hidden_states) - 1
+        step = (len(t.hidden_states) - 1) // k
+        s_cls = [s.hidden_states[j][:, 0] for j in range(1, k)]
+        t_cls = [t.hidden_states[j * step][:, 0].detach() for j in range(1, k)]
+        return {"pkd": self.config.beta * pkd_loss(t_cls, s_cls)}
+
+
+class RKD(Objective):
+    """RKD distance + angle on the flattened penultimate features."""
+
+    needs_hidden = True
+
+    def extra_parts(self, s: ModelOutputs, t: ModelOutputs, batch: dict) -> Parts:
+        c, mask = self.config, self.mask(batch)
+        ft = flatten_features(t.penultimate.detach(), mask)
+        fs = flatten_features(s.penultimate, mask)
+        return {"rkd_distance": c.beta * c.rkd_distance * rkd_distance_loss(ft, fs),
+                "rkd_angle": c.beta * c.rkd_angle * rkd_angle_loss(ft, fs)}
+
+
+class MiniLM(Objective):
+    """Last-layer self-attention distributions and value relations (KL), at fine-tuning."""
+
+    needs_attentions = True
+    needs_values = True
+
+    def extra_parts(self, s: ModelOutputs, t: ModelOutputs, batch: dict) -> Parts:
+        mask = batch["attention_mask"]  # PAD keys have no attention in either model: always masked
+        return {"attention": self.config.beta * attention_kl_loss(t.attentions[-1].detach(), s.attentions[-1], mask),
+                "value": self.config.beta * value_relation_loss(t.values.detach(), s.values, mask)}
+
+
+class FSD(Objective):
+    """The FSD family; `structures` says which of intra (I), local (L) and global (G) it uses."""
+
+    needs_hidden = True
+    structures = "ilg"
+
+    def setup(self, ctx: Setup) -> None:
+        if "g" not in self.structures:
+            return
+        self.max_seq_len = ctx.max_seq_len
+        self.register_buffer("teacher_memory", ctx.teacher_memory().float(), persistent=False)
+        k = self.teacher_memory.shape[0]
+        self.student_memory = StudentMemory(k, ctx.max_seq_len * ctx.student.config.hidden_size)
+        self.to(self.teacher_memory.device)
+
+    def padded_flat(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Flattened in the padded-to-max layout, so a batch padded to its own length lines up with the
+        memory's `max_seq_len * d` coordinates."""
+        return flatten_features(F.pad(h, (0, 0, 0, self.max_seq_len - h.shape[1])),
+                                None if mask is None else F.pad(mask, (0, self.max_seq_len - mask.shape[1])))
+
+    def extra_parts(self, s: ModelOutputs, t: ModelOutputs, batch: dict) -> Parts:
+        c, mask = self.config, self.mask(batch)
+        h_t, h_s = t.penultimate.detach(), s.penultimate
+        parts: Parts = {}
+        if "i" in self.structures:
+            parts["intra"] = c.beta * c.gamma_i * intra_feature_loss(h_t, h_s, mask)
+        if "l" in self.structures:
+            parts["local"] = c.beta * c.gamma_l * local_inter_feature_loss(h_t, h_s, mask)
+        if "g" in self.structures:
+            g = global_structure_parts(self.padded_flat(h_t, mask), self.padded_flat(h_s, mask),
+                                       self.teacher_memory, self.student_memory(), c.lam)
+            parts.update({f"global_{k}": c.beta * c.gamma_g * v for k, v in g.items()})
+        return parts
+
+
+def _fsd(structures: str, doc: str) -> type[FSD]:
+    return type(f"FSD_{structures.upper()}", (FSD,), {"structures": structures, "__doc__": doc})
+
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    "nokd": NoKD,
+    "vkd": VKD,
+    "pkd": PKD,
+    "rkd": RKD,
+    "minilm": MiniLM,
+    "fsdi": _fsd("i", "FSDI: intra-feature structure (Eq. 6) with VKD."),
+    "fsdl": _fsd("l", "FSDL: local inter-feature structure (Eq. 7) with VKD."),
+    "fsdg": _fsd("g", "FSDG: global inter-feature structure via the memory (Eq. 8-10) with VKD."),
+    "fsdil": _fsd("il", "FSD w/o G: intra + local."),
+    "fsd": _fsd("ilg", "FSD: intra + local + global (Eq. 11)."),
+}

@@ -1,0 +1,223 @@
+"""Teacher memory (streamed k-means, reference mode, save/load), student memory and FSDG (Eq. 8-10)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans
+
+from fsd.objectives.memory import StudentMemory, TeacherMemory, global_structure_loss, global_structure_parts
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Hundreds of tiny ops per k-means pass: with 2 OpenMP threads on a busy 2-core machine each op can
+    # wait milliseconds for a spinning thread. One thread is faster here; the previous value is restored.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _cka_np(x, y):
+    m = x.shape[0]
+    h = np.eye(m) - np.ones((m, m)) / m
+    kc, lc = h @ x @ x.T @ h, h @ y @ y.T @ h
+    return np.sum(kc * lc) / np.sqrt(np.sum(kc * kc) * np.sum(lc * lc))
+
+
+def _global_np(ht, hs, mt, ms, lam):
+    n, k = ht.shape[0], mt.shape[0]
+    memory = -np.log(_cka_np(ms, mt) + 1e-8)
+    euc = cos = 0.0
+    for i in range(n):
+        for j in range(k):
+            euc += (np.linalg.norm(hs[i] - ms[j]) - np.linalg.norm(ht[i] - mt[j])) ** 2
+            cs = hs[i] @ ms[j] / (np.linalg.norm(hs[i]) * np.linalg.norm(ms[j]))
+            ct = ht[i] @ mt[j] / (np.linalg.norm(ht[i]) * np.linalg.norm(mt[j]))
+            cos += (cs - ct) ** 2
+    return {"memory": memory, "euclidean": lam * euc / (n * k), "cosine": (1 - lam) * cos / (n * k)}
+
+
+def _global_data(seed, n=6, k=4, dt=12, ds=9):
+    rng = np.random.default_rng(seed)
+    ht, mt = rng.normal(size=(n, dt)) + 1.0, rng.normal(size=(k, dt))
+    hs, ms = rng.normal(size=(n, ds)) * 2, rng.normal(size=(k, ds))
+    return ht, hs, mt, ms
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])
+def test_global_structure_matches_numpy(lam):
+    ht, hs, mt, ms = _global_data(int(lam * 10))
+    args = [torch.tensor(a) for a in (ht, hs, mt, ms)]
+    parts = global_structure_parts(*args, lam)
+    want = _global_np(ht, hs, mt, ms, lam)
+    assert set(parts) == {"memory", "euclidean", "cosine"}
+    for key in want:
+        assert parts[key].item() == pytest.approx(want[key], rel=1e-5, abs=1e-12), key
+    total = global_structure_loss(*args, lam)
+    assert total.item() == pytest.approx(sum(want.values()), rel=1e-5)
+
+
+def test_global_structure_float32_large_offset_features():
+    # Flattened BERT features share a large mean; distances must survive float32 without cancelling.
+    ht, hs, mt, ms = _global_data(5, dt=200, ds=150)
+    ht, mt, hs, ms = ht + 30, mt + 30, hs - 20, ms - 20
+    want = _global_np(ht, hs, mt, ms, 0.5)
+    got = global_structure_parts(*[torch.tensor(a, dtype=torch.float32) for a in (ht, hs, mt, ms)], 0.5)
+    for key in want:
+        assert got[key].item() == pytest.approx(want[key], rel=2e-3, abs=1e-6), key
+
+
+def test_gradients_reach_student_memory_and_features_only():
+    torch.manual_seed(0)
+    memory = StudentMemory(5, 9)
+    ht = torch.randn(4, 12, requires_grad=True)
+    mt = torch.randn(5, 12, requires_grad=True)
+    hs = torch.randn(4, 9, requires_grad=True)
+    loss = global_structure_loss(ht.detach(), hs, mt.detach(), memory(), 0.4)
+    loss.backward()
+    assert ht.grad is None and mt.grad is None
+    for g in (hs.grad, memory.centroids.grad):
+        assert g is not None and bool(torch.isfinite(g).all()) and g.abs().sum() > 0
+    with torch.no_grad():
+        ht_ng, mt_ng = torch.randn(4, 12), torch.randn(5, 12)
+    global_structure_loss(ht_ng, hs, mt_ng, memory(), 0.4).backward()
+
+
+def test_coincident_feature_and_centroid_give_finite_gradients():
+    torch.manual_seed(1)
+    ms = torch.randn(3, 6, requires_grad=True)
+    hs = ms.detach()[:2].clone().requires_grad_(True)  # distance exactly 0 to a centroid
+    loss = global_structure_loss(torch.randn(2, 8), hs, torch.randn(3, 8), ms, 0.5)
+    loss.backward()
+    assert torch.isfinite(loss) and bool(torch.isfinite(hs.grad).all()) and bool(torch.isfinite(ms.grad).all())
+
+
+def test_student_memory_is_seeded_parameter():
+    torch.manual_seed(3)
+    a = StudentMemory(100, 64)
+    torch.manual_seed(3)
+    b = StudentMemory(100, 64)
+    assert isinstance(a.centroids, torch.nn.Parameter) and a.centroids.shape == (100, 64)
+    assert torch.equal(a.centroids, b.centroids)
+    assert a.centroids.std().item() == pytest.approx(1.0, rel=0.05)
+    assert StudentMemory(10, 8, std=0.1).centroids.std().item() < 0.3
+    assert [n for n, _ in a.named_parameters()] == ["centroids"]
+
+
+def _blobs(seed, n_per=75, centers=8, dim=64):
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(size=(centers, dim)) * 4
+    x = np.concatenate([m + rng.normal(size=(n_per, dim)) * rng.uniform(0.5, 2.0) for m in mu])
+    return x[rng.permutation(len(x))]
+
+
+def _batches(x, b=64, dtype=torch.float32):
+    return [torch.tensor(x[i:i + b], dtype=dtype) for i in range(0, len(x), b)]
+
+
+@pytest.mark.parametrize("k,seed", [(8, 0), (8, 1), (12, 2)])
+def test_kmeans_inertia_close_to_sklearn(k, seed):
+    x = _blobs(seed)
+    feats = _batches(x)
+    centroids = TeacherMemory.fit(feats, k, iters=20, seed=seed)
+    assert centroids.shape == (k, 64) and centroids.dtype == torch.float32
+    ours = TeacherMemory.inertia(feats, centroids).item()
+    theirs = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(x).inertia_
+    assert ours <= 1.02 * theirs
+    # inertia() against a direct numpy computation
+    c = centroids.double().numpy()
+    want = sum(min(np.sum((row - cc) ** 2) for cc in c) for row in x)
+    assert ours == pytest.approx(want, rel=1e-4)
+
+
+def test_kmeans_is_deterministic_and_accepts_half_and_3d_batches():
+    x = _blobs(4, n_per=40)
+    feats = _batches(x, b=50)
+    a = TeacherMemory.fit(feats, 6, iters=3, seed=7)
+    b = TeacherMemory.fit(feats, 6, iters=3, seed=7)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, TeacherMemory.fit(feats, 6, iters=3, seed=8))
+    half = [f.half().reshape(f.shape[0], 8, 8) for f in feats]
+    c = TeacherMemory.fit(half, 6, iters=3, seed=7, sample_size=6)
+    assert c.shape == (6, 64) and c.dtype == torch.float32 and bool(torch.isfinite(c).all())
+
+
+def _duplicated_points(distinct=6, copies=10, dim=16, seed=0):
+    rng = np.random.default_rng(seed)
+    points = rng.normal(size=(distinct, dim)) * 5
+    return points, np.repeat(points, copies, axis=0)[rng.permutation(distinct * copies)]
+
+
+def test_empty_clusters_are_reseeded():
+    points, x = _duplicated_points()
+    feats = _batches(x, b=16)
+    # Two starting centroids so far away that no row ever picks them: both clusters start empty.
+    init = torch.tensor(np.concatenate([points[:4], np.full((2, 16), 1e4)]), dtype=torch.float32)
+    # k equal to the number of distinct points, and more centroids than distinct points: no NaN, and
+    # every distinct point ends up (up to float32 rounding) as a centroid.
+    for k, c in [(6, TeacherMemory.fit(feats, 6, iters=5, init=init)),
+                 (6, TeacherMemory.fit(feats, 6, iters=5, seed=1)),
+                 (8, TeacherMemory.fit(feats, 8, iters=5, seed=1))]:
+        c = c.double().numpy()
+        assert c.shape == (k, 16) and np.isfinite(c).all()
+        gap = np.linalg.norm(points[:, None] - c[None], axis=2).min(axis=1)
+        assert gap.max() < 1e-4
+
+
+def _reference_np(x_rows, k, iters, seed):
+    """The reference procedure written out row by row: centroids N(mean(x_N)/N, var(x_N)/N) from the last
+    row (drawn from a CPU generator with `seed`, as documented), then per update epoch: assign every row
+    to its nearest centroid, and update c <- (c + x) / 2 row by row from a zero memory."""
+    n, dim = x_rows.shape
+    last = x_rows[-1].astype(np.float64)
+    gen = torch.Generator().manual_seed(seed)
+    assign = torch.normal(float(last.mean()) / n, float(np.sqrt(last.var(ddof=1) / n)), size=(k, dim),
+                          generator=gen).double().numpy()
+    memory = np.zeros((k, dim))
+    for _ in range((iters - 1) // 2):
+        labels = [int(np.argmin([np.sum((row - c) ** 2) for c in assign])) for row in x_rows]
+        for row, lab in zip(x_rows, labels, strict=True):
+            memory[lab] = (memory[lab] + row) / 2
+        assign = memory.copy()
+    return memory
+
+
+@pytest.mark.parametrize("iters", [3, 5])
+def test_reference_mode_reproduces_reference_procedure(iters):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(30, 10)).astype(np.float32) + 0.5
+    feats = _batches(x, b=7)
+    got = TeacherMemory.fit(feats, 40, iters=iters, seed=3, init="reference")
+    want = _reference_np(x.astype(np.float64), 40, iters, seed=3)
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-5, atol=1e-6)
+    empty = ~want.any(axis=1)
+    assert empty.sum() >= 40 - 30
+    assert bool((got[torch.tensor(empty)] == 0).all())  # clusters without a row stay zero vectors
+    with pytest.raises(ValueError):
+        TeacherMemory.fit(feats, 4, iters=2, init="reference")
+
+
+def test_save_load_round_trip(tmp_path):
+    centroids = torch.randn(5, 12)
+    meta = {"task": "RTE", "k": 5, "iters": 3, "init": "kmeans++", "layers": [11]}
+    path = tmp_path / "memory" / "teacher_memory.pt"
+    TeacherMemory.save(path, centroids, meta)
+    TeacherMemory.save(path, centroids * 2, meta)  # overwrite in place
+    loaded, loaded_meta = TeacherMemory.load(path)
+    assert torch.equal(loaded, centroids * 2) and loaded_meta == meta
+    assert os.listdir(path.parent) == ["teacher_memory.pt"]  # no temporary file left behind
+
+
+def test_fit_input_errors():
+    feats = _batches(_blobs(0, n_per=2, centers=2, dim=4))
+    with pytest.raises(TypeError):
+        TeacherMemory.fit(iter(feats), 2)
+    with pytest.raises(ValueError):
+        TeacherMemory.fit(feats, 10)
+    with pytest.raises(ValueError):
+        TeacherMemory.fit(feats, 2, init="random")
