@@ -22,7 +22,7 @@ from fsd.config import DistillConfig
 from fsd.data import Batches, cache_key, load_task_data
 from fsd.metrics import glue_metrics
 from fsd.models import build_student, load_teacher, load_tokenizer, run_model, teacher_meta
-from fsd.objectives import Setup, build_objective
+from fsd.objectives import Objective, Setup, build_objective
 from fsd.tasks import Task, get_task
 from fsd.teacher_outputs import teacher_memory
 
@@ -157,12 +157,26 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def distill(config: DistillConfig, resume_from: str | os.PathLike | None = None) -> Iterator[EpochReport]:
+def make_loss_fn(objective: Objective, teacher: torch.nn.Module | None, student: torch.nn.Module) -> LossFn:
+    """batch -> (loss, parts): the teacher's outputs without gradient, the student's, the objective."""
+    needs = (objective.needs_hidden, objective.needs_attentions, objective.needs_values)
+
+    def loss_fn(batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        t_out = None
+        if teacher is not None:
+            with torch.no_grad():
+                t_out = run_model(teacher, batch, *needs)
+        return objective(run_model(student, batch, *needs), t_out, batch)
+
+    return loss_fn
+
+
+def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None = None) -> Iterator[EpochReport]:
     """Train a student on `config.task` with `config.method`, evaluating on dev after every epoch.
 
     Args:
         config: the run's configuration; `config.teacher` must be fine-tuned on the task.
-        resume_from: a checkpoint file or folder written by `EpochReport.save`; training continues after
+        resume_from: a checkpoint (file, folder or loaded dict) from `EpochReport.save`; training continues after
             its epoch and gives the same results as an uninterrupted run (on CPU).
 
     Yields:
@@ -191,7 +205,7 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | None = None)
                                           len(train) * config.epochs, config.warmup_ratio)
     start_epoch, best = 0, float("-inf")
     if resume_from is not None:
-        state = load_checkpoint(resume_from)
+        state = resume_from if isinstance(resume_from, dict) else load_checkpoint(resume_from)
         student.load_state_dict(state["student"])
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
@@ -201,15 +215,7 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | None = None)
         if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
-    needs = (objective.needs_hidden, objective.needs_attentions, objective.needs_values)
-
-    def loss_fn(batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        t_out = None
-        if teacher is not None:
-            with torch.no_grad():
-                t_out = run_model(teacher, batch, *needs)
-        s_out = run_model(student, batch, *needs)
-        return objective(s_out, t_out, batch)
+    loss_fn = make_loss_fn(objective, teacher, student)
 
     for epoch in range(start_epoch, config.epochs):
         student.train()

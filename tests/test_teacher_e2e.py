@@ -78,3 +78,18 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(args, message, tmp_pat
     assert len(lines) == 1 and "Traceback" not in r.stderr
     assert lines[0].startswith("error: ") and __import__("re").search(message, lines[0])
     assert not (tmp_path / "runs").exists()
+
+
+def test_fsd_student_with_the_real_teacher(rte_teacher, glue_dir):
+    path, _, storage = rte_teacher
+    config = DistillConfig.from_dict({
+        "task": "rte", "teacher": path, "student_layers": 3, "method": "fsd", "beta": 1.0, "gamma_g": 1e-4,
+        "lam": 0.5, "epochs": 1, "max_train_samples": 160, "max_eval_samples": 64, "data_dir": glue_dir,
+        "storage": storage})
+    (report,) = list(distill(config))
+    m = report.metrics
+    for part in ("intra", "local", "global_memory", "global_euclidean", "global_cosine"):
+        assert m[f"train/{part}"] > 0, part
+    assert 0.3 <= m["eval/score"] <= 0.8
+    (memory,) = list((Path(storage) / "memory").iterdir())
+    assert memory.name.startswith("rte-k100-")  # the paper's K for RTE

@@ -287,7 +287,9 @@ def _lloyd_pass(features: Iterable[torch.Tensor], centroids: torch.Tensor, shift
     for batch in features:
         x = _rows(batch, device) - shift
         dist, label = _sq_dist(x, centroids).min(dim=1)
-        sums.index_add_(0, label, x)
+        # A one-hot matmul instead of index_add_: CUDA's index_add_ uses float atomics, whose order (and
+        # so the rounding) changes from run to run, and k-means must be reproducible for a seed.
+        sums.addmm_(F.one_hot(label, k).to(x.dtype).T, x)
         counts += torch.bincount(label, minlength=k)
         # Keep the k farthest rows: only this batch's own top-k can enter the buffer.
         top = dist.topk(min(k, dist.shape[0])).indices
@@ -342,6 +344,7 @@ def _reference_fit(features: Iterable[torch.Tensor], k: int, iters: int, gen: to
             # in that cluster, plus each row weighted by 2^-(1 + number of later rows in that cluster).
             later = (onehot.flip(0).cumsum(0).flip(0) - onehot).gather(1, label[:, None]).squeeze(1)
             memory *= torch.pow(0.5, onehot.sum(dim=0).double()).to(memory.dtype)[:, None]
-            memory.index_add_(0, label, x * torch.pow(0.5, later.double() + 1).to(x.dtype)[:, None])
+            weight = torch.pow(0.5, later.double() + 1).to(x.dtype)
+            memory.addmm_((onehot.to(x.dtype) * weight[:, None]).T, x)  # deterministic, unlike index_add_
         assign = memory.clone()
     return memory

@@ -1,0 +1,39 @@
+"""The search's ledger: which stages are done, their winners and scores, the MLflow run ids.
+
+Written to a temporary file and renamed, so a kill never leaves half a ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+LEDGER = "ledger.json"
+
+
+class Ledger:
+    def __init__(self, folder: str | os.PathLike):
+        self.path = Path(folder) / LEDGER
+        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.data.setdefault("stages", {})
+
+    @property
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
+        os.replace(tmp, self.path)
+
+    def stage(self, name: str) -> dict[str, Any]:
+        return self.data["stages"].setdefault(name, {})
+
+    def done(self, name: str) -> bool:
+        return self.data["stages"].get(name, {}).get("status") == "done"
+
+    def winners(self) -> dict[str, dict[str, Any]]:
+        return {k: v["winner"] for k, v in self.data["stages"].items() if v.get("status") == "done"}

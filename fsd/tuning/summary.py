@@ -1,0 +1,39 @@
+"""The final table of a search: each stage's winner, its dev score, the paper's figure for the task."""
+
+from __future__ import annotations
+
+from fsd.tuning.ledger import Ledger
+from search_spaces import Schedule
+
+# METHOD.md §8, the paper's selection score per task and method (GLUE dev, BERT-base teacher, BERT6 student)
+PAPER = {
+    "teacher": {"wnli": 56.34, "rte": 66.79, "stsb": 88.63, "cola": 55.47, "mrpc": 83.55, "sst2": 92.09,
+                "qnli": 91.60, "qqp": 89.57, "mnli": 84.70},
+    "vkd": {"wnli": 54.37, "rte": 65.40, "stsb": 88.00, "cola": 41.46, "mrpc": 83.50, "sst2": 90.92,
+            "qnli": 88.46, "qqp": 89.50, "mnli": 82.20},
+    "pkd": {"wnli": 54.37, "rte": 63.90, "stsb": 88.27, "cola": 41.87, "mrpc": 83.68, "sst2": 90.77,
+            "qnli": 88.57, "qqp": 89.46, "mnli": 82.27},
+    "rkd": {"wnli": 51.83, "rte": 65.22, "stsb": 88.28, "cola": 43.07, "mrpc": 84.36, "sst2": 91.02,
+            "qnli": 88.91, "qqp": 89.67, "mnli": 82.39},
+    "fsd": {"wnli": 55.49, "rte": 66.61, "stsb": 88.51, "cola": 43.03, "mrpc": 84.65, "sst2": 91.04,
+            "qnli": 88.97, "qqp": 89.67, "mnli": 82.42},
+}
+SHOWN = ("alpha", "temperature", "lr", "epochs", "beta", "gamma_i", "gamma_l", "gamma_g", "lam")
+
+
+def summary_table(ledger: Ledger, schedule: Schedule) -> str:
+    task = schedule.task
+    lines = [f"search {task} / {schedule.method} / {schedule.preset}",
+             "| stage | winner | dev score | paper |", "|---|---|---|---|"]
+    for stage in schedule.stages:
+        record = ledger.data["stages"].get(stage.name, {})
+        if record.get("status") != "done" or stage.prepare:
+            status = "memory built" if record.get("status") == "done" else "not run"
+            lines.append(f"| {stage.name} | {status} | | |")
+            continue
+        winner = record["winner"]
+        keys = [k for k in SHOWN if k in stage.grid or k in stage.inherit or any(k in d.param for d in stage.derived)]
+        shown = ", ".join(f"{k}={winner.get(k)}" for k in keys)
+        paper = PAPER.get(stage.method, {}).get(task)
+        lines.append(f"| {stage.name} | {shown} | {100 * record['score']:.2f} | {paper if paper else '-'} |")
+    return "\n".join(lines)

@@ -1,0 +1,147 @@
+"""A real staged search: Ray Tune (local and through --address), MLflow (sqlite and a real server), a
+SIGKILL of the driver in the middle of the second stage, and --resume."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fsd.teacher import TeacherSpec, ensure_teacher
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_bert, glue_dir):
+    root = tmp_path_factory.mktemp("search")
+    teacher = ensure_teacher(TeacherSpec("rte", tiny_bert, glue_dir, epochs=1, max_train_samples=64,
+                                         max_eval_samples=64), str(root / "shared"), log=lambda *_: None)
+    return root, teacher, tiny_bert, glue_dir
+
+
+def _args(setup, storage, *extra):
+    root, teacher, backbone, glue_dir = setup
+    return [sys.executable, str(ROOT / "tune_main.py"), "--task", "rte", "--method", "pkd", "--preset", "smoke",
+            "--data-dir", glue_dir, "--teacher", teacher, "--student-init", backbone, "--student-layers", "2",
+            "--storage", str(storage), "--max-concurrent", "1", *extra]
+
+
+def _env():
+    # Ray rewrites 127.0.0.1 to the machine's outward address unless told this is a one-machine cluster.
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+
+
+def _runs(uri):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("rte")
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def _winners(storage):
+    ledger = json.loads((Path(storage) / "rte-pkd" / "ledger.json").read_text())
+    return {k: (v["winner"], v["score"]) for k, v in ledger["stages"].items()}
+
+
+def _check_mlflow(uri, trials=4):
+    client, runs = _runs(uri)
+    trial_runs = [r for r in runs if "ray_trial_id" in r.data.tags]
+    assert len(trial_runs) == trials  # one per trial, no duplicates
+    assert len({r.data.tags["ray_trial_id"] for r in trial_runs}) == trials
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    stages = {r.info.run_id: r for r in runs if "stage" in r.data.tags and "ray_trial_id" not in r.data.tags}
+    assert sorted(r.data.tags["stage"] for r in stages.values()) == ["pkd", "vkd"]
+    for r in trial_runs:
+        assert r.data.tags["mlflow.parentRunId"] in stages  # nested: search > stage > trial
+        history = client.get_metric_history(r.info.run_id, "eval/score")
+        assert len(history) == 1  # one epoch, logged once: no trial ran twice
+        assert "best_checkpoint" in r.data.tags and {"train/pkd", "train/samples_per_s"} & set(r.data.metrics)
+    return trial_runs
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup):
+    """The whole search against a real `mlflow server` and a real Ray head (`ray start --head`)."""
+    root = setup[0]
+    port, ray_port = _free_port(), _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{root}/server.db",
+                               "--default-artifact-root", str(root / "artifacts"), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(ray_port),
+                    "--num-cpus", "2", "--include-dashboard", "false"], check=True, capture_output=True, env=_env())
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(60):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(1)
+        r = subprocess.run(_args(setup, root / "a", "--mlflow-uri", uri, "--address", f"127.0.0.1:{ray_port}"),
+                           capture_output=True, text=True, env=_env())
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        yield root / "a", uri, r.stdout
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=_env())
+        server.terminate()
+        server.wait(30)
+
+
+def test_search_through_a_cluster_and_a_tracking_server(uninterrupted):
+    storage, uri, out = uninterrupted
+    assert "| vkd |" in out and "| pkd |" in out
+    runs = _check_mlflow(uri)
+    client, _ = _runs(uri)
+    versions = client.search_model_versions("name='fsd-rte-pkd'")
+    assert len(versions) == 2
+    assert client.get_model_version_by_alias("fsd-rte-pkd", "pkd").version in {v.version for v in versions}
+    assert len(runs) == 4
+
+
+def test_killed_mid_stage_then_resumed(setup, uninterrupted):
+    storage = setup[0] / "b"
+    proc = subprocess.Popen(_args(setup, storage), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=_env())
+    stage_dir = storage / "rte-pkd" / "ray" / "rte-pkd-pkd"
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(stage_dir.glob("*/checkpoint_*")):
+        assert proc.poll() is None, "the search ended before it could be killed"
+        time.sleep(0.5)
+    time.sleep(3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, env=_env())
+    assert _winners(storage).keys() >= {"vkd"} and "score" not in json.loads(
+        (storage / "rte-pkd" / "ledger.json").read_text())["stages"].get("pkd", {})
+
+    again = subprocess.run(_args(setup, storage), capture_output=True, text=True, env=_env())
+    assert again.returncode == 2 and "add --resume" in again.stderr
+    resumed = subprocess.run(_args(setup, storage, "--resume"), capture_output=True, text=True, env=_env())
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "stage vkd: done before" in resumed.stdout
+    _check_mlflow(f"sqlite:///{storage}/mlflow.db")
+    assert _winners(storage) == {**_winners(uninterrupted[0])}
+
+
+def test_resume_refuses_a_different_search(setup, uninterrupted):
+    r = subprocess.run(_args(setup, setup[0] / "a", "--resume", "--student-layers", "1"),
+                       capture_output=True, text=True, env=_env())
+    assert r.returncode == 2 and "student_layers is 1 but the stored search used 2" in r.stderr
+    r = subprocess.run(_args(setup, setup[0] / "nothing", "--resume"), capture_output=True, text=True, env=_env())
+    assert r.returncode == 2 and "no search to resume" in r.stderr
