@@ -118,6 +118,7 @@ class Budget:
     epochs: int | None = None  # None: the searched/inherited epochs
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    memory_size: int | None = None  # None: the task's K (the smoke budget has fewer rows than K)
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def apply_preset(stages: tuple[Stage, ...], preset: str) -> tuple[Stage, ...]:
 
 
 BUDGETS = {"paper": Budget(), "quick": Budget(epochs=2, max_train_samples=2000, max_eval_samples=1000),
-           "smoke": Budget(epochs=1, max_train_samples=64, max_eval_samples=64)}
+           "smoke": Budget(epochs=1, max_train_samples=64, max_eval_samples=64, memory_size=8)}
 
 
 def get_schedule(method: str, task: str, preset: str = "paper") -> Schedule:

@@ -55,7 +55,7 @@ def _runs(uri):
 
 def _winners(storage):
     ledger = json.loads((Path(storage) / "rte-pkd" / "ledger.json").read_text())
-    return {k: (v["winner"], v["score"]) for k, v in ledger["stages"].items()}
+    return {k: (v["winner"], v["score"]) for k, v in ledger["stages"].items() if v.get("status") == "done"}
 
 
 def _check_mlflow(uri, trials=4):
@@ -127,8 +127,7 @@ def test_killed_mid_stage_then_resumed(setup, uninterrupted):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     subprocess.run(["ray", "stop", "--force"], capture_output=True, env=_env())
-    assert _winners(storage).keys() >= {"vkd"} and "score" not in json.loads(
-        (storage / "rte-pkd" / "ledger.json").read_text())["stages"].get("pkd", {})
+    assert set(_winners(storage)) == {"vkd"}  # killed inside the second stage
 
     again = subprocess.run(_args(setup, storage), capture_output=True, text=True, env=_env())
     assert again.returncode == 2 and "add --resume" in again.stderr

@@ -82,3 +82,8 @@ def test_dry_run_lists_the_grids_and_writes_nothing(tmp_path):
     assert "total: 228 trials" in r.stdout
     assert r.stdout == format_schedule(get_schedule("fsd", "qqp", "paper")) + "\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_smoke_budget_fits_a_memory_in_its_rows():
+    budget = get_schedule("fsd", "qqp", "smoke").budget
+    assert budget.memory_size <= budget.max_train_samples

@@ -69,7 +69,7 @@ def stage_base(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str,
         base[param] = winners[source][param]
     base.update(stage.fixed)
     budget = schedule.budget
-    for key in ("epochs", "max_train_samples", "max_eval_samples"):
+    for key in ("epochs", "max_train_samples", "max_eval_samples", "memory_size"):
         if getattr(budget, key) is not None:
             base[key] = getattr(budget, key)
     return base
@@ -125,6 +125,13 @@ def pick_winner(results, grid: dict[str, tuple]) -> tuple[dict[str, Any], float,
     return dict(point), sum(s for s, _ in runs) / len(runs), best_run[1]
 
 
+def trainable_for(spec: SearchSpec, base: dict[str, Any]):
+    """The trial function with the stage's shared values and its resource share (fractions of a GPU pack
+    several trials on one device; Ray only counts, the trials share its memory)."""
+    return tune.with_resources(tune.with_parameters(train_trial, base=base),
+                               {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+
+
 def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, ledger: Ledger,
               mlflow_ids: dict[str, str]) -> None:
     winners = ledger.winners()
@@ -146,8 +153,7 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
         return
     name = f"{spec.task}-{spec.method}-{stage.name}"
     exp_dir = os.path.join(spec.folder, "ray", name)
-    trainable = tune.with_resources(tune.with_parameters(train_trial, base=base),
-                                    {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+    trainable = trainable_for(spec, base)
     if tune.Tuner.can_restore(exp_dir):
         tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
     else:
