@@ -168,6 +168,9 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
                                                         checkpoint_score_order=MODE),
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
     results = tuner.fit()
+    best = {r.metrics["trial_id"]: r.get_best_checkpoint(METRIC, MODE).path
+            for r in results if r.metrics and r.get_best_checkpoint(METRIC, MODE)}
+    tracking.record_best_checkpoints(spec.mlflow_uri, exp_id, record["run_id"], best, spec.log_checkpoints == "all")
     point, score, checkpoint = pick_winner(results, grid)
     winner = {**base, **expand(point)}
     if stage.carry and ledger.data["stages"][stage.carry]["score"] > score:

@@ -80,11 +80,7 @@ class TrialTracker(Callback):
         client_for(self.uri).log_batch(self.run_for(trial), metrics=metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self.run_for(trial)
-        client = client_for(self.uri)
-        if trial.checkpoint is not None:
-            client.set_tag(run_id, "best_checkpoint", trial.checkpoint.path)
-        client.set_terminated(run_id, "FINISHED")
+        client_for(self.uri).set_terminated(self.run_for(trial), "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         client_for(self.uri).set_terminated(self.run_for(trial), "FAILED")
@@ -93,6 +89,20 @@ class TrialTracker(Callback):
         state = dict(self.__dict__)
         state["_runs"] = {}  # found again by tag after a restore
         return state
+
+
+def record_best_checkpoints(uri: str, exp_id: str, stage_run_id: str, best: dict[str, str],
+                            upload: bool = False) -> None:
+    """Tag each trial's run with the path of its best checkpoint (`best`: Ray trial id -> folder), and
+    with `upload` (`--log-checkpoints all`) copy the checkpoint into the run's artifacts."""
+    client = client_for(uri)
+    runs = client.search_runs([exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{stage_run_id}'", max_results=10000)
+    for run in runs:
+        path = best.get(run.data.tags.get("ray_trial_id", ""))
+        if path:
+            client.set_tag(run.info.run_id, "best_checkpoint", path)
+            if upload:
+                client.log_artifacts(run.info.run_id, path, artifact_path="best_checkpoint")
 
 
 def log_stage_model(uri: str, run_id: str, student_dir: str, registered_name: str, alias: str) -> str:
