@@ -13,6 +13,8 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from fsd.tuning.trainable import expand
+
 PARENT_TAG = "mlflow.parentRunId"
 
 
@@ -65,7 +67,8 @@ class TrialTracker(Callback):
         else:
             tags = {**self.tags, "ray_trial_id": trial.trial_id, PARENT_TAG: self.stage_run_id}
             run_id = client.create_run(self.exp_id, run_name=str(trial), tags=tags).info.run_id
-            client.log_batch(run_id, params=_params({**self.base, **trial.config}))
+            # Joint grid keys ("gamma_i+gamma_l") are no valid MLflow names: log the values they set.
+            client.log_batch(run_id, params=_params(expand({**self.base, **trial.config})))
         self._runs[trial.trial_id] = run_id
         return run_id
 
