@@ -114,7 +114,8 @@ def pick_winner(results, grid: dict[str, tuple]) -> tuple[dict[str, Any], float,
         df = r.metrics_dataframe
         if r.error or df is None or METRIC not in df:
             continue
-        point = tuple((k, r.config[k]) for k in grid)  # the seed is not part of a point: seeds are averaged
+        # The seed is not part of a point: seeds are averaged. A restored config holds lists for tuples.
+        point = tuple((k, tuple(r.config[k]) if isinstance(r.config[k], list) else r.config[k]) for k in grid)
         ckpt = r.get_best_checkpoint(METRIC, MODE)
         rows.setdefault(point, []).append((float(df[METRIC].max()), ckpt.path if ckpt else None))
     if not rows:
