@@ -21,7 +21,7 @@ HELP = {
                "'packaged-minilm') to fine-tune first with the paper's recipe",
     "student_init": "pre-trained backbone whose first layers make the student (default: the teacher's backbone)",
     "student_layers": "number of transformer layers of the student (paper: 6)",
-    "method": "objective: nokd or vkd (more with the objectives package)",
+    "method": "objective: nokd, vkd, pkd, rkd, minilm, fsdi, fsdl, fsdg, fsdil (FSD w/o G) or fsd",
     "alpha": "weight of the hard-label loss vs KD, in [0, 1]",
     "temperature": "KD temperature T",
     "data_dir": "local GLUE folder (GLUE download layout); default: nyu-mll/glue from the hub",

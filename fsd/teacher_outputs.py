@@ -15,6 +15,7 @@ from fsd.data import Batches
 from fsd.models import resolve_model_path, run_model
 from fsd.objectives.memory import TeacherMemory
 from fsd.objectives.structure import flatten_features
+from fsd.tasks import get_task
 
 MEMORY_SEED = 0  # one memory per (task, teacher, K): every trial of a search shares it, whatever its seed
 
@@ -58,8 +59,6 @@ def teacher_memory(config, teacher: torch.nn.Module, batches: Batches, data_key:
                    device: torch.device) -> torch.Tensor:
     """The teacher memory `[K, max_seq_len * d_T]` for this run: read from storage when a memory with the
     same key exists (task, teacher, K, iterations, init, length, masking, data), else fitted and saved."""
-    from fsd.tasks import get_task
-
     k = config.memory_size or get_task(config.task).memory_size
     if k > batches.num_examples:
         raise ValueError(f"a memory of {k} centroids needs at least {k} training rows, got {batches.num_examples}: "
