@@ -9,12 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from fsd.data import Batches
 from fsd.models import resolve_model_path, run_model
 from fsd.objectives.memory import TeacherMemory
-from fsd.objectives.structure import flatten_features
+from fsd.objectives.structure import flatten_padded
 from fsd.tasks import get_task
 
 MEMORY_SEED = 0  # one memory per (task, teacher, K): every trial of a search shares it, whatever its seed
@@ -31,7 +30,7 @@ def model_fingerprint(name: str) -> str:
 
 class TeacherFeatures:
     """Re-iterable over the teacher's flattened penultimate features `[b, max_seq_len * d]`, in a fixed
-    order, PAD rows zeroed when `masked` (the layout `FSD.padded_flat` uses for the student)."""
+    order, PAD rows zeroed when `masked` (`flatten_padded`, the layout FSDG uses for the student)."""
 
     def __init__(self, teacher: torch.nn.Module, batches: Batches, max_seq_len: int, masked: bool,
                  device: torch.device):
@@ -45,9 +44,7 @@ class TeacherFeatures:
             rows = order[start:start + self.batches.batch_size]
             batch = {k: v.to(self.device) for k, v in self.batches.collate(rows).items()}
             h = run_model(self.teacher, batch, hidden=True).penultimate.float()
-            pad = self.max_seq_len - h.shape[1]
-            mask = F.pad(batch["attention_mask"], (0, pad)) if self.masked else None
-            yield flatten_features(F.pad(h, (0, 0, 0, pad)), mask)
+            yield flatten_padded(h, batch["attention_mask"] if self.masked else None, self.max_seq_len)
 
 
 def memory_path(storage: str, key_fields: dict) -> Path:

@@ -156,3 +156,14 @@ def test_shape_errors():
         intra_feature_loss(torch.randn(2, 5, 3), torch.randn(2, 4, 3))
     with pytest.raises(ValueError):
         local_inter_feature_loss(torch.randn(2, 5, 3), torch.randn(3, 5, 3))
+
+
+def test_flatten_padded_matches_a_batch_padded_to_length():
+    from fsd.objectives.structure import flatten_padded
+
+    torch.manual_seed(0)
+    h, mask = torch.randn(3, 5, 4), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    longer = torch.cat([h, torch.randn(3, 3, 4)], dim=1)  # the same rows padded to 8 with PAD content
+    long_mask = torch.cat([mask, torch.zeros(3, 3, dtype=mask.dtype)], dim=1)
+    assert flatten_padded(h, mask, 8).shape == (3, 32)
+    assert torch.equal(flatten_padded(h, mask, 8), flatten_features(longer, long_mask))

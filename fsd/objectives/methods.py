@@ -12,14 +12,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fsd.models import ModelOutputs
 from fsd.objectives.baselines import attention_kl_loss, pkd_loss, rkd_angle_loss, rkd_distance_loss, value_relation_loss
 from fsd.objectives.kd import kd_loss, label_loss
 from fsd.objectives.memory import StudentMemory, global_structure_parts
-from fsd.objectives.structure import flatten_features, intra_feature_loss, local_inter_feature_loss
+from fsd.objectives.structure import (
+    flatten_features,
+    flatten_padded,
+    intra_feature_loss,
+    local_inter_feature_loss,
+)
 
 if TYPE_CHECKING:
     from fsd.config import DistillConfig
@@ -143,12 +147,6 @@ class FSD(Objective):
         self.student_memory = StudentMemory(k, ctx.max_seq_len * ctx.student.config.hidden_size)
         self.to(self.teacher_memory.device)
 
-    def padded_flat(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Flattened in the padded-to-max layout, so a batch padded to its own length lines up with the
-        memory's `max_seq_len * d` coordinates."""
-        return flatten_features(F.pad(h, (0, 0, 0, self.max_seq_len - h.shape[1])),
-                                None if mask is None else F.pad(mask, (0, self.max_seq_len - mask.shape[1])))
-
     def extra_parts(self, s: ModelOutputs, t: ModelOutputs, batch: dict) -> Parts:
         c, mask = self.config, self.mask(batch)
         h_t, h_s = t.penultimate.detach(), s.penultimate
@@ -158,7 +156,8 @@ class FSD(Objective):
         if "l" in self.structures:
             parts["local"] = c.beta * c.gamma_l * local_inter_feature_loss(h_t, h_s, mask)
         if "g" in self.structures:
-            g = global_structure_parts(self.padded_flat(h_t, mask), self.padded_flat(h_s, mask),
+            g = global_structure_parts(flatten_padded(h_t, mask, self.max_seq_len),
+                                       flatten_padded(h_s, mask, self.max_seq_len),
                                        self.teacher_memory, self.student_memory(), c.lam)
             parts.update({f"global_{k}": c.beta * c.gamma_g * v for k, v in g.items()})
         return parts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from fsd.cka import linear_cka
 
@@ -29,6 +30,14 @@ def flatten_features(h: torch.Tensor, attention_mask: torch.Tensor | None = None
             raise ValueError(f"attention_mask must be {tuple(h.shape[:2])}, got {tuple(attention_mask.shape)}")
         h = h * (attention_mask != 0).to(h.dtype).unsqueeze(-1)
     return h.reshape(h.shape[0], -1)
+
+
+def flatten_padded(h: torch.Tensor, attention_mask: torch.Tensor | None, length: int) -> torch.Tensor:
+    """`flatten_features` in the padded-to-`length` layout: `[n, l, d] -> [n, length*d]`, so batches padded
+    to their own length line up with memory centroids built over `length * d` coordinates (FSDG)."""
+    pad = length - h.shape[1]
+    mask = None if attention_mask is None else F.pad(attention_mask, (0, pad))
+    return flatten_features(F.pad(h, (0, 0, 0, pad)), mask)
 
 
 def intra_feature_loss(h_t: torch.Tensor, h_s: torch.Tensor,
