@@ -12,9 +12,7 @@ trial is logged to MLflow. A killed search continues with the same command and -
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 from typing import NoReturn
 
 
@@ -54,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
       help="best: each stage's best student is logged as an MLflow model; all: also every trial's best checkpoint")
     a("--resume", action="store_true", help="continue the search stored in the storage folder")
     a("--address", default=None, help="address of an existing Ray cluster (default: start one locally)")
+    a("--set", dest="sets", action="append", metavar="KEY=VALUE",
+      help="a DistillConfig value for every trial, repeatable (e.g. --set lr=3e-5 --set batch_size=16); a stage's "
+           "grid and earlier stages' winners override it for the parameters they set")
+    a("--cache-budget-gb", type=float, default=10.0,
+      help="disk allowed for the cached teacher features (default 10); 0: no feature cache, the teacher runs live")
+    a("--compile", action="store_true", help="torch.compile the students (CUDA; pays off on long runs)")
+    a("--compare", default=None, metavar="METHODS",
+      help="e.g. vkd,pkd,rkd,minilm,fsd: each method's best configuration (searched first if needed) re-run "
+           "with --seeds seeds; prints the paper's Table 2/3 for this task with the p-value of FSD")
+    a("--report", action="store_true",
+      help="rebuild the HTML report of this task's searches from the storage folder and MLflow; trains nothing")
     a("--dry-run", action="store_true", help="print every stage, its grid, trial count and trial-epochs; run nothing")
     return p
 
@@ -65,68 +74,57 @@ def fail(message: str) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from fsd.tasks import get_task
-    from search_spaces import format_schedule, get_schedule
+    from fsd.tuning.checks import UsageError, check_schedule, validate
 
     try:
-        task = get_task(args.task).name
-        schedule = get_schedule(args.method, task, args.preset)
-    except ValueError as e:
+        if args.dry_run:
+            from search_spaces import format_schedule
+
+            print(format_schedule(check_schedule(args)))
+            return
+        search = validate(args)  # every check, before anything is written
+    except UsageError as e:
         fail(str(e))
-    names = [s.name for s in schedule.stages]
-    stages = tuple(args.stages.split(",")) if args.stages else ()
-    for name in stages:
-        if name not in names:
-            fail(f"--stages names {name!r}, which the {args.method} schedule lacks: choose from {', '.join(names)}")
-    if args.dry_run:
-        print(format_schedule(schedule))
-        return
-    run(args, task, schedule, stages)
+    run(search)
 
 
-def run(args, task: str, schedule, stages: tuple[str, ...]) -> None:
+def run(search) -> None:
     from fsd.cli import quiet_libraries
-    from fsd.tuning.ledger import Ledger
-    from fsd.tuning.runner import IDENTITY, SearchSpec, run_search
+    from fsd.tuning import lock
+    from fsd.tuning.checks import UsageError, check_search_folder
+    from fsd.tuning.runner import StageFailed, run_search
     from fsd.tuning.summary import summary_table
 
-    storage = str(Path(args.storage).expanduser().resolve())
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        fail(f"--data-dir {args.data_dir} is not a folder: point it at a GLUE download")
-    gpus = args.gpus_per_trial
-    if gpus is None:
-        import torch
+    spec = search.spec
+    if search.report:
+        from fsd.tuning.search_report import build_report
 
-        gpus = 0.25 if torch.cuda.is_available() else 0.0
-    spec = SearchSpec(
-        task=task, method=args.method, storage=storage,
-        mlflow_uri=args.mlflow_uri or f"sqlite:///{storage}/mlflow.db",
-        teacher=str(Path(args.teacher).resolve()) if Path(args.teacher).exists() else args.teacher,
-        student_init=args.student_init, student_layers=args.student_layers,
-        data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None, preset=args.preset,
-        stages=stages, seeds=args.seeds, seed=args.seed, gpus_per_trial=gpus, cpus_per_trial=args.cpus_per_trial,
-        max_concurrent=args.max_concurrent, max_failures=args.max_failures, search=args.search,
-        scheduler=args.scheduler, num_samples=args.num_samples, max_seq_len=args.max_seq_len,
-        teacher_epochs=args.teacher_epochs, log_checkpoints=args.log_checkpoints, address=args.address)
-    ledger = Ledger(spec.folder)
-    if ledger.exists and not args.resume:
-        fail(f"a search already exists in {spec.folder}: add --resume to continue it, or choose another --storage")
-    if args.resume:
-        if not ledger.exists:
-            fail(f"--resume: no search to resume in {spec.folder}; run without --resume to start one")
-        stored = ledger.data.get("search", {})
-        for key in IDENTITY:
-            if key in stored and stored[key] != _jsonable(getattr(spec, key)):
-                fail(f"--resume: {key} is {getattr(spec, key)!r} but the stored search used {stored[key]!r}; "
-                     f"use the same value or another --storage")
-    os.makedirs(spec.folder, exist_ok=True)
-    quiet_libraries()
-    ledger = run_search(spec, schedule)
-    print(summary_table(ledger, schedule))
+        try:
+            print(build_report(spec.storage, spec.task, spec.mlflow_uri))
+        except FileNotFoundError as e:
+            fail(str(e))
+        return
+    if search.compare:
+        from fsd.tuning.compare import compare_folder, run_compare
 
-
-def _jsonable(value):
-    return list(value) if isinstance(value, tuple) else value
+        quiet_libraries()
+        with lock.held(compare_folder(spec)):
+            print(run_compare(spec, search.compare, spec.seeds))
+        return
+    try:
+        with lock.held(spec.folder):
+            # Again under the lock: a search that started since the checks would be caught here.
+            check_search_folder(spec, search.resume, locked=True)
+            quiet_libraries()
+            ledger = run_search(spec, search.schedule)
+    except (lock.Busy, UsageError) as e:
+        fail(str(e))
+    except StageFailed as e:  # not bad input: the search stops; finished stages stay done
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(summary_table(ledger, search.schedule))
+    if ledger.mlflow_note:
+        print(ledger.mlflow_note)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,33 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = Non
         hxy, hxx, hyy = _hsic_gram(xn, yn)
     else:
         hxy, hxx, hyy = _hsic_feature(xn, yn)
-    ok = x_ok & y_ok & (hxx > 0) & (hyy > 0)
+    return _ratio(hxy, hxx, hyy, x_ok & y_ok)
+
+
+def centred_gram(y: torch.Tensor) -> torch.Tensor:
+    """The `[m, m]` Gram of `y [m, q]` centred and scaled as `linear_cka` does (float32 or float64), or
+    all zeros when `y` is degenerate: what `linear_cka_fixed` needs of a side that never changes."""
+    acc = torch.float64 if y.dtype == torch.float64 else torch.float32
+    yn, ok = _centre_and_normalise(y.to(acc), None)
+    return (yn @ yn.T) * ok.to(acc)
+
+
+def linear_cka_fixed(x: torch.Tensor, gram_y: torch.Tensor) -> torch.Tensor:
+    """`linear_cka(x, y)` for a `y` that never changes (the teacher memory), from `centred_gram(y)`: the
+    `[m, m]` Gram of `y` is not recomputed at every step, and `x`'s Gram is centred as an `[m, m]` matrix
+    (`H K H`) rather than `x` itself, so the only passes over the wide `x` are the matmuls."""
+    xa = x.to(gram_y.dtype)
+    k = xa @ xa.T
+    kc = k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
+    hxx = kc.pow(2).sum()
+    with torch.no_grad():  # a constant x centres to rounding noise, not to a signal (see _centre_and_normalise)
+        ok = hxx > (torch.finfo(k.dtype).eps * k.shape[0]) ** 2 * k.pow(2).sum()
+    return _ratio((kc * gram_y).sum(), hxx, gram_y.pow(2).sum(), ok)
+
+
+def _ratio(hxy: torch.Tensor, hxx: torch.Tensor, hyy: torch.Tensor, inputs_ok: torch.Tensor) -> torch.Tensor:
+    """HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) in [0, 1], defined as 0 for degenerate inputs."""
+    ok = inputs_ok & (hxx > 0) & (hyy > 0)
     one = torch.ones_like(hxx)
     # torch.where alone does not stop NaN gradients: the unused branch must be finite too, hence the
     # guarded sqrt arguments.

@@ -30,6 +30,11 @@ HELP = {
     "max_eval_samples": "keep the first N rows of each dev split",
     "pad_to_max": "pad every batch to max_seq_len as the paper did (default: pad per batch)",
     "device": "auto, cpu or cuda[:N]",
+    "group_by_length": "training batches of similar lengths (less padding; off with --pad-to-max)",
+    "teacher_cache": "read the teacher's outputs from a cache in the storage folder (one teacher pass)",
+    "cache_budget_gb": "disk for the cached teacher features; over it the teacher runs live",
+    "cache_dtype": "cached features: float16 or float32",
+    "compile": "torch.compile the student",
 }
 
 

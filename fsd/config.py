@@ -43,7 +43,8 @@ class DistillConfig:
     batch_size: int = 32
     eval_batch_size: int = 128
     max_seq_len: int = 128
-    pad_to_max: bool = False
+    pad_to_max: bool = False  # the paper's padding (and plain random batches); default: per batch
+    group_by_length: bool = True  # training batches of similar lengths (less padding); off with pad_to_max
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
     grad_clip: float = 1.0
@@ -54,6 +55,11 @@ class DistillConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     device: str = "auto"
+    # speed (results do not depend on these beyond float rounding)
+    teacher_cache: bool = True  # read the teacher's outputs from the storage cache instead of running it
+    cache_budget_gb: float = 10.0  # disk for cached teacher features; over it: the live teacher
+    cache_dtype: str = "float16"  # cached features: float16 (half the disk) or float32 (exact)
+    compile: bool = False  # torch.compile the student (CUDA; pays off on long runs)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -87,6 +93,10 @@ class DistillConfig:
                 raise ConfigError(f"{name} must be > 0 (or unset), got {getattr(self, name)}")
         if self.memory_init not in ("kmeans++", "reference"):
             raise ConfigError(f"memory_init must be 'kmeans++' or 'reference', got {self.memory_init!r}")
+        if self.cache_budget_gb < 0:
+            raise ConfigError(f"cache_budget_gb must be >= 0 (0: no feature cache), got {self.cache_budget_gb}")
+        if self.cache_dtype not in ("float16", "float32"):
+            raise ConfigError(f"cache_dtype must be 'float16' or 'float32', got {self.cache_dtype!r}")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
             raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 

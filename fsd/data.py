@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -193,16 +193,24 @@ class Batches:
     """Mini-batches of a tokenised split, padded per batch (or to `pad_to`), reproducible per epoch.
 
     The order of epoch e depends only on (seed, e), so a run resumed at epoch e sees the same batches as an
-    uninterrupted one.
+    uninterrupted one. With `group_by_length`, each window of `GROUP_WINDOW` batches of the shuffled order
+    is sorted by length before it is cut into batches, and the batches are then shuffled: batches hold
+    sentences of similar length, so per-batch padding wastes little, while every epoch still mixes the data.
+    `attach(rows, batch)` may add tensors to each batch (the cached teacher outputs of those rows).
     """
 
+    GROUP_WINDOW = 50  # batches per length-sorted window (as Hugging Face's "megabatches")
+
     def __init__(self, split: Dataset, batch_size: int, pad_id: int, shuffle: bool = False,
-                 seed: int = 0, pad_to: int | None = None, regression: bool = False):
+                 seed: int = 0, pad_to: int | None = None, regression: bool = False,
+                 group_by_length: bool = False,
+                 attach: Callable[[list[int], dict[str, torch.Tensor]], None] | None = None):
         self.input_ids: list[list[int]] = split["input_ids"]
         self.token_type_ids: list[list[int]] = split["token_type_ids"]
         self.labels = torch.tensor(split["label"], dtype=torch.float32 if regression else torch.long)
         self.batch_size, self.pad_id, self.shuffle, self.seed, self.pad_to = (
             batch_size, pad_id, shuffle, seed, pad_to)
+        self.group_by_length, self.attach = group_by_length, attach
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -211,16 +219,29 @@ class Batches:
     def num_examples(self) -> int:
         return len(self.labels)
 
-    def order(self, epoch: int) -> torch.Tensor:
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+    def batch_rows(self, epoch: int = 0) -> list[list[int]]:
+        """The row indices of every batch of `epoch`, in order."""
+        n, size = len(self.labels), self.batch_size
         if not self.shuffle:
-            return torch.arange(len(self.labels))
+            return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
         g = torch.Generator().manual_seed(self.seed * 1000 + epoch)
-        return torch.randperm(len(self.labels), generator=g)
+        order = torch.randperm(n, generator=g).tolist()
+        if not self.group_by_length:
+            return [order[i:i + size] for i in range(0, n, size)]
+        window = size * self.GROUP_WINDOW
+        rows: list[list[int]] = []
+        for start in range(0, n, window):
+            chunk = sorted(order[start:start + window], key=lambda i: -len(self.input_ids[i]))
+            rows.extend(chunk[i:i + size] for i in range(0, len(chunk), size))
+        return [rows[i] for i in torch.randperm(len(rows), generator=g).tolist()]
 
     def epoch(self, epoch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        order = self.order(epoch).tolist()
-        for start in range(0, len(order), self.batch_size):
-            yield self.collate(order[start:start + self.batch_size])
+        for rows in self.batch_rows(epoch):
+            yield self.collate(rows)
 
     def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
         width = self.pad_to or max(len(self.input_ids[i]) for i in idx)
@@ -232,5 +253,8 @@ class Batches:
             ids[row, :n] = torch.tensor(self.input_ids[i])
             types[row, :n] = torch.tensor(self.token_type_ids[i])
             mask[row, :n] = 1
-        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
-                "labels": self.labels[idx], "index": torch.tensor(idx)}
+        batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
+                 "labels": self.labels[idx], "index": torch.tensor(idx)}
+        if self.attach is not None:
+            self.attach(idx, batch)
+        return batch

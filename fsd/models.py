@@ -84,22 +84,34 @@ def build_student(backbone: str, num_layers: int, num_labels: int,
 
 @dataclass
 class ModelOutputs:
-    """What the objectives read from one forward pass.
+    """What the objectives read from one forward pass (or from the teacher-output cache).
 
     `hidden_states` has L+1 entries (index 0 is the embedding output), each `[n, l, d]`;
-    `penultimate` is `hidden_states[L-1]` (METHOD.md §1); `attentions` the per-layer `[n, h, l, l]`
-    probabilities when asked for.
+    `penultimate` is `hidden_states[L-1]` (METHOD.md §1); `cls` the `[n, d]` [CLS] vector of every entry;
+    `attentions` the per-layer `[n, h, l, l]` probabilities when asked for. Cached teacher outputs carry
+    only what the objective reads: `penultimate_states` (PAD positions zero) or `cls_states`.
     """
 
     logits: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     values: torch.Tensor | None = None  # last layer's value vectors `[n, h, l, d_head]` (MiniLM)
+    penultimate_states: torch.Tensor | None = None
+    cls_states: tuple[torch.Tensor, ...] | None = None
 
     @property
     def penultimate(self) -> torch.Tensor:
+        if self.penultimate_states is not None:
+            return self.penultimate_states
         assert self.hidden_states is not None, "run the model with hidden states"
         return self.hidden_states[-2]
+
+    @property
+    def cls(self) -> tuple[torch.Tensor, ...]:
+        if self.cls_states is not None:
+            return self.cls_states
+        assert self.hidden_states is not None, "run the model with hidden states"
+        return tuple(h[:, 0] for h in self.hidden_states)
 
 
 def run_model(model: PreTrainedModel, batch: dict[str, torch.Tensor], hidden: bool = False,

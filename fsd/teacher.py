@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from fsd import failpoints
 from fsd.data import source_fingerprint
 from fsd.models import TEACHER_META, load_teacher, load_tokenizer, run_model, teacher_meta
 from fsd.objectives.kd import label_loss
@@ -109,6 +110,7 @@ def finetune_teacher(spec: TeacherSpec, storage: str, out_dir: str, device: str 
         metrics.update(evaluate(model, dev, task, dev_))
         metrics.update({"epoch": epoch + 1, "time/total_epoch_s": time.perf_counter() - started})
         epochs.append(metrics)
+        failpoints.reached("teacher-epoch")
         log(f"teacher {task.name} epoch {epoch + 1}/{spec.epochs}: dev score {metrics['eval/score']:.4f} "
             f"({metrics['time/epoch_s']:.0f} s train)")
     model.save_pretrained(out_dir)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
+from fsd import failpoints
 from fsd.data import Batches
 from fsd.models import resolve_model_path, run_model
 from fsd.objectives.memory import TeacherMemory
@@ -29,22 +30,31 @@ def model_fingerprint(name: str) -> str:
 
 
 class TeacherFeatures:
-    """Re-iterable over the teacher's flattened penultimate features `[b, max_seq_len * d]`, in a fixed
-    order, PAD rows zeroed when `masked` (`flatten_padded`, the layout FSDG uses for the student)."""
+    """Re-iterable over the teacher's flattened penultimate features `[b, max_seq_len * d]`, in row order,
+    PAD rows zeroed when `masked` (`flatten_padded`, the layout FSDG uses for the student). `penultimate`
+    maps a batch on `device` to `[b, l, d]`: the live teacher, or the cached features the batch carries."""
 
-    def __init__(self, teacher: torch.nn.Module, batches: Batches, max_seq_len: int, masked: bool,
-                 device: torch.device):
-        self.teacher, self.batches, self.max_seq_len, self.masked, self.device = (
-            teacher, batches, max_seq_len, masked, device)
+    def __init__(self, penultimate: Callable[[dict], torch.Tensor], batches: Batches, max_seq_len: int,
+                 masked: bool, device: torch.device):
+        self.penultimate, self.batches, self.max_seq_len, self.masked, self.device = (
+            penultimate, batches, max_seq_len, masked, device)
 
     @torch.no_grad()
     def __iter__(self) -> Iterator[torch.Tensor]:
-        order = list(range(self.batches.num_examples))
-        for start in range(0, len(order), self.batches.batch_size):
-            rows = order[start:start + self.batches.batch_size]
+        n, size = self.batches.num_examples, self.batches.batch_size
+        for start in range(0, n, size):
+            rows = list(range(start, min(start + size, n)))
             batch = {k: v.to(self.device) for k, v in self.batches.collate(rows).items()}
-            h = run_model(self.teacher, batch, hidden=True).penultimate.float()
+            h = self.penultimate(batch).float()
             yield flatten_padded(h, batch["attention_mask"] if self.masked else None, self.max_seq_len)
+
+
+def live_penultimate(teacher: torch.nn.Module) -> Callable[[dict], torch.Tensor]:
+    return lambda batch: run_model(teacher, batch, hidden=True).penultimate
+
+
+def cached_penultimate(batch: dict) -> torch.Tensor:
+    return batch["teacher_penultimate"]
 
 
 def memory_path(storage: str, key_fields: dict) -> Path:
@@ -52,7 +62,7 @@ def memory_path(storage: str, key_fields: dict) -> Path:
     return Path(storage) / "memory" / f"{key_fields['task']}-k{key_fields['k']}-{digest}.pt"
 
 
-def teacher_memory(config, teacher: torch.nn.Module, batches: Batches, data_key: str,
+def teacher_memory(config, penultimate: Callable[[dict], torch.Tensor], batches: Batches, data_key: str,
                    device: torch.device) -> torch.Tensor:
     """The teacher memory `[K, max_seq_len * d_T]` for this run: read from storage when a memory with the
     same key exists (task, teacher, K, iterations, init, length, masking, data), else fitted and saved."""
@@ -67,9 +77,10 @@ def teacher_memory(config, teacher: torch.nn.Module, batches: Batches, data_key:
     if path.is_file():
         centroids, _ = TeacherMemory.load(path, map_location=device)
         return centroids
-    features = TeacherFeatures(teacher, batches, config.max_seq_len, config.structure_mask, device)
+    features = TeacherFeatures(penultimate, batches, config.max_seq_len, config.structure_mask, device)
     centroids = TeacherMemory.fit(features, k, iters=config.memory_iters, seed=MEMORY_SEED,
                                   init=config.memory_init, device=device)
     path.parent.mkdir(parents=True, exist_ok=True)
+    failpoints.reached("memory-fit")
     TeacherMemory.save(path, centroids, key)
     return centroids

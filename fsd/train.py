@@ -6,6 +6,7 @@ command line for one run without Ray: `python -m fsd.train --task rte --alpha 0.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -24,8 +25,10 @@ from fsd.metrics import glue_metrics
 from fsd.models import build_student, load_teacher, load_tokenizer, run_model, teacher_meta
 from fsd.objectives import Objective, Setup, build_objective
 from fsd.tasks import Task, get_task
-from fsd.teacher_outputs import teacher_memory
+from fsd.teacher_cache import TeacherCache, open_cache
+from fsd.teacher_outputs import cached_penultimate, live_penultimate, teacher_memory
 
+log = logging.getLogger("fsd")
 CHECKPOINT_FILE = "checkpoint.pt"
 LossFn = Callable[[dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -51,7 +54,17 @@ def autocast(device: torch.device):
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    """Host-to-GPU copies from pinned memory, so they overlap the previous step's kernels."""
+    if device.type != "cuda":
+        return batch
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def speed_up(device: torch.device) -> None:
+    """TF32 for the float32 matmuls left outside bf16 autocast (Ampere and later)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, total_steps: int,
@@ -117,7 +130,8 @@ def make_batches(config_like, task: Task, tokenizer, storage: str, data_dir: str
                           os.path.join(storage, "data_cache"), max_train, max_eval)
     pad_to = config_like.max_seq_len if getattr(config_like, "pad_to_max", False) else None
     common = {"pad_id": tokenizer.pad_token_id, "pad_to": pad_to, "regression": task.is_regression}
-    train = Batches(data["train"], config_like.batch_size, shuffle=True, seed=seed, **common)
+    grouped = getattr(config_like, "group_by_length", False) and pad_to is None  # the paper: random batches
+    train = Batches(data["train"], config_like.batch_size, shuffle=True, seed=seed, group_by_length=grouped, **common)
     dev = {s: Batches(data[s], config_like.eval_batch_size, **common) for s in task.dev_splits}
     return train, dev
 
@@ -157,8 +171,47 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def prepare_teacher(config: DistillConfig, objective: Objective, train: Batches, data_key: str, task: Task,
+                    device: torch.device, say: Callable[[str], None] = log.warning
+                    ) -> tuple[torch.nn.Module | None, TeacherCache | None]:
+    """The live teacher, or the cache that replaces it (written first if missing; the teacher used for that
+    pass is dropped): with the cache, `train`'s batches carry the teacher's outputs and no teacher is held."""
+    if not objective.needs_teacher:
+        return None, None
+    attn = "eager" if objective.needs_attentions else "sdpa"  # sdpa cannot return attention probabilities
+
+    def load() -> torch.nn.Module:
+        return load_teacher(config.teacher, task.num_labels, attn).to(device).eval().requires_grad_(False)
+
+    cache = open_cache(config, objective.cache_fields(), train, data_key, device, load, autocast, say)
+    if cache is None:
+        return load(), None
+    train.attach = cache.attach
+    return None, cache
+
+
+def prepare_outputs(config: DistillConfig, say: Callable[[str], None] = print) -> tuple[int, ...] | None:
+    """Write what the trials of `config` read from storage: the tokenised data, the teacher-output cache and
+    the teacher memory. A search calls it in its driver, so trials running in parallel only read them.
+    Returns the memory's shape when the method uses one."""
+    device, task = resolve_device(config.device), get_task(config.task)
+    tokenizer = load_tokenizer(config.teacher)
+    train, _ = make_batches(config, task, tokenizer, config.storage, config.data_dir,
+                            config.max_train_samples, config.max_eval_samples, config.seed)
+    objective = build_objective(config, regression=task.is_regression)
+    data_key = cache_key(task, tokenizer, config.max_seq_len, config.data_dir)
+    teacher, cache = prepare_teacher(config, objective, train, data_key, task, device, say)
+    if not objective.needs_memory:
+        return None
+    if teacher is None and cache is None:
+        teacher = load_teacher(config.teacher, task.num_labels).to(device).eval()
+    penultimate = cached_penultimate if cache is not None else live_penultimate(teacher)
+    return tuple(teacher_memory(config, penultimate, train, data_key, device).shape)
+
+
 def make_loss_fn(objective: Objective, teacher: torch.nn.Module | None, student: torch.nn.Module) -> LossFn:
-    """batch -> (loss, parts): the teacher's outputs without gradient, the student's, the objective."""
+    """batch -> (loss, parts): the teacher's outputs without gradient (live, or cached in the batch), the
+    student's, the objective."""
     needs = (objective.needs_hidden, objective.needs_attentions, objective.needs_values)
 
     def loss_fn(batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -166,6 +219,8 @@ def make_loss_fn(objective: Objective, teacher: torch.nn.Module | None, student:
         if teacher is not None:
             with torch.no_grad():
                 t_out = run_model(teacher, batch, *needs)
+        elif "teacher_logits" in batch:  # served by the teacher-output cache
+            t_out = TeacherCache.outputs(batch)
         return objective(run_model(student, batch, *needs), t_out, batch)
 
     return loss_fn
@@ -185,20 +240,23 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
     """
     seed_everything(config.seed)
     device = resolve_device(config.device)
+    speed_up(device)
     task = get_task(config.task)
     tokenizer = load_tokenizer(config.teacher)
     train, dev = make_batches(config, task, tokenizer, config.storage, config.data_dir,
                               config.max_train_samples, config.max_eval_samples, config.seed)
 
     objective = build_objective(config, regression=task.is_regression).to(device)
-    attn = "eager" if objective.needs_attentions else "sdpa"  # sdpa cannot return attention probabilities
-    teacher = None
-    if objective.needs_teacher:
-        teacher = load_teacher(config.teacher, task.num_labels, attn).to(device).eval().requires_grad_(False)
-    student = build_student(student_backbone(config), config.student_layers, task.num_labels, attn).to(device)
     data_key = cache_key(task, tokenizer, config.max_seq_len, config.data_dir)
-    objective.setup(Setup(teacher, student, config.max_seq_len, lambda: teacher_memory(
-        config, teacher, train, data_key, device)))
+    teacher, cache = prepare_teacher(config, objective, train, data_key, task, device)
+    seed_everything(config.seed)  # the student's init must not depend on whether the teacher was loaded
+    attn = "eager" if objective.needs_attentions else "sdpa"
+    student = build_student(student_backbone(config), config.student_layers, task.num_labels, attn).to(device)
+    penultimate = cached_penultimate if cache is not None else live_penultimate(teacher)
+    objective.setup(Setup(teacher, student, config.max_seq_len,
+                          lambda: teacher_memory(config, penultimate, train, data_key, device)))
+    if config.compile:
+        student.compile(dynamic=True)  # in place: state_dict keys stay those of the plain model
 
     params = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
     optimizer, scheduler = make_optimizer(params, config.lr, config.weight_decay,

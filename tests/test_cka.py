@@ -176,3 +176,17 @@ def test_bad_shapes_raise():
         linear_cka(torch.randn(5, 3), torch.randn(5, 3), mask=torch.ones(4))
     with pytest.raises(ValueError):
         linear_cka(torch.randn(5, 3), torch.randn(5, 3), path="kernel")
+
+
+def test_cka_against_a_fixed_side_equals_linear_cka():
+    from fsd.cka import centred_gram, linear_cka_fixed
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(12, 40, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(12, 70, generator=g, dtype=torch.float64) * 3 + 1
+    fixed = linear_cka_fixed(x, centred_gram(y))
+    torch.testing.assert_close(fixed, linear_cka(x, y), rtol=1e-12, atol=1e-12)
+    (gx,) = torch.autograd.grad(fixed, x)
+    (gx_ref,) = torch.autograd.grad(linear_cka(x, y), x)
+    torch.testing.assert_close(gx, gx_ref)
+    assert linear_cka_fixed(x, centred_gram(torch.ones(12, 70, dtype=torch.float64))) == 0  # degenerate side

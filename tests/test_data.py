@@ -136,6 +136,33 @@ def test_shuffle_depends_only_on_seed_and_epoch():
     split = _split([4] * 50)
     a = Batches(split, 8, pad_id=0, shuffle=True, seed=3)
     b = Batches(split, 8, pad_id=0, shuffle=True, seed=3)
-    assert a.order(2).tolist() == b.order(2).tolist()
-    assert a.order(1).tolist() != a.order(2).tolist()
-    assert sorted(a.order(1).tolist()) == list(range(50))
+    assert a.batch_rows(2) == b.batch_rows(2)
+    assert a.batch_rows(1) != a.batch_rows(2)
+    assert sorted(sum(a.batch_rows(1), [])) == list(range(50))
+
+
+def test_length_grouped_batches_cover_every_row_once_and_pad_less():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 120) for _ in range(1000)]
+    split = _split(lengths)
+    plain = Batches(split, 16, pad_id=0, shuffle=True, seed=1)
+    grouped = Batches(split, 16, pad_id=0, shuffle=True, seed=1, group_by_length=True)
+    for epoch in (0, 1):
+        rows = grouped.batch_rows(epoch)
+        assert sorted(sum(rows, [])) == list(range(1000))
+        assert sum(len(r) < 16 for r in rows) == 1  # one short batch, as without grouping
+    assert grouped.batch_rows(0) == Batches(split, 16, pad_id=0, shuffle=True, seed=1,
+                                            group_by_length=True).batch_rows(0)
+    assert grouped.batch_rows(0) != grouped.batch_rows(1)
+
+    def padded_tokens(b: Batches) -> int:
+        return sum(len(r) * max(lengths[i] for i in r) for r in b.batch_rows(0))
+
+    # Sorted windows of similar lengths: far fewer PAD tokens than random batches.
+    assert padded_tokens(grouped) < 0.7 * padded_tokens(plain)
+    assert padded_tokens(grouped) >= sum(lengths)
+    # Batches are shuffled across windows: the first batch is not always the longest one.
+    widths = [max(lengths[i] for i in r) for r in grouped.batch_rows(0)]
+    assert widths != sorted(widths, reverse=True)

@@ -221,3 +221,24 @@ def test_fit_input_errors():
         TeacherMemory.fit(feats, 10)
     with pytest.raises(ValueError):
         TeacherMemory.fit(feats, 2, init="random")
+
+
+def test_short_feature_rows_equal_zero_padded_rows():
+    """A batch flattened to its own length l gives the loss and gradients of the padded-to-max rows."""
+    from fsd.cka import centred_gram
+
+    g = torch.Generator().manual_seed(11)
+    n, k, d_t, d_s, length, l = 5, 4, 6, 3, 10, 7
+    h_t = torch.randn(n, l * d_t, generator=g, dtype=torch.float64)
+    h_s = torch.randn(n, l * d_s, generator=g, dtype=torch.float64, requires_grad=True)
+    m_t = torch.randn(k, length * d_t, generator=g, dtype=torch.float64)
+    m_s = torch.randn(k, length * d_s, generator=g, dtype=torch.float64, requires_grad=True)
+    pad = torch.nn.functional.pad
+    full = global_structure_parts(pad(h_t, (0, (length - l) * d_t)), pad(h_s, (0, (length - l) * d_s)), m_t, m_s, 0.3)
+    short = global_structure_parts(h_t, h_s, m_t, m_s, 0.3, centred_gram(m_t))
+    for key in full:
+        torch.testing.assert_close(short[key], full[key], rtol=1e-10, atol=1e-10)
+    grads_full = torch.autograd.grad(sum(full.values()), (h_s, m_s))
+    grads_short = torch.autograd.grad(sum(short.values()), (h_s, m_s))
+    for a, b in zip(grads_short, grads_full, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)

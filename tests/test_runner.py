@@ -4,8 +4,9 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import torch
 
-from fsd.tuning.runner import SearchSpec, pick_winner, stage_base
+from fsd.tuning.runner import SearchSpec, StageFailed, pick_winner, stage_base
 from search_spaces import get_schedule
 
 
@@ -29,9 +30,30 @@ def test_winner_is_the_best_epoch_mean_over_seeds_and_survives_json_lists():
     assert score == pytest.approx(0.63)
 
 
-def test_a_stage_where_every_trial_failed_says_so():
-    with pytest.raises(RuntimeError, match="every trial of the stage failed"):
-        pick_winner([_result({"beta": 1.0}, [0.5], error=RuntimeError("x"))], {"beta": (1.0,)})
+def test_a_stage_where_every_trial_failed_names_the_cause():
+    wrapped = RuntimeError("ray::ImplicitFunc.train()\n  File x, line 3\nOSError: no model.safetensors in /s\n")
+    failed = [_result({"beta": 1.0}, [0.5], error=wrapped), _result({"beta": 2.0}, [0.5], error=ValueError("y"))]
+    with pytest.raises(StageFailed, match="all 2 trial.s. of the stage failed; first error: OSError: no model."
+                                          "safetensors in /s .*--resume"):
+        pick_winner(failed, {"beta": (1.0, 2.0)})
+
+
+def test_out_of_memory_says_how_to_pack_fewer_trials(monkeypatch):
+    from fsd.tuning import trainable
+
+    assert "--gpus-per-trial 0.5" in trainable.out_of_memory_message(0.25, 32)
+    assert "4 trials per GPU" in trainable.out_of_memory_message(0.25, 32)
+    assert "lower batch_size (16)" in trainable.out_of_memory_message(1.0, 16)
+
+    def oom(*_a, **_k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        yield
+
+    monkeypatch.setattr(trainable, "distill", oom)
+    monkeypatch.setattr(trainable.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(trainable, "_gpu_share", lambda: 0.25)
+    with pytest.raises(trainable.TrialOutOfMemory, match="pack fewer with --gpus-per-trial 0.5"):
+        trainable.train_trial({"alpha": 0.5}, {"task": "rte", "teacher": "t"})
 
 
 def test_stage_base_takes_inherited_winners_fixed_values_and_the_budget():
@@ -43,3 +65,26 @@ def test_stage_base_takes_inherited_winners_fixed_values_and_the_budget():
     assert base["alpha"] == 0.7 and base["temperature"] == 5.0 and base["lr"] == 2e-5 and base["lam"] == 0.1
     assert base["beta"] == 1.0 and base["method"] == "fsdg" and base["teacher"] == "/teacher"
     assert base["epochs"] == 1 and base["max_train_samples"] == 64 and base["memory_size"] == 8  # smoke budget
+
+
+def test_set_values_reach_every_trial_but_grid_winners_and_fixed_values_win():
+    schedule = get_schedule("fsd", "rte", "smoke")
+    spec = SearchSpec(task="rte", method="fsd", storage="/s", mlflow_uri="", teacher="t",
+                      extra={"lr": 3e-5, "alpha": 0.9, "batch_size": 16, "beta": 7.0, "epochs": 2})
+    base = stage_base(spec, schedule, schedule.stage("vkd"), "/teacher", {})
+    assert base["batch_size"] == 16 and base["lr"] == 3e-5 and base["epochs"] == 2  # --set beats the budget
+    assert {**base, **{"alpha": 0.2}}["alpha"] == 0.2  # train_trial puts the grid point on top
+    winners = {"vkd": {"alpha": 0.7, "temperature": 5.0, "epochs": 2, "lr": 2e-5}}
+    later = stage_base(spec, schedule, schedule.stage("fsdg-coarse"), "/teacher", winners)
+    assert later["alpha"] == 0.7 and later["lr"] == 2e-5  # an earlier stage's winner beats --set
+    assert later["beta"] == 1.0  # so does the stage's fixed value
+    assert later["batch_size"] == 16 and later["max_train_samples"] == 64  # the rest: --set, then the budget
+
+
+def test_ties_go_to_the_first_grid_point_whatever_the_order_of_results():
+    a = _result({"alpha": 0.2}, [0.5])
+    b = _result({"alpha": 0.7}, [0.5])
+    a.metrics, b.metrics = {"trial_id": "ab12c_00000"}, {"trial_id": "ab12c_00001"}
+    for order in ([a, b], [b, a]):  # a restored experiment may list its trials in another order
+        point, _, _ = pick_winner(order, {"alpha": (0.2, 0.7)})
+        assert point == {"alpha": 0.2}

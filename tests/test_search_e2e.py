@@ -146,3 +146,36 @@ def test_resume_refuses_a_different_search(setup, uninterrupted):
     assert r.returncode == 2 and "student_layers is 1 but the stored search used 2" in r.stderr
     r = subprocess.run(_args(setup, setup[0] / "nothing", "--resume"), capture_output=True, text=True, env=_env())
     assert r.returncode == 2 and "no search to resume" in r.stderr
+
+
+def test_compare_reuses_a_search_runs_the_other_and_reruns_seeds(setup, uninterrupted):
+    storage, uri, _ = uninterrupted
+    r = subprocess.run(_args(setup, storage, "--mlflow-uri", uri, "--compare", "vkd,pkd", "--seeds", "2"),
+                       capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "compare: searching vkd first" in r.stdout and "searching pkd" not in r.stdout  # pkd's search reused
+    assert "| vkd | 2 |" in r.stdout and "| pkd | 2 |" in r.stdout and "| teacher | 1 |" in r.stdout
+    assert (storage / "rte-compare" / "compare.csv").is_file()
+    client, runs = _runs(uri)
+    (compare,) = [x for x in runs if x.info.run_name == "compare"]
+    assert compare.info.status == "FINISHED" and "compare/pkd/eval_score_mean" in compare.data.metrics
+    seeds = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == compare.info.run_id]
+    assert len(seeds) == 4 and {x.data.params["seed"] for x in seeds} == {"42", "43"}
+
+
+def test_report_is_rebuilt_from_storage_and_mlflow(setup, uninterrupted):
+    storage, uri, _ = uninterrupted
+    r = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), "--task", "rte", "--report", "--storage",
+                        str(storage), "--mlflow-uri", uri], capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    page = Path(r.stdout.strip().splitlines()[-1])
+    text = page.read_text()
+    assert page.is_file() and "<table" in text and "CKA diagonal" in text and "restoration f1" in text
+    assert text.count("data:image/png;base64,") >= 3  # trial scores + one heat map per stage, inline
+    from test_report import open_in_chromium
+
+    dom = open_in_chromium(page, storage / "chromium-profile")
+    total = int(dom.body["data-images-total"])
+    assert total >= 3 and dom.body["data-images-loaded"] == str(total)
+    headers = [h for t in dom.tables for h in t]
+    assert "CKA diagonal" in headers and "restoration f1" in headers and "method" in headers

@@ -22,6 +22,8 @@ def test_trial_runs_are_nested_and_found_again_after_a_restore(tmp_path):
 
     restored = pickle.loads(pickle.dumps(cb))  # Tuner.restore unpickles the callback
     restored.on_trial_start(0, [], trial)
+    # The trial re-ran epoch 1 (the driver died before Ray recorded it): its run keeps one value per epoch.
+    restored.on_trial_result(0, [], trial, {"epoch": 1, "eval/score": 0.5, "timestamp": 3})
     restored.on_trial_result(0, [], trial, {"epoch": 2, "eval/score": 0.6, "timestamp": 2})
     restored.on_trial_complete(0, [], trial)
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsd.cka import linear_cka
+from fsd.cka import linear_cka, linear_cka_fixed
 
 LOG_EPS = 1e-8  # the reference code's -log(CKA + 1e-8)
 INITS = ("kmeans++", "reference")
@@ -157,7 +157,8 @@ class StudentMemory(nn.Module):
 
 
 def global_structure_parts(h_t_flat: torch.Tensor, h_s_flat: torch.Tensor, m_t: torch.Tensor,
-                           m_s: torch.Tensor, lam: float) -> dict[str, torch.Tensor]:
+                           m_s: torch.Tensor, lam: float, gram_t: torch.Tensor | None = None
+                           ) -> dict[str, torch.Tensor]:
     """The three weighted terms of `L_G` (Eq. 8-10); they sum to `global_structure_loss`.
 
     ```
@@ -166,10 +167,16 @@ def global_structure_parts(h_t_flat: torch.Tensor, h_s_flat: torch.Tensor, m_t: 
     cosine    = (1-lam) * mean_{i,k} (cos(h_s_i, m_s_k) - cos(h_t_i, m_t_k))^2          (Eq. 9)
     ```
 
+    A feature row may be shorter than the memory's (`[n, w]`, w <= D): the missing coordinates are zeros.
+    That is how a batch padded to its own length `l` enters (flattened `[n, l*d]`, the first `l` tokens of
+    the padded-to-max layout), so the PAD columns cost no arithmetic.
+
     Args:
-        h_t_flat: `[n, D_t]` flattened teacher features; h_s_flat: `[n, D_s]` student features.
+        h_t_flat: `[n, w_t]` flattened teacher features; h_s_flat: `[n, w_s]` student features.
         m_t: `[K, D_t]` teacher memory; m_s: `[K, D_s]` student memory.
         lam: Euclidean vs cosine mix in [0, 1].
+        gram_t: optional `fsd.cka.centred_gram(m_t)`: the teacher memory never changes, so its Gram can be
+            computed once.
 
     Returns:
         `{"memory", "euclidean", "cosine"}` scalars (float32, or float64 for float64 inputs). The
@@ -178,15 +185,15 @@ def global_structure_parts(h_t_flat: torch.Tensor, h_s_flat: torch.Tensor, m_t: 
     n, k = h_t_flat.shape[0], m_t.shape[0]
     if (h_t_flat.dim() != 2 or h_s_flat.dim() != 2 or m_t.dim() != 2 or m_s.dim() != 2
             or h_s_flat.shape[0] != n or m_s.shape[0] != k
-            or h_t_flat.shape[1] != m_t.shape[1] or h_s_flat.shape[1] != m_s.shape[1]):
-        raise ValueError(f"need h_t [n, D_t], h_s [n, D_s], m_t [K, D_t], m_s [K, D_s]; got "
+            or h_t_flat.shape[1] > m_t.shape[1] or h_s_flat.shape[1] > m_s.shape[1]):
+        raise ValueError(f"need h_t [n, <=D_t], h_s [n, <=D_s], m_t [K, D_t], m_s [K, D_s]; got "
                          f"{tuple(h_t_flat.shape)}, {tuple(h_s_flat.shape)}, {tuple(m_t.shape)}, {tuple(m_s.shape)}")
     acc = torch.float64 if torch.float64 in (h_t_flat.dtype, h_s_flat.dtype, m_t.dtype, m_s.dtype) else torch.float32
     h_t, h_s, m_t, m_s = (t.to(acc) for t in (h_t_flat, h_s_flat, m_t, m_s))
-    memory = -torch.log(linear_cka(m_s, m_t) + LOG_EPS)
+    cka = linear_cka(m_s, m_t) if gram_t is None else linear_cka_fixed(m_s, gram_t.to(acc))
+    memory = -torch.log(cka + LOG_EPS)
     euclidean = F.mse_loss(_pair_dist(h_s, m_s), _pair_dist(h_t, m_t))
-    cosine = F.mse_loss(F.normalize(h_s, dim=1) @ F.normalize(m_s, dim=1).T,
-                        F.normalize(h_t, dim=1) @ F.normalize(m_t, dim=1).T)
+    cosine = F.mse_loss(_cosines(h_s, m_s), _cosines(h_t, m_t))
     return {"memory": memory, "euclidean": lam * euclidean, "cosine": (1 - lam) * cosine}
 
 
@@ -197,11 +204,22 @@ def global_structure_loss(h_t_flat: torch.Tensor, h_s_flat: torch.Tensor, m_t: t
     return parts["memory"] + parts["euclidean"] + parts["cosine"]
 
 
+def _cosines(h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """`[n, K]` cosines between rows of `h [n, w]` (zeros beyond w) and `m [K, D]`."""
+    return F.normalize(h, dim=1) @ F.normalize(m, dim=1)[:, :h.shape[1]].T
+
+
 def _pair_dist(h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """`[n, K]` Euclidean distances without materialising `[n, K, D]` differences."""
+    """`[n, K]` Euclidean distances between rows of `h [n, w]` (zeros beyond w) and `m [K, D]`, without
+    materialising `[n, K, D]` differences."""
     # A detached shift leaves distances and their gradients unchanged and limits cancellation.
     shift = m.detach().mean(dim=0)
-    sq = _sq_dist(h - shift, m - shift)
+    w = h.shape[1]
+    a, b = h - shift[:w], m - shift
+    tail = shift[w:]  # h is zero there, so h - shift is -tail
+    sq_a = a.pow(2).sum(dim=1, keepdim=True) + tail.pow(2).sum()
+    dot = a @ b[:, :w].T - b[:, w:] @ tail
+    sq = (sq_a - 2 * dot + b.pow(2).sum(dim=1)).clamp(min=0)
     pos = sq > 0
     # sqrt has an infinite derivative at 0: coincident pairs get distance 0 and a zero gradient.
     return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(sq))

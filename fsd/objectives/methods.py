@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from fsd.cka import centred_gram
 from fsd.models import ModelOutputs
 from fsd.objectives.baselines import attention_kl_loss, pkd_loss, rkd_angle_loss, rkd_distance_loss, value_relation_loss
 from fsd.objectives.kd import kd_loss, label_loss
 from fsd.objectives.memory import StudentMemory, global_structure_parts
 from fsd.objectives.structure import (
     flatten_features,
-    flatten_padded,
     intra_feature_loss,
     local_inter_feature_loss,
 )
@@ -54,6 +54,8 @@ class Objective(nn.Module):
     needs_hidden = False
     needs_attentions = False
     needs_values = False
+    # What of the teacher's outputs the cache must hold for this objective; None: not cacheable (run live).
+    teacher_fields: tuple[str, ...] | None = ("logits",)
 
     def __init__(self, config: DistillConfig, regression: bool):
         super().__init__()
@@ -62,6 +64,18 @@ class Objective(nn.Module):
 
     def setup(self, ctx: Setup) -> None:
         """Called once after the models are built and before the optimiser (so new parameters train)."""
+
+    @property
+    def needs_memory(self) -> bool:
+        """Whether `setup` asks for the teacher memory (FSDG)."""
+        return "g" in getattr(self, "structures", "")
+
+    def cache_fields(self) -> tuple[str, ...] | None:
+        """The cached teacher outputs this run can use instead of the live teacher, or None. Features are
+        cached for real tokens only, so unmasked structures (the reference behaviour) need the live teacher."""
+        if self.teacher_fields is None or ("penultimate" in self.teacher_fields and not self.config.structure_mask):
+            return None
+        return self.teacher_fields
 
     def mask(self, batch: dict) -> torch.Tensor | None:
         """Structures over real tokens only (default), or over every position as the reference code."""
@@ -84,6 +98,7 @@ class NoKD(Objective):
     """The student alone: cross-entropy (or MSE) to the labels."""
 
     needs_teacher = False
+    teacher_fields = ()
 
     def forward(self, s: ModelOutputs, t: ModelOutputs | None, batch: dict) -> tuple[torch.Tensor, Parts]:
         parts = {"ce": label_loss(s.logits, batch["labels"], self.regression)}
@@ -98,12 +113,13 @@ class PKD(Objective):
     """PKD-skip: [CLS] of student layers 1..k-1 against teacher layers s, 2s, ... with s = L_T // k."""
 
     needs_hidden = True
+    teacher_fields = ("logits", "cls")
 
     def extra_parts(self, s: ModelOutputs, t: ModelOutputs, batch: dict) -> Parts:
-        k = len(s.hidden_states) - 1
-        step = (len(t.hidden_states) - 1) // k
-        s_cls = [s.hidden_states[j][:, 0] for j in range(1, k)]
-        t_cls = [t.hidden_states[j * step][:, 0].detach() for j in range(1, k)]
+        k = len(s.cls) - 1
+        step = (len(t.cls) - 1) // k
+        s_cls = [s.cls[j] for j in range(1, k)]
+        t_cls = [t.cls[j * step].detach() for j in range(1, k)]
         return {"pkd": self.config.beta * pkd_loss(t_cls, s_cls)}
 
 
@@ -111,6 +127,7 @@ class RKD(Objective):
     """RKD distance + angle on the flattened penultimate features."""
 
     needs_hidden = True
+    teacher_fields = ("logits", "penultimate")
 
     def extra_parts(self, s: ModelOutputs, t: ModelOutputs, batch: dict) -> Parts:
         c, mask = self.config, self.mask(batch)
@@ -125,6 +142,7 @@ class MiniLM(Objective):
 
     needs_attentions = True
     needs_values = True
+    teacher_fields = None  # attention maps are [h, l, l] per sample: too big to cache; the teacher runs live
 
     def extra_parts(self, s: ModelOutputs, t: ModelOutputs, batch: dict) -> Parts:
         mask = batch["attention_mask"]  # PAD keys have no attention in either model: always masked
@@ -136,6 +154,7 @@ class FSD(Objective):
     """The FSD family; `structures` says which of intra (I), local (L) and global (G) it uses."""
 
     needs_hidden = True
+    teacher_fields = ("logits", "penultimate")
     structures = "ilg"
 
     def setup(self, ctx: Setup) -> None:
@@ -143,6 +162,7 @@ class FSD(Objective):
             return
         self.max_seq_len = ctx.max_seq_len
         self.register_buffer("teacher_memory", ctx.teacher_memory().float(), persistent=False)
+        self.register_buffer("teacher_gram", centred_gram(self.teacher_memory), persistent=False)  # fixed: once
         k = self.teacher_memory.shape[0]
         self.student_memory = StudentMemory(k, ctx.max_seq_len * ctx.student.config.hidden_size)
         self.to(self.teacher_memory.device)
@@ -156,9 +176,9 @@ class FSD(Objective):
         if "l" in self.structures:
             parts["local"] = c.beta * c.gamma_l * local_inter_feature_loss(h_t, h_s, mask)
         if "g" in self.structures:
-            g = global_structure_parts(flatten_padded(h_t, mask, self.max_seq_len),
-                                       flatten_padded(h_s, mask, self.max_seq_len),
-                                       self.teacher_memory, self.student_memory(), c.lam)
+            # Flattened to the batch's own length: the first l tokens of the memory's padded-to-max layout.
+            g = global_structure_parts(flatten_features(h_t, mask), flatten_features(h_s, mask),
+                                       self.teacher_memory, self.student_memory(), c.lam, self.teacher_gram)
             parts.update({f"global_{k}": c.beta * c.gamma_g * v for k, v in g.items()})
         return parts
 

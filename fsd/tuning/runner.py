@@ -3,59 +3,23 @@ through the ledger; MLflow records everything; a killed search resumes where it 
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
 
+from fsd import failpoints
 from fsd.config import DistillConfig
-from fsd.train import export_student
+from fsd.train import export_student, prepare_outputs
 from fsd.tuning import tracking
 from fsd.tuning.ledger import Ledger
+from fsd.tuning.outbox import Outbox
+from fsd.tuning.spec import SearchSpec, identity
 from fsd.tuning.trainable import METRIC, MODE, expand, train_trial
 from search_spaces import Schedule, Stage
-
-# What a resumed search must agree on with the stored one (the rest, e.g. concurrency, may change).
-IDENTITY = ("task", "method", "preset", "teacher", "student_init", "student_layers", "data_dir", "seeds",
-            "max_seq_len", "search", "num_samples")
-
-
-@dataclass
-class SearchSpec:
-    """Everything tune_main.py resolved from the command line."""
-
-    task: str
-    method: str
-    storage: str  # absolute root: teachers, data cache and memories shared by searches; one folder per search
-    mlflow_uri: str
-    teacher: str
-    student_init: str | None = None
-    student_layers: int = 6
-    data_dir: str | None = None
-    preset: str = "paper"
-    stages: tuple[str, ...] = ()  # empty: all
-    seeds: int = 1
-    seed: int = 42
-    gpus_per_trial: float = 0.0
-    cpus_per_trial: float = 1.0
-    max_concurrent: int = 0
-    max_failures: int = 1
-    search: str = "grid"
-    scheduler: str = "fifo"
-    num_samples: int = 10
-    max_seq_len: int = 128
-    teacher_epochs: int = 3
-    log_checkpoints: str = "best"
-    address: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # more DistillConfig values for every trial
-
-    @property
-    def folder(self) -> str:
-        """This search's own folder: ledger, Ray experiments."""
-        return os.path.join(self.storage, f"{self.task}-{self.method}")
 
 
 def stage_base(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str,
@@ -70,7 +34,8 @@ def stage_base(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str,
     base.update(stage.fixed)
     budget = schedule.budget
     for key in ("epochs", "max_train_samples", "max_eval_samples", "memory_size"):
-        if getattr(budget, key) is not None:
+        # A value the user set with --set beats the preset's budget (the grid still beats both).
+        if getattr(budget, key) is not None and key not in spec.extra:
             base[key] = getattr(budget, key)
     return base
 
@@ -107,10 +72,23 @@ def tune_config(spec: SearchSpec, name: str, epochs: int | None) -> tune.TuneCon
     return tune.TuneConfig(**kwargs)
 
 
+class StageFailed(RuntimeError):
+    """Every trial of a stage failed: the search stops; the message names the first trial's error."""
+
+
+def _last_line(error: BaseException) -> str:
+    """The line of a (Ray-wrapped) trial error that says what went wrong."""
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else type(error).__name__
+
+
 def pick_winner(results, grid: dict[str, tuple]) -> tuple[dict[str, Any], float, str | None]:
     """The grid point with the best dev score (best epoch of each trial), averaged over seeds."""
     rows: dict[tuple, list] = {}
-    for r in results:
+    errors = [_last_line(r.error) for r in results if r.error]
+    # Grid order (trial ids number the grid points), whatever order a restored experiment lists them in:
+    # ties then go to the same point in a resumed search as in an uninterrupted one.
+    for r in sorted(results, key=lambda r: str((getattr(r, "metrics", None) or {}).get("trial_id", ""))):
         df = r.metrics_dataframe
         if r.error or df is None or METRIC not in df:
             continue
@@ -119,8 +97,9 @@ def pick_winner(results, grid: dict[str, tuple]) -> tuple[dict[str, Any], float,
         ckpt = r.get_best_checkpoint(METRIC, MODE)
         rows.setdefault(point, []).append((float(df[METRIC].max()), ckpt.path if ckpt else None))
     if not rows:
-        raise RuntimeError("every trial of the stage failed: see the errors above and in the Ray logs, fix the "
-                           "cause, then run again with --resume")
+        cause = errors[0] if errors else "no trial reported a dev score"
+        raise StageFailed(f"all {len(results)} trial(s) of the stage failed; first error: {cause} (full tracebacks "
+                          "in the Ray trial folders); fix the cause, then run again with --resume")
     point, runs = max(rows.items(), key=lambda kv: sum(s for s, _ in kv[1]) / len(kv[1]))
     best_run = max(runs, key=lambda r: r[0])
     return dict(point), sum(s for s, _ in runs) / len(runs), best_run[1]
@@ -134,24 +113,25 @@ def trainable_for(spec: SearchSpec, base: dict[str, Any]):
 
 
 def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, ledger: Ledger,
-              mlflow_ids: dict[str, str]) -> None:
+              mlflow_ids: dict[str, str], log=print) -> None:
     winners = ledger.winners()
     grid = stage.resolve(winners)
     base = stage_base(spec, schedule, stage, teacher, winners)
     record = ledger.stage(stage.name)
     exp_id = mlflow_ids["experiment_id"]
-    record["run_id"] = tracking.open_run(spec.mlflow_uri, exp_id, record.get("run_id"), stage.name,
-                                         mlflow_ids["search_run_id"],
-                                         {"stage": stage.name, "method": stage.method, "task": spec.task})
+    outbox = mlflow_ids["outbox"]
+    record["run_id"] = outbox.do("open_run", exp_id, record.get("run_id"), stage.name, mlflow_ids["search_run_id"],
+                                 {"stage": stage.name, "method": stage.method, "task": spec.task})
     ledger.save()
-    DistillConfig.from_dict({**base, **expand({k: v[0] for k, v in grid.items() if v})})  # fail before Ray
+    first = DistillConfig.from_dict({**base, **expand({k: v[0] for k, v in grid.items() if v})})  # fail before Ray
     if any(len(v) == 0 for v in grid.values()):  # a refine around 0: nothing to try, the coarse winner stays
         source = ledger.data["stages"][stage.carry]
         record.update(status="done", winner=source["winner"], score=source["score"],
                       checkpoint=source.get("checkpoint"), trials=0)
         ledger.save()
-        tracking.close_run(spec.mlflow_uri, record["run_id"])
+        outbox.do("close_run", record["run_id"], "FINISHED")
         return
+    prepare_outputs(first, log)  # the teacher cache (and memory), once, before trials run in parallel
     name = f"{spec.task}-{spec.method}-{stage.name}"
     exp_dir = os.path.join(spec.folder, "ray", name)
     trainable = trainable_for(spec, base)
@@ -159,7 +139,8 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
         tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
     else:
         callback = tracking.TrialTracker(spec.mlflow_uri, exp_id, record["run_id"],
-                                         {"stage": stage.name, "method": stage.method, "task": spec.task}, base)
+                                         {"stage": stage.name, "method": stage.method, "task": spec.task}, base,
+                                         outbox)
         tuner = tune.Tuner(
             trainable, param_space=param_space(spec, grid),
             tune_config=tune_config(spec, name, base.get("epochs")),
@@ -171,51 +152,68 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
     results = tuner.fit()
     best = {r.metrics["trial_id"]: r.get_best_checkpoint(METRIC, MODE).path
             for r in results if r.metrics and r.get_best_checkpoint(METRIC, MODE)}
-    tracking.record_best_checkpoints(spec.mlflow_uri, exp_id, record["run_id"], best, spec.log_checkpoints == "all")
-    point, score, checkpoint = pick_winner(results, grid)
+    outbox.do("record_best_checkpoints", exp_id, record["run_id"], best, spec.log_checkpoints == "all")
+    try:
+        point, score, checkpoint = pick_winner(results, grid)
+    except StageFailed as e:
+        outbox.do("close_run", record["run_id"], "FAILED")
+        raise StageFailed(f"stage {stage.name}: {e}") from None
     winner = {**base, **expand(point)}
     if stage.carry and ledger.data["stages"][stage.carry]["score"] > score:
         carried = ledger.data["stages"][stage.carry]
         winner, score, checkpoint = carried["winner"], carried["score"], carried.get("checkpoint")
     record.update(status="done", winner=winner, score=score, checkpoint=checkpoint, trials=len(results))
-    _log_winner(spec, stage, record)
+    _log_winner(spec, stage, record, outbox)
     ledger.save()
-    tracking.close_run(spec.mlflow_uri, record["run_id"])
+    outbox.do("close_run", record["run_id"], "FINISHED")
 
 
-def _log_winner(spec: SearchSpec, stage: Stage, record: dict[str, Any]) -> None:
-    client = tracking.client_for(spec.mlflow_uri)
-    client.log_metric(record["run_id"], "best/" + METRIC, record["score"])
-    for k in ("alpha", "temperature", "lr", "epochs", "beta", "gamma_i", "gamma_l", "gamma_g", "lam"):
-        client.set_tag(record["run_id"], f"winner.{k}", str(record["winner"].get(k)))
+def _log_winner(spec: SearchSpec, stage: Stage, record: dict[str, Any], outbox: Outbox) -> None:
+    keys = ("alpha", "temperature", "lr", "epochs", "beta", "gamma_i", "gamma_l", "gamma_g", "lam")
+    outbox.do("log_winner", record["run_id"], "best/" + METRIC, record["score"],
+              {f"winner.{k}": str(record["winner"].get(k)) for k in keys})
     if record.get("checkpoint"):
         student = Path(record["checkpoint"]) / "student"
         if not student.is_dir():
             export_student(record["checkpoint"], student)
-        record["model_version"] = tracking.log_stage_model(
-            spec.mlflow_uri, record["run_id"], str(student), f"fsd-{spec.task}-{spec.method}",
-            stage.name.replace("-", "_"))
+        record["model_version"] = outbox.do("log_stage_model", record["run_id"], str(student),
+                                            f"fsd-{spec.task}-{spec.method}", stage.name.replace("-", "_"))
+        metrics, files = analyse_winner(record["checkpoint"], Path(record["checkpoint"]) / "analysis")
+        record["analysis"] = metrics
+        outbox.do("log_analysis", record["run_id"], metrics, files)
 
 
-def build_memory(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, ledger: Ledger) -> None:
-    """The teacher memory, once, in the driver: trials that run in parallel must not all fit it."""
-    from fsd.data import cache_key
-    from fsd.models import load_teacher, load_tokenizer
+def analyse_winner(checkpoint: str, folder: Path) -> tuple[dict[str, float], list[str]]:
+    """Restoration rate, the CKA heat map and relation difference of a stage's best student against its
+    teacher on the dev set (METHOD.md §8), once per stage; kept beside the checkpoint (a resumed search
+    reads them back)."""
+    from fsd.analysis import METRICS_FILE, analyse_pair, save_analysis
+    from fsd.models import build_student, load_teacher, load_tokenizer
     from fsd.tasks import get_task
-    from fsd.teacher_outputs import teacher_memory
-    from fsd.train import make_batches, resolve_device
+    from fsd.train import load_checkpoint, make_batches, resolve_device, student_backbone
 
+    saved = folder / METRICS_FILE
+    if saved.is_file():
+        metrics = json.loads(saved.read_text())["metrics"]
+        return {k: float("nan") if v is None else v for k, v in metrics.items()}, sorted(map(str, folder.iterdir()))
+    state = load_checkpoint(checkpoint)
+    config = DistillConfig.from_dict(state["config"])
+    task, device = get_task(config.task), resolve_device(config.device)
+    _, dev = make_batches(config, task, load_tokenizer(config.teacher), config.storage, config.data_dir,
+                          config.max_train_samples, config.max_eval_samples, config.seed)
+    student = build_student(student_backbone(config), config.student_layers, task.num_labels).to(device)
+    student.load_state_dict(state["student"])
+    teacher = load_teacher(config.teacher, task.num_labels).to(device)
+    analysis = analyse_pair(student, teacher, next(iter(dev.values())), task, device)
+    return analysis.metrics, save_analysis(analysis, folder)
+
+
+def build_memory(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, ledger: Ledger, log=print) -> None:
+    """The teacher memory, once, in the driver: trials that run in parallel must not all fit it."""
     config = DistillConfig.from_dict(stage_base(spec, schedule, stage, teacher, ledger.winners()))
-    task = get_task(config.task)
-    tokenizer = load_tokenizer(teacher)
-    train, _ = make_batches(config, task, tokenizer, config.storage, config.data_dir,
-                            config.max_train_samples, config.max_eval_samples, config.seed)
-    device = resolve_device(config.device)
-    model = load_teacher(teacher, task.num_labels).to(device).eval()
-    memory = teacher_memory(config, model, train, cache_key(task, tokenizer, config.max_seq_len, config.data_dir),
-                            device)
+    shape = prepare_outputs(config, log)
     record = ledger.stage(stage.name)
-    record.update(status="done", winner={}, score=None, memory_shape=list(memory.shape))
+    record.update(status="done", winner={}, score=None, memory_shape=list(shape or ()))
     ledger.save()
 
 
@@ -224,7 +222,7 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
     from fsd.teacher import TeacherSpec, ensure_teacher
 
     ledger = Ledger(spec.folder)
-    ledger.data["search"] = {k: v for k, v in asdict(spec).items() if k in IDENTITY}
+    ledger.data["search"] = identity(spec)
     ledger.save()
     teacher = ensure_teacher(TeacherSpec(spec.task, spec.teacher, spec.data_dir, epochs=spec.teacher_epochs,
                                          max_seq_len=spec.max_seq_len, seed=spec.seed,
@@ -232,28 +230,42 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
                                          max_eval_samples=schedule.budget.max_eval_samples),
                              spec.storage, log=log)
     ledger.data["teacher"] = teacher
+    # A lost server must not stall the driver in HTTP retries: what fails waits in the outbox instead.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    outbox = Outbox(spec.mlflow_uri, os.path.join(spec.folder, "mlflow_outbox.json"), tracking.OPS)
+    if outbox.pending:
+        log(f"MLflow: sending {outbox.pending} record(s) queued while the server was unreachable")
+        outbox.flush()
     exp_id = tracking.experiment_id(spec.mlflow_uri, spec.task)
-    search_run = tracking.open_run(spec.mlflow_uri, exp_id, ledger.data.get("search_run_id"),
-                                   f"{spec.method}-{spec.preset}", None,
-                                   {"method": spec.method, "task": spec.task, "preset": spec.preset})
+    search_run = outbox.do("open_run", exp_id, ledger.data.get("search_run_id"), f"{spec.method}-{spec.preset}",
+                           None, {"method": spec.method, "task": spec.task, "preset": spec.preset})
     ledger.data.update(search_run_id=search_run, experiment_id=exp_id)
     ledger.save()
     if not ray.is_initialized():
         # A local cluster lives on the loopback address: it needs no route to the outside.
         local = {} if spec.address else {"_node_ip_address": "127.0.0.1"}
         ray.init(address=spec.address, include_dashboard=False, log_to_driver=False, **local)
-    ids = {"experiment_id": exp_id, "search_run_id": search_run}
-    for stage in schedule.stages:
-        if spec.stages and stage.name not in spec.stages:
-            continue
-        if ledger.done(stage.name):
-            log(f"stage {stage.name}: done before, winner kept")
-            continue
-        log(f"stage {stage.name}: running")
-        if stage.prepare == "memory":
-            build_memory(spec, schedule, stage, teacher, ledger)
-        else:
-            run_stage(spec, schedule, stage, teacher, ledger, ids)
-            log(f"stage {stage.name}: best dev score {ledger.data['stages'][stage.name]['score']:.4f}")
-    tracking.close_run(spec.mlflow_uri, search_run)
+    ids = {"experiment_id": exp_id, "search_run_id": search_run, "outbox": outbox}
+    try:
+        for stage in schedule.stages:
+            if spec.stages and stage.name not in spec.stages:
+                continue
+            if ledger.done(stage.name):
+                log(f"stage {stage.name}: done before, winner kept")
+                continue
+            log(f"stage {stage.name}: running")
+            if stage.prepare == "memory":
+                build_memory(spec, schedule, stage, teacher, ledger, log)
+            else:
+                run_stage(spec, schedule, stage, teacher, ledger, ids, log)
+                log(f"stage {stage.name}: best dev score {ledger.data['stages'][stage.name]['score']:.4f}")
+            failpoints.reached("between-stages")
+    except StageFailed:
+        outbox.do("close_run", search_run, "FAILED")
+        outbox.flush()
+        raise
+    outbox.do("close_run", search_run, "FINISHED")
+    outbox.flush()
+    ledger.mlflow_note = outbox.summary()
     return ledger

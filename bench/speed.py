@@ -1,0 +1,209 @@
+"""What distillation costs next to plain fine-tuning, measured in one run on the same batches:
+
+  1. per method, the median training-step time / that of plain fine-tuning (CE only, same student, same
+     batches, steps alternated so both see the same load on the machine), with the live teacher and
+     with the teacher-output cache, padded to 128 (the paper) and with dynamic padding over
+     length-grouped batches (our default); the paper's Table 8 beside them;
+  2. the equivalence check: on the same batch, the loss with the cache (float16 and float32 features)
+     against the live teacher, |difference| and whether it is under 1e-4;
+  3. a whole `--preset quick` VKD stage (Ray Tune, all its trials): wall time with the cache and without.
+
+    python bench/speed.py --data-dir ../shared/glue_data --task rte --teacher <teacher fine-tuned on RTE>
+
+Teacher: a folder fine-tuned on the task (or `packaged-minilm`, whose head is then random); student: the
+first --student-layers layers of the packaged MiniLM. The FSDG memory is random here (its values do not
+change the cost). One step = (teacher forward | cache read) + student forward/backward + AdamW step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig
+
+from fsd.cli import quiet_libraries
+from fsd.config import DistillConfig
+from fsd.data import cache_key
+from fsd.models import build_student, load_tokenizer, resolve_model_path
+from fsd.objectives import OBJECTIVES, Setup, build_objective
+from fsd.tasks import get_task
+from fsd.train import make_batches, make_loss_fn, make_optimizer, prepare_teacher, to_device
+
+PAPER = {"vkd": 1.00, "pkd": 1 / 0.96, "rkd": 1 / 0.77, "fsd": 1 / 0.92}  # Table 8 speeds, as time ratios
+LAYOUTS = {"len 128": {"pad_to_max": True}, "dynamic": {"pad_to_max": False, "group_by_length": True}}
+
+
+def config_for(args, storage: str, method: str, **kw) -> DistillConfig:
+    return DistillConfig.from_dict({
+        "task": args.task, "teacher": args.teacher, "student_init": "packaged-minilm", "method": method,
+        "student_layers": args.student_layers, "max_seq_len": 128, "batch_size": args.batch_size,
+        "max_train_samples": args.steps * args.batch_size, "data_dir": args.data_dir, "storage": storage,
+        "device": "cpu" if not torch.cuda.is_available() else "auto", **kw})
+
+
+def build_step(config: DistillConfig):
+    """(loss_fn, optimizer, scheduler, params, batches) for one method, live teacher or cache per config."""
+    task = get_task(config.task)
+    tok = load_tokenizer(config.teacher)
+    train, _ = make_batches(config, task, tok, config.storage, config.data_dir, config.max_train_samples, 16,
+                            config.seed)
+    objective = build_objective(config, task.is_regression)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    teacher, cache = prepare_teacher(config, objective, train, cache_key(task, tok, 128, config.data_dir), task,
+                                     device, say=print)
+    attn = "eager" if objective.needs_attentions else "sdpa"
+    torch.manual_seed(0)
+    student = build_student(config.student_init, config.student_layers, task.num_labels, attn).to(device).train()
+    d_t = AutoConfig.from_pretrained(resolve_model_path(config.teacher)).hidden_size
+    objective.setup(Setup(teacher, student, 128, lambda: torch.randn(task.memory_size, 128 * d_t, device=device)))
+    objective.to(device)
+    params = [*student.parameters(), *objective.parameters()]
+    optimizer, scheduler = make_optimizer(params, 1e-5, 0.0, 10 * len(train))
+    return make_loss_fn(objective, teacher, student), optimizer, scheduler, train, cache is not None, device
+
+
+def stepper(config: DistillConfig):
+    """A function timing one training step on batch i (collating and reading cache rows included), and
+    whether the teacher's outputs come from the cache."""
+    loss_fn, optimizer, scheduler, train, cached, device = build_step(config)
+    batches = train.batch_rows(0)
+
+    def step(i: int) -> float:
+        start = time.perf_counter()
+        batch = to_device(train.collate(batches[i % len(batches)]), device)
+        loss, _ = loss_fn(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    return step, cached
+
+
+def time_against(config: DistillConfig, base, steps: int) -> tuple[float, float, bool]:
+    """(median step time / the baseline's, median step seconds, cached): steps alternate with the
+    baseline's on the same batches, so both see the same load on the machine."""
+    step, cached = stepper(config)
+    step(0), base(0)  # warm-up
+    ours, theirs = [], []
+    for i in range(steps):
+        theirs.append(base(i))
+        ours.append(step(i))
+    return statistics.median(ours) / statistics.median(theirs), statistics.median(ours), cached
+
+
+def step_table(args, storage: str) -> None:
+    methods = [m for m in args.methods.split(",") if m != "nokd"]
+    rows: dict[tuple[str, str, bool], float] = {}
+    seconds: dict[tuple[str, str], float] = {}
+    steps = 2 * args.steps  # every batch twice
+    for layout, kw in LAYOUTS.items():
+        base, _ = stepper(config_for(args, storage, "nokd", **kw))
+        base(0)
+        seconds[(layout, "nokd")] = statistics.median(base(i) for i in range(steps))
+        for method in methods:
+            for use_cache in (False, True):
+                ratio, secs, cached = time_against(
+                    config_for(args, storage, method, teacher_cache=use_cache, **kw), base, steps)
+                if use_cache and not cached:
+                    continue  # the method cannot be served from the cache (MiniLM): no row
+                rows[(layout, method, use_cache)] = ratio
+                seconds[(layout, method)] = secs
+    print(f"\n## step time / plain fine-tuning step (CE only, same student, same batches)\n{args.task}, batch "
+          f"{args.batch_size}, medians of {steps} steps alternated with plain fine-tuning steps, teacher "
+          f"{args.teacher}, student {args.student_layers} layers, {torch.get_num_threads()} threads, "
+          f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
+    print("| method | len 128 live | len 128 cache | dynamic live | dynamic cache | paper (vs VKD) "
+          "| s/step dynamic, best |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| nokd | 1.00 | - | 1.00 | - | - | {seconds[('dynamic', 'nokd')]:.3f} |")
+    for m in methods:
+        cells = [f"{rows[(layout, m, c)]:.2f}" if (layout, m, c) in rows else "-" for layout in LAYOUTS
+                 for c in (False, True)]
+        paper = f"{PAPER[m]:.2f}" if m in PAPER else "-"
+        print(f"| {m} | {' | '.join(cells)} | {paper} | {seconds[('dynamic', m)]:.3f} |")
+    print(f"plain fine-tuning step, dynamic (length-grouped) / len 128: "
+          f"{seconds[('dynamic', 'nokd')] / seconds[('len 128', 'nokd')]:.2f}")
+
+
+def equivalence(args, storage: str) -> None:
+    print("\n## equivalence: loss with the cache vs the live teacher, same batch, same student init")
+    print("| method | cache dtype | live loss | cached loss | abs diff | < 1e-4 |")
+    print("|---|---|---|---|---|---|")
+    for method in [m for m in args.methods.split(",") if OBJECTIVES[m].teacher_fields]:
+        losses = {}
+        for label, kw in (("live", {"teacher_cache": False}), ("float16", {"cache_dtype": "float16"}),
+                          ("float32", {"cache_dtype": "float32"})):
+            loss_fn, *_rest, train, _cached, device = build_step(
+                config_for(args, storage, method, pad_to_max=False, **kw))
+            torch.manual_seed(1)  # the same dropout masks in every variant
+            losses[label] = loss_fn(to_device(train.collate(train.batch_rows(0)[0]), device))[0].item()
+        for dtype in ("float16", "float32"):
+            diff = abs(losses[dtype] - losses["live"])
+            print(f"| {method} | {dtype} | {losses['live']:.6f} | {losses[dtype]:.6f} | {diff:.2e} | "
+                  f"{'yes' if diff < 1e-4 else 'NO'} |")
+
+
+def stage_wall_time(args, storage: str) -> None:
+    import ray
+
+    from fsd.tuning.runner import SearchSpec, run_search
+    from search_spaces import get_schedule
+
+    schedule = get_schedule("vkd", args.task, "quick")
+    print(f"\n## a whole --preset quick VKD stage ({schedule.stages[0].trial_count()} trials, "
+          f"{schedule.budget.epochs} epochs, {schedule.budget.max_train_samples} training rows)")
+    print("| teacher outputs | wall s | trials | best dev score |")
+    print("|---|---|---|---|")
+    times = {}
+    for label, extra in (("live teacher", {"teacher_cache": False}), ("cache", {})):
+        root = Path(storage) / label.replace(" ", "-")
+        spec = SearchSpec(task=args.task, method="vkd", storage=str(root), mlflow_uri=f"sqlite:///{root}/mlflow.db",
+                          teacher=args.teacher, student_init="packaged-minilm", student_layers=args.student_layers,
+                          data_dir=args.data_dir, preset="quick", extra=extra)
+        start = time.perf_counter()
+        ledger = run_search(spec, schedule, log=lambda _m: None)
+        times[label] = time.perf_counter() - start
+        rec = ledger.data["stages"]["vkd"]
+        print(f"| {label} | {times[label]:.0f} | {rec['trials']} | {rec['score']:.4f} |")
+        ray.shutdown()
+    print(f"cache / live wall time: {times['cache'] / times['live teacher']:.2f} (the cache's one teacher pass "
+          "included)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="rte")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--teacher", default="packaged-minilm")
+    p.add_argument("--student-layers", type=int, default=3)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--methods", default=",".join(m for m in OBJECTIVES if m != "nokd"))
+    p.add_argument("--parts", default="steps,equivalence,stage", help="which of steps, equivalence, stage to run")
+    args = p.parse_args()
+    quiet_libraries()
+    storage = tempfile.mkdtemp(prefix="fsd-bench-")
+    try:
+        parts = args.parts.split(",")
+        if "steps" in parts:
+            step_table(args, storage)
+        if "equivalence" in parts:
+            equivalence(args, storage)
+        if "stage" in parts:
+            stage_wall_time(args, storage)
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

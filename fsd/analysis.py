@@ -1,0 +1,322 @@
+"""The paper's analyses of a distilled student (METHOD.md §8): restoration rate, CKA heat maps between teacher and
+student penultimate features over dev mini-batches, and relation difference (Eq. 12-13)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+from fsd.cka import linear_cka
+from fsd.data import Batches
+from fsd.models import run_model
+from fsd.objectives.structure import flatten_features
+from fsd.tasks import Task, get_task
+
+DISTANCES = ("euclidean", "cosine")
+HEATMAP_FILE = "cka_heatmap.png"
+METRICS_FILE = "analysis.json"
+FIGSIZE = (6.0, 5.0)  # inches; at DPI 100 the PNG is 600 x 500 pixels
+DPI = 100
+
+
+# ------------------------------------------------------------------------------------------ restoration rate
+def restoration_rate(student_logits, teacher_logits, regression: bool = False) -> dict[str, float]:
+    """How well the student restores the teacher's predictions: the teacher's predictions are the reference.
+
+    Args:
+        student_logits, teacher_logits: `[N, C]` logits (array-like); for regression `[N]` or `[N, 1]` outputs.
+        regression: score outputs by correlation instead of classes (STS-B).
+
+    Returns:
+        Classification: `precision`, `recall`, `f1` of the student's argmax against the teacher's argmax
+        (two classes: positive class 1; more: the macro average over the classes either model predicts) and
+        `agreement` (accuracy). A ratio with a zero denominator counts as 0.0 (scikit-learn's convention: a
+        student that never predicts a class the teacher predicts has precision 0 there), except when neither
+        model predicts class 1 of a binary task: nothing to restore and nothing wrongly restored, so 1.0.
+        Regression: `pearson` and `spearman` correlation with the teacher's outputs (0.0 when either is
+        constant, where the correlation is undefined).
+
+    Raises:
+        ValueError: the two inputs have different shapes, or classification logits are not `[N, C]`.
+    """
+    s = np.asarray(student_logits, dtype=np.float64)
+    t = np.asarray(teacher_logits, dtype=np.float64)
+    if regression:
+        s, t = s.reshape(-1), t.reshape(-1)
+        if s.shape != t.shape:
+            raise ValueError(f"{len(s)} student outputs for {len(t)} teacher outputs")
+        if len(s) < 2 or np.ptp(s) == 0 or np.ptp(t) == 0:
+            return {"pearson": 0.0, "spearman": 0.0}
+        return {"pearson": float(pearsonr(s, t)[0]), "spearman": float(spearmanr(s, t)[0])}
+    if s.ndim != 2 or s.shape != t.shape:
+        raise ValueError(f"restoration_rate needs [N, C] logits of equal shape; got {s.shape} and {t.shape}")
+    pred, ref = s.argmax(axis=1), t.argmax(axis=1)
+    average = "binary" if s.shape[1] == 2 else "macro"
+    if average == "binary" and not (ref == 1).any() and not (pred == 1).any():
+        return {"precision": 1.0, "recall": 1.0, "f1": 1.0, "agreement": 1.0}
+    precision, recall, f1, _ = precision_recall_fscore_support(ref, pred, average=average, zero_division=0.0)
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1),
+            "agreement": float(accuracy_score(ref, pred))}
+
+
+# ------------------------------------------------------------------------------------------ CKA heat map
+def _gram_factor(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """`[n, n]` float64 `Z` with `Z Z^T = X X^T` for `X = flatten_features(h, mask)` (from `X^T = QR`, `Z = R^T`).
+
+    Linear CKA depends on `X` only through its Gram matrix `X X^T`, so `linear_cka(Z_t, Z_s)` equals
+    `linear_cka(X_t, X_s)` while each batch shrinks from `[n, l*d]` to `[n, n]`. Zero coordinates (PAD
+    positions, or padding a batch to a longer length) add nothing to `X X^T`, so the value does not depend on
+    the length a batch is padded to, and batches of different lengths can be paired.
+    """
+    x = flatten_features(h.double(), mask)
+    z = torch.linalg.qr(x.T, mode="r")[1].T  # [n, min(n, l*d)]
+    return F.pad(z, (0, x.shape[0] - z.shape[1]))
+
+
+def _heatmap_from_factors(t_factors: Sequence[torch.Tensor], s_factors: Sequence[torch.Tensor]) -> np.ndarray:
+    """CKA of every (teacher batch i, student batch j) pair from Gram factors; batches whose `n` differs from
+    the first batch's are dropped."""
+    keep = [i for i, z in enumerate(t_factors) if z.shape[0] == t_factors[0].shape[0]]
+    if not keep:
+        return np.zeros((0, 0))
+    zt = torch.stack([t_factors[i].cpu() for i in keep])
+    zs = torch.stack([s_factors[i].cpu() for i in keep])
+    rows = [linear_cka(zt[i].expand_as(zs), zs) for i in range(len(keep))]
+    return torch.stack(rows).numpy()
+
+
+def cka_heatmap(teacher_feats: Sequence[torch.Tensor], student_feats: Sequence[torch.Tensor],
+                masks: Sequence[torch.Tensor | None] | None = None) -> np.ndarray:
+    """The CKA heat map of the paper's Fig. 4 / Table 6 between teacher and student over dev mini-batches.
+
+    Entry `(i, j) = linear_cka(flatten_features(T_i, mask_i), flatten_features(S_j, mask_j))`: the batch-level
+    (local inter-feature, Eq. 7) CKA between teacher mini-batch i and student mini-batch j, PAD rows zeroed.
+    The diagonal pairs the same samples. Rows i and columns j need the same samples count only, not the same
+    length (CKA compares `[n, p]` with `[n, q]`), and zero-padding both to a common length gives the same
+    value, so each batch keeps its own padded length. Computed in float64 from `[n, n]` Gram factors.
+
+    Args:
+        teacher_feats: per batch `[n, l, d_t]` penultimate hidden states.
+        student_feats: per batch `[n, l, d_s]`, the same samples in the same order.
+        masks: per batch `[n, l]` attention masks (nonzero for real tokens), or None for all tokens.
+
+    Returns:
+        `[B, B]` float64 matrix in [0, 1] (rows: teacher batches, columns: student batches), where B counts
+        the batches with the first batch's `n` (a smaller last batch is dropped: CKA needs the same rows).
+
+    Raises:
+        ValueError: the lists differ in length, or a teacher and student batch differ in `[n, l]`.
+    """
+    masks = [None] * len(teacher_feats) if masks is None else list(masks)
+    if not len(teacher_feats) == len(student_feats) == len(masks):
+        raise ValueError(f"{len(teacher_feats)} teacher, {len(student_feats)} student batches and "
+                         f"{len(masks)} masks")
+    for t, s in zip(teacher_feats, student_feats, strict=True):
+        if t.dim() != 3 or s.dim() != 3 or t.shape[:2] != s.shape[:2]:
+            raise ValueError(f"teacher and student batches must be [n, l, d] with equal n, l; got "
+                             f"{tuple(t.shape)} and {tuple(s.shape)}")
+    zt = [_gram_factor(t, m) for t, m in zip(teacher_feats, masks, strict=True)]
+    zs = [_gram_factor(s, m) for s, m in zip(student_feats, masks, strict=True)]
+    return _heatmap_from_factors(zt, zs)
+
+
+def diagonal_mean(matrix: np.ndarray) -> float:
+    """Mean of the diagonal of a heat map (the paper's Table 6 figure); NaN for an empty matrix."""
+    diag = np.diag(np.asarray(matrix, dtype=np.float64))
+    return float(diag.mean()) if diag.size else math.nan
+
+
+def plot_heatmap(matrix: np.ndarray, path: str | os.PathLike, title: str) -> str:
+    """Write the heat map as a PNG (`FIGSIZE` at `DPI`): colour bar fixed to [0, 1], labelled axes, and the
+    diagonal mean in the title. Uses the Agg canvas directly, so no global pyplot state is touched.
+
+    Returns:
+        the path written, as a string.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    m = np.asarray(matrix, dtype=np.float64)
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(m if m.size else np.zeros((1, 1)), vmin=0.0, vmax=1.0, cmap="viridis",
+                      interpolation="nearest", aspect="auto")
+    fig.colorbar(image, ax=ax, label="linear CKA")
+    ax.set_xlabel("student mini-batch")
+    ax.set_ylabel("teacher mini-batch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"{title}\ndiagonal mean {diagonal_mean(m):.3f}")
+    fig.savefig(path, format="png")
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------ relation difference
+def _pairwise(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """`[..., m, p] -> [..., m, m]` Euclidean distances or cosine similarities between the rows."""
+    if kind == "euclidean":
+        return torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    unit = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    return unit @ unit.transpose(-1, -2)
+
+
+def _relation_batch(h_t: torch.Tensor, h_s: torch.Tensor, mask: torch.Tensor | None) -> dict[str, float]:
+    """Relation difference of one batch; a key is missing when the batch has no pair for it."""
+    if h_t.dim() != 3 or h_s.dim() != 3 or h_t.shape[:2] != h_s.shape[:2]:
+        raise ValueError(f"relation_difference needs [n, l, d] batches with equal n, l; got {tuple(h_t.shape)} "
+                         f"and {tuple(h_s.shape)}")
+    t, s = h_t.double(), h_s.double()
+    n, l = t.shape[:2]
+    real = torch.ones(n, l, dtype=torch.bool, device=t.device) if mask is None else mask.to(t.device) != 0
+    out: dict[str, float] = {}
+    if n >= 2:
+        upper = torch.ones(n, n, dtype=torch.bool, device=t.device).triu(1)
+        ft, fs = flatten_features(t, real), flatten_features(s, real)
+        for kind in DISTANCES:
+            out[f"inter_{kind}"] = (_pairwise(fs, kind) - _pairwise(ft, kind)).abs()[upper].mean().item()
+    pairs = real[:, :, None] & real[:, None, :] & torch.ones(l, l, dtype=torch.bool, device=t.device).triu(1)
+    count = pairs.sum(dim=(1, 2))
+    ok = count > 0
+    if ok.any():
+        for kind in DISTANCES:
+            diff = (_pairwise(s, kind) - _pairwise(t, kind)).abs() * pairs
+            out[f"intra_{kind}"] = (diff.sum(dim=(1, 2))[ok] / count[ok]).mean().item()
+    return out
+
+
+def _mean_over_batches(parts: Sequence[dict[str, float]]) -> dict[str, float]:
+    keys = [f"{scope}_{kind}" for scope in ("inter", "intra") for kind in DISTANCES]
+    out = {}
+    for key in keys:
+        values = [p[key] for p in parts if key in p]
+        out[key] = float(np.mean(values)) if values else math.nan
+    return out
+
+
+def relation_difference(t_feats: torch.Tensor | Sequence[torch.Tensor], s_feats: torch.Tensor | Sequence[torch.Tensor],
+                        mask: torch.Tensor | Sequence[torch.Tensor | None] | None = None) -> dict[str, float]:
+    """Relation difference (paper Eq. 12-13): how far the student's pairwise relations are from the teacher's.
+
+    ```
+    RD_d = mean over pairs i < j of |d(S_i, S_j) - d(T_i, T_j)|,   d = Euclidean distance or cosine similarity
+    ```
+    Pairs are unordered (i < j): both distances are symmetric and d(x, x) is the same for teacher and student,
+    so the mean over all ordered pairs i != j is the same number, and self-pairs, which would only dilute it
+    by a factor depending on n, are left out. |cos_S - cos_T| equals |(1 - cos_S) - (1 - cos_T)|, so cosine
+    similarity and cosine distance give the same value. Distances are raw (not normalised), so compare
+    students with the same hidden size.
+
+    - inter-feature: the samples of a batch, each its flattened penultimate features over real tokens
+      (`flatten_features`: padded layout, PAD rows zeroed, as FSDL);
+    - intra-feature: the real token vectors within each sample, averaged over the samples with at least two
+      real tokens.
+    Each value is computed per batch and averaged over the batches that have a pair for it (batches of one
+    sample have no inter-feature pair).
+
+    Args:
+        t_feats: teacher `[n, l, d_t]`, or a list of such batches.
+        s_feats: student `[n, l, d_s]` (or a list), the same samples.
+        mask: `[n, l]` attention mask (or a list, or None: every token is real).
+
+    Returns:
+        `inter_euclidean`, `inter_cosine`, `intra_euclidean`, `intra_cosine` (NaN when no batch has a pair).
+    """
+    if isinstance(t_feats, torch.Tensor):
+        t_feats, s_feats, mask = [t_feats], [s_feats], [mask]
+    masks = [None] * len(t_feats) if mask is None else list(mask)
+    if not len(t_feats) == len(s_feats) == len(masks):
+        raise ValueError(f"{len(t_feats)} teacher, {len(s_feats)} student batches and {len(masks)} masks")
+    return _mean_over_batches([_relation_batch(t, s, m) for t, s, m in zip(t_feats, s_feats, masks, strict=True)])
+
+
+# ------------------------------------------------------------------------------------------ one student
+@dataclass
+class Analysis:
+    """The analyses of one student against its teacher on the dev set.
+
+    `metrics` is flat and MLflow-ready: `analysis/restoration_<precision|recall|f1|agreement>` (or
+    `_pearson`, `_spearman` for regression), `analysis/cka_diagonal_mean`, `analysis/reldiff_<inter|intra>_
+    <euclidean|cosine>`; `heatmap` the `[B, B]` CKA matrix (rows: teacher batches).
+    """
+
+    task: str
+    metrics: dict[str, float]
+    heatmap: np.ndarray
+
+
+def analyse_pair(student: torch.nn.Module, teacher: torch.nn.Module, dev_batches: Batches, task: str | Task,
+                 device: str | torch.device, max_batches: int | None = None) -> Analysis:
+    """Run both models over the dev mini-batches (`dev_batches.epoch(0)`, no grad, eval mode, fp32) and compute
+    restoration rate, the CKA heat map of the penultimate features, and relation difference.
+
+    Only the logits and a `[n, n]` Gram factor per batch are kept, so memory does not grow with `l * d`.
+
+    Args:
+        student, teacher: sequence classifiers already on `device`; their train/eval mode is restored after.
+        dev_batches: the dev split's batches (unshuffled: the same batches for both models).
+        task: the task (regression decides how restoration is scored).
+        device: where the batches go.
+        max_batches: analyse only the first this many batches (None: all).
+
+    Returns:
+        an `Analysis`.
+    """
+    spec = get_task(task) if isinstance(task, str) else task
+    device = torch.device(device)
+    modes = (student.training, teacher.training)
+    student.eval()
+    teacher.eval()
+    s_logits, t_logits, zt, zs, relations = [], [], [], [], []
+    try:
+        with torch.no_grad():
+            for k, batch in enumerate(dev_batches.epoch(0)):
+                if max_batches is not None and k >= max_batches:
+                    break
+                batch = {key: v.to(device) for key, v in batch.items()}
+                s_out, t_out = run_model(student, batch, hidden=True), run_model(teacher, batch, hidden=True)
+                mask = batch["attention_mask"]
+                s_logits.append(s_out.logits.float().cpu())
+                t_logits.append(t_out.logits.float().cpu())
+                zt.append(_gram_factor(t_out.penultimate, mask).cpu())
+                zs.append(_gram_factor(s_out.penultimate, mask).cpu())
+                relations.append(_relation_batch(t_out.penultimate, s_out.penultimate, mask))
+    finally:
+        student.train(modes[0])
+        teacher.train(modes[1])
+    if not s_logits:
+        raise ValueError("analyse_pair got no dev batches")
+    restoration = restoration_rate(torch.cat(s_logits).numpy(), torch.cat(t_logits).numpy(), spec.is_regression)
+    heatmap = _heatmap_from_factors(zt, zs)
+    metrics = {f"analysis/restoration_{k}": v for k, v in restoration.items()}
+    metrics["analysis/cka_diagonal_mean"] = diagonal_mean(heatmap)
+    metrics.update({f"analysis/reldiff_{k}": v for k, v in _mean_over_batches(relations).items()})
+    return Analysis(spec.name, metrics, heatmap)
+
+
+def save_analysis(analysis: Analysis, folder: str | os.PathLike) -> list[str]:
+    """Write the heat map (`cka_heatmap.png`) and `analysis.json` (`{"task": .., "metrics": {..}}`, NaN as
+    null) into `folder`.
+
+    Returns:
+        the paths written (for MLflow artifacts).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    png = plot_heatmap(analysis.heatmap, folder / HEATMAP_FILE,
+                       f"{analysis.task.upper()}: teacher vs student penultimate CKA")
+    metrics = {k: (None if math.isnan(v) else v) for k, v in analysis.metrics.items()}
+    path = folder / METRICS_FILE
+    path.write_text(json.dumps({"task": analysis.task, "metrics": metrics}, indent=1) + "\n")
+    return [png, str(path)]

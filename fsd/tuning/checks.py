@@ -1,0 +1,475 @@
+"""Every check of a tune_main.py command line, run before anything is written: a bad value, path,
+resource or unreachable service is one `UsageError` whose message names the flag, the problem and the fix.
+
+Nothing here writes, and Ray is not imported: a bad command fails in seconds and leaves no trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import difflib
+import logging
+import math
+import os
+import socket
+import types
+import typing
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fsd.config import ConfigError, DistillConfig
+from fsd.tasks import TASKS, Task, get_task
+from fsd.tuning import lock
+from fsd.tuning.ledger import LEDGER, Ledger
+from fsd.tuning.spec import IDENTITY, SearchSpec, identity
+from search_spaces import Schedule, get_schedule
+from search_spaces.base import METHODS
+
+TIMEOUT_S = 3.0  # for the MLflow server and the Ray cluster: a service slower than this to answer is down
+# DistillConfig values that tune_main.py flags own: --set may not change them behind the flag's back.
+OWNED = {"task": "--task", "method": "--method", "teacher": "--teacher", "student_init": "--student-init",
+         "student_layers": "--student-layers", "data_dir": "--data-dir", "storage": "--storage",
+         "max_seq_len": "--max-seq-len", "seed": "--seed"}
+# What fsd-tune writes at the top of a storage folder, besides one `<task>-<method>/` folder per search.
+STORAGE_ENTRIES = {"teacher", "data_cache", "memory", "cache", "mlflow.db", "mlflow.db-journal", "mlartifacts",
+                   ".DS_Store"}
+# Per task: a search folder per method, the --compare folder, the --report page and its figures.
+SEARCH_FOLDERS = {f"{t}-{m}" for t in TASKS for m in (*METHODS, "compare", "report.html", "report-figures")}
+
+
+class UsageError(Exception):
+    """A command line that cannot run; the message (one line) names the problem and the fix."""
+
+
+@dataclass
+class Search:
+    """A checked command line: what to run."""
+
+    spec: SearchSpec
+    schedule: Schedule
+    resume: bool
+    compare: list[str] = field(default_factory=list)  # --compare: the methods
+    report: bool = False
+
+
+def validate(args: argparse.Namespace) -> Search:
+    """Check every flag of `args` (tune_main.py's parser) and resolve them into a `Search`.
+
+    The checks that need no heavy import come first (names, paths, the ledger, services), so most mistakes
+    fail in a second; then the values, which load torch and transformers, and the data and models.
+
+    Raises:
+        UsageError: the first problem found.
+    """
+    schedule, stages = check_names(args)
+    extra = parse_extra(args)
+    check_search_numbers(args)
+    storage = Path(args.storage).expanduser().resolve()
+    check_storage(storage)
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        raise UsageError(f"--data-dir {args.data_dir} is not a folder: point it at a GLUE download")
+    if args.report:  # reads the storage folder and MLflow: no data, models or search folder needed
+        spec = SearchSpec(task=schedule.task, method=args.method, storage=str(storage),
+                          mlflow_uri=args.mlflow_uri or f"sqlite:///{storage}/mlflow.db", teacher=args.teacher)
+        if not storage.is_dir():
+            raise UsageError(f"--report: {storage} does not exist: pass the --storage of your searches")
+        check_mlflow(spec.mlflow_uri)
+        return Search(spec, schedule, args.resume, report=True)
+    spec = SearchSpec(
+        task=schedule.task, method=args.method, storage=str(storage),
+        mlflow_uri=args.mlflow_uri or f"sqlite:///{storage}/mlflow.db",
+        teacher=_resolve_path(args.teacher), student_init=_resolve_path(args.student_init),
+        student_layers=args.student_layers,
+        data_dir=str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None, preset=args.preset,
+        stages=stages, seeds=args.seeds, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures, search=args.search,
+        scheduler=args.scheduler, num_samples=args.num_samples, max_seq_len=args.max_seq_len,
+        teacher_epochs=args.teacher_epochs, log_checkpoints=args.log_checkpoints, address=args.address,
+        extra=extra)
+    if args.compare:  # each method's search is reused (or run first): only their locks matter
+        for method in check_compare(args):
+            pid = lock.holder(Path(storage) / f"{spec.task}-{method}")
+            if pid is not None:
+                raise UsageError(str(lock.Busy(Path(storage) / f"{spec.task}-{method}", pid)))
+    else:
+        check_search_folder(spec, args.resume)
+    check_mlflow(spec.mlflow_uri)
+    check_address(spec.address)
+    spec.gpus_per_trial = check_gpus(args.gpus_per_trial, args.address)
+    check_values(args, schedule, extra)
+    from fsd.cli import quiet_libraries
+
+    quiet_libraries()  # the load reports of datasets and transformers would spoil the one error line
+    task = get_task(spec.task)
+    check_data(task, spec.data_dir, schedule, stages, extra)
+    check_models(task, spec.teacher, spec.student_init, spec.student_layers, spec.max_seq_len)
+    return Search(spec, schedule, args.resume, compare=check_compare(args) if args.compare else [])
+
+
+def check_schedule(args: argparse.Namespace) -> Schedule:
+    """What --dry-run needs: the names and the values, no paths or services."""
+    schedule, _ = check_names(args)
+    check_values(args, schedule, parse_extra(args))
+    return schedule
+
+
+# ---------------------------------------------------------------------------------------------- values
+def check_names(args: argparse.Namespace) -> tuple[Schedule, tuple[str, ...]]:
+    """Task, method and --stages.
+
+    Returns:
+        The schedule and the stages to run (empty: all).
+    """
+    try:
+        task = get_task(args.task).name
+    except ValueError:
+        raise UsageError(f"--task {args.task!r} is not a GLUE task: choose one of {', '.join(TASKS)}") from None
+    if args.method not in METHODS:
+        raise UsageError(f"--method {args.method!r} has no search schedule: choose one of {', '.join(METHODS)}")
+    schedule = get_schedule(args.method, task, args.preset)
+    names = [s.name for s in schedule.stages]
+    stages = tuple(args.stages.split(",")) if args.stages else ()
+    for name in stages:
+        if name not in names:
+            raise UsageError(f"--stages names {name!r}, which the {args.method} schedule lacks: choose from "
+                             f"{', '.join(names)}")
+    return schedule, stages
+
+
+def check_compare(args: argparse.Namespace) -> list[str]:
+    """The methods of --compare: known schedules, no repeats."""
+    methods = [m for m in args.compare.split(",") if m]
+    for method in methods:
+        if method not in METHODS:
+            raise UsageError(f"--compare names {method!r}, which has no search schedule: choose from "
+                             f"{', '.join(METHODS)}")
+    if len(set(methods)) != len(methods) or not methods:
+        raise UsageError(f"--compare {args.compare!r}: name each method once, e.g. --compare vkd,pkd,rkd,fsd")
+    return methods
+
+
+def parse_extra(args: argparse.Namespace) -> dict[str, Any]:
+    """The DistillConfig values every trial gets (`SearchSpec.extra`): --cache-budget-gb, --compile, --set."""
+    extra: dict[str, Any] = {"cache_budget_gb": args.cache_budget_gb, "compile": args.compile}
+    extra.update(parse_set(pair) for pair in args.sets or [])
+    return extra
+
+
+def check_values(args: argparse.Namespace, schedule: Schedule, extra: dict[str, Any]) -> None:
+    """Each DistillConfig value alone (so the error names its flag), then all together. A stage's grid and
+    earlier winners come on top of these at run time; the schedule's own values are tested elsewhere."""
+    base = {"task": schedule.task, "teacher": args.teacher, "method": schedule.stages[0].method}
+    _check_config(base, {"student_layers": args.student_layers}, "--student-layers")
+    _check_config(base, {"max_seq_len": args.max_seq_len}, "--max-seq-len")
+    _check_config(base, {"cache_budget_gb": args.cache_budget_gb}, "--cache-budget-gb")
+    for pair in args.sets or []:
+        key, value = parse_set(pair)
+        _check_config(base, {key: value}, f"--set {pair}")
+    _check_config(base, {"student_layers": args.student_layers, "max_seq_len": args.max_seq_len, **extra}, "--set")
+
+
+def parse_set(pair: str) -> tuple[str, Any]:
+    """`KEY=VALUE` of --set -> (the DistillConfig field, VALUE as the field's type)."""
+    key, sep, raw = pair.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise UsageError(f"--set {pair!r} is not KEY=VALUE: write e.g. --set lr=3e-5")
+    if key in OWNED:
+        raise UsageError(f"--set {key}: use {OWNED[key]} instead")
+    hints = typing.get_type_hints(DistillConfig)
+    if key not in hints:
+        near = difflib.get_close_matches(key, [f.name for f in fields(DistillConfig)], n=1)
+        hint = f"did you mean {near[0]!r}?" if near else "see python -m fsd.train --help for the settings"
+        raise UsageError(f"--set {key}: no such setting; {hint}")
+    hint = hints[key]
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    text = raw.strip()
+    if type(None) in kinds and text.lower() in ("none", "null"):
+        return key, None
+    for kind in kinds:
+        if kind is bool and text.lower() in ("true", "yes", "on", "1"):
+            return key, True
+        if kind is bool and text.lower() in ("false", "no", "off", "0"):
+            return key, False
+        if kind is str:
+            return key, text
+        try:
+            value = kind(text) if kind in (int, float) else None
+        except ValueError:
+            continue
+        if value is not None and math.isfinite(value):
+            return key, value
+    names = " or ".join("none" if k is type(None) else k.__name__ for k in kinds)
+    raise UsageError(f"--set {pair}: {key} takes {names}, not {raw!r}")
+
+
+def _check_config(base: dict[str, Any], values: dict[str, Any], flag: str) -> None:
+    try:
+        DistillConfig.from_dict({**base, **values})
+    except ConfigError as e:
+        raise UsageError(f"{flag}: {e}") from None
+
+
+def check_search_numbers(args: argparse.Namespace) -> None:
+    """The search's own counts: seeds, samples, concurrency, retries, teacher epochs, CPU share."""
+    minimum = {"--seeds": (args.seeds, 1), "--num-samples": (args.num_samples, 1),
+               "--max-concurrent": (args.max_concurrent, 0), "--max-failures": (args.max_failures, 0),
+               "--teacher-epochs": (args.teacher_epochs, 1)}
+    for flag, (value, least) in minimum.items():
+        if value < least:
+            raise UsageError(f"{flag} {value}: use {least} or more")
+    if not args.cpus_per_trial > 0:
+        raise UsageError(f"--cpus-per-trial {args.cpus_per_trial:g}: a trial needs a share of a core > 0 "
+                         "(e.g. 0.5 or 1)")
+    cores = os.cpu_count() or 1
+    if args.address is None and args.cpus_per_trial > cores:
+        # A local cluster never has more: such a trial would wait forever.
+        raise UsageError(f"--cpus-per-trial {args.cpus_per_trial:g} but this machine has {cores} core(s): "
+                         f"use at most {cores}")
+
+
+def check_gpus(gpus: float | None, address: str | None) -> float:
+    """The GPU share of a trial: 1/n of a GPU (n trials packed on one) or whole GPUs, no more than there
+    are. On a cluster (--address) the GPUs are not visible here: only the shape of the share is checked.
+
+    Returns:
+        The share; the default is 0.25 with a GPU, else 0.
+    """
+    import torch
+
+    visible = torch.cuda.device_count()
+    if gpus is None:
+        return 0.25 if visible else 0.0
+    if not gpus >= 0:
+        raise UsageError(f"--gpus-per-trial {gpus:g}: use 0 (CPU trials), 1/n of a GPU or whole GPUs")
+    if gpus == 0:
+        return 0.0
+    if gpus < 1:
+        if abs(round(1 / gpus) * gpus - 1) > 0.02:  # 0.33 packs three as 1/3 does; 0.3 idles a tenth of a GPU
+            fit = int(1 / gpus)
+            raise UsageError(f"--gpus-per-trial {gpus:g} does not divide a GPU ({fit} trial(s) per GPU leave "
+                             f"{1 - fit * gpus:.2g} of it idle): use 1/n of a GPU (0.5, 0.25, 0.2, ...) or whole GPUs")
+    elif gpus != int(gpus):
+        raise UsageError(f"--gpus-per-trial {gpus:g}: above 1, a trial takes whole GPUs; use {int(gpus)} or "
+                         f"{int(gpus) + 1}")
+    if address is None and gpus > visible:
+        have = f"only {visible} GPU(s) are visible" if visible else "no GPU is visible"
+        raise UsageError(f"--gpus-per-trial {gpus:g} but {have}: use at most {visible} "
+                         "(0 runs the trials on CPU)")
+    return float(gpus)
+
+
+# ---------------------------------------------------------------------------------------------- storage
+def check_storage(storage: Path) -> None:
+    """A folder that can be created or written, and that holds nothing but an earlier search's files:
+    a mistyped --storage (the home folder, a project) is refused rather than filled with caches."""
+    if storage.exists():
+        if not storage.is_dir():
+            raise UsageError(f"--storage {storage} is a file: choose a folder")
+        if not os.access(storage, os.W_OK | os.X_OK):
+            raise UsageError(f"--storage {storage} is not writable: choose a folder you may write to, or fix "
+                             "its permissions")
+        entries = sorted(os.listdir(storage))
+        if LEDGER in entries:
+            raise UsageError(f"--storage {storage} is one search's folder, not a storage folder: pass its "
+                             f"parent, {storage.parent}")
+        foreign = [e for e in entries if e not in STORAGE_ENTRIES and e not in SEARCH_FOLDERS]
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise UsageError(f"--storage {storage} holds files fsd-tune did not write ({shown}): choose a new or "
+                             "empty folder, or the storage folder of an earlier search")
+        return
+    blocker = _cannot_create(storage)
+    if blocker:
+        raise UsageError(f"--storage {storage} cannot be created: {blocker}; choose another path")
+
+
+def _cannot_create(path: Path) -> str | None:
+    """Why `path` cannot be created (its nearest existing ancestor is a file or not writable), or None."""
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"{parent} is not writable"
+
+
+def check_search_folder(spec: SearchSpec, resume: bool, locked: bool = False) -> None:
+    """No other search running there (unless `locked`: this process holds the lock); a ledger to resume with
+    --resume, none without, and a resumed search that agrees with the stored one."""
+    pid = None if locked else lock.holder(spec.folder)
+    if pid is not None:
+        raise UsageError(str(lock.Busy(spec.folder, pid)))
+    try:
+        ledger = Ledger(spec.folder)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{Path(spec.folder) / LEDGER} cannot be read ({e}): restore it from a backup or use "
+                         "another --storage") from None
+    if ledger.exists and not resume:
+        raise UsageError(f"a search already exists in {spec.folder}: add --resume to continue it, or choose "
+                         "another --storage")
+    if not resume:
+        return
+    if not ledger.exists:
+        raise UsageError(f"--resume: no search to resume in {spec.folder}; run without --resume to start one")
+    stored, current = ledger.data.get("search", {}), identity(spec)
+    for key in IDENTITY:
+        if key not in stored or stored[key] == current[key]:
+            continue
+        if key == "extra":
+            raise UsageError(f"--resume: --set gives {_sets(current[key])} but the stored search used "
+                             f"{_sets(stored[key])}; use the same --set values or another --storage")
+        raise UsageError(f"--resume: {key} is {current[key]!r} but the stored search used {stored[key]!r}; "
+                         "use the same value or another --storage")
+
+
+def _sets(values: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(values.items())) or "nothing"
+
+
+# ---------------------------------------------------------------------------------------------- services
+def check_mlflow(uri: str) -> None:
+    """An http(s) tracking server must answer; a sqlite file must be creatable. Other stores are MLflow's."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            return  # a server answered, even if not with 200
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)  # URLError wraps the socket's error
+            reason = getattr(reason, "strerror", None) or reason
+            raise UsageError(f"--mlflow-uri {uri} is unreachable ({reason}): start the server, fix the URI, or "
+                             "leave --mlflow-uri out to log to <storage>/mlflow.db") from None
+    elif uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):]).expanduser().absolute()
+        if path.exists():
+            if not path.is_file() or not os.access(path, os.W_OK):
+                raise UsageError(f"--mlflow-uri {uri}: {path} is not a writable file; choose another path")
+            return
+        blocker = _cannot_create(path)
+        if blocker:
+            raise UsageError(f"--mlflow-uri {uri}: {path} cannot be created ({blocker}); choose another path")
+
+
+def check_address(address: str | None) -> None:
+    """An existing Ray cluster (`host:port` or `ray://host:port`) must accept a connection."""
+    if address is None or address in ("auto", "local"):  # Ray's own keywords: it finds or starts one
+        return
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    host = host.strip("[]")  # an IPv6 literal
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"--address {address} is not host:port: write e.g. --address 10.0.0.5:6379 or "
+                         "ray://10.0.0.5:10001")
+    try:
+        socket.create_connection((host, int(port)), timeout=TIMEOUT_S).close()
+    except OSError as e:
+        raise UsageError(f"--address {address} is unreachable ({e.strerror or e}): start the cluster "
+                         f"(ray start --head --port {port} on {host}) or leave --address out to start a local one"
+                         ) from None
+
+
+# ---------------------------------------------------------------------------------------------- data and models
+def check_data(task: Task, data_dir: str | None, schedule: Schedule, stages: tuple[str, ...],
+               extra: dict[str, Any]) -> None:
+    """Every split the task needs exists and parses (columns, labels, at least one row), and has rows enough
+    for the teacher memory if a stage to run (`stages`, empty: all) needs one. The hub (no --data-dir) is
+    checked when it is read."""
+    if data_dir is None:
+        return
+    from fsd.data import DataError, load_raw
+
+    # The run reads the files again and reports skipped lines then: here they would spoil the one error line.
+    data_log = logging.getLogger("fsd.data")
+    level = data_log.level
+    data_log.setLevel(logging.ERROR)
+    try:
+        raw = load_raw(task, data_dir)
+    except DataError as e:
+        raise UsageError(f"--data-dir: {e}") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UsageError(f"--data-dir {data_dir}: a {task.folder} file is no UTF-8 GLUE TSV ({e}); replace it "
+                         "with the GLUE download's") from None
+    finally:
+        data_log.setLevel(level)
+    if any(s.method in ("fsdg", "fsd") for s in schedule.stages if not stages or s.name in stages):
+        budget = schedule.budget
+        k = (extra["memory_size"] if "memory_size" in extra else budget.memory_size) or task.memory_size
+        limit = extra["max_train_samples"] if "max_train_samples" in extra else budget.max_train_samples
+        rows = min(len(raw["train"]), limit or len(raw["train"]))
+        if k > rows:
+            raise UsageError(f"--data-dir: the teacher memory of {k} centroids needs {k} training rows, the search "
+                             f"trains on {rows} of {task.folder}/train.tsv: use more rows, or --set memory_size=N "
+                             f"with N <= {rows}")
+
+
+def check_models(task: Task, teacher: str, student_init: str | None, student_layers: int, max_seq_len: int) -> None:
+    """The teacher fits the task (its task, its label count); the student is no deeper than the teacher or
+    its own backbone; the sequence length fits both. Hub ids not cached here are checked on download."""
+    from fsd.models import teacher_meta
+
+    t_config = _model_config(teacher, "--teacher")
+    meta = teacher_meta(teacher)
+    if meta is not None and meta.get("task") != task.name:
+        raise UsageError(f"--teacher {teacher} was fine-tuned on {meta.get('task')}, not {task.name}: pass a "
+                         f"teacher for {task.name}, or its pre-trained backbone")
+    if t_config is not None:
+        head = any(a.endswith("ForSequenceClassification") for a in t_config.architectures or [])
+        if head and t_config.num_labels != task.num_labels:
+            raise UsageError(f"--teacher {teacher} classifies into {t_config.num_labels} labels but {task.name} "
+                             f"has {task.num_labels}: pass a teacher fine-tuned on {task.name}, or a pre-trained "
+                             "backbone")
+    backbone = student_init or (meta["backbone"] if meta else teacher)
+    flag = "--student-init" if student_init else "the backbone of --teacher"
+    s_config = t_config if backbone == teacher else _model_config(backbone, flag)
+    for config, what, fix in ((t_config, f"teacher {teacher}", "a deeper --teacher"),
+                              (s_config, f"student backbone {backbone}", "a deeper --student-init")):
+        if config is None:
+            continue
+        depth = config.num_hidden_layers
+        if student_layers > depth:
+            raise UsageError(f"--student-layers {student_layers} is deeper than the {depth}-layer {what}: choose "
+                             f"at most {depth}, or {fix}")
+        positions = getattr(config, "max_position_embeddings", None)
+        if positions and max_seq_len > positions:
+            raise UsageError(f"--max-seq-len {max_seq_len} exceeds the {positions} positions of the {what}: "
+                             f"choose at most {positions}")
+
+
+def _model_config(name: str, flag: str):
+    """The Hugging Face config of a model folder, of `packaged-minilm`, or of a hub id cached here; None for
+    a hub id that is not (it cannot be read offline)."""
+    from transformers import AutoConfig
+
+    from fsd.models import resolve_model_path
+
+    try:
+        path = resolve_model_path(name)
+    except ValueError as e:
+        raise UsageError(f"{flag} {name}: {e}") from None
+    local = Path(path).exists()
+    if local and not (Path(path) / "config.json").is_file():
+        raise UsageError(f"{flag} {name}: {path} holds no config.json; pass a Hugging Face model folder, a hub id "
+                         "or packaged-minilm")
+    if not local and name.startswith(("/", ".", "~")):
+        raise UsageError(f"{flag} {name}: no such folder; fix the path, or pass a hub id or packaged-minilm")
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        if local:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UsageError(f"{flag} {name}: its config.json cannot be read ({first}); pass a Hugging Face "
+                             "model folder") from None
+        return None
+
+
+def _resolve_path(name: str | None) -> str | None:
+    """A model given as a path becomes absolute (Ray trials run in other folders); hub ids stay as they are."""
+    if name is None:
+        return None
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name

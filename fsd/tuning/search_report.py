@@ -1,0 +1,107 @@
+"""`tune_main.py --task rte --report`: the report of every search of a task, rebuilt from the storage
+folder (ledgers, analyses beside the winners' checkpoints, the comparison) and MLflow (every trial's dev
+score), without training anything: one self-contained HTML page."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from fsd.analysis import HEATMAP_FILE
+from fsd.tuning import tracking
+from fsd.tuning.ledger import LEDGER, Ledger
+from fsd.tuning.report import Image, Section, Table, score_plot, write_html
+from fsd.tuning.summary import PAPER, SHOWN
+
+RESTORATION = ("f1", "precision", "recall", "agreement", "pearson", "spearman")
+
+
+def searches(storage: Path, task: str) -> dict[str, Ledger]:
+    """method -> ledger of every search of `task` in `storage`."""
+    out = {}
+    for path in sorted(storage.glob(f"{task}-*/{LEDGER}")):
+        method = path.parent.name[len(task) + 1:]
+        if method != "compare":
+            out[method] = Ledger(path.parent)
+    return out
+
+
+def trial_scores(uri: str, ledger: Ledger) -> dict[str, list[float]]:
+    """stage -> the best dev score of each of its trials, read from MLflow."""
+    client = tracking.client_for(uri)
+    exp_id = ledger.data.get("experiment_id")
+    out: dict[str, list[float]] = {}
+    for stage, record in ledger.data["stages"].items():
+        if not record.get("run_id") or record.get("trials", 0) == 0:
+            continue
+        runs = client.search_runs([exp_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{record['run_id']}'",
+                                  max_results=10000)
+        out[stage] = [r.data.metrics.get("eval/best_score", math.nan) for r in runs]
+    return out
+
+
+def stage_rows(method: str, task: str, ledger: Ledger) -> list[dict[str, Any]]:
+    rows = []
+    for stage, record in ledger.data["stages"].items():
+        if record.get("status") != "done" or record.get("score") is None:
+            continue
+        analysis = record.get("analysis", {})
+        row = {"stage": stage, "trials": record.get("trials", 0), "dev score": 100 * record["score"],
+               "winner": ", ".join(f"{k}={record['winner'][k]}" for k in SHOWN if k in record["winner"])}
+        for key in RESTORATION:
+            if f"analysis/restoration_{key}" in analysis:
+                row[f"restoration {key}"] = analysis[f"analysis/restoration_{key}"]
+        if "analysis/cka_diagonal_mean" in analysis:
+            row["CKA diagonal"] = analysis["analysis/cka_diagonal_mean"]
+        row["paper"] = PAPER.get(stage, {}).get(task, "-")
+        rows.append(row)
+    return rows
+
+
+def relation_rows(ledger: Ledger) -> list[dict[str, Any]]:
+    rows = []
+    for stage, record in ledger.data["stages"].items():
+        values = {k[len("analysis/reldiff_"):]: v for k, v in record.get("analysis", {}).items()
+                  if k.startswith("analysis/reldiff_")}
+        if values:
+            rows.append({"stage": stage, **values})
+    return rows
+
+
+def build_report(storage: str, task: str, mlflow_uri: str, out: str | None = None) -> str:
+    """Write `<storage>/<task>-report.html` (or `out`) and return its path."""
+    root = Path(storage)
+    figures = root / f"{task}-report-figures"
+    sections = []
+    for method, ledger in searches(root, task).items():
+        scores = trial_scores(mlflow_uri, ledger)
+        images = []
+        if scores:
+            images.append(Image(score_plot(scores, figures / f"{method}-scores.png"),
+                                f"{method}: dev score of every trial per stage"))
+        for stage, record in ledger.data["stages"].items():
+            heatmap = Path(record.get("checkpoint") or "/nonexistent") / "analysis" / HEATMAP_FILE
+            if heatmap.is_file():
+                images.append(Image(str(heatmap), f"{method} / {stage}: teacher vs student CKA heat map"))
+        tables = [Table(stage_rows(method, task, ledger))]
+        if relation_rows(ledger):
+            tables.append(Table(relation_rows(ledger)))
+        sections.append(Section(heading=f"{task} / {method}", text=_teacher_line(ledger), tables=tables,
+                                images=images))
+    compare = root / f"{task}-compare" / "compare.md"
+    if compare.is_file():
+        import csv
+
+        with open(compare.with_suffix(".csv"), newline="") as f:
+            rows = list(csv.DictReader(f))
+        note = [ln for ln in compare.read_text().splitlines() if ln.startswith("one-sided")]
+        sections.append(Section(heading="method comparison (mean (std) over seeds, x 100)",
+                                text="\n".join(note), tables=[Table(rows)]))
+    if not sections:
+        raise FileNotFoundError(f"no search of {task} in {storage}: run one first (or pass its --storage)")
+    return write_html(out or root / f"{task}-report.html", f"fsd-tune report: {task}", sections)
+
+
+def _teacher_line(ledger: Ledger) -> str:
+    return f"teacher: {ledger.data.get('teacher', '?')}; search: {ledger.data.get('search', {})}"

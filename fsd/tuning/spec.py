@@ -1,0 +1,58 @@
+"""SearchSpec: what tune_main.py resolved from the command line, and what a resumed search must keep.
+
+Kept apart from runner.py so that checking a command line needs no Ray import.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+# What a resumed search must agree on with the stored one (the rest, e.g. concurrency, may change).
+IDENTITY = ("task", "method", "preset", "teacher", "student_init", "student_layers", "data_dir", "seeds",
+            "max_seq_len", "search", "num_samples", "extra")
+# DistillConfig values that change speed only (results equal up to float rounding): free to change on --resume.
+SPEED_KEYS = ("teacher_cache", "cache_budget_gb", "cache_dtype", "compile", "device")
+
+
+@dataclass
+class SearchSpec:
+    """Everything tune_main.py resolved from the command line."""
+
+    task: str
+    method: str
+    storage: str  # absolute root: teachers, data cache and memories shared by searches; one folder per search
+    mlflow_uri: str
+    teacher: str
+    student_init: str | None = None
+    student_layers: int = 6
+    data_dir: str | None = None
+    preset: str = "paper"
+    stages: tuple[str, ...] = ()  # empty: all
+    seeds: int = 1
+    seed: int = 42
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0
+    max_concurrent: int = 0
+    max_failures: int = 1
+    search: str = "grid"
+    scheduler: str = "fifo"
+    num_samples: int = 10
+    max_seq_len: int = 128
+    teacher_epochs: int = 3
+    log_checkpoints: str = "best"
+    address: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # more DistillConfig values for every trial (--set)
+
+    @property
+    def folder(self) -> str:
+        """This search's own folder: ledger, Ray experiments."""
+        return os.path.join(self.storage, f"{self.task}-{self.method}")
+
+
+def identity(spec: SearchSpec) -> dict[str, Any]:
+    """The IDENTITY values of `spec` as the ledger stores them (JSON types, speed-only --set values left out)."""
+    out = {k: getattr(spec, k) for k in IDENTITY}
+    out["extra"] = {k: v for k, v in sorted(spec.extra.items()) if k not in SPEED_KEYS}
+    return out

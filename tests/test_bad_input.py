@@ -1,0 +1,325 @@
+"""Bad command lines of tune_main.py are refused before anything runs: exit code 2, one line on stderr that
+names the problem and the fix, no traceback, nothing written (fsd/tuning/checks.py)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_tiny_bert
+
+from fsd.tuning.checks import UsageError, parse_set
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = "index\tsentence1\tsentence2\tlabel"
+ENV = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}  # 127.0.0.1 must not go to a proxy
+ENV.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(ROOT))
+
+
+def _rte(folder: Path, train_rows: int = 12, dev_rows: int = 6, header: str = HEADER,
+         bad_label: str | None = None) -> str:
+    """A tiny RTE folder in the GLUE download layout."""
+    labels = ("entailment", "not_entailment")
+    (folder / "RTE").mkdir(parents=True)
+    for name, n in (("train", train_rows), ("dev", dev_rows)):
+        rows = [f"{i}\tA man plays a guitar number {i}.\tA man plays music.\t{labels[i % 2]}" for i in range(n)]
+        if bad_label and name == "train":
+            rows[2] = f"2\tA cat sleeps.\tAn animal rests.\t{bad_label}"
+        (folder / "RTE" / f"{name}.tsv").write_text("\n".join([header, *rows]) + "\n")
+    return str(folder)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tree(path: Path):
+    """Everything under `path` (names, sizes, modification times); None when it does not exist."""
+    if not path.exists():
+        return None
+    return sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*"))
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    return {"tmp": tmp_path, "data": _rte(tmp_path / "glue"), "storage": tmp_path / "runs"}
+
+
+def _base(ctx) -> list[str]:
+    return ["--task", "rte", "--preset", "smoke", "--teacher", "packaged-minilm", "--student-layers", "3",
+            "--data-dir", ctx["data"], "--storage", str(ctx["storage"])]
+
+
+def refused(ctx, *extra: str, storage: Path | None = None) -> str:
+    """Run tune_main.py with the valid base command plus `extra` (later flags win) and check the refusal;
+    returns the error line."""
+    storage = storage or ctx["storage"]
+    before = _tree(storage)
+    r = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), *_base(ctx), "--storage", str(storage), *extra],
+                       capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=120)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert _tree(storage) == before, "the refused command wrote into the storage folder"
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------- names
+def test_unknown_task(ctx):
+    line = refused(ctx, "--task", "squad")
+    assert "--task 'squad' is not a GLUE task: choose one of cola, sst2" in line
+
+
+def test_unknown_method(ctx):
+    assert "--method 'distil' has no search schedule: choose one of vkd, pkd" in refused(ctx, "--method", "distil")
+
+
+def test_unknown_stage(ctx):
+    line = refused(ctx, "--stages", "vkd,fsdg-fine")
+    assert "--stages names 'fsdg-fine', which the fsd schedule lacks: choose from vkd," in line
+
+
+# ---------------------------------------------------------------------------------------------- data folder
+def test_data_dir_that_does_not_exist(ctx):
+    line = refused(ctx, "--data-dir", str(ctx["tmp"] / "nowhere"))
+    assert "nowhere is not a folder: point it at a GLUE download" in line
+
+
+def test_data_dir_missing_a_split(ctx, tmp_path):
+    data = _rte(tmp_path / "nodev")
+    os.remove(Path(data) / "RTE" / "dev.tsv")
+    assert "RTE/dev.tsv not found: --data-dir must hold RTE/dev.tsv" in refused(ctx, "--data-dir", data)
+
+
+def test_data_with_wrong_columns(ctx, tmp_path):
+    data = _rte(tmp_path / "cols", header="index\tpremise\thypothesis\tlabel")
+    assert "train.tsv has no column 'sentence1'" in refused(ctx, "--data-dir", data)
+
+
+def test_data_with_a_label_outside_the_task(ctx, tmp_path):
+    data = _rte(tmp_path / "labels", bad_label="contradiction")
+    line = refused(ctx, "--data-dir", data)
+    assert "train.tsv:4: label 'contradiction' is not one of ['entailment', 'not_entailment']; fix or remove" in line
+
+
+def test_data_with_an_empty_file(ctx, tmp_path):
+    data = _rte(tmp_path / "empty")
+    (Path(data) / "RTE" / "train.tsv").write_text("")
+    assert "train.tsv is empty: it needs a header line and at least one row" in refused(ctx, "--data-dir", data)
+
+
+def test_data_too_small_for_the_teacher_memory(ctx, tmp_path):
+    data = _rte(tmp_path / "few", train_rows=5)
+    line = refused(ctx, "--data-dir", data)
+    assert "teacher memory of 8 centroids needs 8 training rows, the search trains on 5 of RTE/train.tsv" in line
+    assert "--set memory_size=N with N <= 5" in line
+
+
+# ---------------------------------------------------------------------------------------------- models
+@pytest.fixture(scope="module")
+def three_label_teacher(tmp_path_factory, minilm_path):
+    return make_tiny_bert(tmp_path_factory.mktemp("mnli_teacher"), minilm_path, layers=2, num_labels=3)
+
+
+@pytest.fixture(scope="module")
+def two_layer_backbone(tmp_path_factory, minilm_path):
+    return make_tiny_bert(tmp_path_factory.mktemp("backbone"), minilm_path, layers=2)
+
+
+def test_teacher_with_another_label_count(ctx, three_label_teacher):
+    line = refused(ctx, "--teacher", three_label_teacher, "--student-layers", "1")
+    assert "classifies into 3 labels but rte has 2: pass a teacher fine-tuned on rte, or a pre-trained" in line
+
+
+def test_teacher_fine_tuned_on_another_task(ctx, two_layer_backbone, tmp_path):
+    import shutil
+
+    teacher = shutil.copytree(two_layer_backbone, tmp_path / "mrpc_teacher")
+    (teacher / "fsd_teacher.json").write_text(json.dumps({"task": "mrpc", "backbone": "packaged-minilm"}))
+    line = refused(ctx, "--teacher", str(teacher), "--student-layers", "1")
+    assert "was fine-tuned on mrpc, not rte: pass a teacher for rte" in line
+
+
+def test_teacher_folder_that_does_not_exist(ctx):
+    line = refused(ctx, "--teacher", "./no_such_teacher")
+    assert "--teacher ./no_such_teacher: no such folder; fix the path" in line
+
+
+def test_student_deeper_than_the_teacher(ctx):
+    line = refused(ctx, "--student-layers", "7")
+    assert "--student-layers 7 is deeper than the 6-layer teacher packaged-minilm: choose at most 6" in line
+
+
+def test_student_deeper_than_its_backbone(ctx, two_layer_backbone):
+    line = refused(ctx, "--student-init", two_layer_backbone)
+    assert "--student-layers 3 is deeper than the 2-layer student backbone" in line
+
+
+def test_student_of_no_layers(ctx):
+    assert "--student-layers: student_layers must be > 0, got 0" in refused(ctx, "--student-layers", "0")
+
+
+# ---------------------------------------------------------------------------------------------- trial values
+@pytest.mark.parametrize("pair,message", [
+    ("lr=0", "--set lr=0: lr must be > 0, got 0.0"),
+    ("lr=-3e-5", "--set lr=-3e-5: lr must be > 0, got -3e-05"),
+    ("batch_size=0", "--set batch_size=0: batch_size must be > 0, got 0"),
+    ("epochs=-1", "--set epochs=-1: epochs must be > 0, got -1"),
+    ("alpha=1.5", r"--set alpha=1.5: alpha must lie in [0, 1], got 1.5"),
+    ("lam=-0.1", r"--set lam=-0.1: lam must lie in [0, 1], got -0.1"),
+    ("temprature=5", "--set temprature: no such setting; did you mean 'temperature'?"),
+    ("epochs=two", "--set epochs=two: epochs takes int, not 'two'"),
+    ("seed=3", "--set seed: use --seed instead"),
+])
+def test_bad_trial_values(ctx, pair, message):
+    assert message in refused(ctx, "--set", "lr=3e-5", "--set", pair)
+
+
+def test_negative_cache_budget(ctx):
+    assert "--cache-budget-gb: cache_budget_gb must be >= 0" in refused(ctx, "--cache-budget-gb", "-1")
+
+
+def test_zero_seeds(ctx):
+    assert "--seeds 0: use 1 or more" in refused(ctx, "--seeds", "0")
+
+
+# ---------------------------------------------------------------------------------------------- resources
+def test_more_gpus_than_present(ctx):
+    n = torch.cuda.device_count() + 1
+    line = refused(ctx, "--gpus-per-trial", str(n))
+    assert f"--gpus-per-trial {n} but " in line and "visible: use at most" in line
+
+
+@pytest.mark.parametrize("share,message", [("0.3", "does not divide a GPU"), ("1.5", "a trial takes whole GPUs")])
+def test_gpu_share_that_is_not_a_divisor_of_one(ctx, share, message):
+    line = refused(ctx, "--gpus-per-trial", share)
+    assert f"--gpus-per-trial {share}" in line and message in line
+
+
+# ---------------------------------------------------------------------------------------------- storage
+def test_storage_below_a_file(ctx):
+    (ctx["tmp"] / "afile").write_text("x")
+    line = refused(ctx, storage=ctx["tmp"] / "afile" / "sub")
+    assert "/afile/sub cannot be created: " in line and "afile is a file; choose another path" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permissions")
+def test_storage_in_a_read_only_folder(ctx):
+    locked = ctx["tmp"] / "ro"
+    locked.mkdir(mode=0o500)
+    try:
+        assert "ro is not writable; choose another path" in refused(ctx, storage=locked / "runs")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_storage_that_holds_foreign_files(ctx):
+    home = ctx["tmp"] / "home"
+    (home / "thesis").mkdir(parents=True)
+    (home / "notes.txt").write_text("mine")
+    line = refused(ctx, storage=home)
+    assert "holds files fsd-tune did not write (notes.txt, thesis): choose a new or empty folder" in line
+
+
+def test_storage_that_is_a_search_folder(ctx):
+    folder = ctx["storage"] / "rte-fsd"
+    folder.mkdir(parents=True)
+    (folder / "ledger.json").write_text("{}")
+    line = refused(ctx, storage=folder)
+    assert f"is one search's folder, not a storage folder: pass its parent, {ctx['storage']}" in line
+
+
+# ---------------------------------------------------------------------------------------------- resume
+def _stored_search(ctx, **search):
+    folder = ctx["storage"] / "rte-fsd"
+    folder.mkdir(parents=True)
+    stored = {"task": "rte", "method": "fsd", "preset": "smoke", "teacher": "packaged-minilm", "student_init": None,
+              "student_layers": 2, "extra": {"lr": 3e-5}, **search}
+    (folder / "ledger.json").write_text(json.dumps({"search": stored, "stages": {}}))
+
+
+def test_resume_without_a_search(ctx):
+    assert "--resume: no search to resume in" in refused(ctx, "--resume")
+
+
+def test_resume_with_a_contradicting_flag(ctx):
+    _stored_search(ctx)
+    line = refused(ctx, "--resume", "--set", "lr=3e-5")
+    assert "--resume: student_layers is 3 but the stored search used 2; use the same value" in line
+
+
+def test_resume_with_contradicting_trial_values(ctx):
+    _stored_search(ctx, student_layers=3)
+    line = refused(ctx, "--resume", "--set", "lr=1e-4", "--compile")  # --compile is speed only: allowed
+    assert "--resume: --set gives lr=0.0001 but the stored search used lr=3e-05" in line
+
+
+def test_new_search_where_one_exists(ctx):
+    _stored_search(ctx)
+    line = refused(ctx)
+    assert "a search already exists in" in line and "add --resume to continue it, or choose another --storage" in line
+
+
+def test_damaged_ledger(ctx):
+    (ctx["storage"] / "rte-fsd").mkdir(parents=True)
+    (ctx["storage"] / "rte-fsd" / "ledger.json").write_text('{"search": ')
+    assert "ledger.json cannot be read" in refused(ctx, "--resume")
+
+
+# ---------------------------------------------------------------------------------------------- services
+def test_unreachable_mlflow_server(ctx):
+    uri = f"http://127.0.0.1:{_free_port()}"
+    line = refused(ctx, "--mlflow-uri", uri)
+    assert f"--mlflow-uri {uri} is unreachable" in line and "start the server" in line
+
+
+def test_mlflow_sqlite_file_that_cannot_be_created(ctx):
+    (ctx["tmp"] / "afile").write_text("x")
+    line = refused(ctx, "--mlflow-uri", f"sqlite:///{ctx['tmp']}/afile/mlflow.db")
+    assert "cannot be created" in line and "choose another path" in line
+
+
+def test_unreachable_ray_cluster(ctx):
+    address = f"127.0.0.1:{_free_port()}"
+    line = refused(ctx, "--address", address)
+    assert f"--address {address} is unreachable" in line and "leave --address out" in line
+
+
+def test_ray_address_without_a_port(ctx):
+    assert "--address 127.0.0.1 is not host:port" in refused(ctx, "--address", "127.0.0.1")
+
+
+# ---------------------------------------------------------------------------------------------- the good path
+def test_a_good_command_passes_every_check_without_ray_and_writes_nothing(ctx):
+    code = ("import sys, tune_main\n"
+            "from fsd.tuning.checks import validate\n"
+            "s = validate(tune_main.build_parser().parse_args(sys.argv[1:]))\n"
+            "print(s.spec.extra, s.spec.gpus_per_trial, s.spec.data_dir, 'ray' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, *_base(ctx), "--set", "lr=3e-5", "--set", "batch_size=16",
+                        "--set", "alpha=0.7", "--cache-budget-gb", "0"],
+                       capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[-1] == "False"  # no Ray import on the way
+    assert "{'cache_budget_gb': 0.0, 'compile': False, 'lr': 3e-05, 'batch_size': 16, 'alpha': 0.7}" in r.stdout
+    assert not ctx["storage"].exists()
+
+
+@pytest.mark.parametrize("pair,value", [
+    ("lr=3e-5", 3e-5), ("batch_size=16", 16), ("structure_mask=false", False), ("memory_size=none", None),
+    ("cache_dtype=float32", "float32"), ("max_train_samples=100", 100), ("pad-to-max=yes", True),
+])
+def test_set_values_take_the_type_of_their_field(pair, value):
+    key, parsed = parse_set(pair)
+    assert key == pair.split("=")[0].replace("-", "_") and parsed == value and type(parsed) is type(value)
+
+
+def test_set_without_a_value():
+    with pytest.raises(UsageError, match="is not KEY=VALUE"):
+        parse_set("lr")

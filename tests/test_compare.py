@@ -1,0 +1,31 @@
+"""The comparison table: mean (std) x 100 per metric and method, the teacher row, the paper's figure,
+and the one-sided Welch p-value of FSD over the best baseline, checked against direct numpy/scipy."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from fsd.tuning.compare import table
+
+
+def _runs(scores):
+    return [{"eval/score": s, "eval/accuracy": s} for s in scores]
+
+
+def test_table_means_stds_teacher_and_p_value():
+    runs = {"vkd": _runs([0.60, 0.62, 0.61]), "pkd": _runs([0.55, 0.56, 0.57]), "fsd": _runs([0.64, 0.66, 0.65])}
+    markdown, rows, p = table("rte", runs, {"eval/score": 0.7, "eval/accuracy": 0.7})
+    by = {r["method"]: r for r in rows}
+    assert by["fsd"]["eval/score mean"] == pytest.approx(65.0)
+    assert by["fsd"]["eval/score std"] == pytest.approx(np.std([64, 66, 65], ddof=1))
+    assert by["teacher"]["eval/score mean"] == pytest.approx(70.0) and by["teacher"]["paper"] == 66.79
+    assert by["vkd"]["paper"] == 65.40
+    expected = stats.ttest_ind([0.64, 0.66, 0.65], [0.60, 0.62, 0.61], equal_var=False, alternative="greater")
+    assert p == pytest.approx(expected.pvalue)  # against vkd, the best baseline, not pkd
+    assert "| fsd | 3 | 65.00 (1.00) | 65.00 (1.00) | 66.61 |" in markdown
+    assert "fsd > vkd" in markdown and f"p = {expected.pvalue:.4f}" in markdown
+
+
+def test_no_p_value_without_fsd_or_with_one_seed():
+    assert table("rte", {"vkd": _runs([0.6, 0.7]), "pkd": _runs([0.5, 0.6])}, None)[2] is None
+    assert table("rte", {"vkd": _runs([0.6]), "fsd": _runs([0.7])}, None)[2] is None

@@ -1,0 +1,105 @@
+"""Failing trials in a real search (local Ray, sqlite MLflow): one trial's error does not stop the others,
+a trial whose worker is killed is retried from its last checkpoint (FailureConfig), and a stage where every
+trial fails stops the search with its cause; after the fix, --resume completes it."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+
+from fsd.tuning.runner import SearchSpec, run_search
+from search_spaces.base import Budget, Schedule, Stage
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _kill_first_trial_worker_after_its_checkpoint(exp_dir: Path, done: threading.Event, killed: list):
+    while not done.is_set():
+        if list(exp_dir.glob("*memory_size=4*/checkpoint_*")):
+            time.sleep(3)  # the driver logs epoch 1 first: a restart from scratch would log it twice
+            pids = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(pid)
+            if pids:
+                return
+        time.sleep(0.2)
+
+
+def test_one_trial_fails_another_is_retried_from_its_checkpoint(tiny_bert, glue_dir, tmp_path):
+    # memory_size=100000 cannot be fitted on 48 rows: that trial fails; the other one is killed mid-run.
+    stage = Stage("fsdg", "fsdg", {"memory_size": (4, 100000)}, fixed={"epochs": 2, "batch_size": 16})
+    schedule = Schedule("fsdg", "rte", "smoke", (stage,), Budget(max_train_samples=48, max_eval_samples=16))
+    spec = SearchSpec(task="rte", method="fsdg", storage=str(tmp_path), mlflow_uri=f"sqlite:///{tmp_path}/m.db",
+                      teacher=tiny_bert, student_layers=2, data_dir=glue_dir, max_concurrent=1, max_failures=1,
+                      extra={"lr": 1e-3})
+    exp_dir = tmp_path / "rte-fsdg" / "ray" / "rte-fsdg-fsdg"
+    done, killed = threading.Event(), []
+    watcher = threading.Thread(target=_kill_first_trial_worker_after_its_checkpoint, args=(exp_dir, done, killed))
+    watcher.start()
+    try:
+        ledger = run_search(spec, schedule, log=lambda _m: None)
+    finally:
+        done.set()
+        watcher.join()
+        ray.shutdown()
+    assert killed, "the trial's worker was never killed"
+    record = ledger.data["stages"]["fsdg"]
+    assert record["status"] == "done" and record["winner"]["memory_size"] == 4 and record["trials"] == 2
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    exp = client.get_experiment_by_name("rte")
+    trials = {r.data.params["memory_size"]: r for r in client.search_runs([exp.experiment_id])
+              if "ray_trial_id" in r.data.tags}
+    assert trials["4"].info.status == "FINISHED" and trials["100000"].info.status == "FAILED"
+    # The killed trial went on from its epoch-1 checkpoint: epoch 1 was not trained (or logged) twice.
+    history = client.get_metric_history(trials["4"].info.run_id, "eval/score")
+    assert sorted(m.step for m in history) == [1, 2]
+
+
+def _cmd(backbone, student, glue_dir, storage, *extra):
+    return [sys.executable, str(ROOT / "tune_main.py"), "--task", "rte", "--method", "vkd", "--preset", "smoke",
+            "--data-dir", glue_dir, "--teacher", backbone, "--teacher-epochs", "1", "--student-init", student,
+            "--student-layers", "2", "--storage", str(storage), "--max-concurrent", "1", *extra]
+
+
+def test_a_stage_where_every_trial_fails_stops_the_search_and_resumes_after_the_fix(tiny_bert, glue_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    student = tmp_path / "student_backbone"
+    shutil.copytree(tiny_bert, student)
+    weights = next(student.glob("*.safetensors"))
+    weights.rename(tmp_path / "weights.bak")  # the trials (not the driver) load the student's backbone
+    storage = tmp_path / "runs"
+    try:
+        failed = subprocess.run(_cmd(tiny_bert, str(student), glue_dir, storage), capture_output=True, text=True,
+                                env=env)
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
+    assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
+    (line,) = [ln for ln in failed.stderr.splitlines() if ln.startswith("error:")]
+    assert "stage vkd: all 2 trial(s) of the stage failed; first error:" in line
+    assert str(student) in line and "--resume" in line
+    assert "Traceback" not in failed.stderr
+
+    (tmp_path / "weights.bak").rename(weights)  # the fix
+    try:
+        resumed = subprocess.run(_cmd(tiny_bert, str(student), glue_dir, storage, "--resume"), capture_output=True,
+                                 text=True, env=env)
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "| vkd |" in resumed.stdout
+    client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
+    exp = client.get_experiment_by_name("rte")
+    runs = client.search_runs([exp.experiment_id])
+    trials = [r for r in runs if "ray_trial_id" in r.data.tags]
+    assert len(trials) == 2 and {r.info.status for r in runs} == {"FINISHED"}

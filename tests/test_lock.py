@@ -1,0 +1,93 @@
+"""One search per folder (fsd/tuning/lock.py): a second tune_main.py on a folder in use is refused and
+leaves the ledger alone; a killed driver leaves no stale lock."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fsd.tuning import lock
+from fsd.tuning.checks import Search
+from fsd.tuning.spec import SearchSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _search_folder(tmp_path) -> tuple[Path, Path, bytes]:
+    storage = tmp_path / "runs"
+    folder = storage / "rte-vkd"
+    folder.mkdir(parents=True)
+    ledger = b'{"search": {"task": "rte", "method": "vkd"}, "stages": {"vkd": {"status": "running"}}}'
+    (folder / "ledger.json").write_bytes(ledger)
+    return storage, folder, ledger
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_second_search_on_a_folder_in_use_is_refused(tmp_path, resume):
+    storage, folder, ledger = _search_folder(tmp_path)
+    with lock.held(folder):
+        r = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), "--task", "rte", "--method", "vkd",
+                            "--preset", "smoke", "--teacher", "packaged-minilm", "--storage", str(storage),
+                            *(["--resume"] if resume else [])],
+                           capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"error: another fsd-tune search is running in {folder} (pid {os.getpid()}): "
+                                "wait for it or use another --storage")
+    assert (folder / "ledger.json").read_bytes() == ledger
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "ledger.json"]
+
+
+def test_the_lock_is_exclusive_and_released(tmp_path):
+    assert lock.holder(tmp_path) is None
+    with lock.held(tmp_path):
+        assert lock.holder(tmp_path) == os.getpid()
+        with pytest.raises(lock.Busy, match=rf"running in {tmp_path} \(pid {os.getpid()}\)"):
+            with lock.held(tmp_path):
+                pass
+    assert lock.holder(tmp_path) is None
+    with lock.held(tmp_path):  # free again
+        pass
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    code = f"from fsd.tuning import lock\nimport time\nwith lock.held({str(tmp_path)!r}):\n    time.sleep(600)\n"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=ENV)
+    try:
+        deadline = time.time() + 60
+        while lock.holder(tmp_path) != proc.pid:
+            assert proc.poll() is None and time.time() < deadline, "the holder never took the lock"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert lock.holder(tmp_path) is None
+    with lock.held(tmp_path):
+        assert lock.holder(tmp_path) == os.getpid()
+
+
+def test_run_holds_the_lock_while_the_search_runs(tmp_path, monkeypatch):
+    """tune_main.run takes the lock before run_search and gives it back after (Ray is imported, not started)."""
+    import importlib.util
+
+    import fsd.tuning.runner as runner
+
+    loader = importlib.util.spec_from_file_location("tune_main", ROOT / "tune_main.py")
+    tune_main = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(tune_main)
+    spec = SearchSpec(task="rte", method="vkd", storage=str(tmp_path), mlflow_uri="", teacher="t")
+    seen = []
+
+    def fake_run_search(spec, schedule, log=print):
+        seen.append(lock.holder(spec.folder))
+        raise KeyboardInterrupt  # stop here: the lock must still be released
+
+    monkeypatch.setattr(runner, "run_search", fake_run_search)
+    with pytest.raises(KeyboardInterrupt):
+        tune_main.run(Search(spec, None, resume=False))
+    assert seen == [os.getpid()]
+    assert lock.holder(spec.folder) is None

@@ -1,0 +1,117 @@
+"""The HTML report: self-contained (images inline), and, opened in a real headless chromium, its images load
+and its tables are there."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fsd.tuning.report import Image, Section, Table, score_plot, write_html
+
+WINNERS = [{"stage": "1-vkd", "score": 0.5523, "alpha": 0.5}, {"stage": "2-fsdi", "score": 0.5812, "beta": 0.01}]
+COMPARISON = [{"method": "vkd", "mean": 0.55, "std": 0.01}, {"method": "fsd", "mean": 0.58, "std": 0.02}]
+
+
+class _Dom(HTMLParser):
+    """Body attributes, images, and each table's header cells."""
+
+    def __init__(self):
+        super().__init__()
+        self.body: dict[str, str | None] = {}
+        self.images: list[dict[str, str | None]] = []
+        self.tables: list[list[str]] = []
+        self._in_th = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "body":
+            self.body = dict(attrs)
+        elif tag == "img":
+            self.images.append(dict(attrs))
+        elif tag == "table":
+            self.tables.append([])
+        elif tag == "th":
+            self._in_th = True
+            self.tables[-1].append("")
+
+    def handle_endtag(self, tag):
+        if tag == "th":
+            self._in_th = False
+
+    def handle_data(self, data):
+        if self._in_th:
+            self.tables[-1][-1] += data
+
+
+def _parse(text: str) -> _Dom:
+    dom = _Dom()
+    dom.feed(text)
+    return dom
+
+
+def _report(tmp_path: Path) -> Path:
+    from matplotlib.image import imsave
+
+    heat = tmp_path / "heat.png"
+    imsave(heat, np.linspace(0, 1, 64).reshape(8, 8))
+    scores = score_plot({"1-vkd": [0.5, 0.55, float("nan")], "2-fsdi": [0.58, 0.52], "3-mix": []},
+                        tmp_path / "scores.png")
+    return Path(write_html(tmp_path / "out" / "report.html", "RTE <fsd> search", [
+        Section("Stage winners", text="The **best** trial of each stage, `eval/score`.\n\n- one\n- two",
+                tables=[Table(WINNERS, caption="winners")]),
+        {"heading": "Comparison", "tables": [COMPARISON],
+         "images": [Image(heat, alt="CKA heat map"), Path(scores).read_bytes()]},
+    ]))
+
+
+def test_report_is_self_contained(tmp_path):
+    text = _report(tmp_path).read_text()
+    dom = _parse(text)
+    assert len(dom.images) == 2
+    assert all(img["src"].startswith("data:image/png;base64,iVBORw0KGgo") for img in dom.images)
+    assert [img["alt"] for img in dom.images] == ["CKA heat map", "image"]
+    assert dom.tables == [["stage", "score", "alpha", "beta"], ["method", "mean", "std"]]
+    assert not re.search(r"""(src|href)=["'](?!data:)""", text)  # nothing fetched from elsewhere
+    assert "RTE &lt;fsd&gt; search" in text and "<strong>best</strong>" in text and "<code>eval/score</code>" in text
+    assert "<li>one</li><li>two</li>" in text and "0.5523" in text
+
+
+def test_report_refuses_an_image_that_is_not_png(tmp_path):
+    with pytest.raises(ValueError, match="must be PNG"):
+        write_html(tmp_path / "r.html", "t", [Section("s", images=[b"GIF89a..."])])
+
+
+def test_score_plot_writes_a_png(tmp_path):
+    from matplotlib.image import imread
+
+    path = score_plot({"a": [0.1, 0.2, 0.3], "b": [0.4], "c": [0.35, 0.38]}, tmp_path / "s.png")
+    assert imread(path).shape == (400, 530, 4)  # (1.1 * 3 + 2) x 4 inches at 100 dpi, RGBA
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def open_in_chromium(page: Path, profile: Path) -> _Dom:
+    """The DOM of `page` after a real headless chromium loaded it (and ran its image check)."""
+    if _chromium() is None:
+        pytest.skip("chromium not installed (apt-get install -y chromium; .ci/run does)")
+    run = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return _parse(run.stdout)
+
+
+def test_report_in_headless_chromium(tmp_path):
+    page = _report(tmp_path)
+    dom = open_in_chromium(page, tmp_path / "profile")
+    assert dom.body.get("data-images-total") == "2", dom.body
+    assert dom.body.get("data-images-loaded") == "2"
+    assert dom.tables == [["stage", "score", "alpha", "beta"], ["method", "mean", "std"]]

@@ -1,0 +1,172 @@
+"""The teacher-output cache: same losses and gradients as the live teacher, written once, never stale,
+and a clear fall-back to the live teacher when it does not fit the disk budget."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from fsd.config import DistillConfig
+from fsd.data import cache_key, load_task_data
+from fsd.models import build_student, load_tokenizer
+from fsd.objectives import Setup, build_objective
+from fsd.tasks import get_task
+from fsd.teacher_cache import TeacherCache, open_cache
+from fsd.train import autocast, distill, make_batches, make_loss_fn, prepare_teacher
+
+CACHED_METHODS = ["vkd", "pkd", "rkd", "fsdi", "fsdl", "fsd"]
+
+
+def _config(tiny_bert, glue_dir, storage, **kw):
+    return DistillConfig.from_dict({
+        "task": "rte", "teacher": tiny_bert, "student_layers": 2, "epochs": 1, "batch_size": 8,
+        "max_train_samples": 24, "max_eval_samples": 16, "max_seq_len": 64, "data_dir": glue_dir,
+        "storage": str(storage), "memory_size": 4, "beta": 0.5, "lr": 1e-3, **kw})
+
+
+def _loss_and_grads(config):
+    """Loss parts and student gradients on the first training batch, live teacher or cache per config."""
+    task = get_task(config.task)
+    tok = load_tokenizer(config.teacher)
+    train, _ = make_batches(config, task, tok, config.storage, config.data_dir, config.max_train_samples,
+                            config.max_eval_samples, config.seed)
+    objective = build_objective(config, task.is_regression)
+    key = cache_key(task, tok, config.max_seq_len, config.data_dir)
+    teacher, cache = prepare_teacher(config, objective, train, key, task, torch.device("cpu"))
+    torch.manual_seed(0)
+    attn = "eager" if objective.needs_attentions else "sdpa"
+    student = build_student(config.teacher, config.student_layers, task.num_labels, attn)
+    objective.setup(Setup(teacher, student, config.max_seq_len, lambda: torch.ones(4, 64 * 32)))
+    loss, parts = make_loss_fn(objective, teacher, student)(next(train.epoch(0)))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+    return teacher, cache, {k: float(v.detach()) for k, v in {"loss": loss, **parts}.items()}, grads
+
+
+@pytest.mark.parametrize("method", CACHED_METHODS)
+def test_cache_gives_the_live_teachers_losses_and_gradients(method, tiny_bert, glue_dir, tmp_path):
+    live_teacher, live_cache, live, live_grads = _loss_and_grads(
+        _config(tiny_bert, glue_dir, tmp_path, method=method, teacher_cache=False))
+    assert live_teacher is not None and live_cache is None
+    for dtype, tol in (("float32", 1e-5), ("float16", 1e-3)):
+        teacher, cache, cached, grads = _loss_and_grads(
+            _config(tiny_bert, glue_dir, tmp_path, method=method, cache_dtype=dtype))
+        assert teacher is None and cache is not None  # no teacher held: the batches carry its outputs
+        assert cached.keys() == live.keys()
+        for k in live:
+            assert cached[k] == pytest.approx(live[k], rel=tol, abs=tol), (dtype, k)
+        for n in live_grads:
+            torch.testing.assert_close(grads[n], live_grads[n], rtol=tol * 10, atol=tol * 10)
+
+
+def test_minilm_and_unmasked_structures_run_the_teacher_live(tiny_bert, glue_dir, tmp_path):
+    for kw in ({"method": "minilm"}, {"method": "fsd", "structure_mask": False}):
+        teacher, cache, _, _ = _loss_and_grads(_config(tiny_bert, glue_dir, tmp_path, **kw))
+        assert teacher is not None and cache is None
+    assert not (tmp_path / "cache").exists()
+
+
+def test_distill_with_and_without_cache_gives_the_same_run(tiny_bert, glue_dir, tmp_path):
+    def run(**kw):
+        return [r.metrics for r in distill(_config(tiny_bert, glue_dir, tmp_path, method="fsd", epochs=2,
+                                                    cache_dtype="float32", **kw))]
+
+    live, cached = run(teacher_cache=False), run()
+    for a, b in zip(live, cached, strict=True):
+        for k in a:
+            if k.startswith(("train/", "eval/")) and "per_s" not in k:
+                assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), k
+    (folder,) = (tmp_path / "cache").iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["key.json", "logits.npy", "penultimate-float32.npy"]
+
+
+def _open(config, say=print):
+    task = get_task(config.task)
+    tok = load_tokenizer(config.teacher)
+    train, _ = make_batches(config, task, tok, config.storage, config.data_dir, config.max_train_samples,
+                            config.max_eval_samples, config.seed)
+    passes = []
+
+    def load():
+        from fsd.models import load_teacher
+
+        passes.append(1)
+        return load_teacher(config.teacher, task.num_labels).eval()
+
+    key = cache_key(task, tok, config.max_seq_len, config.data_dir)
+    cache = open_cache(config, ("logits", "penultimate"), train, key, torch.device("cpu"), load, autocast, say)
+    return cache, len(passes)
+
+
+def test_cache_is_written_once_and_a_changed_teacher_or_tokenisation_invalidates_it(tiny_bert, glue_dir, tmp_path):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_bert, teacher)
+    config = _config(str(teacher), glue_dir, tmp_path / "runs", method="fsd")
+    first, passes = _open(config)
+    assert passes == 1
+    again, passes = _open(config)
+    assert passes == 0 and again.folder == first.folder  # read, not recomputed
+    assert not [p for p in first.folder.iterdir() if p.name.endswith(".tmp")]
+
+    longer, passes = _open(config.replace(max_seq_len=48))  # another tokenisation: other rows, other cache
+    assert passes == 1 and longer.folder != first.folder
+
+    logits_before = np.array(first.arrays["logits"])
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(teacher)
+    with torch.no_grad():
+        model.classifier.weight.mul_(-1.0)  # same shapes, different teacher
+    model.save_pretrained(teacher)
+    changed, passes = _open(config)
+    assert passes == 1 and changed.folder != first.folder
+    assert not np.allclose(np.array(changed.arrays["logits"]), logits_before)
+
+
+def test_half_written_files_are_never_read(tiny_bert, glue_dir, tmp_path):
+    config = _config(tiny_bert, glue_dir, tmp_path, method="fsd")
+    cache, _ = _open(config)
+    target = cache.folder / "penultimate-float16.npy"
+    os.remove(target)
+    (cache.folder / ".penultimate-float16.npy.123.tmp").write_bytes(b"half")  # a killed pass
+    again, passes = _open(config)
+    assert passes == 1 and target.is_file()
+    assert again.arrays["penultimate"].shape == cache.arrays["penultimate"].shape
+
+
+def test_over_budget_falls_back_to_the_live_teacher_with_a_message(tiny_bert, glue_dir, tmp_path):
+    said = []
+    config = _config(tiny_bert, glue_dir, tmp_path, method="fsd", cache_budget_gb=1e-6)
+    cache, passes = _open(config, said.append)
+    assert cache is None and passes == 0
+    (message,) = said
+    assert "over --cache-budget-gb" in message and "running the teacher live" in message
+    assert "raise --cache-budget-gb" in message
+    assert not (tmp_path / "cache").exists()
+    (report,) = list(distill(config))  # and the run itself still trains, with the live teacher
+    assert np.isfinite(report.metrics["train/loss"])
+
+
+def test_cached_rows_match_the_batch_layout(tiny_bert, glue_dir, tmp_path):
+    """Each row's cached features sit at its real tokens, zeros at PAD, whatever the batch padding."""
+    config = _config(tiny_bert, glue_dir, tmp_path, method="rkd", cache_dtype="float32")
+    cache, _ = _open(config)
+    tok = load_tokenizer(tiny_bert)
+    data = load_task_data("rte", tok, 64, glue_dir, None, 24, 16)
+    from fsd.data import Batches
+    from fsd.models import load_teacher, run_model
+
+    teacher = load_teacher(tiny_bert, 2).eval()
+    for pad_to in (None, 64):
+        batches = Batches(data["train"], 5, tok.pad_token_id, shuffle=True, seed=3, pad_to=pad_to,
+                          group_by_length=True, attach=cache.attach)
+        batch = next(batches.epoch(1))
+        out = TeacherCache.outputs(batch)
+        with torch.no_grad():
+            live = run_model(teacher, batch, hidden=True)
+        mask = batch["attention_mask"].bool()
+        torch.testing.assert_close(out.penultimate[mask], live.penultimate[mask], rtol=1e-5, atol=1e-5)
+        assert out.penultimate[~mask].abs().sum() == 0
+        torch.testing.assert_close(out.logits, live.logits, rtol=1e-5, atol=1e-5)
