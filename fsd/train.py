@@ -236,7 +236,8 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
 
     Yields:
         One `EpochReport` per epoch; `metrics` has `epoch`, `eval/score` and the task's metrics,
-        `train/loss` and each loss part, `train/samples_per_s`, `eval/best_score`.
+        `train/loss` and each loss part, `train/samples_per_s`, `eval/best_score`, and `run/resumed_from` (the
+        epoch the run started from: 0, or the checkpoint's epoch after a resume).
     """
     seed_everything(config.seed)
     device = resolve_device(config.device)
@@ -281,7 +282,7 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
         metrics = train_epoch(train, epoch, loss_fn, params, optimizer, scheduler, config.grad_clip, device)
         metrics.update(evaluate(student, dev, task, device))
         best = max(best, metrics["eval/score"])
-        metrics.update({"epoch": epoch + 1, "eval/best_score": best})
+        metrics.update({"epoch": epoch + 1, "eval/best_score": best, "run/resumed_from": start_epoch})
 
         def state(epoch: int = epoch, best: float = best) -> dict:
             return {"student": student.state_dict(), "objective": objective.state_dict(),

@@ -1,6 +1,9 @@
 """Bad command lines of tune_main.py are refused before anything runs: exit code 2, one line on stderr that
 names the problem and the fix, no traceback, nothing written (fsd/tuning/checks.py)."""
 
+import contextlib
+import importlib.util
+import io
 import json
 import os
 import socket
@@ -56,19 +59,42 @@ def _base(ctx) -> list[str]:
             "--data-dir", ctx["data"], "--storage", str(ctx["storage"])]
 
 
-def refused(ctx, *extra: str, storage: Path | None = None) -> str:
+def _tune_main():
+    spec = importlib.util.spec_from_file_location("tune_main", ROOT / "tune_main.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def refused(ctx, *extra: str, storage: Path | None = None, process: bool = False) -> str:
     """Run tune_main.py with the valid base command plus `extra` (later flags win) and check the refusal;
-    returns the error line."""
+    returns the error line. In this process (`main(argv)`: any exception other than the exit fails the
+    test) or, with `process`, as a command."""
     storage = storage or ctx["storage"]
     before = _tree(storage)
-    r = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), *_base(ctx), "--storage", str(storage), *extra],
-                       capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=120)
-    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "Traceback" not in r.stderr + r.stdout
+    argv = [*_base(ctx), "--storage", str(storage), *extra]
+    if process:
+        r = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), *argv], capture_output=True, text=True,
+                           cwd=ROOT, env=ENV, timeout=120)
+        code, out, err = r.returncode, r.stdout, r.stderr
+    else:
+        out_buf, err_buf = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out_buf), contextlib.redirect_stderr(err_buf), \
+                pytest.raises(SystemExit) as exit_:
+            _tune_main().main(argv)
+        code, out, err = exit_.value.code, out_buf.getvalue(), err_buf.getvalue()
+    assert code == 2, out[-2000:] + err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err + out
     assert _tree(storage) == before, "the refused command wrote into the storage folder"
     return lines[0]
+
+
+@pytest.mark.parametrize("extra", [("--task", "squad"), ("--set", "lr=0"), ("--method", "distil")])
+def test_refusals_as_a_real_command(ctx, extra):
+    """The same refusals from a separate process: exit code 2 and one line on stderr, nothing else."""
+    assert refused(ctx, *extra, process=True).startswith("error: --")
 
 
 # ---------------------------------------------------------------------------------------------- names

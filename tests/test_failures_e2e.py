@@ -24,8 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _kill_first_trial_worker_after_its_checkpoint(exp_dir: Path, done: threading.Event, killed: list):
     while not done.is_set():
-        if list(exp_dir.glob("*memory_size=4*/checkpoint_*")):
-            time.sleep(3)  # the driver logs epoch 1 first: a restart from scratch would log it twice
+        if list(exp_dir.glob("*memory_size=4*/checkpoint_000000")):
             pids = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout.split()
             for pid in pids:
                 os.kill(int(pid), signal.SIGKILL)
@@ -36,9 +35,10 @@ def _kill_first_trial_worker_after_its_checkpoint(exp_dir: Path, done: threading
 
 
 def test_one_trial_fails_another_is_retried_from_its_checkpoint(tiny_bert, glue_dir, tmp_path):
-    # memory_size=100000 cannot be fitted on 48 rows: that trial fails; the other one is killed mid-run.
+    # memory_size=100000 cannot be fitted on 400 rows: that trial fails; the other one is killed mid-run.
     stage = Stage("fsdg", "fsdg", {"memory_size": (4, 100000)}, fixed={"epochs": 2, "batch_size": 16})
-    schedule = Schedule("fsdg", "rte", "smoke", (stage,), Budget(max_train_samples=48, max_eval_samples=16))
+    # 400 rows: an epoch takes seconds, so the worker dies during epoch 2.
+    schedule = Schedule("fsdg", "rte", "smoke", (stage,), Budget(max_train_samples=400, max_eval_samples=16))
     spec = SearchSpec(task="rte", method="fsdg", storage=str(tmp_path), mlflow_uri=f"sqlite:///{tmp_path}/m.db",
                       teacher=tiny_bert, student_layers=2, data_dir=glue_dir, max_concurrent=1, max_failures=1,
                       extra={"lr": 1e-3})
@@ -61,9 +61,10 @@ def test_one_trial_fails_another_is_retried_from_its_checkpoint(tiny_bert, glue_
     trials = {r.data.params["memory_size"]: r for r in client.search_runs([exp.experiment_id])
               if "ray_trial_id" in r.data.tags}
     assert trials["4"].info.status == "FINISHED" and trials["100000"].info.status == "FAILED"
-    # The killed trial went on from its epoch-1 checkpoint: epoch 1 was not trained (or logged) twice.
+    # The killed trial went on from its epoch-1 checkpoint: epoch 2 says so, and no epoch is logged twice.
     history = client.get_metric_history(trials["4"].info.run_id, "eval/score")
     assert sorted(m.step for m in history) == [1, 2]
+    assert client.get_run(trials["4"].info.run_id).data.metrics["run/resumed_from"] == 1
 
 
 def _cmd(backbone, student, glue_dir, storage, *extra):
@@ -84,11 +85,11 @@ def test_a_stage_where_every_trial_fails_stops_the_search_and_resumes_after_the_
                                 env=env)
     finally:
         subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
-    assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
-    (line,) = [ln for ln in failed.stderr.splitlines() if ln.startswith("error:")]
-    assert "stage vkd: all 2 trial(s) of the stage failed; first error:" in line
+    assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-3000:]
+    # Ray prints each trial's error as it happens; the search ends with one line naming the cause.
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: stage vkd: all 2 trial(s) of the stage failed; first error: OSError:"), line
     assert str(student) in line and "--resume" in line
-    assert "Traceback" not in failed.stderr
 
     (tmp_path / "weights.bak").rename(weights)  # the fix
     try:

@@ -82,6 +82,14 @@ def _last_line(error: BaseException) -> str:
     return lines[-1][:500] if lines else type(error).__name__
 
 
+def best_checkpoint(result):
+    """A trial's best checkpoint, or None (a trial that failed before its first epoch has none: Ray raises)."""
+    try:
+        return result.get_best_checkpoint(METRIC, MODE)
+    except RuntimeError:
+        return None
+
+
 def pick_winner(results, grid: dict[str, tuple]) -> tuple[dict[str, Any], float, str | None]:
     """The grid point with the best dev score (best epoch of each trial), averaged over seeds."""
     rows: dict[tuple, list] = {}
@@ -94,7 +102,7 @@ def pick_winner(results, grid: dict[str, tuple]) -> tuple[dict[str, Any], float,
             continue
         # The seed is not part of a point: seeds are averaged. A restored config holds lists for tuples.
         point = tuple((k, tuple(r.config[k]) if isinstance(r.config[k], list) else r.config[k]) for k in grid)
-        ckpt = r.get_best_checkpoint(METRIC, MODE)
+        ckpt = best_checkpoint(r)
         rows.setdefault(point, []).append((float(df[METRIC].max()), ckpt.path if ckpt else None))
     if not rows:
         cause = errors[0] if errors else "no trial reported a dev score"
@@ -150,8 +158,7 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
                                                         checkpoint_score_order=MODE),
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
     results = tuner.fit()
-    best = {r.metrics["trial_id"]: r.get_best_checkpoint(METRIC, MODE).path
-            for r in results if r.metrics and r.get_best_checkpoint(METRIC, MODE)}
+    best = {r.metrics["trial_id"]: best_checkpoint(r).path for r in results if r.metrics and best_checkpoint(r)}
     outbox.do("record_best_checkpoints", exp_id, record["run_id"], best, spec.log_checkpoints == "all")
     try:
         point, score, checkpoint = pick_winner(results, grid)

@@ -73,6 +73,7 @@ def build_report(storage: str, task: str, mlflow_uri: str, out: str | None = Non
     """Write `<storage>/<task>-report.html` (or `out`) and return its path."""
     root = Path(storage)
     figures = root / f"{task}-report-figures"
+    figures.mkdir(parents=True, exist_ok=True)
     sections = []
     for method, ledger in searches(root, task).items():
         scores = trial_scores(mlflow_uri, ledger)
