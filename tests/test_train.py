@@ -27,7 +27,9 @@ def _run(config, resume_from=None, save_to=None):
 
 
 def _no_time(m):
-    return {k: v for k, v in m.items() if not k.startswith("time/") and k != "train/samples_per_s"}
+    """The metrics that must not depend on wall time or on where the run started."""
+    return {k: v for k, v in m.items()
+            if not k.startswith("time/") and k not in ("train/samples_per_s", "run/resumed_from")}
 
 
 def test_metrics_per_epoch(tiny_bert, glue_dir, tmp_path):
@@ -59,6 +61,7 @@ def test_resume_continues_exactly(tiny_bert, glue_dir, tmp_path):
     resumed = _run(config, resume_from=tmp_path / "b" / "epoch1", save_to=tmp_path / "b")
     assert _no_time(first[0]) == _no_time(straight[0])
     assert [m["epoch"] for m in resumed] == [2]
+    assert resumed[0]["run/resumed_from"] == 1 and straight[1]["run/resumed_from"] == 0
     assert _no_time(resumed[0]) == _no_time(straight[1])
     sa, sb = load_checkpoint(tmp_path / "a" / "epoch2"), load_checkpoint(tmp_path / "b" / "epoch2")
     for name, value in sa["student"].items():
