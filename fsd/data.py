@@ -239,6 +239,12 @@ class Batches:
             rows.extend(chunk[i:i + size] for i in range(0, len(chunk), size))
         return [rows[i] for i in torch.randperm(len(rows), generator=g).tolist()]
 
+    def in_row_order(self) -> Iterator[list[int]]:
+        """The rows in their stored order, a batch at a time (passes over the data that must not shuffle)."""
+        n = len(self.labels)
+        for start in range(0, n, self.batch_size):
+            yield list(range(start, min(start + self.batch_size, n)))
+
     def epoch(self, epoch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         for rows in self.batch_rows(epoch):
             yield self.collate(rows)

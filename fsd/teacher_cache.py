@@ -30,7 +30,6 @@ from fsd.data import Batches
 from fsd.models import ModelOutputs, resolve_model_path, run_model
 from fsd.teacher_outputs import model_fingerprint
 
-FIELDS = ("logits", "penultimate", "cls")
 FEATURE_FIELDS = ("penultimate", "cls")
 
 
@@ -100,8 +99,7 @@ def write_cache(folder: Path, fields: tuple[str, ...], teacher: torch.nn.Module,
     out = {f: np.lib.format.open_memmap(tmp[f], mode="w+", dtype=shapes[f][1], shape=shapes[f][0]) for f in fields}
     teacher.eval()
     row, token = 0, 0
-    for start in range(0, n, batches.batch_size):
-        rows = list(range(start, min(start + batches.batch_size, n)))
+    for rows in batches.in_row_order():
         batch = {k: v.to(device) for k, v in batches.collate(rows).items() if not k.startswith("teacher_")}
         with autocast(device):
             t = run_model(teacher, batch, hidden=any(f in fields for f in FEATURE_FIELDS))

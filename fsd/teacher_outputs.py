@@ -31,7 +31,8 @@ def model_fingerprint(name: str) -> str:
 
 class TeacherFeatures:
     """Re-iterable over the teacher's flattened penultimate features `[b, max_seq_len * d]`, in row order,
-    PAD rows zeroed when `masked` (`flatten_padded`, the layout FSDG uses for the student). `penultimate`
+    PAD rows zeroed when `masked` (`flatten_padded`: FSDG's batches, flattened to their own length, are a
+    prefix of this layout). `penultimate`
     maps a batch on `device` to `[b, l, d]`: the live teacher, or the cached features the batch carries."""
 
     def __init__(self, penultimate: Callable[[dict], torch.Tensor], batches: Batches, max_seq_len: int,
@@ -41,9 +42,7 @@ class TeacherFeatures:
 
     @torch.no_grad()
     def __iter__(self) -> Iterator[torch.Tensor]:
-        n, size = self.batches.num_examples, self.batches.batch_size
-        for start in range(0, n, size):
-            rows = list(range(start, min(start + size, n)))
+        for rows in self.batches.in_row_order():
             batch = {k: v.to(self.device) for k, v in self.batches.collate(rows).items()}
             h = self.penultimate(batch).float()
             yield flatten_padded(h, batch["attention_mask"] if self.masked else None, self.max_seq_len)

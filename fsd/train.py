@@ -203,10 +203,14 @@ def prepare_outputs(config: DistillConfig, say: Callable[[str], None] = print) -
     teacher, cache = prepare_teacher(config, objective, train, data_key, task, device, say)
     if not objective.needs_memory:
         return None
-    if teacher is None and cache is None:
-        teacher = load_teacher(config.teacher, task.num_labels).to(device).eval()
+    return tuple(memory_source(config, teacher, cache, train, data_key, device)().shape)
+
+
+def memory_source(config: DistillConfig, teacher: torch.nn.Module | None, cache: TeacherCache | None,
+                  train: Batches, data_key: str, device: torch.device) -> Callable[[], torch.Tensor]:
+    """The teacher memory for `Setup`, fitted (once per key) from the cached features or the live teacher."""
     penultimate = cached_penultimate if cache is not None else live_penultimate(teacher)
-    return tuple(teacher_memory(config, penultimate, train, data_key, device).shape)
+    return lambda: teacher_memory(config, penultimate, train, data_key, device)
 
 
 def make_loss_fn(objective: Objective, teacher: torch.nn.Module | None, student: torch.nn.Module) -> LossFn:
@@ -253,9 +257,8 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
     seed_everything(config.seed)  # the student's init must not depend on whether the teacher was loaded
     attn = "eager" if objective.needs_attentions else "sdpa"
     student = build_student(student_backbone(config), config.student_layers, task.num_labels, attn).to(device)
-    penultimate = cached_penultimate if cache is not None else live_penultimate(teacher)
     objective.setup(Setup(teacher, student, config.max_seq_len,
-                          lambda: teacher_memory(config, penultimate, train, data_key, device)))
+                          memory_source(config, teacher, cache, train, data_key, device)))
     if config.compile:
         student.compile(dynamic=True)  # in place: state_dict keys stay those of the plain model
 
