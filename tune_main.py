@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--stages", default=None, help="comma-separated stage names to run (see --dry-run); default all")
     a("--max-seq-len", type=int, default=128, help="tokens per sequence (paper: 128)")
     a("--teacher-epochs", type=int, default=3, help="teacher fine-tuning epochs (paper: 3)")
+    a("--teacher-lr", type=float, default=None,
+      help="teacher fine-tuning learning rate (default: the paper's, 2e-5; 5e-5 for STS-B and WNLI)")
     a("--max-failures", type=int, default=1, help="retries of a crashed trial from its last checkpoint")
     a("--log-checkpoints", choices=["best", "all"], default="best",
       help="best: each stage's best student is logged as an MLflow model; all: also every trial's best checkpoint")
@@ -104,14 +106,14 @@ def run(search) -> None:
         except FileNotFoundError as e:
             fail(str(e))
         return
-    if search.compare:
-        from fsd.tuning.compare import compare_folder, run_compare
-
-        quiet_libraries()
-        with lock.held(compare_folder(spec)):
-            print(run_compare(spec, search.compare, spec.seeds))
-        return
     try:
+        if search.compare:
+            from fsd.tuning.compare import compare_folder, run_compare
+
+            quiet_libraries()
+            with lock.held(compare_folder(spec)):
+                print(run_compare(spec, search.compare, spec.seeds))
+            return
         with lock.held(spec.folder):
             # Again under the lock: a search that started since the checks would be caught here.
             check_search_folder(spec, search.resume, locked=True)

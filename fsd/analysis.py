@@ -17,10 +17,12 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from fsd.cka import linear_cka
+from fsd.config import DistillConfig
 from fsd.data import Batches
-from fsd.models import run_model
+from fsd.models import build_student, load_teacher, run_model
 from fsd.objectives.structure import flatten_features
 from fsd.tasks import Task, get_task
+from fsd.train import load_checkpoint, load_inputs, student_backbone
 
 DISTANCES = ("euclidean", "cosine")
 HEATMAP_FILE = "cka_heatmap.png"
@@ -320,3 +322,25 @@ def save_analysis(analysis: Analysis, folder: str | os.PathLike) -> list[str]:
     path = folder / METRICS_FILE
     path.write_text(json.dumps({"task": analysis.task, "metrics": metrics}, indent=1) + "\n")
     return [png, str(path)]
+
+
+def analyse_checkpoint(checkpoint: str | os.PathLike, folder: str | os.PathLike) -> tuple[dict[str, float], list[str]]:
+    """Analyse a distillation checkpoint's student against its teacher on the dev set and save the result in
+    `folder`; a folder that already holds one is read back instead (a resumed search analyses once).
+
+    Returns:
+        the metrics (NaN where undefined) and the paths of the files in `folder`.
+    """
+    folder = Path(folder)
+    saved = folder / METRICS_FILE
+    if saved.is_file():
+        metrics = json.loads(saved.read_text())["metrics"]
+        return {k: float("nan") if v is None else v for k, v in metrics.items()}, sorted(map(str, folder.iterdir()))
+    state = load_checkpoint(checkpoint)
+    config = DistillConfig.from_dict(state["config"])
+    task, device, _, dev, _, _ = load_inputs(config)
+    student = build_student(student_backbone(config), config.student_layers, task.num_labels).to(device)
+    student.load_state_dict(state["student"])
+    teacher = load_teacher(config.teacher, task.num_labels).to(device)
+    analysis = analyse_pair(student, teacher, next(iter(dev.values())), task, device)
+    return analysis.metrics, save_analysis(analysis, folder)

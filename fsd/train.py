@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -190,16 +191,33 @@ def prepare_teacher(config: DistillConfig, objective: Objective, train: Batches,
     return None, cache
 
 
+class RunInputs(NamedTuple):
+    """What a run of a config starts from (and the driver's preparation too)."""
+
+    task: Task
+    device: torch.device
+    train: Batches
+    dev: dict[str, Batches]
+    objective: Objective  # on `device`
+    data_key: str  # the tokenised data's cache key
+
+
+def load_inputs(config: DistillConfig) -> RunInputs:
+    """The task, the device, the tokenised batches (from the cache after the first time), the objective."""
+    device, task = resolve_device(config.device), get_task(config.task)
+    tokenizer = load_tokenizer(config.teacher)
+    train, dev = make_batches(config, task, tokenizer, config.storage, config.data_dir,
+                              config.max_train_samples, config.max_eval_samples, config.seed)
+    objective = build_objective(config, regression=task.is_regression).to(device)
+    return RunInputs(task, device, train, dev, objective, cache_key(task, tokenizer, config.max_seq_len,
+                                                                    config.data_dir))
+
+
 def prepare_outputs(config: DistillConfig, say: Callable[[str], None] = print) -> tuple[int, ...] | None:
     """Write what the trials of `config` read from storage: the tokenised data, the teacher-output cache and
     the teacher memory. A search calls it in its driver, so trials running in parallel only read them.
     Returns the memory's shape when the method uses one."""
-    device, task = resolve_device(config.device), get_task(config.task)
-    tokenizer = load_tokenizer(config.teacher)
-    train, _ = make_batches(config, task, tokenizer, config.storage, config.data_dir,
-                            config.max_train_samples, config.max_eval_samples, config.seed)
-    objective = build_objective(config, regression=task.is_regression)
-    data_key = cache_key(task, tokenizer, config.max_seq_len, config.data_dir)
+    task, device, train, _, objective, data_key = load_inputs(config)
     teacher, cache = prepare_teacher(config, objective, train, data_key, task, device, say)
     if not objective.needs_memory:
         return None
@@ -244,15 +262,8 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
         epoch the run started from: 0, or the checkpoint's epoch after a resume).
     """
     seed_everything(config.seed)
-    device = resolve_device(config.device)
+    task, device, train, dev, objective, data_key = load_inputs(config)
     speed_up(device)
-    task = get_task(config.task)
-    tokenizer = load_tokenizer(config.teacher)
-    train, dev = make_batches(config, task, tokenizer, config.storage, config.data_dir,
-                              config.max_train_samples, config.max_eval_samples, config.seed)
-
-    objective = build_objective(config, regression=task.is_regression).to(device)
-    data_key = cache_key(task, tokenizer, config.max_seq_len, config.data_dir)
     teacher, cache = prepare_teacher(config, objective, train, data_key, task, device)
     seed_everything(config.seed)  # the student's init must not depend on whether the teacher was loaded
     attn = "eager" if objective.needs_attentions else "sdpa"

@@ -245,3 +245,30 @@ def test_analyse_pair_of_a_student_and_save(tiny_bert, rte_dev, tmp_path):
     png, metrics = save_analysis(result, tmp_path / "analysis")
     assert imread(png).shape == (500, 600, 4)  # FIGSIZE 6 x 5 inches at 100 dpi, RGBA
     assert json.loads(open(metrics).read()) == {"task": "rte", "metrics": result.metrics}
+
+
+def test_analyse_checkpoint_of_a_run_once(tiny_bert, glue_dir, tmp_path):
+    """A search's stage winner: the checkpoint's student against its teacher on the run's dev rows, saved
+    beside it; a second call (a resumed search) reads the saved result instead of analysing again."""
+    from fsd.analysis import METRICS_FILE, analyse_checkpoint
+    from fsd.config import DistillConfig
+    from fsd.models import build_student, load_teacher
+    from fsd.train import distill, load_checkpoint, load_inputs
+
+    config = DistillConfig.from_dict({"task": "rte", "method": "vkd", "teacher": tiny_bert, "student_layers": 2,
+                                      "epochs": 1, "batch_size": 8, "max_train_samples": 16,
+                                      "max_eval_samples": 12, "data_dir": glue_dir, "storage": str(tmp_path)})
+    checkpoint = next(iter(distill(config))).save(tmp_path / "ckpt")
+    metrics, files = analyse_checkpoint(tmp_path / "ckpt", tmp_path / "analysis")
+
+    student = build_student(tiny_bert, 2, 2)
+    student.load_state_dict(load_checkpoint(checkpoint)["student"])
+    dev = next(iter(load_inputs(config).dev.values()))
+    expected = analyse_pair(student, load_teacher(tiny_bert, 2), dev, "rte", "cpu").metrics
+    assert metrics == pytest.approx(expected, abs=1e-6)
+    assert sorted(p.rsplit("/", 1)[-1] for p in files) == ["analysis.json", "cka_heatmap.png"]
+
+    saved = tmp_path / "analysis" / METRICS_FILE
+    stamp = saved.stat().st_mtime_ns
+    again, _ = analyse_checkpoint(tmp_path / "ckpt", tmp_path / "analysis")
+    assert again == pytest.approx(metrics) and saved.stat().st_mtime_ns == stamp

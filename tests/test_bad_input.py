@@ -15,7 +15,8 @@ import pytest
 import torch
 from conftest import make_tiny_bert
 
-from fsd.tuning.checks import UsageError, parse_set
+from fsd.tuning import lock
+from fsd.tuning.checks import UsageError, parse_set, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "index\tsentence1\tsentence2\tlabel"
@@ -208,6 +209,11 @@ def test_bad_trial_values(ctx, pair, message):
     assert message in refused(ctx, "--set", "lr=3e-5", "--set", pair)
 
 
+@pytest.mark.parametrize("lr", ["0", "-5e-5", "2"])
+def test_teacher_lr_outside_zero_one(ctx, lr):
+    assert f"--teacher-lr {float(lr):g}: use a learning rate between 0 and 1" in refused(ctx, f"--teacher-lr={lr}")
+
+
 def test_negative_cache_budget(ctx):
     assert "--cache-budget-gb: cache_budget_gb must be >= 0" in refused(ctx, "--cache-budget-gb", "-1")
 
@@ -287,6 +293,15 @@ def test_resume_with_contradicting_trial_values(ctx):
     assert "--resume: --set gives lr=0.0001 but the stored search used lr=3e-05" in line
 
 
+def test_resume_with_another_teacher_recipe(ctx):
+    """The teacher is fine-tuned (or found) again on resume: another recipe would switch teachers mid-search."""
+    _stored_search(ctx, student_layers=3, extra={}, teacher_epochs=3, teacher_lr=None)
+    line = refused(ctx, "--resume", "--teacher-lr", "5e-5")
+    assert "--resume: teacher_lr is 5e-05 but the stored search used None; use the same value" in line
+    line = refused(ctx, "--resume", "--teacher-epochs", "2")
+    assert "--resume: teacher_epochs is 2 but the stored search used 3; use the same value" in line
+
+
 def test_new_search_where_one_exists(ctx):
     _stored_search(ctx)
     line = refused(ctx)
@@ -349,3 +364,33 @@ def test_set_values_take_the_type_of_their_field(pair, value):
 def test_set_without_a_value():
     with pytest.raises(UsageError, match="is not KEY=VALUE"):
         parse_set("lr")
+
+
+# ---------------------------------------------------------------------------------------------- compare
+def _stored_method_search(ctx, method: str, **search):
+    folder = ctx["storage"] / f"rte-{method}"
+    folder.mkdir(parents=True)
+    (folder / "ledger.json").write_text(json.dumps({"search": {"task": "rte", "method": method, **search},
+                                                    "stages": {}}))
+    return folder
+
+
+def test_compare_reusing_a_search_of_other_settings(ctx):
+    folder = _stored_method_search(ctx, "vkd", preset="quick")
+    line = refused(ctx, "--compare", "vkd,fsd", "--seeds", "3")
+    assert line == (f"error: --compare: preset is 'smoke' but the stored search in {folder} used 'quick'; use the "
+                    "same value or another --storage")
+
+
+def test_compare_reusing_a_search_in_use(ctx):
+    folder = _stored_method_search(ctx, "fsd", preset="smoke")
+    with lock.held(folder):
+        line = refused(ctx, "--compare", "vkd,fsd")
+    assert line.startswith(f"error: another fsd-tune search is running in {folder} (pid {os.getpid()})")
+
+
+def test_compare_reuses_a_search_of_another_seed_count(ctx):
+    """How many seeds ranked a search's grid points does not matter to a comparison that re-runs its winner."""
+    _stored_method_search(ctx, "vkd", preset="smoke", seeds=2)
+    search = validate(_tune_main().build_parser().parse_args([*_base(ctx), "--compare", "vkd", "--seeds", "3"]))
+    assert search.compare == ["vkd"] and search.spec.seeds == 3

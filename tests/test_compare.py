@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fsd.tuning.compare import table
+from fsd.tuning.compare import experiment_name, table
 
 
 def _runs(scores):
@@ -29,3 +29,14 @@ def test_table_means_stds_teacher_and_p_value():
 def test_no_p_value_without_fsd_or_with_one_seed():
     assert table("rte", {"vkd": _runs([0.6, 0.7]), "pkd": _runs([0.5, 0.6])}, None)[2] is None
     assert table("rte", {"vkd": _runs([0.6]), "fsd": _runs([0.7])}, None)[2] is None
+
+
+def test_seed_runs_are_named_by_what_they_run():
+    """A killed comparison finds its own Ray experiment again; other seeds or another winner get a new one."""
+    config = {"alpha": 0.7, "temperature": 5.0, "lr": 5e-5}
+    name = experiment_name("rte", "vkd", config, [42, 43, 44])
+    assert name.startswith("rte-compare-vkd-")
+    assert experiment_name("rte", "vkd", dict(reversed(config.items())), [42, 43, 44]) == name
+    assert experiment_name("rte", "vkd", config, [42, 43, 44, 45]) != name
+    assert experiment_name("rte", "vkd", {**config, "alpha": 0.2}, [42, 43, 44]) != name
+    assert experiment_name("rte", "fsd", config, [42, 43, 44]) != name

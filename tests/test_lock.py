@@ -1,6 +1,7 @@
 """One search per folder (fsd/tuning/lock.py): a second tune_main.py on a folder in use is refused and
 leaves the ledger alone; a killed driver leaves no stale lock."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -91,3 +92,27 @@ def test_run_holds_the_lock_while_the_search_runs(tmp_path, monkeypatch):
         tune_main.run(Search(spec, None, resume=False))
     assert seen == [os.getpid()]
     assert lock.holder(spec.folder) is None
+
+
+def test_compare_holds_a_method_lock_while_it_searches_that_method(tmp_path, monkeypatch):
+    """--compare runs a method's missing search under that search's own lock, and refuses a busy one."""
+    import fsd.tuning.compare as compare
+    from fsd.tuning.ledger import Ledger
+
+    spec = SearchSpec(task="rte", method="fsd", storage=str(tmp_path), mlflow_uri="", teacher="t", preset="smoke")
+    folder = tmp_path / "rte-vkd"
+    seen = []
+
+    def fake_run_search(mspec, schedule, log=print):
+        seen.append((mspec.folder, mspec.seeds, lock.holder(mspec.folder)))
+        ledger = Ledger(mspec.folder)
+        ledger.data.update(teacher="t", stages={"vkd": {"status": "done", "winner": {"alpha": 0.7}}})
+        return ledger
+
+    monkeypatch.setattr(compare, "run_search", fake_run_search)
+    assert compare.best_config(dataclasses.replace(spec, seeds=5), "vkd", log=lambda _: None) == ({"alpha": 0.7}, "t")
+    assert seen == [(str(folder), 1, os.getpid())]
+    assert lock.holder(folder) is None
+    with lock.held(folder), pytest.raises(lock.Busy, match="another fsd-tune search is running in"):
+        compare.best_config(spec, "vkd")
+    assert len(seen) == 1

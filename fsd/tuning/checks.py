@@ -25,7 +25,7 @@ from fsd.config import ConfigError, DistillConfig
 from fsd.tasks import TASKS, Task, get_task
 from fsd.tuning import lock
 from fsd.tuning.ledger import LEDGER, Ledger
-from fsd.tuning.spec import IDENTITY, SearchSpec, identity
+from fsd.tuning.spec import IDENTITY, SearchSpec, identity, method_spec
 from search_spaces import Schedule, get_schedule
 from search_spaces.base import METHODS
 
@@ -88,13 +88,14 @@ def validate(args: argparse.Namespace) -> Search:
         stages=stages, seeds=args.seeds, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures, search=args.search,
         scheduler=args.scheduler, num_samples=args.num_samples, max_seq_len=args.max_seq_len,
-        teacher_epochs=args.teacher_epochs, log_checkpoints=args.log_checkpoints, address=args.address,
+        teacher_epochs=args.teacher_epochs, teacher_lr=args.teacher_lr,
+        log_checkpoints=args.log_checkpoints, address=args.address,
         extra=extra)
-    if args.compare:  # each method's search is reused (or run first): only their locks matter
+    if args.compare:  # each method's search is reused (or run first): free, and made with these settings
         for method in check_compare(args):
-            pid = lock.holder(Path(storage) / f"{spec.task}-{method}")
-            if pid is not None:
-                raise UsageError(str(lock.Busy(Path(storage) / f"{spec.task}-{method}", pid)))
+            mspec = method_spec(spec, method)
+            # Its seed count only ranked its grid points: any is fine for a winner to re-run with new seeds.
+            check_search_folder(mspec, (Path(mspec.folder) / LEDGER).is_file(), flag="--compare", ignore=("seeds",))
     else:
         check_search_folder(spec, args.resume)
     check_mlflow(spec.mlflow_uri)
@@ -215,13 +216,15 @@ def _check_config(base: dict[str, Any], values: dict[str, Any], flag: str) -> No
 
 
 def check_search_numbers(args: argparse.Namespace) -> None:
-    """The search's own counts: seeds, samples, concurrency, retries, teacher epochs, CPU share."""
+    """The search's own numbers: seeds, samples, concurrency, retries, teacher epochs and lr, CPU share."""
     minimum = {"--seeds": (args.seeds, 1), "--num-samples": (args.num_samples, 1),
                "--max-concurrent": (args.max_concurrent, 0), "--max-failures": (args.max_failures, 0),
                "--teacher-epochs": (args.teacher_epochs, 1)}
     for flag, (value, least) in minimum.items():
         if value < least:
             raise UsageError(f"{flag} {value}: use {least} or more")
+    if args.teacher_lr is not None and not 0 < args.teacher_lr < 1:
+        raise UsageError(f"--teacher-lr {args.teacher_lr:g}: use a learning rate between 0 and 1 (e.g. 5e-5)")
     if not args.cpus_per_trial > 0:
         raise UsageError(f"--cpus-per-trial {args.cpus_per_trial:g}: a trial needs a share of a core > 0 "
                          "(e.g. 0.5 or 1)")
@@ -298,9 +301,11 @@ def _cannot_create(path: Path) -> str | None:
     return None if os.access(parent, os.W_OK | os.X_OK) else f"{parent} is not writable"
 
 
-def check_search_folder(spec: SearchSpec, resume: bool, locked: bool = False) -> None:
+def check_search_folder(spec: SearchSpec, resume: bool, locked: bool = False, flag: str = "--resume",
+                        ignore: tuple[str, ...] = ()) -> None:
     """No other search running there (unless `locked`: this process holds the lock); a ledger to resume with
-    --resume, none without, and a resumed search that agrees with the stored one."""
+    --resume, none without, and a resumed search that agrees with the stored one (but for `ignore`).
+    `flag` is what the errors blame: --resume, or --compare for a search it reuses."""
     pid = None if locked else lock.holder(spec.folder)
     if pid is not None:
         raise UsageError(str(lock.Busy(spec.folder, pid)))
@@ -317,13 +322,14 @@ def check_search_folder(spec: SearchSpec, resume: bool, locked: bool = False) ->
     if not ledger.exists:
         raise UsageError(f"--resume: no search to resume in {spec.folder}; run without --resume to start one")
     stored, current = ledger.data.get("search", {}), identity(spec)
+    where = "" if flag == "--resume" else f" in {spec.folder}"
     for key in IDENTITY:
-        if key not in stored or stored[key] == current[key]:
+        if key not in stored or stored[key] == current[key] or key in ignore:
             continue
         if key == "extra":
-            raise UsageError(f"--resume: --set gives {_sets(current[key])} but the stored search used "
+            raise UsageError(f"{flag}: --set gives {_sets(current[key])} but the stored search{where} used "
                              f"{_sets(stored[key])}; use the same --set values or another --storage")
-        raise UsageError(f"--resume: {key} is {current[key]!r} but the stored search used {stored[key]!r}; "
+        raise UsageError(f"{flag}: {key} is {current[key]!r} but the stored search{where} used {stored[key]!r}; "
                          "use the same value or another --storage")
 
 

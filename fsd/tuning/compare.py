@@ -7,7 +7,7 @@ paper's figures beside them. Written as Markdown and CSV, logged to MLflow, prin
 from __future__ import annotations
 
 import csv
-import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -19,10 +19,11 @@ from ray import tune
 from scipy import stats
 
 from fsd.models import teacher_meta
-from fsd.tuning import tracking
+from fsd.tuning import lock, tracking
 from fsd.tuning.ledger import Ledger
 from fsd.tuning.outbox import Outbox
 from fsd.tuning.runner import SearchSpec, run_search, trainable_for
+from fsd.tuning.spec import method_spec
 from fsd.tuning.summary import PAPER
 from fsd.tuning.trainable import METRIC, MODE
 from search_spaces import get_schedule
@@ -33,23 +34,35 @@ def compare_folder(spec: SearchSpec) -> str:
 
 
 def best_config(spec: SearchSpec, method: str, log=print) -> tuple[dict[str, Any], str]:
-    """The winner of `method`'s last stage (searching first when needed) and the teacher it used."""
-    mspec = dataclasses.replace(spec, method=method, seeds=1, stages=())
+    """The winner of `method`'s last stage (searching first when needed) and the teacher it used.
+
+    Raises:
+        lock.Busy: another process runs that search.
+    """
+    mspec = method_spec(spec, method)
     schedule = get_schedule(method, spec.task, spec.preset)
     last = [s for s in schedule.stages if not s.prepare][-1].name
-    ledger = Ledger(mspec.folder)
-    if not ledger.done(last):
-        log(f"compare: searching {method} first ({mspec.folder})")
-        ledger = run_search(mspec, schedule, log)
+    with lock.held(mspec.folder):  # the same lock a plain search of that method takes
+        ledger = Ledger(mspec.folder)
+        if not ledger.done(last):
+            log(f"compare: searching {method} first ({mspec.folder})")
+            ledger = run_search(mspec, schedule, log)
     return dict(ledger.data["stages"][last]["winner"]), ledger.data["teacher"]
+
+
+def experiment_name(task: str, method: str, config: dict[str, Any], seeds: list[int]) -> str:
+    """The Ray experiment of one method's seed runs: named by what it runs, so a killed comparison resumes
+    its own runs while another configuration or seed list gets fresh ones (the old ones stay on disk)."""
+    key = json.dumps({"config": config, "seeds": seeds}, sort_keys=True, default=str)
+    return f"{task}-compare-{method}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
 def seed_runs(spec: SearchSpec, method: str, config: dict[str, Any], seeds: list[int], outbox: Outbox,
               parent_run: str, exp_id: str) -> list[dict[str, float]]:
     """Every dev metric at the best epoch of each seed's run of `config`."""
-    name = f"{spec.task}-compare-{method}"
-    storage = os.path.join(compare_folder(spec), "ray")
     base = {k: v for k, v in config.items() if k != "seed"}
+    name = experiment_name(spec.task, method, base, seeds)
+    storage = os.path.join(compare_folder(spec), "ray")
     trainable = trainable_for(spec, base)
     exp_dir = os.path.join(storage, name)
     if tune.Tuner.can_restore(exp_dir):

@@ -3,7 +3,6 @@ through the ledger; MLflow records everything; a killed search resumes where it 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import ray
 from ray import tune
 
 from fsd import failpoints
+from fsd.analysis import analyse_checkpoint
 from fsd.config import DistillConfig
 from fsd.train import export_student, prepare_outputs
 from fsd.tuning import tracking
@@ -158,7 +158,7 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
                                                         checkpoint_score_order=MODE),
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
     results = tuner.fit()
-    best = {r.metrics["trial_id"]: best_checkpoint(r).path for r in results if r.metrics and best_checkpoint(r)}
+    best = {r.metrics["trial_id"]: ckpt.path for r in results if r.metrics and (ckpt := best_checkpoint(r))}
     outbox.do("record_best_checkpoints", exp_id, record["run_id"], best, spec.log_checkpoints == "all")
     try:
         point, score, checkpoint = pick_winner(results, grid)
@@ -185,34 +185,9 @@ def _log_winner(spec: SearchSpec, stage: Stage, record: dict[str, Any], outbox: 
             export_student(record["checkpoint"], student)
         record["model_version"] = outbox.do("log_stage_model", record["run_id"], str(student),
                                             f"fsd-{spec.task}-{spec.method}", stage.name.replace("-", "_"))
-        metrics, files = analyse_winner(record["checkpoint"], Path(record["checkpoint"]) / "analysis")
+        metrics, files = analyse_checkpoint(record["checkpoint"], Path(record["checkpoint"]) / "analysis")
         record["analysis"] = metrics
         outbox.do("log_analysis", record["run_id"], metrics, files)
-
-
-def analyse_winner(checkpoint: str, folder: Path) -> tuple[dict[str, float], list[str]]:
-    """Restoration rate, the CKA heat map and relation difference of a stage's best student against its
-    teacher on the dev set (METHOD.md §8), once per stage; kept beside the checkpoint (a resumed search
-    reads them back)."""
-    from fsd.analysis import METRICS_FILE, analyse_pair, save_analysis
-    from fsd.models import build_student, load_teacher, load_tokenizer
-    from fsd.tasks import get_task
-    from fsd.train import load_checkpoint, make_batches, resolve_device, student_backbone
-
-    saved = folder / METRICS_FILE
-    if saved.is_file():
-        metrics = json.loads(saved.read_text())["metrics"]
-        return {k: float("nan") if v is None else v for k, v in metrics.items()}, sorted(map(str, folder.iterdir()))
-    state = load_checkpoint(checkpoint)
-    config = DistillConfig.from_dict(state["config"])
-    task, device = get_task(config.task), resolve_device(config.device)
-    _, dev = make_batches(config, task, load_tokenizer(config.teacher), config.storage, config.data_dir,
-                          config.max_train_samples, config.max_eval_samples, config.seed)
-    student = build_student(student_backbone(config), config.student_layers, task.num_labels).to(device)
-    student.load_state_dict(state["student"])
-    teacher = load_teacher(config.teacher, task.num_labels).to(device)
-    analysis = analyse_pair(student, teacher, next(iter(dev.values())), task, device)
-    return analysis.metrics, save_analysis(analysis, folder)
 
 
 def build_memory(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, ledger: Ledger, log=print) -> None:
@@ -232,7 +207,7 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
     ledger.data["search"] = identity(spec)
     ledger.save()
     teacher = ensure_teacher(TeacherSpec(spec.task, spec.teacher, spec.data_dir, epochs=spec.teacher_epochs,
-                                         max_seq_len=spec.max_seq_len, seed=spec.seed,
+                                         lr=spec.teacher_lr, max_seq_len=spec.max_seq_len, seed=spec.seed,
                                          max_train_samples=schedule.budget.max_train_samples,
                                          max_eval_samples=schedule.budget.max_eval_samples),
                              spec.storage, log=log)
@@ -240,6 +215,9 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
     # A lost server must not stall the driver in HTTP retries: what fails waits in the outbox instead.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    # num_to_keep=1 makes Ray snapshot the experiment before it deletes a trial's older checkpoint, so that a
+    # resume never points at a deleted one; its warning that these snapshots come often is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     outbox = Outbox(spec.mlflow_uri, os.path.join(spec.folder, "mlflow_outbox.json"), tracking.OPS)
     if outbox.pending:
         log(f"MLflow: sending {outbox.pending} record(s) queued while the server was unreachable")

@@ -5,13 +5,14 @@ Kept apart from runner.py so that checking a command line needs no Ray import.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 # What a resumed search must agree on with the stored one (the rest, e.g. concurrency, may change).
-IDENTITY = ("task", "method", "preset", "teacher", "student_init", "student_layers", "data_dir", "seeds",
-            "max_seq_len", "search", "num_samples", "extra")
+IDENTITY = ("task", "method", "preset", "teacher", "teacher_epochs", "teacher_lr", "student_init", "student_layers",
+            "data_dir", "seeds", "max_seq_len", "search", "num_samples", "extra")
 # DistillConfig values that change speed only (results equal up to float rounding): free to change on --resume.
 SPEED_KEYS = ("teacher_cache", "cache_budget_gb", "cache_dtype", "compile", "device")
 
@@ -41,6 +42,7 @@ class SearchSpec:
     num_samples: int = 10
     max_seq_len: int = 128
     teacher_epochs: int = 3
+    teacher_lr: float | None = None  # None: the task's paper value
     log_checkpoints: str = "best"
     address: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # more DistillConfig values for every trial (--set)
@@ -56,3 +58,9 @@ def identity(spec: SearchSpec) -> dict[str, Any]:
     out = {k: getattr(spec, k) for k in IDENTITY}
     out["extra"] = {k: v for k, v in sorted(spec.extra.items()) if k not in SPEED_KEYS}
     return out
+
+
+def method_spec(spec: SearchSpec, method: str) -> SearchSpec:
+    """The search that `--compare` reuses, or runs first, for `method`: every stage, one seed per grid point
+    (the comparison's own seeds come after)."""
+    return dataclasses.replace(spec, method=method, seeds=1, stages=())
