@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--set", dest="sets", action="append", metavar="KEY=VALUE",
       help="a DistillConfig value for every trial, repeatable (e.g. --set lr=3e-5 --set batch_size=16); a stage's "
            "grid and earlier stages' winners override it for the parameters they set")
+    a("--grid", dest="grids", action="append", metavar="KEY=V1,V2,...",
+      help="replace the values of a searched parameter in every stage that searches it, repeatable (e.g. --grid "
+           "lr=1e-4,2e-4 for a small backbone); refine and mix rules stay")
     a("--cache-budget-gb", type=float, default=10.0,
       help="disk allowed for the cached teacher features (default 10); 0: no feature cache, the teacher runs live")
     a("--compile", action="store_true", help="torch.compile the students (CUDA; pays off on long runs)")

@@ -9,7 +9,7 @@ measured winner (the paper's refine stages) are `Derived` rules, resolved when t
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 REFINE_FACTORS = (0.6, 0.7, 0.8, 0.9, 2, 3, 4, 5)  # [paper] x the best coarse value
@@ -167,8 +167,15 @@ BUDGETS = {"paper": Budget(), "quick": Budget(epochs=2, max_train_samples=2000, 
            "smoke": Budget(epochs=1, max_train_samples=64, max_eval_samples=64, memory_size=8)}
 
 
-def get_schedule(method: str, task: str, preset: str = "paper") -> Schedule:
-    """The staged schedule of `method` for `task` under a preset.
+def override_grids(stages: tuple[Stage, ...], grids: dict[str, tuple]) -> tuple[Stage, ...]:
+    """`--grid`: the user's values of a parameter in every stage that searches it (e.g. a learning rate
+    range for a backbone other than BERT-base); derived grids keep their rule."""
+    return tuple(replace(s, grid={k: tuple(grids.get(k, v)) for k, v in s.grid.items()},
+                         ours=tuple(p for p in s.ours if p not in grids)) for s in stages)
+
+
+def get_schedule(method: str, task: str, preset: str = "paper", grids: dict[str, tuple] | None = None) -> Schedule:
+    """The staged schedule of `method` for `task` under a preset, with `grids` replacing searched values.
 
     Raises:
         ValueError: an unknown method or preset.
@@ -178,7 +185,7 @@ def get_schedule(method: str, task: str, preset: str = "paper") -> Schedule:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     module = importlib.import_module(f"search_spaces.{method}")
-    stages = apply_preset(module.stages(task), preset)
+    stages = override_grids(apply_preset(module.stages(task), preset), grids or {})
     names = [s.name for s in stages]
     assert len(set(names)) == len(names), names
     return Schedule(method, task, preset, stages, BUDGETS[preset])

@@ -90,7 +90,7 @@ def validate(args: argparse.Namespace) -> Search:
         scheduler=args.scheduler, num_samples=args.num_samples, max_seq_len=args.max_seq_len,
         teacher_epochs=args.teacher_epochs, teacher_lr=args.teacher_lr,
         log_checkpoints=args.log_checkpoints, address=args.address,
-        extra=extra)
+        extra=extra, grids=parse_grids(args))
     if args.compare:  # each method's search is reused (or run first): free, and made with these settings
         for method in check_compare(args):
             mspec = method_spec(spec, method)
@@ -131,7 +131,13 @@ def check_names(args: argparse.Namespace) -> tuple[Schedule, tuple[str, ...]]:
         raise UsageError(f"--task {args.task!r} is not a GLUE task: choose one of {', '.join(TASKS)}") from None
     if args.method not in METHODS:
         raise UsageError(f"--method {args.method!r} has no search schedule: choose one of {', '.join(METHODS)}")
-    schedule = get_schedule(args.method, task, args.preset)
+    grids = parse_grids(args)
+    schedule = get_schedule(args.method, task, args.preset, grids)
+    searched = {k for s in schedule.stages for k in s.grid}
+    for key in grids:
+        if key not in searched:
+            raise UsageError(f"--grid {key}: no stage of the {args.method} schedule (preset {args.preset}) searches "
+                             f"it; it searches {', '.join(sorted(searched))} (--set gives a fixed value)")
     names = [s.name for s in schedule.stages]
     stages = tuple(args.stages.split(",")) if args.stages else ()
     for name in stages:
@@ -170,22 +176,25 @@ def check_values(args: argparse.Namespace, schedule: Schedule, extra: dict[str, 
     for pair in args.sets or []:
         key, value = parse_set(pair)
         _check_config(base, {key: value}, f"--set {pair}")
+    for key, values in parse_grids(args).items():
+        for value in values:
+            _check_config(base, {key: value}, f"--grid {key}={value}")
     _check_config(base, {"student_layers": args.student_layers, "max_seq_len": args.max_seq_len, **extra}, "--set")
 
 
-def parse_set(pair: str) -> tuple[str, Any]:
+def parse_set(pair: str, flag: str = "--set") -> tuple[str, Any]:
     """`KEY=VALUE` of --set -> (the DistillConfig field, VALUE as the field's type)."""
     key, sep, raw = pair.partition("=")
     key = key.strip().replace("-", "_")
     if not sep or not key:
-        raise UsageError(f"--set {pair!r} is not KEY=VALUE: write e.g. --set lr=3e-5")
+        raise UsageError(f"{flag} {pair!r} is not KEY=VALUE: write e.g. {flag} lr=3e-5")
     if key in OWNED:
-        raise UsageError(f"--set {key}: use {OWNED[key]} instead")
+        raise UsageError(f"{flag} {key}: use {OWNED[key]} instead")
     hints = typing.get_type_hints(DistillConfig)
     if key not in hints:
         near = difflib.get_close_matches(key, [f.name for f in fields(DistillConfig)], n=1)
         hint = f"did you mean {near[0]!r}?" if near else "see python -m fsd.train --help for the settings"
-        raise UsageError(f"--set {key}: no such setting; {hint}")
+        raise UsageError(f"{flag} {key}: no such setting; {hint}")
     hint = hints[key]
     kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     text = raw.strip()
@@ -205,7 +214,20 @@ def parse_set(pair: str) -> tuple[str, Any]:
         if value is not None and math.isfinite(value):
             return key, value
     names = " or ".join("none" if k is type(None) else k.__name__ for k in kinds)
-    raise UsageError(f"--set {pair}: {key} takes {names}, not {raw!r}")
+    raise UsageError(f"{flag} {pair}: {key} takes {names}, not {raw!r}")
+
+
+def parse_grids(args: argparse.Namespace) -> dict[str, tuple]:
+    """`--grid KEY=V1,V2,...` (repeatable) -> {the DistillConfig field: its values, typed}."""
+    grids: dict[str, tuple] = {}
+    for text in args.grids or []:
+        key, _, raw = text.partition("=")
+        parsed = [parse_set(f"{key}={v}", "--grid") for v in raw.split(",") if v.strip()]
+        values = tuple(v for _, v in parsed)
+        if not values or len(set(values)) != len(values):
+            raise UsageError(f"--grid {text!r}: give distinct values after '=', e.g. --grid lr=1e-4,2e-4")
+        grids[parsed[0][0]] = values
+    return grids
 
 
 def _check_config(base: dict[str, Any], values: dict[str, Any], flag: str) -> None:

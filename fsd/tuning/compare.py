@@ -40,7 +40,7 @@ def best_config(spec: SearchSpec, method: str, log=print) -> tuple[dict[str, Any
         lock.Busy: another process runs that search.
     """
     mspec = method_spec(spec, method)
-    schedule = get_schedule(method, spec.task, spec.preset)
+    schedule = get_schedule(method, spec.task, spec.preset, spec.grids)
     last = [s for s in schedule.stages if not s.prepare][-1].name
     with lock.held(mspec.folder):  # the same lock a plain search of that method takes
         ledger = Ledger(mspec.folder)

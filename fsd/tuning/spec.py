@@ -12,7 +12,7 @@ from typing import Any
 
 # What a resumed search must agree on with the stored one (the rest, e.g. concurrency, may change).
 IDENTITY = ("task", "method", "preset", "teacher", "teacher_epochs", "teacher_lr", "student_init", "student_layers",
-            "data_dir", "seeds", "max_seq_len", "search", "num_samples", "extra")
+            "data_dir", "seeds", "max_seq_len", "search", "num_samples", "extra", "grids")
 # DistillConfig values that change speed only (results equal up to float rounding): free to change on --resume.
 SPEED_KEYS = ("teacher_cache", "cache_budget_gb", "cache_dtype", "compile", "device")
 
@@ -46,6 +46,7 @@ class SearchSpec:
     log_checkpoints: str = "best"
     address: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # more DistillConfig values for every trial (--set)
+    grids: dict[str, tuple] = field(default_factory=dict)  # searched values that replace the schedule's (--grid)
 
     @property
     def folder(self) -> str:
@@ -57,6 +58,7 @@ def identity(spec: SearchSpec) -> dict[str, Any]:
     """The IDENTITY values of `spec` as the ledger stores them (JSON types, speed-only --set values left out)."""
     out = {k: getattr(spec, k) for k in IDENTITY}
     out["extra"] = {k: v for k, v in sorted(spec.extra.items()) if k not in SPEED_KEYS}
+    out["grids"] = {k: list(v) for k, v in sorted(spec.grids.items())}  # as JSON reads them back
     return out
 
 
