@@ -22,12 +22,13 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--storage", default="./fsd_runs")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=None, help="default: the paper's per task")
     p.add_argument("--max-train-samples", type=int, default=None)
     args = p.parse_args()
     quiet_libraries()
     rows = []
     for task in args.tasks.split(","):
-        spec = TeacherSpec(task, args.teacher, args.data_dir, epochs=args.epochs,
+        spec = TeacherSpec(task, args.teacher, args.data_dir, epochs=args.epochs, lr=args.lr,
                            max_train_samples=args.max_train_samples)
         path = ensure_teacher(spec, args.storage)
         meta = json.loads((Path(path) / TEACHER_META).read_text())

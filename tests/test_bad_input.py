@@ -214,6 +214,18 @@ def test_teacher_lr_outside_zero_one(ctx, lr):
     assert f"--teacher-lr {float(lr):g}: use a learning rate between 0 and 1" in refused(ctx, f"--teacher-lr={lr}")
 
 
+@pytest.mark.parametrize("grid,message", [
+    ("epochs=3", "--grid epochs: no stage of the fsd schedule (preset smoke) searches it; it searches alpha,"),
+    ("lr=0,1e-4", "--grid lr=0.0: lr must be > 0, got 0.0"),
+    ("lr=", "--grid 'lr=': give distinct values after '=', e.g. --grid lr=1e-4,2e-4"),
+    ("lr=1e-4,1e-4", "--grid 'lr=1e-4,1e-4': give distinct values"),
+    ("lrr=1e-4", "--grid lrr: no such setting; did you mean 'lr'?"),
+    ("seed=1,2", "--grid seed: use --seed instead"),
+])
+def test_bad_grids(ctx, grid, message):
+    assert message in refused(ctx, "--grid", grid)
+
+
 def test_negative_cache_budget(ctx):
     assert "--cache-budget-gb: cache_budget_gb must be >= 0" in refused(ctx, "--cache-budget-gb", "-1")
 
@@ -300,6 +312,15 @@ def test_resume_with_another_teacher_recipe(ctx):
     assert "--resume: teacher_lr is 5e-05 but the stored search used None; use the same value" in line
     line = refused(ctx, "--resume", "--teacher-epochs", "2")
     assert "--resume: teacher_epochs is 2 but the stored search used 3; use the same value" in line
+
+
+def test_resume_with_another_grid(ctx):
+    """A stored --grid comes back from JSON as lists: the same values resume, others are refused."""
+    _stored_search(ctx, student_layers=3, extra={}, grids={"lr": [1e-4, 2e-4]})
+    line = refused(ctx, "--resume", "--grid", "lr=1e-4,3e-4")
+    assert "--resume: grids is {'lr': [0.0001, 0.0003]} but the stored search used {'lr': [0.0001, 0.0002]}" in line
+    search = validate(_tune_main().build_parser().parse_args([*_base(ctx), "--resume", "--grid", "lr=1e-4,2e-4"]))
+    assert search.spec.grids == {"lr": (1e-4, 2e-4)} and search.schedule.stage("vkd").grid["lr"] == (1e-4, 2e-4)
 
 
 def test_new_search_where_one_exists(ctx):

@@ -1,11 +1,14 @@
 """The comparison table: mean (std) x 100 per metric and method, the teacher row, the paper's figure,
 and the one-sided Welch p-value of FSD over the best baseline, checked against direct numpy/scipy."""
 
+from collections import Counter
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import stats
 
-from fsd.tuning.compare import experiment_name, table
+from fsd.tuning.compare import experiment_name, majority, table
 
 
 def _runs(scores):
@@ -40,3 +43,27 @@ def test_seed_runs_are_named_by_what_they_run():
     assert experiment_name("rte", "vkd", config, [42, 43, 44, 45]) != name
     assert experiment_name("rte", "vkd", {**config, "alpha": 0.2}, [42, 43, 44]) != name
     assert experiment_name("rte", "fsd", config, [42, 43, 44]) != name
+
+
+def test_majority_row_is_the_most_frequent_training_label(glue_dir):
+    """The floor row against a plain count of the TSV files' label column (RTE), on the rows the runs saw."""
+    def labels(split):
+        lines = (Path(glue_dir) / "RTE" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[1:]
+        return [line.split("\t")[-1] for line in lines if line]
+
+    train, dev = labels("train"), labels("dev")
+    for rows in (None, 7):
+        top = Counter(train[:rows]).most_common(1)[0][0]
+        expected = sum(label == top for label in dev[:100]) / 100
+        got = majority("rte", glue_dir, rows, 100)
+        assert got == {"eval/accuracy": pytest.approx(expected), "eval/score": pytest.approx(expected)}
+    assert majority("stsb", glue_dir, None, None) is None
+
+
+def test_table_shows_the_majority_floor_without_testing_it():
+    runs = {"vkd": _runs([0.60, 0.62]), "fsd": _runs([0.64, 0.66])}
+    markdown, rows, p = table("rte", runs, None, {"eval/score": 0.5, "eval/accuracy": 0.5})
+    assert "| majority class | 0 | 50.00 | 50.00 | - |" in markdown
+    assert [r["method"] for r in rows] == ["majority class", "vkd", "fsd"]
+    assert p == pytest.approx(stats.ttest_ind([0.64, 0.66], [0.60, 0.62], equal_var=False,
+                                              alternative="greater").pvalue)

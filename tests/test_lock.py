@@ -99,11 +99,13 @@ def test_compare_holds_a_method_lock_while_it_searches_that_method(tmp_path, mon
     import fsd.tuning.compare as compare
     from fsd.tuning.ledger import Ledger
 
-    spec = SearchSpec(task="rte", method="fsd", storage=str(tmp_path), mlflow_uri="", teacher="t", preset="smoke")
+    spec = SearchSpec(task="rte", method="fsd", storage=str(tmp_path), mlflow_uri="", teacher="t", preset="smoke",
+                      grids={"lr": (1e-4,)})
     folder = tmp_path / "rte-vkd"
     seen = []
 
     def fake_run_search(mspec, schedule, log=print):
+        assert schedule.stage("vkd").grid["lr"] == (1e-4,)  # the comparison's --grid reaches its searches
         seen.append((mspec.folder, mspec.seeds, lock.holder(mspec.folder)))
         ledger = Ledger(mspec.folder)
         ledger.data.update(teacher="t", stages={"vkd": {"status": "done", "winner": {"alpha": 0.7}}})

@@ -87,3 +87,21 @@ def test_dry_run_lists_the_grids_and_writes_nothing(tmp_path):
 def test_smoke_budget_fits_a_memory_in_its_rows():
     budget = get_schedule("fsd", "qqp", "smoke").budget
     assert budget.memory_size <= budget.max_train_samples
+
+
+@pytest.mark.parametrize("preset", ["paper", "quick"])
+def test_grid_overrides_replace_a_parameter_wherever_it_is_searched(preset):
+    """--grid lr=...: every stage that searches lr gets the user's values (no longer marked 'ours'); the
+    other parameters, the derived grids and the inherited values stay the schedule's."""
+    plain = get_schedule("fsd", "rte", preset)
+    schedule = get_schedule("fsd", "rte", preset, {"lr": (1e-4, 2e-4), "alpha": (0.5,)})
+    changed = 0
+    for a, b in zip(plain.stages, schedule.stages, strict=True):
+        assert (b.derived, b.inherit, b.fixed, b.carry) == (a.derived, a.inherit, a.fixed, a.carry)
+        assert set(b.grid) == set(a.grid)
+        for k, v in a.grid.items():
+            assert b.grid[k] == {"lr": (1e-4, 2e-4), "alpha": (0.5,)}.get(k, v)
+        assert set(b.ours) == set(a.ours) - {"lr", "alpha"}
+        changed += "lr" in a.grid
+    assert changed >= 2  # vkd and the FSD-part stages search lr
+    assert "lr: [0.0001, 0.0002]" in format_schedule(schedule)

@@ -18,7 +18,10 @@ import numpy as np
 from ray import tune
 from scipy import stats
 
+from fsd.data import load_raw
+from fsd.metrics import glue_metrics
 from fsd.models import teacher_meta
+from fsd.tasks import get_task
 from fsd.tuning import lock, tracking
 from fsd.tuning.ledger import Ledger
 from fsd.tuning.outbox import Outbox
@@ -86,15 +89,33 @@ def seed_runs(spec: SearchSpec, method: str, config: dict[str, Any], seeds: list
     return rows
 
 
-def table(task: str, runs: dict[str, list[dict[str, float]]], teacher: dict[str, float] | None
-          ) -> tuple[str, list[dict[str, Any]], float | None]:
-    """Markdown and CSV rows of mean (std) x 100 per metric and method, and the one-sided Welch p-value
-    of FSD's dev score over the best baseline's (None without FSD and a baseline with 2+ seeds)."""
+def majority(task: str, data_dir: str | None, max_train_samples: int | None, max_eval_samples: int | None
+             ) -> dict[str, float] | None:
+    """Dev metrics of always answering the most frequent training label, on the rows the runs saw: the floor
+    a student must clear to have learnt anything (None for STS-B, a regression)."""
+    spec = get_task(task)
+    if spec.is_regression:
+        return None
+    raw = load_raw(spec, data_dir)
+    train, dev = raw["train"]["label"][:max_train_samples], raw[spec.dev_splits[0]]["label"][:max_eval_samples]
+    values, counts = np.unique(train, return_counts=True)
+    guess = np.full(len(dev), values[counts.argmax()])
+    return {f"eval/{k}": v for k, v in glue_metrics(task, guess, dev).items()}
+
+
+def table(task: str, runs: dict[str, list[dict[str, float]]], teacher: dict[str, float] | None,
+          floor: dict[str, float] | None = None) -> tuple[str, list[dict[str, Any]], float | None]:
+    """Markdown and CSV rows of mean (std) x 100 per metric and method (after the teacher's row, and the
+    majority-class `floor`'s when given), and the one-sided Welch p-value of FSD's dev score over the best
+    baseline's (None without FSD and a baseline with 2+ seeds)."""
     metrics = sorted({k for rows in runs.values() for r in rows for k in r}, key=lambda k: (k != METRIC, k))
     csv_rows: list[dict[str, Any]] = []
     if teacher:
         csv_rows.append({"method": "teacher", "seeds": 1, **{f"{k} mean": 100 * teacher[k] for k in metrics
                                                               if k in teacher}, "paper": PAPER["teacher"].get(task)})
+    if floor:
+        csv_rows.append({"method": "majority class", "seeds": 0,
+                         **{f"{k} mean": 100 * floor[k] for k in metrics if k in floor}, "paper": None})
     for method, rows in runs.items():
         row: dict[str, Any] = {"method": method, "seeds": len(rows)}
         for k in metrics:
@@ -146,10 +167,13 @@ def run_compare(spec: SearchSpec, methods: list[str], seeds: int, log=print) -> 
     runs = {m: seed_runs(spec, m, cfg, seed_list, outbox, run_id, exp_id) for m, (cfg, _) in configs.items()}
     meta = teacher_meta(next(iter(configs.values()))[1])
     teacher = {k: v for k, v in (meta or {}).get("dev", {}).items() if isinstance(v, (int, float))}
-    markdown, rows, p_value = table(spec.task, runs, teacher or None)
+    first = next(iter(configs.values()))[0]  # every method ran on the same rows
+    floor = majority(spec.task, spec.data_dir, first.get("max_train_samples"), first.get("max_eval_samples"))
+    markdown, rows, p_value = table(spec.task, runs, teacher or None, floor)
     (folder / "compare.md").write_text(markdown + "\n")
     (folder / "compare.csv").write_text(_csv(rows))
-    (folder / "compare.json").write_text(json.dumps({"runs": runs, "p_value": p_value, "methods": methods}))
+    (folder / "compare.json").write_text(json.dumps({"runs": runs, "p_value": p_value, "methods": methods,
+                                                   "majority": floor}))
     metrics = {f"compare/{r['method']}/{METRIC.replace('/', '_')}_mean": r[f"{METRIC} mean"] for r in rows
                if f"{METRIC} mean" in r}
     if p_value is not None:
