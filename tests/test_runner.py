@@ -67,6 +67,24 @@ def test_stage_base_takes_inherited_winners_fixed_values_and_the_budget():
     assert base["epochs"] == 1 and base["max_train_samples"] == 64 and base["memory_size"] == 8  # smoke budget
 
 
+def test_students_start_from_the_teachers_backbone_even_given_a_fine_tuned_teacher(tmp_path):
+    """--teacher <a fine-tuned folder> without --student-init: trials start from the backbone that teacher was
+    fine-tuned from, not from the teacher's own fine-tuned layers; --student-init still wins."""
+    from fsd.config import DistillConfig
+    from fsd.models import TEACHER_META
+    from fsd.train import student_backbone
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / TEACHER_META).write_text('{"task": "rte", "backbone": "packaged-minilm"}')
+    schedule = get_schedule("vkd", "rte", "smoke")
+    for init, expected in ((None, "packaged-minilm"), ("/my/bert", "/my/bert")):
+        spec = SearchSpec(task="rte", method="vkd", storage="/s", mlflow_uri="", teacher=str(teacher),
+                          student_init=init, student_layers=3)
+        base = stage_base(spec, schedule, schedule.stage("vkd"), str(teacher), {})
+        assert student_backbone(DistillConfig.from_dict({**base, "alpha": 0.5})) == expected
+
+
 def test_set_values_reach_every_trial_but_grid_winners_and_fixed_values_win():
     schedule = get_schedule("fsd", "rte", "smoke")
     spec = SearchSpec(task="rte", method="fsd", storage="/s", mlflow_uri="", teacher="t",

@@ -26,7 +26,9 @@ def stage_base(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str,
                winners: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The DistillConfig values every trial of `stage` shares."""
     base: dict[str, Any] = {
-        "task": spec.task, "teacher": teacher, "student_init": spec.student_init or spec.teacher,
+        # No --student-init: the student starts from the backbone the teacher was fine-tuned from (its
+        # fsd_teacher.json says which), never from the fine-tuned teacher itself (METHOD.md §1).
+        "task": spec.task, "teacher": teacher, "student_init": spec.student_init,
         "student_layers": spec.student_layers, "method": stage.method, "data_dir": spec.data_dir,
         "storage": spec.storage, "max_seq_len": spec.max_seq_len, "seed": spec.seed, **spec.extra}
     for param, source in stage.inherit.items():
