@@ -24,7 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _kill_first_trial_worker_after_its_checkpoint(exp_dir: Path, done: threading.Event, killed: list):
     while not done.is_set():
-        if list(exp_dir.glob("*memory_size=4*/checkpoint_000000")):
+        progress = list(exp_dir.glob("*memory_size=4*/progress.csv"))
+        if list(exp_dir.glob("*memory_size=4*/checkpoint_000000")) and progress and \
+                len(progress[0].read_text().splitlines()) >= 2:
+            # The worker writes the folder as it reports; the driver registers the checkpoint a moment later
+            # (progress.csv is its mark). Killed in between, the trial would restart from scratch.
+            time.sleep(1.0)
             pids = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout.split()
             for pid in pids:
                 os.kill(int(pid), signal.SIGKILL)
@@ -35,10 +40,11 @@ def _kill_first_trial_worker_after_its_checkpoint(exp_dir: Path, done: threading
 
 
 def test_one_trial_fails_another_is_retried_from_its_checkpoint(tiny_bert, glue_dir, tmp_path):
-    # memory_size=100000 cannot be fitted on 400 rows: that trial fails; the other one is killed mid-run.
+    # memory_size=100000 cannot be fitted on 2000 rows: that trial fails; the other one is killed mid-run.
     stage = Stage("fsdg", "fsdg", {"memory_size": (4, 100000)}, fixed={"epochs": 2, "batch_size": 16})
-    # 400 rows: an epoch takes seconds, so the worker dies during epoch 2.
-    schedule = Schedule("fsdg", "rte", "smoke", (stage,), Budget(max_train_samples=400, max_eval_samples=16))
+    # 2000 rows: an epoch takes seconds even on a quiet machine, so the worker dies during epoch 2 (with 400
+    # rows a fast epoch 2 could end before the watcher's kill, and the trial had nothing left to resume).
+    schedule = Schedule("fsdg", "rte", "smoke", (stage,), Budget(max_train_samples=2000, max_eval_samples=16))
     spec = SearchSpec(task="rte", method="fsdg", storage=str(tmp_path), mlflow_uri=f"sqlite:///{tmp_path}/m.db",
                       teacher=tiny_bert, student_layers=2, data_dir=glue_dir, max_concurrent=1, max_failures=1,
                       extra={"lr": 1e-3})
