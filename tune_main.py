@@ -37,10 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-concurrent", type=int, default=0, help="at most this many trials at once (0: as resources allow)")
     a("--seeds", type=int, default=1, help="run every grid point with this many seeds and rank by their mean")
     a("--seed", type=int, default=42, help="first seed")
-    a("--search", choices=["grid", "optuna"], default="grid",
-      help="grid: the paper's grids; optuna: sample --num-samples points of each stage's grid (TPE)")
-    a("--scheduler", choices=["fifo", "asha"], default="fifo", help="asha stops weak trials after an epoch")
-    a("--num-samples", type=int, default=10, help="trials per stage with --search optuna")
+    a("--strategy", choices=["grid", "halving", "optuna"], default="grid",
+      help="grid: every grid point to the full budget (the paper); halving: every point, most stopped at an early "
+           "rung (ASHA on training samples); optuna: TPE samples of the large grids, halved the same way")
+    a("--reduction-factor", type=float, default=None,
+      help="halving/optuna: about 1 in this many trials goes on at each rung (default 3, measured)")
+    a("--first-rung", type=float, default=None,
+      help="halving/optuna: the first rung as a share of a trial's budget (default 1/9, measured)")
+    a("--num-samples", type=int, default=None,
+      help="optuna: trials per stage with a large grid (default: a third of the grid, measured)")
     a("--preset", choices=["paper", "quick", "smoke"], default="paper",
       help="paper: the full schedule; quick: 2 values per parameter, 2 epochs, 2000 rows; smoke: a complete "
            "search in minutes on a CPU (1 epoch, 64 rows)")
@@ -68,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
            "with --seeds seeds; prints the paper's Table 2/3 for this task with the p-value of FSD")
     a("--report", action="store_true",
       help="rebuild the HTML report of this task's searches from the storage folder and MLflow; trains nothing")
-    a("--dry-run", action="store_true", help="print every stage, its grid, trial count and trial-epochs; run nothing")
+    a("--dry-run", action="store_true",
+      help="print every stage, its grid, trials and the training samples it will process; run nothing")
+    a("--estimate", action="store_true",
+      help="--dry-run, plus a few timed steps of the student and the teacher here, and the hours it would take")
     return p
 
 
@@ -79,18 +87,42 @@ def fail(message: str) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from fsd.tuning.checks import UsageError, check_schedule, validate
+    from fsd.tuning.checks import UsageError, validate
 
     try:
-        if args.dry_run:
-            from search_spaces import format_schedule
-
-            print(format_schedule(check_schedule(args)))
+        if args.dry_run or args.estimate:
+            dry_run(args)
             return
         search = validate(args)  # every check, before anything is written
     except UsageError as e:
         fail(str(e))
     run(search)
+
+
+def dry_run(args: argparse.Namespace) -> None:
+    """Every stage, its grid and what it will cost (with --estimate, in hours, from steps timed here); nothing
+    is written. With --compare, the cost of every method's search, shared stages counted once."""
+    from fsd.cli import quiet_libraries
+    from fsd.tuning.checks import check_compare, dry_spec
+    from fsd.tuning.cost import format_cost, search_cost
+    from fsd.tuning.spec import method_spec
+    from search_spaces import format_schedule, get_schedule
+
+    spec, schedule = dry_spec(args)
+    print(format_schedule(schedule))
+    pairs = [(spec, schedule)]
+    if args.compare:
+        methods = check_compare(args)
+        pairs = [(method_spec(spec, m), get_schedule(m, spec.task, spec.preset, spec.grids)) for m in methods]
+    seen: set[str] = set()
+    costs = [search_cost(s, sch, seen) for s, sch in pairs]
+    print(format_cost(costs))
+    if args.estimate:
+        from fsd.tuning.estimate import format_estimate, measure
+
+        quiet_libraries()
+        schedules = [sch for _, sch in pairs]
+        print(format_estimate(costs, schedules, measure(spec, schedules)))
 
 
 def run(search) -> None:

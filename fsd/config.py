@@ -40,6 +40,7 @@ class DistillConfig:
     # optimisation
     lr: float = 5e-5
     epochs: int = 3
+    eval_every: int | None = None  # training samples between dev evaluations (rungs); None: once per epoch
     batch_size: int = 32
     eval_batch_size: int = 128
     max_seq_len: int = 128
@@ -88,7 +89,7 @@ class DistillConfig:
                      "grad_clip"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ["memory_size", "max_train_samples", "max_eval_samples"]:
+        for name in ["memory_size", "max_train_samples", "max_eval_samples", "eval_every"]:
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0 (or unset), got {getattr(self, name)}")
         if self.memory_init not in ("kmeans++", "reference"):

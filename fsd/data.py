@@ -113,6 +113,19 @@ def load_raw(task: str | Task, data_dir: str | None = None) -> DatasetDict:
     )
 
 
+def split_rows(task: str | Task, data_dir: str | None, max_train: int | None = None,
+               max_eval: int | None = None) -> tuple[int, int]:
+    """(train, main dev) rows a run reads, writing nothing: the local files' counts (after `max_*` limits),
+    or the official sizes for the hub."""
+    spec = get_task(task) if isinstance(task, str) else task
+    if data_dir is None:
+        train, dev = spec.train_rows, spec.dev_rows
+    else:
+        raw = load_raw(spec, data_dir)
+        train, dev = len(raw["train"]), len(raw[spec.main_dev_split])
+    return min(train, max_train or train), min(dev, max_eval or dev)
+
+
 # ---------------------------------------------------------------------------------------------- tokenising
 def source_fingerprint(task: Task, data_dir: str | None) -> str:
     if data_dir is None:

@@ -41,7 +41,21 @@ class Task:
     def main_dev_split(self) -> str:
         return self.dev_splits[0]
 
+    @property
+    def train_rows(self) -> int:
+        """Rows of the official training split (`nyu-mll/glue`), for cost estimates before any data is read."""
+        return ROWS[self.name][0]
 
+    @property
+    def dev_rows(self) -> int:
+        """Rows of the official dev split(s), all of them (MNLI: matched + mismatched)."""
+        return ROWS[self.name][1]
+
+
+# (train, dev) rows of `nyu-mll/glue`; MNLI's dev is matched 9,815 + mismatched 9,832.
+ROWS = {"cola": (8551, 1043), "sst2": (67349, 872), "mrpc": (3668, 408), "stsb": (5749, 1500),
+        "qqp": (363846, 40430), "mnli": (392702, 19647), "qnli": (104743, 5463), "rte": (2490, 277),
+        "wnli": (635, 71)}
 _BIN = ("0", "1")
 _ENT = ("entailment", "not_entailment")
 

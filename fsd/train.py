@@ -76,13 +76,18 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
-def train_epoch(batches: Batches, epoch: int, loss_fn: LossFn, params: list[torch.nn.Parameter],
-                optimizer, scheduler, grad_clip: float, device: torch.device) -> dict[str, float]:
-    """One pass over the training batches; returns the mean of each loss part and the throughput."""
-    sums: dict[str, torch.Tensor] = {}
-    start, steps = time.perf_counter(), 0
-    for step, batch in enumerate(batches.epoch(epoch)):
-        batch = to_device(batch, device)
+def train_steps(batches: Batches, epoch: int, loss_fn: LossFn, params: list[torch.nn.Parameter], optimizer,
+                scheduler, grad_clip: float, device: torch.device, skip: int = 0
+                ) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
+    """The optimisation steps of one epoch, after its first `skip` batches (a run resumed mid-epoch).
+
+    Yields:
+        (step, rows in the batch, detached loss parts with the total as `loss`) after each step.
+    """
+    for step, rows in enumerate(batches.batch_rows(epoch)):
+        if step < skip:
+            continue
+        batch = to_device(batches.collate(rows), device)
         with autocast(device):
             loss, parts = loss_fn(batch)
         if not torch.isfinite(loss):
@@ -94,13 +99,37 @@ def train_epoch(batches: Batches, epoch: int, loss_fn: LossFn, params: list[torc
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
         scheduler.step()
-        for k, v in {"loss": loss, **parts}.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().float()
-        steps += 1
-    seconds = time.perf_counter() - start
-    out = {f"train/{k}": float(v) / max(steps, 1) for k, v in sums.items()}
-    out["train/samples_per_s"] = batches.num_examples / seconds
-    out["time/epoch_s"] = seconds
+        yield step, len(rows), {k: v.detach().float() for k, v in {"loss": loss, **parts}.items()}
+
+
+class Interval:
+    """Means of the loss parts and the training throughput between two evaluations."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps, self.samples, self.start = 0, 0, time.perf_counter()
+
+    def add(self, rows: int, parts: dict[str, torch.Tensor]) -> None:
+        for k, v in parts.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps, self.samples = self.steps + 1, self.samples + rows
+
+    def metrics(self) -> dict[str, float]:
+        seconds = time.perf_counter() - self.start
+        out = {f"train/{k}": float(v) / max(self.steps, 1) for k, v in self.sums.items()}
+        out["train/samples_per_s"] = self.samples / seconds if seconds > 0 else 0.0
+        out["time/train_s"] = seconds
+        return out
+
+
+def train_epoch(batches: Batches, epoch: int, loss_fn: LossFn, params: list[torch.nn.Parameter],
+                optimizer, scheduler, grad_clip: float, device: torch.device) -> dict[str, float]:
+    """One pass over the training batches; returns the mean of each loss part and the throughput."""
+    interval = Interval()
+    for _, rows, parts in train_steps(batches, epoch, loss_fn, params, optimizer, scheduler, grad_clip, device):
+        interval.add(rows, parts)
+    out = interval.metrics()
+    out["time/epoch_s"] = out.pop("time/train_s")
     return out
 
 
@@ -139,15 +168,16 @@ def make_batches(config_like, task: Task, tokenizer, storage: str, data_dir: str
 
 # ---------------------------------------------------------------------------------------------- the run
 @dataclass
-class EpochReport:
-    """What `distill` yields after each epoch: flat metrics, and `save(dir)` for a resumable checkpoint."""
+class Report:
+    """What `distill` yields after each evaluation (a rung): flat metrics, and `save(dir)` for a resumable
+    checkpoint. `epoch` is the 1-based epoch the evaluation fell in."""
 
     epoch: int
     metrics: dict[str, float]
     state: Callable[[], dict]
 
     def save(self, directory: str | os.PathLike) -> str:
-        """Write `checkpoint.pt` (student, objective, optimiser, scheduler, epoch, best score, config, RNG)
+        """Write `checkpoint.pt` (student, objective, optimiser, scheduler, position, best score, config, RNG)
         to a temporary name, then rename it: a killed save never leaves a half-written checkpoint."""
         path = Path(directory) / CHECKPOINT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,15 +243,20 @@ def load_inputs(config: DistillConfig) -> RunInputs:
                                                                     config.data_dir))
 
 
-def prepare_outputs(config: DistillConfig, say: Callable[[str], None] = print) -> tuple[int, ...] | None:
+class Prepared(NamedTuple):
+    rows: int  # training rows a run of the config sees per epoch
+    memory_shape: tuple[int, ...] | None  # the teacher memory's, when the method uses one
+
+
+def prepare_outputs(config: DistillConfig, say: Callable[[str], None] = print) -> Prepared:
     """Write what the trials of `config` read from storage: the tokenised data, the teacher-output cache and
-    the teacher memory. A search calls it in its driver, so trials running in parallel only read them.
-    Returns the memory's shape when the method uses one."""
+    the teacher memory. A search calls it in its driver, so trials running in parallel only read them."""
     task, device, train, _, objective, data_key = load_inputs(config)
     teacher, cache = prepare_teacher(config, objective, train, data_key, task, device, say)
     if not objective.needs_memory:
-        return None
-    return tuple(memory_source(config, teacher, cache, train, data_key, device)().shape)
+        return Prepared(train.num_examples, None)
+    shape = tuple(memory_source(config, teacher, cache, train, data_key, device)().shape)
+    return Prepared(train.num_examples, shape)
 
 
 def memory_source(config: DistillConfig, teacher: torch.nn.Module | None, cache: TeacherCache | None,
@@ -248,18 +283,21 @@ def make_loss_fn(objective: Objective, teacher: torch.nn.Module | None, student:
     return loss_fn
 
 
-def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None = None) -> Iterator[EpochReport]:
-    """Train a student on `config.task` with `config.method`, evaluating on dev after every epoch.
+def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None = None) -> Iterator[Report]:
+    """Train a student on `config.task` with `config.method`, evaluating on dev every `config.eval_every`
+    training samples (once per epoch when unset) and at the end.
 
     Args:
         config: the run's configuration; `config.teacher` must be fine-tuned on the task.
-        resume_from: a checkpoint (file, folder or loaded dict) from `EpochReport.save`; training continues after
-            its epoch and gives the same results as an uninterrupted run (on CPU).
+        resume_from: a checkpoint (file, folder or loaded dict) from `Report.save`; training continues after
+            its step and gives the same results as an uninterrupted run (on CPU).
 
     Yields:
-        One `EpochReport` per epoch; `metrics` has `epoch`, `eval/score` and the task's metrics,
-        `train/loss` and each loss part, `train/samples_per_s`, `eval/best_score`, and `run/resumed_from` (the
-        epoch the run started from: 0, or the checkpoint's epoch after a resume).
+        One `Report` per evaluation; `metrics` has `eval/score` and the task's metrics, `eval/best_score`,
+        the mean of `train/loss` and of each loss part since the last evaluation, `train/samples_per_s`,
+        `progress/samples` (training samples seen), `progress/budget` (those of the whole run), `epoch`
+        (epochs done, a fraction between evaluations inside an epoch) and `run/resumed_from` (the epochs
+        done where the run started: 0, or the checkpoint's after a resume).
     """
     seed_everything(config.seed)
     task, device, train, dev, objective, data_key = load_inputs(config)
@@ -276,36 +314,54 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
     params = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
     optimizer, scheduler = make_optimizer(params, config.lr, config.weight_decay,
                                           len(train) * config.epochs, config.warmup_ratio)
-    start_epoch, best = 0, float("-inf")
+    rows = train.num_examples
+    budget, every = rows * config.epochs, config.eval_every or rows
+    # Where training stands: the epoch, the batches done in it, the training samples seen overall.
+    start_epoch, start_step, samples, best = 0, 0, 0, float("-inf")
     if resume_from is not None:
         state = resume_from if isinstance(resume_from, dict) else load_checkpoint(resume_from)
         student.load_state_dict(state["student"])
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best = state["epoch"] + 1, state["best_score"]
+        start_epoch, start_step, samples, best = state["epoch"], state["step"], state["samples"], state["best_score"]
         torch.set_rng_state(state["rng"]["torch"])
         if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    resumed_from = samples / rows
 
     loss_fn = make_loss_fn(objective, teacher, student)
-
+    interval = Interval()
     for epoch in range(start_epoch, config.epochs):
         student.train()
         objective.train()
-        metrics = train_epoch(train, epoch, loss_fn, params, optimizer, scheduler, config.grad_clip, device)
-        metrics.update(evaluate(student, dev, task, device))
-        best = max(best, metrics["eval/score"])
-        metrics.update({"epoch": epoch + 1, "eval/best_score": best, "run/resumed_from": start_epoch})
+        skip = start_step if epoch == start_epoch else 0
+        for step, n, parts in train_steps(train, epoch, loss_fn, params, optimizer, scheduler, config.grad_clip,
+                                          device, skip):
+            samples += n
+            interval.add(n, parts)
+            if samples // every == (samples - n) // every and samples < budget:
+                continue
+            metrics = interval.metrics()
+            metrics.update(evaluate(student, dev, task, device))
+            best = max(best, metrics["eval/score"])
+            metrics.update({"epoch": samples / rows, "eval/best_score": best, "run/resumed_from": resumed_from,
+                            "progress/samples": samples, "progress/budget": budget})
+            # The next position: the rest of this epoch, or the start of the next one.
+            at = (epoch, step + 1) if step + 1 < len(train) else (epoch + 1, 0)
 
-        def state(epoch: int = epoch, best: float = best) -> dict:
-            return {"student": student.state_dict(), "objective": objective.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "epoch": epoch, "best_score": best, "config": config.to_dict(),
-                    "rng": {"torch": torch.get_rng_state(),
-                            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
+            def state(at: tuple[int, int] = at, samples: int = samples, best: float = best) -> dict:
+                return {"student": student.state_dict(), "objective": objective.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "epoch": at[0], "step": at[1], "samples": samples, "best_score": best,
+                        "config": config.to_dict(),
+                        "rng": {"torch": torch.get_rng_state(),
+                                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
 
-        yield EpochReport(epoch + 1, metrics, state)
+            yield Report(epoch + 1, metrics, state)
+            student.train()  # evaluation left it in eval mode
+            objective.train()
+            interval = Interval()
 
 
 def export_student(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> str:

@@ -119,6 +119,7 @@ class Budget:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     memory_size: int | None = None  # None: the task's K (the smoke budget has fewer rows than K)
+    evals_per_epoch: int = 4  # rungs per epoch under halving/optuna (the grid evaluates once per epoch)
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,8 @@ def apply_preset(stages: tuple[Stage, ...], preset: str) -> tuple[Stage, ...]:
 
 
 BUDGETS = {"paper": Budget(), "quick": Budget(epochs=2, max_train_samples=2000, max_eval_samples=1000),
-           "smoke": Budget(epochs=1, max_train_samples=64, max_eval_samples=64, memory_size=8)}
+           "smoke": Budget(epochs=1, max_train_samples=64, max_eval_samples=64, memory_size=8,
+                          evals_per_epoch=2)}
 
 
 def override_grids(stages: tuple[Stage, ...], grids: dict[str, tuple]) -> tuple[Stage, ...]:

@@ -415,3 +415,19 @@ def test_compare_reuses_a_search_of_another_seed_count(ctx):
     _stored_method_search(ctx, "vkd", preset="smoke", seeds=2)
     search = validate(_tune_main().build_parser().parse_args([*_base(ctx), "--compare", "vkd", "--seeds", "3"]))
     assert search.compare == ["vkd"] and search.spec.seeds == 3
+
+
+def test_strategy_numbers_are_checked(ctx):
+    assert "--reduction-factor 1: use a factor above 1" in refused(ctx, "--strategy", "halving",
+                                                                  "--reduction-factor", "1")
+    assert "--first-rung 0: use a share of a trial's budget in (0, 1]" in refused(ctx, "--strategy", "halving",
+                                                                                 "--first-rung", "0")
+    assert "--first-rung needs --strategy halving or optuna" in refused(ctx, "--first-rung", "0.2")
+    assert "--num-samples needs --strategy optuna" in refused(ctx, "--strategy", "halving", "--num-samples", "5")
+    assert "--num-samples 0: use 1 or more" in refused(ctx, "--strategy", "optuna", "--num-samples", "0")
+
+
+def test_resume_with_another_strategy_is_refused(ctx):
+    _stored_search(ctx, student_layers=3, extra={}, teacher_epochs=3, teacher_lr=None, strategy="grid")
+    line = refused(ctx, "--resume", "--strategy", "halving")
+    assert "--resume: strategy is 'halving' but the stored search used 'grid'; use the same value" in line

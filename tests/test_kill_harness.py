@@ -91,3 +91,66 @@ def test_killed_at_point_then_resumed(point, reference, tiny_bert, glue_dir, tmp
                 import numpy as np
 
                 np.load(f, mmap_mode="r")
+
+
+# STS-B: a regression's dev correlation has no ties, so the rungs rank the trials (RTE accuracies of tiny
+# students all sit at 0.5); 4 evaluations per trial of 64 rows.
+HALVING = ["--method", "vkd", "--strategy", "halving", "--grid", "lr=1e-4,1e-3,1e-2,5e-2", "--set", "eval_every=16",
+           "--set", "batch_size=16"]
+
+
+def _halving_cmd(backbone, glue_dir, storage):
+    return [sys.executable, str(ROOT / "tune_main.py"), "--task", "stsb", "--preset", "smoke", "--data-dir", glue_dir,
+            "--teacher", backbone, "--teacher-epochs", "1", "--student-layers", "2", "--storage", str(storage),
+            "--max-concurrent", "1", *HALVING]
+
+
+def _halving_state(storage):
+    """The stage's winner and score, and its rungs and stops by trial number (trial ids differ per run)."""
+    ledger = json.loads((Path(storage) / "stsb-vkd" / "ledger.json").read_text())
+    record = ledger["stages"]["vkd"]
+    (rungs_file,) = Path(storage).glob("stages/stsb-vkd-*/rungs.json")
+    rungs = json.loads(rungs_file.read_text())
+
+    def number(trial_id):
+        return int(trial_id.rsplit("_", 1)[1])
+
+    return ({k: v for k, v in record["winner"].items() if k not in ("storage", "teacher")}, record["score"],
+            {m: {number(t): s for t, s in r.items()} for m, r in rungs["rungs"].items()},
+            sorted(number(t) for t in rungs["stopped"]))
+
+
+def test_halving_killed_mid_stage_then_resumed(tiny_bert_regression, glue_dir, tmp_path):
+    """A halving stage SIGKILLed after its 10th trial result and resumed stops the same trials at the same rungs
+    and picks the uninterrupted run's winner, with one MLflow run per trial."""
+    _ray_stop()
+    tiny_bert = tiny_bert_regression
+    ref = subprocess.run(_halving_cmd(tiny_bert, glue_dir, tmp_path / "ref"), capture_output=True, text=True,
+                         env=_env())
+    _ray_stop()
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    reference = _halving_state(tmp_path / "ref")
+    assert reference[3], "no trial was stopped at a rung: the test would prove nothing"
+    storage = tmp_path / "runs"
+    killed = subprocess.run(_halving_cmd(tiny_bert, glue_dir, storage), capture_output=True, text=True,
+                            env=_env(FSD_KILL_AT="mid-stage:10"))
+    _ray_stop()
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:]
+    resumed = subprocess.run([*_halving_cmd(tiny_bert, glue_dir, storage), "--resume"], capture_output=True,
+                             text=True, env=_env())
+    _ray_stop()
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert _halving_state(storage) == reference
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("stsb").experiment_id], max_results=1000)
+    trials = [r for r in runs if "ray_trial_id" in r.data.tags]
+    assert len(trials) == 8 and len({r.data.tags["ray_trial_id"] for r in trials}) == 8
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    stopped = sorted(int(r.data.tags["ray_trial_id"].rsplit("_", 1)[1]) for r in trials
+                     if r.data.tags.get("early_stopped") == "true")
+    assert stopped == reference[3]
+    for r in trials:  # no evaluation logged twice
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "eval/score")]
+        assert len(steps) == len(set(steps))

@@ -106,3 +106,30 @@ def test_ties_go_to_the_first_grid_point_whatever_the_order_of_results():
     for order in ([a, b], [b, a]):  # a restored experiment may list its trials in another order
         point, _, _ = pick_winner(order, {"alpha": (0.2, 0.7)})
         assert point == {"alpha": 0.2}
+
+
+def _rung_result(config, samples, scores, budget=400, trial_id="t"):
+    df = pd.DataFrame({"eval/score": scores, "progress/samples": samples, "progress/budget": [budget] * len(scores)})
+    r = _result(config, scores)
+    r.metrics_dataframe, r.metrics = df, {"trial_id": trial_id}
+    return r
+
+
+def test_a_trial_stopped_at_a_rung_never_wins_even_with_the_best_score():
+    """Halving: the stopped trial's rung score (0.9) is not comparable with a final score; the winner is the
+    best of the trials that reached their budget, each ranked by its best evaluation."""
+    stopped = _rung_result({"alpha": 0.2}, [100], [0.9], trial_id="a_00000")
+    full = _rung_result({"alpha": 0.5}, [100, 200, 300, 400], [0.5, 0.7, 0.65, 0.6], trial_id="a_00001")
+    other = _rung_result({"alpha": 0.7}, [100, 200, 300, 400], [0.6, 0.62, 0.64, 0.66], trial_id="a_00002")
+    point, score, _ = pick_winner([stopped, full, other], {"alpha": (0.2, 0.5, 0.7)})
+    assert point == {"alpha": 0.5} and score == pytest.approx(0.7)
+    # a trial with a smaller budget (fewer epochs in the grid) that reached it is a candidate
+    short = _rung_result({"alpha": 0.2}, [100, 200], [0.5, 0.8], budget=200, trial_id="a_00000")
+    assert pick_winner([short, full], {"alpha": (0.2, 0.5)})[0] == {"alpha": 0.2}
+    with pytest.raises(StageFailed, match="no trial reported a dev score at its full budget"):
+        pick_winner([stopped], {"alpha": (0.2,)})
+
+
+def test_optuna_samples_of_a_joint_key_are_points_like_grid_tuples():
+    r = _rung_result({"gamma_i+gamma_l": "0.1|0.9"}, [400], [0.6])
+    assert pick_winner([r], {"gamma_i+gamma_l": ((0.1, 0.9),)})[0] == {"gamma_i+gamma_l": (0.1, 0.9)}

@@ -120,9 +120,8 @@ def test_killed_mid_stage_then_resumed(setup, uninterrupted):
     storage = setup[0] / "b"
     proc = subprocess.Popen(_args(setup, storage), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=_env())
-    stage_dir = storage / "rte-pkd" / "ray" / "rte-pkd-pkd"
     deadline = time.time() + 600
-    while time.time() < deadline and not list(stage_dir.glob("*/checkpoint_*")):
+    while time.time() < deadline and not list(storage.glob("stages/rte-pkd-*/rte-pkd/*/checkpoint_*")):
         assert proc.poll() is None, "the search ended before it could be killed"
         time.sleep(0.5)
     time.sleep(3)
@@ -154,6 +153,8 @@ def test_compare_reuses_a_search_runs_the_other_and_reruns_seeds(setup, uninterr
                        capture_output=True, text=True, env=_env())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "compare: searching vkd first" in r.stdout and "searching pkd" not in r.stdout  # pkd's search reused
+    # ... and the vkd search reused the VKD stage pkd's search had run: no VKD trial ran twice
+    assert "stage vkd: reused, its trials were run by the pkd search" in r.stdout
     assert "| vkd | 2 |" in r.stdout and "| pkd | 2 |" in r.stdout and "| teacher | 1 |" in r.stdout
     assert (storage / "rte-compare" / "compare.csv").is_file()
     client, runs = _runs(uri)
@@ -161,6 +162,11 @@ def test_compare_reuses_a_search_runs_the_other_and_reruns_seeds(setup, uninterr
     assert compare.info.status == "FINISHED" and "compare/pkd/eval_score_mean" in compare.data.metrics
     seeds = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == compare.info.run_id]
     assert len(seeds) == 4 and {x.data.params["seed"] for x in seeds} == {"42", "43"}
+    vkd_trials = [x for x in runs if x.data.tags.get("stage") == "vkd" and "ray_trial_id" in x.data.tags]
+    assert len(vkd_trials) == 2  # the smoke VKD grid, once
+    reused = [x for x in runs if x.data.tags.get("stage") == "vkd" and "reused_from" in x.data.tags]
+    assert len(reused) == 1 and reused[0].data.tags["reused_from"] in {x.data.tags["mlflow.parentRunId"]
+                                                                       for x in vkd_trials}
 
 
 def test_report_is_rebuilt_from_storage_and_mlflow(setup, uninterrupted):
@@ -179,3 +185,20 @@ def test_report_is_rebuilt_from_storage_and_mlflow(setup, uninterrupted):
     assert total >= 3 and dom.body["data-images-loaded"] == str(total)
     headers = [h for t in dom.tables for h in t]
     assert "CKA diagonal" in headers and "restoration f1" in headers and "method" in headers
+
+
+def test_compare_vkd_and_fsd_on_a_fresh_folder_runs_the_vkd_stage_once(setup):
+    """The VKD stage that starts both schedules runs in the first search and is reused by the second: its grid's
+    trials appear once in MLflow, both searches' ledgers hold its winner, the second names where it came from."""
+    storage = setup[0] / "fresh"
+    r = subprocess.run(_args(setup, storage, "--compare", "vkd,fsd", "--seeds", "1"), capture_output=True, text=True,
+                       env=_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    client, runs = _runs(f"sqlite:///{storage}/mlflow.db")
+    vkd_trials = [x for x in runs if x.data.tags.get("stage") == "vkd" and "ray_trial_id" in x.data.tags]
+    assert len(vkd_trials) == 2  # the smoke VKD grid (2 points), run once, not once per method
+    ledgers = {m: json.loads((storage / f"rte-{m}" / "ledger.json").read_text()) for m in ("vkd", "fsd")}
+    assert ledgers["vkd"]["stages"]["vkd"]["winner"] == ledgers["fsd"]["stages"]["vkd"]["winner"]
+    assert ledgers["fsd"]["stages"]["vkd"]["reused_from"] == ledgers["vkd"]["stages"]["vkd"]["run_id"]
+    assert len(list(storage.glob("stages/rte-vkd-*"))) == 1
+    assert "| vkd | 1 |" in r.stdout and "| fsd | 1 |" in r.stdout

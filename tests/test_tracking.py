@@ -53,3 +53,24 @@ def test_best_checkpoints_are_recorded_and_uploaded(tmp_path):
     assert run.data.tags["best_checkpoint"] == str(ckpt)
     assert [a.path for a in client.list_artifacts(run.info.run_id, "best_checkpoint")] == [
         "best_checkpoint/checkpoint.pt"]
+
+
+def test_rungs_are_steps_in_samples_and_a_stopped_trial_says_where_it_stopped(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = tracking.experiment_id(uri, "rte")
+    stage = tracking.open_run(uri, exp, None, "vkd", None, {})
+    cb = tracking.TrialTracker(uri, exp, stage, {}, {})
+    stopped = SimpleNamespace(trial_id="s", config={"lr": 1e-5}, last_result=None)
+    whole = SimpleNamespace(trial_id="w", config={"lr": 5e-5}, last_result=None)
+    for trial, points in ((stopped, [100, 200]), (whole, [100, 200, 300, 400])):
+        for samples in points:
+            trial.last_result = {"progress/samples": samples, "progress/budget": 400, "eval/score": samples / 1000,
+                                 "epoch": samples / 400, "timestamp": 1}
+            cb.on_trial_result(0, [], trial, trial.last_result)
+        cb.on_trial_complete(0, [], trial)
+    client = MlflowClient(uri)
+    (s,) = client.search_runs([exp], filter_string="tags.ray_trial_id = 's'")
+    (w,) = client.search_runs([exp], filter_string="tags.ray_trial_id = 'w'")
+    assert [m.step for m in client.get_metric_history(w.info.run_id, "eval/score")] == [100, 200, 300, 400]
+    assert s.data.tags["early_stopped"] == "true" and s.data.tags["stopped_at_samples"] == "200"
+    assert "early_stopped" not in w.data.tags and s.info.status == w.info.status == "FINISHED"

@@ -72,7 +72,8 @@ def test_checkpoint_is_one_plain_dict_and_exports_a_plain_student(tiny_bert, glu
     config = _config(tiny_bert, glue_dir, tmp_path, epochs=1)
     _run(config, save_to=tmp_path / "ck")
     state = load_checkpoint(tmp_path / "ck" / "epoch1")
-    assert set(state) == {"student", "objective", "optimizer", "scheduler", "epoch", "best_score", "config", "rng"}
+    assert set(state) == {"student", "objective", "optimizer", "scheduler", "epoch", "step", "samples", "best_score",
+                          "config", "rng"}
     assert DistillConfig.from_dict(state["config"]) == config
     assert not list((tmp_path / "ck" / "epoch1").glob("*.tmp"))
     out = export_student(tmp_path / "ck" / "epoch1", tmp_path / "student")
@@ -106,3 +107,29 @@ def test_non_finite_loss_names_the_part_and_step(tiny_bert, glue_dir, tmp_path, 
     monkeypatch.setitem(OBJECTIVES, "nan_test", _NaN)
     with pytest.raises(FloatingPointError, match=r"epoch 0 step 0 \(parts: \['broken'\]\)"):
         _run(_config(tiny_bert, glue_dir, tmp_path, method="nan_test"))
+
+
+def test_rungs_every_n_samples_and_at_the_end(tiny_bert, glue_dir, tmp_path):
+    """48 rows, batches of 16, 2 epochs: an evaluation whenever the samples seen cross a multiple of
+    eval_every, and one at the end of the budget whatever eval_every is."""
+    runs = _run(_config(tiny_bert, glue_dir, tmp_path, eval_every=20))
+    assert [m["progress/samples"] for m in runs] == [32, 48, 64, 80, 96]  # 20, 40, 60, 80 crossed, then the end
+    assert {m["progress/budget"] for m in runs} == {96}
+    assert [m["epoch"] for m in runs] == pytest.approx([32 / 48, 1, 64 / 48, 80 / 48, 2])
+    assert runs[-1]["eval/best_score"] == max(m["eval/score"] for m in runs)
+    every = _run(_config(tiny_bert, glue_dir, tmp_path, eval_every=16, epochs=1))
+    assert [m["progress/samples"] for m in every] == [16, 32, 48]
+
+
+def test_resume_from_a_rung_inside_an_epoch_continues_exactly(tiny_bert, glue_dir, tmp_path):
+    config = _config(tiny_bert, glue_dir, tmp_path, eval_every=16)
+    straight = _run(config)
+    for report in distill(config):  # killed after the checkpoint of its first rung, a third into epoch 1
+        report.save(tmp_path / "r")
+        break
+    state = load_checkpoint(tmp_path / "r")
+    assert (state["epoch"], state["step"], state["samples"]) == (0, 1, 16)
+    resumed = _run(config, resume_from=tmp_path / "r")
+    assert [m["progress/samples"] for m in resumed] == [32, 48, 64, 80, 96]
+    assert resumed[0]["run/resumed_from"] == pytest.approx(1 / 3)
+    assert [_no_time(m) for m in resumed] == [_no_time(m) for m in straight[1:]]

@@ -25,7 +25,7 @@ from fsd.config import ConfigError, DistillConfig
 from fsd.tasks import TASKS, Task, get_task
 from fsd.tuning import lock
 from fsd.tuning.ledger import LEDGER, Ledger
-from fsd.tuning.spec import IDENTITY, SearchSpec, identity, method_spec
+from fsd.tuning.spec import FIRST_RUNG, IDENTITY, REDUCTION_FACTOR, SearchSpec, identity, method_spec
 from search_spaces import Schedule, get_schedule
 from search_spaces.base import METHODS
 
@@ -35,8 +35,8 @@ OWNED = {"task": "--task", "method": "--method", "teacher": "--teacher", "studen
          "student_layers": "--student-layers", "data_dir": "--data-dir", "storage": "--storage",
          "max_seq_len": "--max-seq-len", "seed": "--seed"}
 # What fsd-tune writes at the top of a storage folder, besides one `<task>-<method>/` folder per search.
-STORAGE_ENTRIES = {"teacher", "data_cache", "memory", "cache", "mlflow.db", "mlflow.db-journal", "mlartifacts",
-                   ".DS_Store"}
+STORAGE_ENTRIES = {"teacher", "data_cache", "memory", "cache", "stages", "mlflow.db", "mlflow.db-journal",
+                   "mlartifacts", ".DS_Store"}
 # Per task: a search folder per method, the --compare folder, the --report page and its figures.
 SEARCH_FOLDERS = {f"{t}-{m}" for t in TASKS for m in (*METHODS, "compare", "report.html", "report-figures")}
 
@@ -79,18 +79,7 @@ def validate(args: argparse.Namespace) -> Search:
             raise UsageError(f"--report: {storage} does not exist: pass the --storage of your searches")
         check_mlflow(spec.mlflow_uri)
         return Search(spec, schedule, args.resume, report=True)
-    spec = SearchSpec(
-        task=schedule.task, method=args.method, storage=str(storage),
-        mlflow_uri=args.mlflow_uri or f"sqlite:///{storage}/mlflow.db",
-        teacher=_resolve_path(args.teacher), student_init=_resolve_path(args.student_init),
-        student_layers=args.student_layers,
-        data_dir=str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None, preset=args.preset,
-        stages=stages, seeds=args.seeds, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
-        max_concurrent=args.max_concurrent, max_failures=args.max_failures, search=args.search,
-        scheduler=args.scheduler, num_samples=args.num_samples, max_seq_len=args.max_seq_len,
-        teacher_epochs=args.teacher_epochs, teacher_lr=args.teacher_lr,
-        log_checkpoints=args.log_checkpoints, address=args.address,
-        extra=extra, grids=parse_grids(args))
+    spec = build_spec(args, schedule, stages, extra, storage)
     if args.compare:  # each method's search is reused (or run first): free, and made with these settings
         for method in check_compare(args):
             mspec = method_spec(spec, method)
@@ -111,9 +100,46 @@ def validate(args: argparse.Namespace) -> Search:
     return Search(spec, schedule, args.resume, compare=check_compare(args) if args.compare else [])
 
 
+def build_spec(args: argparse.Namespace, schedule: Schedule, stages: tuple[str, ...], extra: dict[str, Any],
+               storage: Path) -> SearchSpec:
+    """The SearchSpec of checked flags (paths made absolute; the GPU share is resolved later)."""
+    return SearchSpec(
+        task=schedule.task, method=args.method, storage=str(storage),
+        mlflow_uri=args.mlflow_uri or f"sqlite:///{storage}/mlflow.db",
+        teacher=_resolve_path(args.teacher), student_init=_resolve_path(args.student_init),
+        student_layers=args.student_layers,
+        data_dir=str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None, preset=args.preset,
+        stages=stages, seeds=args.seeds, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures, strategy=args.strategy,
+        reduction_factor=REDUCTION_FACTOR if args.reduction_factor is None else args.reduction_factor,
+        first_rung=FIRST_RUNG if args.first_rung is None else args.first_rung, num_samples=args.num_samples,
+        max_seq_len=args.max_seq_len, teacher_epochs=args.teacher_epochs, teacher_lr=args.teacher_lr,
+        log_checkpoints=args.log_checkpoints, address=args.address, extra=extra, grids=parse_grids(args))
+
+
+def dry_spec(args: argparse.Namespace) -> tuple[SearchSpec, Schedule]:
+    """What --dry-run and --estimate need: names, values and paths checked, nothing written or contacted."""
+    schedule = check_schedule(args)
+    storage = Path(args.storage).expanduser().resolve()
+    if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
+        raise UsageError(f"--data-dir {args.data_dir} is not a folder: point it at a GLUE download")
+    _, stages = check_names(args)
+    extra = parse_extra(args)
+    spec = build_spec(args, schedule, stages, extra, storage)
+    spec.gpus_per_trial = check_gpus(args.gpus_per_trial, args.address)
+    if args.compare:
+        check_compare(args)
+    from fsd.cli import quiet_libraries
+
+    quiet_libraries()
+    check_data(get_task(spec.task), spec.data_dir, schedule, stages, extra)
+    return spec, schedule
+
+
 def check_schedule(args: argparse.Namespace) -> Schedule:
     """What --dry-run needs: the names and the values, no paths or services."""
     schedule, _ = check_names(args)
+    check_search_numbers(args)
     check_values(args, schedule, parse_extra(args))
     return schedule
 
@@ -243,8 +269,19 @@ def check_search_numbers(args: argparse.Namespace) -> None:
                "--max-concurrent": (args.max_concurrent, 0), "--max-failures": (args.max_failures, 0),
                "--teacher-epochs": (args.teacher_epochs, 1)}
     for flag, (value, least) in minimum.items():
-        if value < least:
+        if value is not None and value < least:
             raise UsageError(f"{flag} {value}: use {least} or more")
+    if args.reduction_factor is not None and not args.reduction_factor > 1:
+        raise UsageError(f"--reduction-factor {args.reduction_factor:g}: use a factor above 1 (e.g. 3: a third of "
+                         "the trials go on at each rung)")
+    if args.first_rung is not None and not 0 < args.first_rung <= 1:
+        raise UsageError(f"--first-rung {args.first_rung:g}: use a share of a trial's budget in (0, 1], e.g. 0.11")
+    halving_flags = [f for f, v in (("--reduction-factor", args.reduction_factor), ("--first-rung", args.first_rung),
+                                    ("--num-samples", args.num_samples)) if v is not None]
+    if args.strategy == "grid" and halving_flags:
+        raise UsageError(f"{halving_flags[0]} needs --strategy halving or optuna (the grid runs every trial whole)")
+    if args.strategy == "halving" and args.num_samples is not None:
+        raise UsageError("--num-samples needs --strategy optuna (halving starts every grid point)")
     if args.teacher_lr is not None and not 0 < args.teacher_lr < 1:
         raise UsageError(f"--teacher-lr {args.teacher_lr:g}: use a learning rate between 0 and 1 (e.g. 5e-5)")
     if not args.cpus_per_trial > 0:

@@ -14,64 +14,13 @@ from fsd import failpoints
 from fsd.analysis import analyse_checkpoint
 from fsd.config import DistillConfig
 from fsd.train import export_student, prepare_outputs
-from fsd.tuning import tracking
+from fsd.tuning import halving, lock, plan, shared, tracking
 from fsd.tuning.ledger import Ledger
 from fsd.tuning.outbox import Outbox
+from fsd.tuning.plan import seed_list, stage_base, strategy_of, train_rows, trial_budget
 from fsd.tuning.spec import SearchSpec, identity
 from fsd.tuning.trainable import METRIC, MODE, expand, train_trial
 from search_spaces import Schedule, Stage
-
-
-def stage_base(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str,
-               winners: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The DistillConfig values every trial of `stage` shares."""
-    base: dict[str, Any] = {
-        # No --student-init: the student starts from the backbone the teacher was fine-tuned from (its
-        # fsd_teacher.json says which), never from the fine-tuned teacher itself (METHOD.md §1).
-        "task": spec.task, "teacher": teacher, "student_init": spec.student_init,
-        "student_layers": spec.student_layers, "method": stage.method, "data_dir": spec.data_dir,
-        "storage": spec.storage, "max_seq_len": spec.max_seq_len, "seed": spec.seed, **spec.extra}
-    for param, source in stage.inherit.items():
-        base[param] = winners[source][param]
-    base.update(stage.fixed)
-    budget = schedule.budget
-    for key in ("epochs", "max_train_samples", "max_eval_samples", "memory_size"):
-        # A value the user set with --set beats the preset's budget (the grid still beats both).
-        if getattr(budget, key) is not None and key not in spec.extra:
-            base[key] = getattr(budget, key)
-    return base
-
-
-def param_space(spec: SearchSpec, grid: dict[str, tuple]) -> dict[str, Any]:
-    """Grid: every point (x seeds). Optuna: a categorical per parameter (joint values as "a|b", since
-    Optuna's categoricals hold plain values only); seeds then repeat each sample."""
-    if spec.search == "optuna":
-        return {k: tune.choice(["|".join(map(str, x)) if isinstance(x, tuple) else x for x in v])
-                for k, v in grid.items()}
-    space: dict[str, Any] = {k: tune.grid_search(list(v)) for k, v in grid.items()}
-    if spec.seeds > 1:
-        space["seed"] = tune.grid_search([spec.seed + i for i in range(spec.seeds)])
-    return space
-
-
-def tune_config(spec: SearchSpec, name: str, epochs: int | None) -> tune.TuneConfig:
-    kwargs: dict[str, Any] = {"metric": METRIC, "mode": MODE, "max_concurrent_trials": spec.max_concurrent or None}
-    if spec.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        kwargs["scheduler"] = ASHAScheduler(time_attr="training_iteration", max_t=epochs or 100, grace_period=1)
-    if spec.search == "optuna":
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-        from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.optuna import OptunaSearch
-
-        journal = JournalStorage(JournalFileBackend(os.path.join(spec.folder, "optuna.journal")))
-        searcher = OptunaSearch(metric=METRIC, mode=MODE, study_name=name, storage=journal)
-        kwargs["search_alg"] = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent or 2)
-        kwargs["num_samples"] = spec.num_samples
-        kwargs.pop("max_concurrent_trials")
-    return tune.TuneConfig(**kwargs)
 
 
 class StageFailed(RuntimeError):
@@ -92,27 +41,45 @@ def best_checkpoint(result):
         return None
 
 
+def reached_budget(df) -> bool:
+    """Whether a trial trained to its full budget (a trial stopped at a rung did not; nor did one that
+    reported no progress, which only an old or foreign trial could)."""
+    if "progress/samples" not in df or "progress/budget" not in df:
+        return True  # results of runs that predate rungs: one report per epoch, none stopped
+    last = df.iloc[-1]
+    return float(last["progress/samples"]) >= float(last["progress/budget"])
+
+
 def pick_winner(results, grid: dict[str, tuple]) -> tuple[dict[str, Any], float, str | None]:
-    """The grid point with the best dev score (best epoch of each trial), averaged over seeds."""
+    """The grid point with the best dev score (best evaluation of each trial), averaged over seeds, among the
+    trials that reached their full budget: a trial stopped at a low rung never wins."""
     rows: dict[tuple, list] = {}
     errors = [_last_line(r.error) for r in results if r.error]
     # Grid order (trial ids number the grid points), whatever order a restored experiment lists them in:
     # ties then go to the same point in a resumed search as in an uninterrupted one.
     for r in sorted(results, key=lambda r: str((getattr(r, "metrics", None) or {}).get("trial_id", ""))):
         df = r.metrics_dataframe
-        if r.error or df is None or METRIC not in df:
+        if r.error or df is None or METRIC not in df or not reached_budget(df):
             continue
         # The seed is not part of a point: seeds are averaged. A restored config holds lists for tuples.
-        point = tuple((k, tuple(r.config[k]) if isinstance(r.config[k], list) else r.config[k]) for k in grid)
+        point = tuple((k, _point_value(r.config[k])) for k in grid)
         ckpt = best_checkpoint(r)
         rows.setdefault(point, []).append((float(df[METRIC].max()), ckpt.path if ckpt else None))
     if not rows:
-        cause = errors[0] if errors else "no trial reported a dev score"
+        cause = errors[0] if errors else "no trial reported a dev score at its full budget"
         raise StageFailed(f"all {len(results)} trial(s) of the stage failed; first error: {cause} (full tracebacks "
                           "in the Ray trial folders); fix the cause, then run again with --resume")
     point, runs = max(rows.items(), key=lambda kv: sum(s for s, _ in kv[1]) / len(kv[1]))
     best_run = max(runs, key=lambda r: r[0])
     return dict(point), sum(s for s, _ in runs) / len(runs), best_run[1]
+
+
+def _point_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, str) and "|" in value:  # an Optuna sample of a joint key: "a|b"
+        return tuple(float(x) for x in value.split("|"))
+    return value
 
 
 def trainable_for(spec: SearchSpec, base: dict[str, Any]):
@@ -123,15 +90,16 @@ def trainable_for(spec: SearchSpec, base: dict[str, Any]):
 
 
 def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, ledger: Ledger,
-              mlflow_ids: dict[str, str], log=print) -> None:
+              mlflow_ids: dict[str, Any], rows: int, log=print) -> None:
     winners = ledger.winners()
     grid = stage.resolve(winners)
-    base = stage_base(spec, schedule, stage, teacher, winners)
+    base = stage_base(spec, schedule, stage, teacher, winners, rows)
     record = ledger.stage(stage.name)
     exp_id = mlflow_ids["experiment_id"]
     outbox = mlflow_ids["outbox"]
+    tags = {"stage": stage.name, "method": stage.method, "task": spec.task}
     record["run_id"] = outbox.do("open_run", exp_id, record.get("run_id"), stage.name, mlflow_ids["search_run_id"],
-                                 {"stage": stage.name, "method": stage.method, "task": spec.task})
+                                 tags)
     ledger.save()
     first = DistillConfig.from_dict({**base, **expand({k: v[0] for k, v in grid.items() if v})})  # fail before Ray
     if any(len(v) == 0 for v in grid.values()):  # a refine around 0: nothing to try, the coarse winner stays
@@ -141,40 +109,77 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
         ledger.save()
         outbox.do("close_run", record["run_id"], "FINISHED")
         return
-    prepare_outputs(first, log)  # the teacher cache (and memory), once, before trials run in parallel
-    name = f"{spec.task}-{spec.method}-{stage.name}"
-    exp_dir = os.path.join(spec.folder, "ray", name)
+    carried = ledger.data["stages"][stage.carry] if stage.carry else None
+    key = shared.stage_key(stage.name, base, grid, strategy_of(spec, grid), seed_list(spec), carried)
+    folder = shared.stage_folder(spec.storage, spec.task, stage.name, key)
+    record["shared"] = key
+    with lock.held(folder):  # another search of this storage folder may want the same stage
+        done = shared.finished(folder)
+        if done is None:
+            prepare_outputs(first, log)  # the teacher cache (and memory), once, before trials run in parallel
+            done = run_trials(spec, stage, grid, base, folder, rows, record["run_id"], mlflow_ids)
+            done.update(run_id=record["run_id"], search=spec.method)
+            shared.save(folder, done)
+        else:
+            log(f"stage {stage.name}: reused, its trials were run by the {done['search']} search ({folder})")
+            record["reused_from"] = done["run_id"]
+            outbox.do("log_winner", record["run_id"], "trials", float(done["trials"]),
+                      {"reused_from": done["run_id"], "shared_stage": key})
+    winner, score, checkpoint = done["winner"], done["score"], done["checkpoint"]
+    if carried is not None and carried["score"] > score:
+        winner, score, checkpoint = carried["winner"], carried["score"], carried.get("checkpoint")
+    record.update(status="done", winner=winner, score=score, checkpoint=checkpoint, trials=done["trials"],
+                  stopped=done.get("stopped", 0), samples=done.get("samples"))
+    _log_winner(spec, stage, record, outbox)
+    ledger.save()
+    outbox.do("close_run", record["run_id"], "FINISHED")
+
+
+def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: dict[str, Any], folder: str,
+               rows: int, stage_run_id: str, mlflow_ids: dict[str, Any]) -> dict[str, Any]:
+    """The stage's Ray Tune experiment in `folder` (restored when a killed driver left it unfinished).
+
+    Returns:
+        The best point's values on top of `base` (`winner`), its `score` and `checkpoint`, the number of
+        `trials`, how many were `stopped` at a rung, and the training `samples` they processed.
+    """
+    how = strategy_of(spec, grid)
+    strategy = how["strategy"]
+    name = f"{spec.task}-{stage.name}"
+    exp_dir = os.path.join(folder, name)
     trainable = trainable_for(spec, base)
     if tune.Tuner.can_restore(exp_dir):
         tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
     else:
-        callback = tracking.TrialTracker(spec.mlflow_uri, exp_id, record["run_id"],
+        rungs = None
+        if strategy != "grid":
+            rungs = plan.rungs_for(trial_budget(base, grid, rows), spec.first_rung, spec.reduction_factor)
+        callback = tracking.TrialTracker(spec.mlflow_uri, mlflow_ids["experiment_id"], stage_run_id,
                                          {"stage": stage.name, "method": stage.method, "task": spec.task}, base,
-                                         outbox)
+                                         mlflow_ids["outbox"])
         tuner = tune.Tuner(
-            trainable, param_space=param_space(spec, grid),
-            tune_config=tune_config(spec, name, base.get("epochs")),
+            trainable, param_space=halving.param_space(strategy, grid, seed_list(spec)),
+            tune_config=halving.tune_config(strategy, folder, name, rungs, METRIC, MODE, spec.max_concurrent,
+                                            how.get("num_samples", 0)),
             run_config=tune.RunConfig(
-                name=name, storage_path=os.path.join(spec.folder, "ray"), callbacks=[callback], verbose=0,
+                name=name, storage_path=folder, callbacks=[callback], verbose=0,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
                                                         checkpoint_score_order=MODE),
                 failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
     results = tuner.fit()
     best = {r.metrics["trial_id"]: ckpt.path for r in results if r.metrics and (ckpt := best_checkpoint(r))}
-    outbox.do("record_best_checkpoints", exp_id, record["run_id"], best, spec.log_checkpoints == "all")
+    mlflow_ids["outbox"].do("record_best_checkpoints", mlflow_ids["experiment_id"], stage_run_id, best,
+                            spec.log_checkpoints == "all")
     try:
         point, score, checkpoint = pick_winner(results, grid)
     except StageFailed as e:
-        outbox.do("close_run", record["run_id"], "FAILED")
+        mlflow_ids["outbox"].do("close_run", stage_run_id, "FAILED")
         raise StageFailed(f"stage {stage.name}: {e}") from None
-    winner = {**base, **expand(point)}
-    if stage.carry and ledger.data["stages"][stage.carry]["score"] > score:
-        carried = ledger.data["stages"][stage.carry]
-        winner, score, checkpoint = carried["winner"], carried["score"], carried.get("checkpoint")
-    record.update(status="done", winner=winner, score=score, checkpoint=checkpoint, trials=len(results))
-    _log_winner(spec, stage, record, outbox)
-    ledger.save()
-    outbox.do("close_run", record["run_id"], "FINISHED")
+    frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None and not r.error]
+    stopped = sum(1 for df in frames if len(df) and not reached_budget(df))
+    samples = sum(int(df["progress/samples"].max()) for df in frames if "progress/samples" in df)
+    return {"winner": {**base, **expand(point)}, "score": score, "checkpoint": checkpoint, "trials": len(results),
+            "stopped": stopped, "samples": samples}
 
 
 def _log_winner(spec: SearchSpec, stage: Stage, record: dict[str, Any], outbox: Outbox) -> None:
@@ -195,7 +200,7 @@ def _log_winner(spec: SearchSpec, stage: Stage, record: dict[str, Any], outbox: 
 def build_memory(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, ledger: Ledger, log=print) -> None:
     """The teacher memory, once, in the driver: trials that run in parallel must not all fit it."""
     config = DistillConfig.from_dict(stage_base(spec, schedule, stage, teacher, ledger.winners()))
-    shape = prepare_outputs(config, log)
+    shape = prepare_outputs(config, log).memory_shape
     record = ledger.stage(stage.name)
     record.update(status="done", winner={}, score=None, memory_shape=list(shape or ()))
     ledger.save()
@@ -203,16 +208,12 @@ def build_memory(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: st
 
 def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
     """Run (or resume) the whole staged search; returns the ledger with every stage's winner."""
-    from fsd.teacher import TeacherSpec, ensure_teacher
+    from fsd.teacher import ensure_teacher
 
     ledger = Ledger(spec.folder)
     ledger.data["search"] = identity(spec)
     ledger.save()
-    teacher = ensure_teacher(TeacherSpec(spec.task, spec.teacher, spec.data_dir, epochs=spec.teacher_epochs,
-                                         lr=spec.teacher_lr, max_seq_len=spec.max_seq_len, seed=spec.seed,
-                                         max_train_samples=schedule.budget.max_train_samples,
-                                         max_eval_samples=schedule.budget.max_eval_samples),
-                             spec.storage, log=log)
+    teacher = ensure_teacher(plan.teacher_spec(spec, schedule), spec.storage, log=log)
     ledger.data["teacher"] = teacher
     # A lost server must not stall the driver in HTTP retries: what fails waits in the outbox instead.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -234,6 +235,7 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
         local = {} if spec.address else {"_node_ip_address": "127.0.0.1"}
         ray.init(address=spec.address, include_dashboard=False, log_to_driver=False, **local)
     ids = {"experiment_id": exp_id, "search_run_id": search_run, "outbox": outbox}
+    rows = train_rows(spec, schedule)
     try:
         for stage in schedule.stages:
             if spec.stages and stage.name not in spec.stages:
@@ -245,7 +247,7 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
             if stage.prepare == "memory":
                 build_memory(spec, schedule, stage, teacher, ledger, log)
             else:
-                run_stage(spec, schedule, stage, teacher, ledger, ids, log)
+                run_stage(spec, schedule, stage, teacher, ledger, ids, rows, log)
                 log(f"stage {stage.name}: best dev score {ledger.data['stages'][stage.name]['score']:.4f}")
             failpoints.reached("between-stages")
     except StageFailed:

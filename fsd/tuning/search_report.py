@@ -35,7 +35,8 @@ def trial_scores(uri: str, ledger: Ledger) -> dict[str, list[float]]:
     for stage, record in ledger.data["stages"].items():
         if not record.get("run_id") or record.get("trials", 0) == 0:
             continue
-        runs = client.search_runs([exp_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{record['run_id']}'",
+        holder = record.get("reused_from") or record["run_id"]  # a reused stage's trials hang under its first run
+        runs = client.search_runs([exp_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{holder}'",
                                   max_results=10000)
         out[stage] = [r.data.metrics.get("eval/best_score", math.nan) for r in runs]
     return out

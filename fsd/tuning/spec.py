@@ -10,9 +10,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+STRATEGIES = ("grid", "halving", "optuna")
+# Halving's defaults, measured by bench/search_cost.py on a recorded SST-2 grid (README, "The budgeted search").
+REDUCTION_FACTOR = 3.0
+FIRST_RUNG = 1 / 9  # of a trial's budget
+
 # What a resumed search must agree on with the stored one (the rest, e.g. concurrency, may change).
 IDENTITY = ("task", "method", "preset", "teacher", "teacher_epochs", "teacher_lr", "student_init", "student_layers",
-            "data_dir", "seeds", "max_seq_len", "search", "num_samples", "extra", "grids")
+            "data_dir", "seeds", "max_seq_len", "strategy", "reduction_factor", "first_rung", "num_samples", "extra",
+            "grids")
 # DistillConfig values that change speed only (results equal up to float rounding): free to change on --resume.
 SPEED_KEYS = ("teacher_cache", "cache_budget_gb", "cache_dtype", "compile", "device")
 
@@ -37,9 +43,10 @@ class SearchSpec:
     cpus_per_trial: float = 1.0
     max_concurrent: int = 0
     max_failures: int = 1
-    search: str = "grid"
-    scheduler: str = "fifo"
-    num_samples: int = 10
+    strategy: str = "grid"  # grid (the paper's), halving or optuna: see fsd.tuning.plan
+    reduction_factor: float = REDUCTION_FACTOR
+    first_rung: float = FIRST_RUNG  # of a trial's budget
+    num_samples: int | None = None  # optuna: trials per large stage; None: a share of its grid
     max_seq_len: int = 128
     teacher_epochs: int = 3
     teacher_lr: float | None = None  # None: the task's paper value

@@ -74,8 +74,8 @@ def trial_run(uri: str, exp_id: str, stage_run_id: str, trial_id: str, name: str
 
 
 def logged_steps(uri: str, run_id: str) -> set[int]:
-    """The epochs a trial's run already holds a dev score for (none for a run still waiting in the outbox,
-    or while the server is away)."""
+    """The steps (training samples) a trial's run already holds a dev score for (none for a run still waiting
+    in the outbox, or while the server is away)."""
     if run_id.startswith("queued:"):
         return set()
     try:
@@ -117,7 +117,8 @@ class TrialTracker(Callback):
         self.run_for(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        # Steps count training samples (several evaluations per epoch under halving); old results count epochs.
+        step = int(result.get("progress/samples", result.get("epoch", result.get("training_iteration", 0))))
         run_id = self.run_for(trial)
         if step in self._logged[trial.trial_id]:
             # A trial restarted after the driver died before Ray recorded this epoch: the run has it already.
@@ -129,7 +130,13 @@ class TrialTracker(Callback):
         failpoints.reached("mid-stage")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._do("close_run", self.run_for(trial), "FINISHED")
+        run_id = self.run_for(trial)
+        last = getattr(trial, "last_result", None) or {}
+        if "progress/samples" in last and last["progress/samples"] < last.get("progress/budget", 0):
+            # Stopped by halving at a rung: finished as a run, but never a candidate winner.
+            self._do("log_winner", run_id, "stopped_at_samples", float(last["progress/samples"]),
+                     {"early_stopped": "true", "stopped_at_samples": str(int(last["progress/samples"]))})
+        self._do("close_run", run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._do("close_run", self.run_for(trial), "FAILED")

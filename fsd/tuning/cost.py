@@ -1,0 +1,173 @@
+"""`--dry-run`: what a search will process before it runs, per stage and in total, in training samples (one
+row through one training step), beside the teacher's fine-tuning and the teacher-cache pass. Nothing is
+written: the data files are read to count rows, earlier stages' records to know what is reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fsd.data import split_rows
+from fsd.models import TEACHER_META, teacher_meta
+from fsd.tuning import plan, shared
+from fsd.tuning.spec import SearchSpec
+from search_spaces import Schedule, Stage
+
+
+@dataclass
+class StageCost:
+    name: str
+    trials: int | None  # None: a refine stage whose grid needs its coarse winner (counted as its largest)
+    strategy: str
+    samples_per_trial: tuple[int, ...]  # the budgets of its trials (one per epochs value)
+    samples: float  # expected training samples
+    grid_samples: float  # what the grid strategy would process
+    evaluations: float  # expected dev rows evaluated
+    reused: str | None = None  # the search that ran it (its record), or "this comparison" (a stage met before)
+
+
+@dataclass
+class SearchCost:
+    method: str
+    stages: list[StageCost]
+    rows: int
+    dev_rows: int
+    teacher_samples: int  # 0: the teacher exists (given, or fine-tuned before in the storage folder)
+    teacher_evaluations: int
+    cache_rows: int  # rows of the teacher-cache pass (0: no method of the schedule reads a teacher cache)
+
+    @property
+    def samples(self) -> float:
+        return sum(s.samples for s in self.stages if not s.reused)
+
+
+def search_cost(spec: SearchSpec, schedule: Schedule, seen: set[str] | None = None) -> SearchCost:
+    """The cost of `schedule` under `spec`. `seen` collects the keys of stages already counted (another
+    method of the same --compare): those are reused, not run again."""
+    seen = set() if seen is None else seen
+    budget = schedule.budget
+    rows, dev = split_rows(spec.task, spec.data_dir, spec.extra.get("max_train_samples", budget.max_train_samples),
+                           spec.extra.get("max_eval_samples", budget.max_eval_samples))
+    teacher, fine_tune = teacher_folder(spec, schedule)
+    t_rows, t_dev = split_rows(spec.task, spec.data_dir, schedule.budget.max_train_samples,
+                               schedule.budget.max_eval_samples)
+    done: dict[str, dict] = {}
+    costs = []
+    for stage in schedule.stages:
+        if stage.prepare or (spec.stages and stage.name not in spec.stages):
+            continue
+        costs.append(stage_cost(spec, schedule, stage, teacher, done, rows, dev, seen))
+    cached = spec.extra.get("teacher_cache", True) and any(s.method not in ("nokd", "minilm") for s in schedule.stages)
+    return SearchCost(spec.method, costs, rows, dev, spec.teacher_epochs * t_rows if fine_tune else 0,
+                      spec.teacher_epochs * t_dev if fine_tune else 0, rows if cached else 0)
+
+
+def teacher_folder(spec: SearchSpec, schedule: Schedule) -> tuple[str, bool]:
+    """The teacher the trials will use, and whether it must be fine-tuned first."""
+    if teacher_meta(spec.teacher) is not None:
+        return spec.teacher, False
+    folder = Path(spec.storage) / "teacher" / plan.teacher_spec(spec, schedule).key()
+    return str(folder), not (folder / TEACHER_META).is_file()
+
+
+def stage_cost(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, done: dict[str, dict],
+               rows: int, dev: int, seen: set[str]) -> StageCost:
+    """One stage's cost. When the winners it builds on are known (`done`: stage -> record, found in the
+    storage folder), its grid is exact and a finished identical stage is reused; its record then joins `done`."""
+    sources = {*stage.inherit.values(), *(d.source for d in stage.derived), *([stage.carry] if stage.carry else [])}
+    known = sources <= set(done)
+    winners = {k: v["winner"] for k, v in done.items()}
+    grid = stage.resolve(winners) if known else dict(stage.grid)
+    base = plan.stage_base(spec, schedule, stage, teacher, winners, rows) if known else None
+    points = stage.trial_count(winners if known else None)
+    reused = None
+    if known and points:
+        carried = done[stage.carry] if stage.carry else None
+        key = shared.stage_key(stage.name, base, grid, plan.strategy_of(spec, grid), plan.seed_list(spec), carried)
+        record = shared.finished(shared.stage_folder(spec.storage, spec.task, stage.name, key))
+        if record is not None:
+            done[stage.name] = _carried_over(record, carried)
+            reused = f"{record['search']} search"
+        elif key in seen:
+            reused = "this comparison"
+        seen.add(key)
+    epochs = _epochs(schedule, stage, base)
+    budgets = tuple(rows * e for e in epochs)
+    n = points if points is not None else min(d.limit or 9 for d in stage.derived)  # a refine: at most 9 points
+    strategy = plan.stage_strategy(spec.strategy, n)
+    trials = (plan.optuna_samples(n, spec.num_samples) if strategy == "optuna" else n) * spec.seeds
+    every = (base or {}).get("eval_every") or spec.extra.get("eval_every")
+    if every is None:
+        every = rows if strategy == "grid" else plan.eval_every(rows, schedule.budget.evals_per_epoch)
+    rungs = plan.rungs_for(max(budgets), spec.first_rung, spec.reduction_factor) if strategy != "grid" else None
+    share = trials / len(budgets)
+    samples = sum(plan.expected_samples(share, b, rungs, every) for b in budgets)
+    evals = sum(plan.expected_evaluations(share, b, rungs, every) for b in budgets) * dev
+    grid_samples = n * spec.seeds * sum(budgets) / len(budgets)
+    return StageCost(stage.name, points, strategy, budgets, 0.0 if reused else samples, grid_samples,
+                     0.0 if reused else evals, reused)
+
+
+def _carried_over(record: dict, carried: dict | None) -> dict:
+    """The stage's winner as the search keeps it: a refine stage keeps the coarse winner if that scored more."""
+    if carried is not None and carried["score"] > record["score"]:
+        return carried
+    return record
+
+
+def _epochs(schedule: Schedule, stage: Stage, base: dict | None) -> tuple[int, ...]:
+    """The epochs its trials run: the grid's values, else the budget's, else the stage's own value; an epochs
+    value inherited from a winner not yet known counts as the largest of the source stage's grid."""
+    if "epochs" in stage.grid:
+        return tuple(stage.grid["epochs"])
+    if base is not None:
+        return (base["epochs"],)
+    if schedule.budget.epochs is not None:
+        return (schedule.budget.epochs,)
+    if "epochs" in stage.fixed:
+        return (stage.fixed["epochs"],)
+    source = stage.inherit.get("epochs")
+    grid = schedule.stage(source).grid if source else {}
+    return (max(grid.get("epochs", (3,))),)
+
+
+def format_cost(costs: list[SearchCost]) -> str:
+    """The cost table of one search, or of every search of a --compare (shared stages counted once)."""
+    lines = ["cost in training samples (one row through one training step):",
+             "| search | stage | trials | strategy | samples per trial | training samples | of the grid's | dev rows "
+             "evaluated |", "|---|---|---|---|---|---|---|---|"]
+    total = evaluations = grid_total = 0.0
+    for cost in costs:
+        for s in cost.stages:
+            trials = f"<= {s.grid_samples / s.samples_per_trial[0]:.0f}" if s.trials is None else str(s.trials)
+            if s.reused:
+                lines.append(f"| {cost.method} | {s.name} | {trials} | reused ({s.reused}) | | 0 | | 0 |")
+                continue
+            per = "-".join(f"{b:,}" for b in sorted(set(s.samples_per_trial)))
+            share = s.samples / s.grid_samples if s.grid_samples else 1.0
+            lines.append(f"| {cost.method} | {s.name} | {trials} | {s.strategy} | {per} | {s.samples:,.0f} | "
+                         f"{share:.0%} | {s.evaluations:,.0f} |")
+            total, evaluations, grid_total = total + s.samples, evaluations + s.evaluations, grid_total + s.grid_samples
+    teacher = max(c.teacher_samples for c in costs)
+    cache = max(c.cache_rows for c in costs)
+    head = costs[0]
+    lines.append(f"students: {total:,.0f} training samples ({total / grid_total:.0%} of the grid strategy's "
+                 f"{grid_total:,.0f}) on {head.rows:,} rows per epoch, {evaluations:,.0f} dev rows evaluated"
+                 if grid_total else "students: nothing to train")
+    if teacher:
+        dev = max(c.teacher_evaluations for c in costs)
+        lines.append(f"teacher fine-tuning: {teacher:,} training samples (+ {dev:,} dev rows evaluated)")
+    else:
+        lines.append("teacher fine-tuning: none (the teacher is given or already fine-tuned in the storage folder)")
+    if cache:
+        lines.append(f"teacher-output cache: one forward pass over {cache:,} rows (none if cached before)")
+    lines.append(f"total training samples: {total + teacher:,.0f}")
+    if any(s.strategy != "grid" and not s.reused for c in costs for s in c.stages):
+        lines.append("halving counts 1 in reduction-factor trials going on at each rung (synchronous successive "
+                     "halving); ASHA's asynchronous promotions let a few more through early on")
+    lines.append("epochs inherited from a winner not known yet are counted as the largest value of its grid")
+    if any(s.trials is None for c in costs for s in c.stages):
+        lines.append("refine stages: their grid is known once their coarse winner is (counted at its largest)")
+    return "\n".join(lines)
+

@@ -1,0 +1,182 @@
+"""`--estimate`: a few real steps of the teacher and of each method's student on this machine (CPU, or the
+GPU at the chosen share), turned into hours for the cost `--dry-run` counts. Nothing is written: the rows
+are read from the data folder and tokenised in memory, the models loaded from their folders.
+
+Trials are assumed to add up: on a CPU, `cores / --cpus-per-trial` of them at once, each timed with that many
+threads; on a GPU, `1 / --gpus-per-trial` per device, each as fast as one alone (packing is measured by
+bench/gpu_check.py, not here). A trial reading the teacher cache runs no teacher, so its step is timed with
+the teacher's outputs computed beforehand.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+from datasets import Dataset, DatasetDict
+
+from fsd.config import DistillConfig
+from fsd.data import Batches, _tokenise, load_raw
+from fsd.models import build_student, load_teacher, load_tokenizer, run_model, teacher_meta
+from fsd.objectives import Setup, build_objective
+from fsd.objectives.kd import label_loss
+from fsd.tasks import get_task
+from fsd.train import autocast, make_optimizer, resolve_device, to_device
+from fsd.tuning.cost import SearchCost
+from fsd.tuning.spec import SearchSpec
+from search_spaces import Schedule
+
+STEPS, WARMUP = 3, 1
+
+
+@dataclass
+class Rates:
+    """Samples per second of one trial (or of the driver, for the teacher) on this machine."""
+
+    device: str
+    parallel: int  # trials at once
+    student: dict[str, float]  # method -> training samples/s of one trial
+    evaluation: float  # dev rows/s of one trial
+    teacher_train: float
+    teacher_forward: float
+
+
+def sample_batches(spec: SearchSpec, tokenizer, batch_size: int) -> Batches:
+    """STEPS + WARMUP batches of real training rows (synthetic full-length rows when the data is on the hub)."""
+    task = get_task(spec.task)
+    n = batch_size * (STEPS + WARMUP)
+    if spec.data_dir is not None:
+        raw = load_raw(task, spec.data_dir)["train"].select(range(n))
+        data = _tokenise(DatasetDict({"train": raw}), tokenizer, spec.max_seq_len)["train"]
+    else:
+        ids = [[tokenizer.cls_token_id] + [1000] * (spec.max_seq_len - 2) + [tokenizer.sep_token_id]] * n
+        data = Dataset.from_dict({"input_ids": ids, "token_type_ids": [[0] * len(ids[0])] * n, "label": [0] * n})
+    return Batches(data, batch_size, pad_id=tokenizer.pad_token_id, regression=task.is_regression)
+
+
+def _timed(step, batches: list[dict]) -> float:
+    """Samples per second of `step` over `batches`, after WARMUP untimed batches."""
+    for b in batches[:WARMUP]:
+        step(b)
+    start = time.perf_counter()
+    for b in batches[WARMUP:]:
+        step(b)
+    return sum(len(b["labels"]) for b in batches[WARMUP:]) / (time.perf_counter() - start)
+
+
+def measure(spec: SearchSpec, schedules: list[Schedule]) -> Rates:
+    """Time the teacher (fine-tuning step, forward pass) and a student step of each method of `schedules`."""
+    task = get_task(spec.task)
+    device = resolve_device("cuda" if spec.gpus_per_trial > 0 else "cpu")
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        parallel = max(1, round(1 / spec.gpus_per_trial)) * max(1, torch.cuda.device_count())
+    else:
+        parallel = max(1, int(cores // spec.cpus_per_trial))
+    if spec.max_concurrent:
+        parallel = min(parallel, spec.max_concurrent)
+    meta = teacher_meta(spec.teacher)
+    backbone = spec.student_init or (meta["backbone"] if meta else spec.teacher)
+    tokenizer = load_tokenizer(spec.teacher)
+    batch_size = spec.extra.get("batch_size", DistillConfig.batch_size)
+    batches = [to_device(b, device) for b in sample_batches(spec, tokenizer, batch_size).epoch(0)]
+
+    torch.set_num_threads(cores)  # the teacher is fine-tuned and cached by the driver alone
+    teacher = load_teacher(spec.teacher, task.num_labels).to(device)
+    teacher.train()
+    t_train = _timed(_training_step([p for p in teacher.parameters() if p.requires_grad],
+                                    lambda b: label_loss(run_model(teacher, b).logits, b["labels"], task.is_regression),
+                                    device), batches)
+    teacher.eval()
+    t_forward = _timed(lambda b: _no_grad(teacher, b, device), batches)
+
+    torch.set_num_threads(max(1, int(spec.cpus_per_trial)) if device.type == "cpu" else cores)
+    student_rates = {}
+    for method in dict.fromkeys(s.method for schedule in schedules for s in schedule.stages if not s.prepare):
+        student_rates[method] = _student_rate(spec, method, backbone, teacher, batches, device)
+    student = build_student(backbone, spec.student_layers, task.num_labels).to(device).eval()
+    evaluation = _timed(lambda b: _no_grad(student, b, device), batches)
+    return Rates(device.type, parallel, student_rates, evaluation, t_train, t_forward)
+
+
+def _no_grad(model, batch, device):
+    with torch.no_grad(), autocast(device):
+        run_model(model, batch)
+
+
+def _training_step(params, loss_of, device):
+    """One optimisation step of `loss_of(batch)` over `params`, as the training loop takes it."""
+    optimizer, scheduler = make_optimizer(params, 1e-5, 0.0, 100)
+
+    def step(batch):
+        with autocast(device):
+            loss = loss_of(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+    return step
+
+
+def _student_rate(spec: SearchSpec, method: str, backbone: str, teacher, batches: list[dict], device) -> float:
+    """One trial's samples/s for `method`: the teacher's outputs of each batch computed beforehand (what the
+    cache serves), except for MiniLM, whose teacher runs live."""
+    task = get_task(spec.task)
+    config = DistillConfig(task=spec.task, teacher=spec.teacher, method=method, max_seq_len=spec.max_seq_len)
+    objective = build_objective(config, task.is_regression).to(device)
+    attn = "eager" if objective.needs_attentions else "sdpa"
+    student = build_student(backbone, spec.student_layers, task.num_labels, attn).to(device)
+    live = objective.needs_attentions or objective.needs_values
+    t_model = load_teacher(spec.teacher, task.num_labels, attn).to(device).eval() if live else teacher
+    k = config.memory_size or task.memory_size
+    width = spec.max_seq_len * t_model.config.hidden_size
+    objective.setup(Setup(t_model, student, spec.max_seq_len, lambda: torch.randn(k, width, device=device)))
+    needs = (objective.needs_hidden, objective.needs_attentions, objective.needs_values)
+    outputs = {}
+    if objective.needs_teacher and not live:
+        with torch.no_grad():
+            outputs = {id(b): run_model(t_model, b, *needs) for b in batches}
+
+    def loss_of(batch):
+        if live:
+            with torch.no_grad():
+                t_out = run_model(t_model, batch, *needs)
+        else:
+            t_out = outputs.get(id(batch))
+        return objective(run_model(student, batch, *needs), t_out, batch)[0]
+
+    params = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
+    student.train()
+    return _timed(_training_step(params, loss_of, device), batches)
+
+
+def format_estimate(costs: list[SearchCost], schedules: list[Schedule], rates: Rates) -> str:
+    """Hours per search and in total from the counted samples and the measured rates."""
+    lines = [f"estimate on this machine ({rates.device}, {rates.parallel} trial(s) at once; timed over {STEPS} "
+             "steps of batch 32 after a warm-up):",
+             "| what | samples/s | hours |", "|---|---|---|"]
+    total = 0.0
+    for cost, schedule in zip(costs, schedules, strict=True):
+        methods = {s.name: s.method for s in schedule.stages}
+        for s in cost.stages:
+            if s.reused or not s.samples:
+                continue
+            rate = rates.student[methods[s.name]] * rates.parallel
+            hours = (s.samples / rate + s.evaluations / (rates.evaluation * rates.parallel)) / 3600
+            total += hours
+            lines.append(f"| {cost.method} / {s.name} | {rate:,.1f} | {hours:,.2f} |")
+    teacher = max(c.teacher_samples for c in costs)
+    if teacher:
+        hours = teacher / rates.teacher_train / 3600
+        total += hours
+        lines.append(f"| teacher fine-tuning | {rates.teacher_train:,.1f} | {hours:,.2f} |")
+    cache = max(c.cache_rows for c in costs)
+    if cache:
+        hours = cache / rates.teacher_forward / 3600
+        total += hours
+        lines.append(f"| teacher-output cache pass | {rates.teacher_forward:,.1f} | {hours:,.2f} |")
+    lines.append(f"total: about {total:,.1f} hours")
+    return "\n".join(lines)

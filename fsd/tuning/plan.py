@@ -1,0 +1,159 @@
+"""What a stage will spend before it runs: its strategy, rungs and training samples (no Ray, no data read).
+
+It also resolves what every trial of a stage shares (`stage_base`), shared by the runner and --dry-run.
+
+A trial's budget is `rows x epochs` training samples. Under `halving` (and `optuna`, which samples fewer
+points and halves them the same way) a stage's trials are evaluated at rungs `first x rf^k` samples, the
+first rung being `first_rung` of the largest budget; roughly 1/rf of the trials that reach a rung go on to
+the next (ASHA), so the expected samples are counted as synchronous successive halving would spend them.
+ASHA's asynchronous promotions let a few more trials through early on; bench/search_cost.py measures it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from fsd.config import DistillConfig
+from fsd.data import split_rows
+from fsd.tuning.spec import SearchSpec
+from search_spaces import Schedule, Stage
+
+# Defaults measured by bench/search_cost.py on a recorded SST-2 grid (README, "The budgeted search"); the
+# reduction factor and first rung are SearchSpec's defaults.
+SAMPLE_SHARE = 1 / 3  # --strategy optuna: trials per stage as a share of its grid
+OPTUNA_MIN_GRID = 20  # smaller grids run whole (under halving) even with --strategy optuna
+
+
+@dataclass(frozen=True)
+class Rungs:
+    """ASHA's rung schedule in training samples, as Ray's `ASHAScheduler` builds it."""
+
+    budget: int  # max_t: the largest trial budget of the stage
+    first: int  # grace_period
+    reduction_factor: float
+
+    @property
+    def milestones(self) -> tuple[int, ...]:
+        """The samples at which trials are compared (ascending); the budget itself ends every trial."""
+        count = int(math.log(self.budget / self.first) / math.log(self.reduction_factor) + 1e-9 + 1)
+        return tuple(int(self.first * self.reduction_factor ** k) for k in range(count))
+
+
+def rungs_for(budget: int, first_rung: float, reduction_factor: float) -> Rungs:
+    return Rungs(budget, max(1, round(budget * first_rung)), reduction_factor)
+
+
+def stage_strategy(strategy: str, grid_size: int) -> str:
+    """The strategy a stage of `grid_size` points runs: optuna only pays off on large grids."""
+    if strategy == "optuna" and grid_size < OPTUNA_MIN_GRID:
+        return "halving"
+    return strategy
+
+
+def optuna_samples(grid_size: int, num_samples: int | None) -> int:
+    """Trials of an optuna stage: `--num-samples`, else SAMPLE_SHARE of the grid (never more than the grid)."""
+    n = num_samples if num_samples is not None else math.ceil(SAMPLE_SHARE * grid_size)
+    return max(1, min(n, grid_size))
+
+
+def eval_every(rows: int, evals_per_epoch: int) -> int:
+    """Training samples between evaluations for `evals_per_epoch` rungs per epoch of `rows` rows."""
+    return max(1, math.ceil(rows / evals_per_epoch))
+
+
+def stop_point(milestone: int, every: int, budget: int) -> int:
+    """Where a trial stopped at `milestone` has trained to: the first evaluation at or past it."""
+    return min(budget, math.ceil(milestone / every) * every)
+
+
+def expected_samples(trials: float, budget: int, rungs: Rungs | None, every: int) -> float:
+    """Training samples of `trials` trials of `budget` samples each; with `rungs`, a 1/rf share of those
+    reaching a rung goes on (at least one trial reaches the end)."""
+    if rungs is None:
+        return trials * budget
+    total, alive, done = 0.0, float(trials), 0
+    for milestone in rungs.milestones:
+        point = stop_point(milestone, every, budget)
+        if point >= budget:
+            break
+        total += alive * (point - done)
+        alive, done = max(1.0, alive / rungs.reduction_factor), point
+    return total + alive * (budget - done)
+
+
+def expected_evaluations(trials: float, budget: int, rungs: Rungs | None, every: int) -> float:
+    """Dev evaluations of those trials: one every `every` samples and one at the end of each."""
+    if rungs is None:
+        return trials * math.ceil(budget / every)
+    return expected_samples(trials, budget, rungs, every) / every
+
+
+# ---------------------------------------------------------------------------------------------- a stage's trials
+def stage_base(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str,
+               winners: dict[str, dict[str, Any]], rows: int | None = None) -> dict[str, Any]:
+    """The DistillConfig values every trial of `stage` shares. With `rows` (training rows per epoch) and a
+    strategy that halves, the trials evaluate `evals_per_epoch` times per epoch, unless --set says otherwise."""
+    base: dict[str, Any] = {
+        # No --student-init: the student starts from the backbone the teacher was fine-tuned from (its
+        # fsd_teacher.json says which), never from the fine-tuned teacher itself (METHOD.md §1).
+        "task": spec.task, "teacher": teacher, "student_init": spec.student_init,
+        "student_layers": spec.student_layers, "method": stage.method, "data_dir": spec.data_dir,
+        "storage": spec.storage, "max_seq_len": spec.max_seq_len, "seed": spec.seed, **spec.extra}
+    for param, source in stage.inherit.items():
+        base[param] = winners[source][param]
+    base.update(stage.fixed)
+    budget = schedule.budget
+    for key in ("epochs", "max_train_samples", "max_eval_samples", "memory_size"):
+        # A value the user set with --set beats the preset's budget (the grid still beats both).
+        if getattr(budget, key) is not None and key not in spec.extra:
+            base[key] = getattr(budget, key)
+    if rows is not None and spec.strategy != "grid" and "eval_every" not in spec.extra:
+        base["eval_every"] = eval_every(rows, budget.evals_per_epoch)
+    return base
+
+
+def train_rows(spec: SearchSpec, schedule: Schedule) -> int:
+    """Training rows per epoch of the search's trials (the --set or preset limit applied)."""
+    limit = spec.extra.get("max_train_samples", schedule.budget.max_train_samples)
+    return split_rows(spec.task, spec.data_dir, limit)[0]
+
+
+def grid_size(grid: dict[str, tuple]) -> int:
+    n = 1
+    for values in grid.values():
+        n *= len(values)
+    return n
+
+
+def strategy_of(spec: SearchSpec, grid: dict[str, tuple]) -> dict[str, Any]:
+    """How this stage's grid is searched, as recorded in its key: the grid, or halving's rungs (and optuna's
+    number of samples)."""
+    strategy = stage_strategy(spec.strategy, grid_size(grid))
+    if strategy == "grid":
+        return {"strategy": "grid"}
+    out = {"strategy": strategy, "reduction_factor": spec.reduction_factor, "first_rung": spec.first_rung}
+    if strategy == "optuna":
+        out["num_samples"] = optuna_samples(grid_size(grid), spec.num_samples)
+    return out
+
+
+def trial_budget(base: dict[str, Any], grid: dict[str, tuple], rows: int) -> int:
+    """The training samples of the stage's longest trial."""
+    epochs = max(grid["epochs"]) if "epochs" in grid else base.get("epochs", DistillConfig.epochs)
+    return rows * epochs
+
+
+def seed_list(spec: SearchSpec) -> list[int]:
+    return [spec.seed + i for i in range(spec.seeds)]
+
+
+def teacher_spec(spec: SearchSpec, schedule: Schedule):
+    """The recipe of the search's teacher (fine-tuned once per recipe, or `spec.teacher` if already one)."""
+    from fsd.teacher import TeacherSpec
+
+    return TeacherSpec(spec.task, spec.teacher, spec.data_dir, epochs=spec.teacher_epochs, lr=spec.teacher_lr,
+                       max_seq_len=spec.max_seq_len, seed=spec.seed,
+                       max_train_samples=schedule.budget.max_train_samples,
+                       max_eval_samples=schedule.budget.max_eval_samples)

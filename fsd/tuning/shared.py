@@ -1,0 +1,61 @@
+"""Stages shared across searches: a stage is named by a digest of everything that decides its trials (its
+grid, the values every trial shares: teacher, data, budget, inherited winners; the strategy, the seeds,
+and the winner it competes with), so an identical stage of another search in the same storage folder (the
+VKD stage that starts every method's schedule, above all) is run once and its result reused.
+
+Each such stage lives in `<storage>/stages/<task>-<stage>-<digest>/`: the Ray experiment, the rungs, the
+Optuna journal, a lock, and `stage.json`, written once its trials are done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fsd.tuning.spec import SPEED_KEYS
+
+RECORD = "stage.json"
+# Values that do not change what the trials compute: a stage run with another of them is the same stage.
+NOT_IN_KEY = (*SPEED_KEYS, "storage")
+
+
+def stage_key(name: str, base: dict[str, Any], grid: dict[str, tuple], strategy: dict[str, Any],
+              seeds: list[int], carried: dict[str, Any] | None) -> str:
+    """The digest naming a stage's trials.
+
+    Args:
+        name: the stage's name in its schedule.
+        base: the DistillConfig values all its trials share.
+        grid: the resolved grid (parameter -> values).
+        strategy: how the grid is searched (`grid`, or halving's rungs, or optuna's samples as well).
+        seeds: the seeds each point runs with.
+        carried: the earlier winner that competes with the stage's own (refine stages), else None.
+    """
+    content = {"name": name, "base": {k: v for k, v in sorted(base.items()) if k not in NOT_IN_KEY},
+               "grid": {k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in sorted(grid.items())},
+               "strategy": strategy, "seeds": seeds,
+               "carried": None if carried is None else {"winner": carried.get("winner"), "score": carried.get("score")}}
+    text = json.dumps(content, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stage_folder(storage: str, task: str, name: str, key: str) -> str:
+    return os.path.join(storage, "stages", f"{task}-{name}-{key}")
+
+
+def finished(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The record of a stage whose trials are done, or None (never run, or interrupted)."""
+    path = Path(folder) / RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save(folder: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Write the done stage's record under a temporary name, then rename it: never half a record."""
+    path = Path(folder) / RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)

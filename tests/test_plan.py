@@ -1,0 +1,103 @@
+"""What a search will spend, counted before it runs: rungs as Ray builds them, the expected samples under
+halving by hand, one stage's cost against a hand count, and --dry-run / --estimate writing nothing."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fsd.tuning import plan
+from fsd.tuning.cost import search_cost
+from fsd.tuning.spec import SearchSpec
+from search_spaces import get_schedule
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(("budget", "first", "rf"), [(4000, 1 / 9, 3.0), (6000, 1 / 16, 4.0), (64, 1 / 9, 3.0),
+                                                     (1_455_384, 1 / 9, 3.0), (6000, 1 / 4, 2.0)])
+def test_rungs_are_the_milestones_rays_asha_builds(budget, first, rf):
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    rungs = plan.rungs_for(budget, first, rf)
+    theirs = sorted(m for m, _ in _Bracket(rungs.first, budget, rf, 0)._rungs)
+    assert list(rungs.milestones) == [int(m) for m in theirs]
+
+
+def test_expected_samples_by_hand():
+    # 9 trials of 900 samples, evaluated every 100; rungs at 100, 300 (rf 3, first 1/9): 9 x 100, then 3 more to
+    # 300, then 1 to the end.
+    rungs = plan.rungs_for(900, 1 / 9, 3.0)
+    assert rungs.milestones == (100, 300, 900)
+    assert plan.expected_samples(9, 900, rungs, 100) == 9 * 100 + 3 * 200 + 1 * 600
+    assert plan.expected_samples(9, 900, None, 100) == 8100
+    # evaluations every 250: the rungs fall at the first evaluation past them (250, 500)
+    assert plan.expected_samples(9, 900, rungs, 250) == 9 * 250 + 3 * 250 + 1 * 400
+    assert plan.expected_evaluations(9, 900, None, 250) == 9 * 4  # 250, 500, 750 and the end
+
+
+def test_one_stage_against_a_hand_count(glue_dir, tmp_path):
+    """RTE, quick preset, the VKD stage: 2 x 2 x 2 points, 2 epochs of the first 2000 of 2490 rows, 277 dev rows."""
+    spec = SearchSpec(task="rte", method="vkd", storage=str(tmp_path / "none"), mlflow_uri="",
+                      teacher="packaged-minilm", data_dir=glue_dir, preset="quick")
+    schedule = get_schedule("vkd", "rte", "quick")
+    (vkd,) = search_cost(spec, schedule).stages
+    assert (vkd.trials, vkd.samples_per_trial, vkd.samples, vkd.evaluations) == (8, (4000,), 32_000, 8 * 2 * 277)
+    halving = SearchSpec(**{**spec.__dict__, "strategy": "halving"})
+    (h,) = search_cost(halving, schedule).stages
+    # every ceil(2000 / 4) = 500 samples; rungs at 444 and 1332 -> stops at 500 and 1500; 8, 8/3, then 1 trial
+    assert h.samples == pytest.approx(8 * 500 + 8 / 3 * 1000 + 1 * 2500)
+    assert h.evaluations == pytest.approx(h.samples / 500 * 277)
+    cost = search_cost(halving, schedule)
+    assert cost.teacher_samples == 3 * 2000 and cost.cache_rows == 2000  # the backbone is fine-tuned first
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_stage_met_again_in_a_comparison_is_counted_once(glue_dir, tmp_path):
+    spec = SearchSpec(task="rte", method="vkd", storage=str(tmp_path), mlflow_uri="", teacher="packaged-minilm",
+                      data_dir=glue_dir, preset="quick")
+    seen: set[str] = set()
+    first = search_cost(spec, get_schedule("vkd", "rte", "quick"), seen)
+    second = search_cost(SearchSpec(**{**spec.__dict__, "method": "pkd"}), get_schedule("pkd", "rte", "quick"), seen)
+    assert first.stages[0].reused is None and first.samples == 32_000
+    assert second.stages[0].name == "vkd" and second.stages[0].reused == "this comparison"
+    assert second.samples == second.stages[1].samples  # only PKD's own stage
+
+
+def _main(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "tune_main.py"), *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=600)
+
+
+def _tree(folder: Path) -> set:
+    return {(str(p), p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_dry_run_prints_the_paper_cost_and_writes_nothing(tmp_path):
+    r = _main("--task", "qqp", "--dry-run", "--preset", "paper", "--storage", str(tmp_path / "runs"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # 27 VKD points at 3 epochs and 27 at 4 of QQP's 363,846 rows
+    assert f"| fsd | vkd | 54 | grid | 1,091,538-1,455,384 | {27 * 3 * 363846 + 27 * 4 * 363846:,} | 100% |" in r.stdout
+    assert "total training samples: " in r.stdout and "teacher fine-tuning: 1,091,538 training samples" in r.stdout
+    assert list(tmp_path.iterdir()) == []  # no storage, no mlflow.db, nothing
+
+
+@pytest.mark.slow
+def test_estimate_times_steps_prints_hours_and_writes_nothing(tmp_path, glue_dir, minilm_path):
+    storage = tmp_path / "runs"
+    storage.mkdir()
+    before, data = _tree(storage), _tree(Path(glue_dir) / "RTE")
+    r = _main("--task", "rte", "--method", "vkd", "--estimate", "--preset", "quick", "--strategy", "halving",
+              "--data-dir", glue_dir, "--teacher", "packaged-minilm", "--student-layers", "2", "--storage",
+              str(storage), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = {line.split(" | ")[0].strip("| "): line for line in r.stdout.splitlines() if line.startswith("| ")}
+    assert "vkd / vkd" in lines and "teacher fine-tuning" in lines and "teacher-output cache pass" in lines
+    hours = float(r.stdout.split("total: about ")[1].split(" hours")[0])
+    assert 0 < hours < 10 and math.isfinite(hours)
+    assert _tree(storage) == before and _tree(Path(glue_dir) / "RTE") == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
