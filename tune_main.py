@@ -122,7 +122,13 @@ def dry_run(args: argparse.Namespace) -> None:
 
         quiet_libraries()
         schedules = [sch for _, sch in pairs]
-        print(format_estimate(costs, schedules, measure(spec, schedules)))
+        try:
+            rates = measure(spec, schedules)
+        except OSError as e:  # a hub model that is not here (offline), a folder without weights
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            fail(f"--estimate: the models cannot be loaded to time them ({first[:300]}): pass a local --teacher "
+                 "folder or packaged-minilm")
+        print(format_estimate(costs, schedules, rates))
 
 
 def run(search) -> None:

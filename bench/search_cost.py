@@ -46,6 +46,8 @@ def read_stage(folder: Path) -> list[dict]:
 
     trials = []
     for trial in sorted(folder.glob("*/train_trial_*")):
+        if not (trial / "progress.csv").is_file():  # not started (a stage still running)
+            continue
         df = pd.read_csv(trial / "progress.csv")
         config = json.loads((trial / "params.json").read_text())
         trials.append({"trial": trial.name.split("_")[3], "config": config,
@@ -114,6 +116,10 @@ def replay(args: argparse.Namespace) -> None:
         for first in (1 / 16, 1 / 9, 1 / 4):
             rows.append(summarise(f"halving rf={rf:g} first={first:.3f}", curves,
                                   halving_outcomes(curves, rf, first, w, r)))
+    budget = max(c.budget for c in curves)
+    rungs = rungs_for(budget, 1 / 9, 3.0)  # the defaults, in the grid's own order: what a live run does
+    rows.append(summarise("halving rf=3 first=0.111, grid order", curves,
+                          [simulate(curves, iter(range(n)), Asha(rungs.milestones, budget, 3.0), w)]))
     k = int(np.ceil(n / 3))
     rows.append(summarise(f"random {k} of {n}", curves,
                           [simulate(curves, shuffled(n, rng, k), None, w) for _ in range(r)]))
@@ -129,31 +135,36 @@ def replay(args: argparse.Namespace) -> None:
 
 
 def live(args: argparse.Namespace) -> None:
-    """--strategy halving and optuna on the recorded budget, then every winner (and the grid's) with 3 seeds."""
-    common = [*BUDGET, "--data-dir", args.data_dir, "--teacher", args.teacher]
-    rows = []
+    """--strategy halving and optuna on the recorded budget, then every winner (and the grid's) with 3 seeds
+    (a winner equal to an earlier one's is the same runs: its seed scores are shared, not run again)."""
+    common = [*BUDGET, "--data-dir", args.data_dir, "--teacher", args.teacher, "--set", f"eval_every={EVERY}"]
+    rows, seeded = [], {}
     for strategy in ("grid", "halving", "optuna"):
         storage = Path(args.storage) / ("record" if strategy == "grid" else strategy)
-        extra = [] if strategy == "grid" else ["--strategy", strategy]
-        extra += ["--set", f"eval_every={EVERY}"]
+        flags = [*common, "--storage", str(storage)] + ([] if strategy == "grid" else ["--strategy", strategy])
         if not (storage / "sst2-vkd" / "ledger.json").is_file():
-            tune_main([*common, *extra, "--storage", str(storage)])
-        tune_main([*common, *extra, "--storage", str(storage), "--compare", "vkd", "--seeds", str(args.seeds)])
-        ledger = json.loads((storage / "sst2-vkd" / "ledger.json").read_text())
-        record = ledger["stages"]["vkd"]
-        seeds = json.loads((storage / "sst2-compare" / "compare.json").read_text())["runs"]["vkd"]
-        scores = np.array([100 * s["eval/score"] for s in seeds])
+            tune_main(flags)
+        record = json.loads((storage / "sst2-vkd" / "ledger.json").read_text())["stages"]["vkd"]
+        winner = record["winner"]
+        point = (winner["alpha"], winner["temperature"], winner["lr"])
+        if point not in seeded:
+            tune_main([*flags, "--compare", "vkd", "--seeds", str(args.seeds)])
+            runs = json.loads((storage / "sst2-compare" / "compare.json").read_text())["runs"]["vkd"]
+            seeded[point] = np.array([100 * r["eval/score"] for r in runs])
         stage = json.loads(next(storage.glob("stages/sst2-vkd-*/stage.json")).read_text())
-        rows.append((strategy, record["trials"], record.get("stopped", 0), stage.get("samples"), record["winner"],
-                     100 * record["score"], scores))
+        rows.append((strategy, record["trials"], record.get("stopped", 0), stage["samples"], point,
+                     100 * record["score"], seeded[point]))
     grid_samples = rows[0][3]
     print("| strategy | trials | stopped at a rung | training samples (share of the grid's) | winner (alpha, T, lr) "
           f"| its search score | {args.seeds} seeds: mean (std) |")
     print("|---|---|---|---|---|---|---|")
-    for strategy, trials, stopped, samples, winner, score, scores in rows:
-        point = f"{winner['alpha']}, {winner['temperature']}, {winner['lr']:g}"
-        print(f"| {strategy} | {trials} | {stopped} | {samples:,} ({samples / grid_samples:.0%}) | {point} | "
-              f"{score:.2f} | {scores.mean():.2f} ({scores.std(ddof=1):.2f}) |")
+    for strategy, trials, stopped, samples, point, score, scores in rows:
+        print(f"| {strategy} | {trials} | {stopped} | {samples:,} ({samples / grid_samples:.0%}) | "
+              f"{point[0]}, {point[1]}, {point[2]:g} | {score:.2f} | {scores.mean():.2f} ({scores.std(ddof=1):.2f}) |")
+    out = Path(args.out)
+    out.write_text(json.dumps([{"strategy": r[0], "trials": r[1], "stopped": r[2], "samples": r[3],
+                                "winner": list(r[4]), "search_score": r[5], "seed_scores": r[6].tolist()}
+                               for r in rows], indent=1))
 
 
 def main() -> None:
@@ -174,6 +185,7 @@ def main() -> None:
     v.add_argument("--storage", required=True, help="the folder holding record/ (the grid's storage)")
     v.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "glue_data"))
     v.add_argument("--seeds", type=int, default=3)
+    v.add_argument("--out", default=str(ROOT / "bench" / "results" / "sst2-vkd-live.json"))
     args = p.parse_args()
     {"record": record, "replay": replay, "live": live}[args.command](args)
 

@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         best = float("-inf")
         for report in distill(config):
             shown = {k: round(v, 4) for k, v in report.metrics.items() if k.startswith(("eval", "train/loss"))}
-            print(f"epoch {report.metrics['epoch']:.2f} ({report.metrics['progress/samples']} samples): "
-                  f"{json.dumps(shown)} ({report.metrics['time/train_s']:.0f} s, "
+            print(f"epoch {round(report.metrics['epoch'], 2):g}: {json.dumps(shown)} "
+                  f"({report.metrics['progress/samples']} samples; {report.metrics['time/train_s']:.0f} s, "
                   f"{report.metrics['train/samples_per_s']:.1f} samples/s)")
             if args.output_dir and report.metrics["eval/score"] > best:
                 best = report.metrics["eval/score"]

@@ -202,3 +202,23 @@ def test_compare_vkd_and_fsd_on_a_fresh_folder_runs_the_vkd_stage_once(setup):
     assert ledgers["fsd"]["stages"]["vkd"]["reused_from"] == ledgers["vkd"]["stages"]["vkd"]["run_id"]
     assert len(list(storage.glob("stages/rte-vkd-*"))) == 1
     assert "| vkd | 1 |" in r.stdout and "| fsd | 1 |" in r.stdout
+
+
+def test_optuna_samples_a_large_grid_and_halves_it(setup):
+    """--strategy optuna on a 27-point VKD grid: a third of it sampled by TPE (a journal on disk), every sample
+    evaluated at rungs, some stopped there; the winner is a grid point that trained to its full budget."""
+    storage = setup[0] / "optuna"
+    grid = ["--grid", "alpha=0.2,0.5,0.7", "--grid", "temperature=5,10,20", "--grid", "lr=1e-4,1e-3,1e-2"]
+    r = subprocess.run([*_args(setup, storage, "--strategy", "optuna", *grid, "--set", "eval_every=16", "--set",
+                              "batch_size=16", "--stages", "vkd")], capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    record = json.loads((storage / "rte-pkd" / "ledger.json").read_text())["stages"]["vkd"]
+    assert record["trials"] == 9 and record["samples"] <= 9 * 64
+    (folder,) = storage.glob("stages/rte-vkd-*")
+    assert (folder / "optuna.journal").is_file() and (folder / "rungs.json").is_file()
+    assert record["winner"]["alpha"] in (0.2, 0.5, 0.7) and record["winner"]["eval_every"] == 16
+    client, runs = _runs(f"sqlite:///{storage}/mlflow.db")
+    trials = [x for x in runs if "ray_trial_id" in x.data.tags]
+    assert len(trials) == 9 and {x.info.status for x in runs} == {"FINISHED"}
+    stopped = [x for x in trials if x.data.tags.get("early_stopped") == "true"]
+    assert record["stopped"] == len(stopped)

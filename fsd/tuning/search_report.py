@@ -38,7 +38,9 @@ def trial_scores(uri: str, ledger: Ledger) -> dict[str, list[float]]:
         holder = record.get("reused_from") or record["run_id"]  # a reused stage's trials hang under its first run
         runs = client.search_runs([exp_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{holder}'",
                                   max_results=10000)
-        out[stage] = [r.data.metrics.get("eval/best_score", math.nan) for r in runs]
+        # a trial halving stopped has a rung's score, not comparable with a final one: left out of the plot
+        out[stage] = [r.data.metrics.get("eval/best_score", math.nan) for r in runs
+                      if r.data.tags.get("early_stopped") != "true"]
     return out
 
 
