@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _kill_first_trial_worker_after_its_checkpoint(exp_dir: Path, done: threading.Event, killed: list):
     while not done.is_set():
-        progress = list(exp_dir.glob("*memory_size=4*/progress.csv"))
-        if list(exp_dir.glob("*memory_size=4*/checkpoint_000000")) and progress and \
+        progress = list(exp_dir.glob("stages/rte-fsdg-*/rte-fsdg/*memory_size=4*/progress.csv"))
+        if list(exp_dir.glob("stages/rte-fsdg-*/rte-fsdg/*memory_size=4*/checkpoint_000000")) and progress and \
                 len(progress[0].read_text().splitlines()) >= 2:
             # The worker writes the folder as it reports; the driver registers the checkpoint a moment later
             # (progress.csv is its mark). Killed in between, the trial would restart from scratch.
@@ -48,7 +48,7 @@ def test_one_trial_fails_another_is_retried_from_its_checkpoint(tiny_bert, glue_
     spec = SearchSpec(task="rte", method="fsdg", storage=str(tmp_path), mlflow_uri=f"sqlite:///{tmp_path}/m.db",
                       teacher=tiny_bert, student_layers=2, data_dir=glue_dir, max_concurrent=1, max_failures=1,
                       extra={"lr": 1e-3})
-    exp_dir = tmp_path / "rte-fsdg" / "ray" / "rte-fsdg-fsdg"
+    exp_dir = tmp_path  # the stage's experiment: <storage>/stages/rte-fsdg-<digest>/rte-fsdg
     done, killed = threading.Event(), []
     watcher = threading.Thread(target=_kill_first_trial_worker_after_its_checkpoint, args=(exp_dir, done, killed))
     watcher.start()
@@ -67,9 +67,10 @@ def test_one_trial_fails_another_is_retried_from_its_checkpoint(tiny_bert, glue_
     trials = {r.data.params["memory_size"]: r for r in client.search_runs([exp.experiment_id])
               if "ray_trial_id" in r.data.tags}
     assert trials["4"].info.status == "FINISHED" and trials["100000"].info.status == "FAILED"
-    # The killed trial went on from its epoch-1 checkpoint: epoch 2 says so, and no epoch is logged twice.
+    # The killed trial went on from its epoch-1 checkpoint: epoch 2 says so, and no evaluation is logged twice
+    # (steps are training samples: 2000 rows an epoch).
     history = client.get_metric_history(trials["4"].info.run_id, "eval/score")
-    assert sorted(m.step for m in history) == [1, 2]
+    assert sorted(m.step for m in history) == [2000, 4000]
     assert client.get_run(trials["4"].info.run_id).data.metrics["run/resumed_from"] == 1
 
 
