@@ -70,8 +70,10 @@ def record(args: argparse.Namespace) -> None:
 
 
 def _teacher_score(teacher: str) -> float | None:
-    meta = Path(teacher) / "fsd_teacher.json"
-    return json.loads(meta.read_text())["dev"]["eval/score"] if meta.is_file() else None
+    from fsd.models import teacher_meta
+
+    meta = teacher_meta(teacher)
+    return meta["dev"]["eval/score"] if meta else None
 
 
 def load_curves(path: str) -> list[Curve]:

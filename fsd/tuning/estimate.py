@@ -19,11 +19,11 @@ from datasets import Dataset, DatasetDict
 
 from fsd.config import DistillConfig
 from fsd.data import Batches, _tokenise, load_raw
-from fsd.models import build_student, load_teacher, load_tokenizer, run_model, teacher_meta
+from fsd.models import build_student, load_teacher, load_tokenizer, run_model
 from fsd.objectives import Setup, build_objective
 from fsd.objectives.kd import label_loss
 from fsd.tasks import get_task
-from fsd.train import autocast, make_optimizer, resolve_device, to_device
+from fsd.train import autocast, make_optimizer, resolve_device, student_backbone, to_device
 from fsd.tuning.cost import SearchCost
 from fsd.tuning.spec import SearchSpec
 from search_spaces import Schedule
@@ -77,8 +77,7 @@ def measure(spec: SearchSpec, schedules: list[Schedule]) -> Rates:
         parallel = max(1, int(cores // spec.cpus_per_trial))
     if spec.max_concurrent:
         parallel = min(parallel, spec.max_concurrent)
-    meta = teacher_meta(spec.teacher)
-    backbone = spec.student_init or (meta["backbone"] if meta else spec.teacher)
+    backbone = student_backbone(DistillConfig(task=spec.task, teacher=spec.teacher, student_init=spec.student_init))
     tokenizer = load_tokenizer(spec.teacher)
     batch_size = spec.extra.get("batch_size", DistillConfig.batch_size)
     batches = [to_device(b, device) for b in sample_batches(spec, tokenizer, batch_size).epoch(0)]
