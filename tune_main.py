@@ -46,14 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
       help="halving/optuna: the first rung as a share of a trial's budget (default 1/9, measured)")
     a("--num-samples", type=int, default=None,
       help="optuna: trials per stage with a large grid (default: a third of the grid, measured)")
-    a("--preset", choices=["paper", "quick", "smoke"], default="paper",
-      help="paper: the full schedule; quick: 2 values per parameter, 2 epochs, 2000 rows; smoke: a complete "
-           "search in minutes on a CPU (1 epoch, 64 rows)")
+    a("--preset", choices=["paper", "quick", "cpu", "smoke"], default="paper",
+      help="paper: the full schedule; quick: 2 values per parameter, 2 epochs, 2000 rows; cpu: a search that learns "
+           "on a 2-core CPU in about 15 minutes (SST-2, 3-layer MiniLM student: 1 epoch of 1600 rows, lr 2e-4); "
+           "smoke: a complete search in minutes that learns nothing (1 epoch, 64 rows; for tests)")
     a("--stages", default=None, help="comma-separated stage names to run (see --dry-run); default all")
     a("--max-seq-len", type=int, default=128, help="tokens per sequence (paper: 128)")
-    a("--teacher-epochs", type=int, default=3, help="teacher fine-tuning epochs (paper: 3)")
+    a("--teacher-epochs", type=int, default=None, help="teacher fine-tuning epochs (default: the paper's 3; 1 for the "
+                                                       "cpu preset)")
     a("--teacher-lr", type=float, default=None,
-      help="teacher fine-tuning learning rate (default: the paper's, 2e-5; 5e-5 for STS-B and WNLI)")
+      help="teacher fine-tuning learning rate (default: the paper's, 2e-5; 5e-5 for STS-B and WNLI; 1e-4 for the "
+           "cpu preset)")
+    a("--select-on", choices=["dev", "holdout"], default="dev",
+      help="what trials are ranked on: dev (the paper's protocol, comparable with its tables) or a fixed, "
+           "stratified holdout of training rows, never trained on, so the dev score reported for the winners is "
+           "not the one the search maximised")
+    a("--holdout-rows", type=int, default=None,
+      help="--select-on holdout: its size (default: 10%% of the training rows, at most 1000)")
     a("--max-failures", type=int, default=1, help="retries of a crashed trial from its last checkpoint")
     a("--log-checkpoints", choices=["best", "all"], default="best",
       help="best: each stage's best student is logged as an MLflow model; all: also every trial's best checkpoint")
@@ -71,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--compare", default=None, metavar="METHODS",
       help="e.g. vkd,pkd,rkd,minilm,fsd: each method's best configuration (searched first if needed) re-run "
            "with --seeds seeds; prints the paper's Table 2/3 for this task with the p-value of FSD")
+    a("--ablation", action="store_true",
+      help="--compare with fsd: also the paper's Table 4, FSD's winner re-run without LG, IG, IL and G (4 x --seeds "
+           "runs)")
+    a("--batch-sizes", default=None, metavar="SIZES",
+      help="--compare with fsd: also the paper's Table 5, FSD w/o G and FSD w/o IL re-run at these mini-batch "
+           "sizes, e.g. 8,16,32,64 (2 x sizes x --seeds runs)")
     a("--report", action="store_true",
       help="rebuild the HTML report of this task's searches from the storage folder and MLflow; trains nothing")
     a("--dry-run", action="store_true",
@@ -153,7 +168,8 @@ def run(search) -> None:
 
             quiet_libraries()
             with lock.held(compare_folder(spec)):
-                print(run_compare(spec, search.compare, spec.seeds))
+                print(run_compare(spec, search.compare, spec.seeds, ablation=search.ablation,
+                                  batch_sizes=search.batch_sizes))
             return
         with lock.held(spec.folder):
             # Again under the lock: a search that started since the checks would be caught here.

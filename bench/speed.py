@@ -51,7 +51,7 @@ def build_step(config: DistillConfig):
     """(loss_fn, optimizer, scheduler, params, batches) for one method, live teacher or cache per config."""
     task = get_task(config.task)
     tok = load_tokenizer(config.teacher)
-    train, _ = make_batches(config, task, tok, config.storage, config.data_dir, config.max_train_samples, 16,
+    train, _, _ = make_batches(config, task, tok, config.storage, config.data_dir, config.max_train_samples, 16,
                             config.seed)
     objective = build_objective(config, task.is_regression)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

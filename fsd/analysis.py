@@ -21,10 +21,10 @@ from fsd.config import DistillConfig
 from fsd.data import Batches
 from fsd.models import build_student, load_teacher, run_model
 from fsd.objectives.structure import flatten_features
+from fsd.relations import mean_over_batches, relation_batch, relation_difference  # noqa: F401 (re-exported)
 from fsd.tasks import Task, get_task
 from fsd.train import load_checkpoint, load_inputs, student_backbone
 
-DISTANCES = ("euclidean", "cosine")
 HEATMAP_FILE = "cka_heatmap.png"
 METRICS_FILE = "analysis.json"
 FIGSIZE = (6.0, 5.0)  # inches; at DPI 100 the PNG is 600 x 500 pixels
@@ -165,84 +165,6 @@ def plot_heatmap(matrix: np.ndarray, path: str | os.PathLike, title: str) -> str
     return str(path)
 
 
-# ------------------------------------------------------------------------------------------ relation difference
-def _pairwise(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """`[..., m, p] -> [..., m, m]` Euclidean distances or cosine similarities between the rows."""
-    if kind == "euclidean":
-        return torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
-    unit = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    return unit @ unit.transpose(-1, -2)
-
-
-def _relation_batch(h_t: torch.Tensor, h_s: torch.Tensor, mask: torch.Tensor | None) -> dict[str, float]:
-    """Relation difference of one batch; a key is missing when the batch has no pair for it."""
-    if h_t.dim() != 3 or h_s.dim() != 3 or h_t.shape[:2] != h_s.shape[:2]:
-        raise ValueError(f"relation_difference needs [n, l, d] batches with equal n, l; got {tuple(h_t.shape)} "
-                         f"and {tuple(h_s.shape)}")
-    t, s = h_t.double(), h_s.double()
-    n, l = t.shape[:2]
-    real = torch.ones(n, l, dtype=torch.bool, device=t.device) if mask is None else mask.to(t.device) != 0
-    out: dict[str, float] = {}
-    if n >= 2:
-        upper = torch.ones(n, n, dtype=torch.bool, device=t.device).triu(1)
-        ft, fs = flatten_features(t, real), flatten_features(s, real)
-        for kind in DISTANCES:
-            out[f"inter_{kind}"] = (_pairwise(fs, kind) - _pairwise(ft, kind)).abs()[upper].mean().item()
-    pairs = real[:, :, None] & real[:, None, :] & torch.ones(l, l, dtype=torch.bool, device=t.device).triu(1)
-    count = pairs.sum(dim=(1, 2))
-    ok = count > 0
-    if ok.any():
-        for kind in DISTANCES:
-            diff = (_pairwise(s, kind) - _pairwise(t, kind)).abs() * pairs
-            out[f"intra_{kind}"] = (diff.sum(dim=(1, 2))[ok] / count[ok]).mean().item()
-    return out
-
-
-def _mean_over_batches(parts: Sequence[dict[str, float]]) -> dict[str, float]:
-    keys = [f"{scope}_{kind}" for scope in ("inter", "intra") for kind in DISTANCES]
-    out = {}
-    for key in keys:
-        values = [p[key] for p in parts if key in p]
-        out[key] = float(np.mean(values)) if values else math.nan
-    return out
-
-
-def relation_difference(t_feats: torch.Tensor | Sequence[torch.Tensor], s_feats: torch.Tensor | Sequence[torch.Tensor],
-                        mask: torch.Tensor | Sequence[torch.Tensor | None] | None = None) -> dict[str, float]:
-    """Relation difference (paper Eq. 12-13): how far the student's pairwise relations are from the teacher's.
-
-    ```
-    RD_d = mean over pairs i < j of |d(S_i, S_j) - d(T_i, T_j)|,   d = Euclidean distance or cosine similarity
-    ```
-    Pairs are unordered (i < j): both distances are symmetric and d(x, x) is the same for teacher and student,
-    so the mean over all ordered pairs i != j is the same number, and self-pairs, which would only dilute it
-    by a factor depending on n, are left out. |cos_S - cos_T| equals |(1 - cos_S) - (1 - cos_T)|, so cosine
-    similarity and cosine distance give the same value. Distances are raw (not normalised), so compare
-    students with the same hidden size.
-
-    - inter-feature: the samples of a batch, each its flattened penultimate features over real tokens
-      (`flatten_features`: padded layout, PAD rows zeroed, as FSDL);
-    - intra-feature: the real token vectors within each sample, averaged over the samples with at least two
-      real tokens.
-    Each value is computed per batch and averaged over the batches that have a pair for it (batches of one
-    sample have no inter-feature pair).
-
-    Args:
-        t_feats: teacher `[n, l, d_t]`, or a list of such batches.
-        s_feats: student `[n, l, d_s]` (or a list), the same samples.
-        mask: `[n, l]` attention mask (or a list, or None: every token is real).
-
-    Returns:
-        `inter_euclidean`, `inter_cosine`, `intra_euclidean`, `intra_cosine` (NaN when no batch has a pair).
-    """
-    if isinstance(t_feats, torch.Tensor):
-        t_feats, s_feats, mask = [t_feats], [s_feats], [mask]
-    masks = [None] * len(t_feats) if mask is None else list(mask)
-    if not len(t_feats) == len(s_feats) == len(masks):
-        raise ValueError(f"{len(t_feats)} teacher, {len(s_feats)} student batches and {len(masks)} masks")
-    return _mean_over_batches([_relation_batch(t, s, m) for t, s, m in zip(t_feats, s_feats, masks, strict=True)])
-
-
 # ------------------------------------------------------------------------------------------ one student
 @dataclass
 class Analysis:
@@ -293,7 +215,7 @@ def analyse_pair(student: torch.nn.Module, teacher: torch.nn.Module, dev_batches
                 t_logits.append(t_out.logits.float().cpu())
                 zt.append(_gram_factor(t_out.penultimate, mask).cpu())
                 zs.append(_gram_factor(s_out.penultimate, mask).cpu())
-                relations.append(_relation_batch(t_out.penultimate, s_out.penultimate, mask))
+                relations.append(relation_batch(t_out.penultimate, s_out.penultimate, mask))
     finally:
         student.train(modes[0])
         teacher.train(modes[1])
@@ -303,7 +225,7 @@ def analyse_pair(student: torch.nn.Module, teacher: torch.nn.Module, dev_batches
     heatmap = _heatmap_from_factors(zt, zs)
     metrics = {f"analysis/restoration_{k}": v for k, v in restoration.items()}
     metrics["analysis/cka_diagonal_mean"] = diagonal_mean(heatmap)
-    metrics.update({f"analysis/reldiff_{k}": v for k, v in _mean_over_batches(relations).items()})
+    metrics.update({f"analysis/reldiff_{k}": v for k, v in mean_over_batches(relations).items()})
     return Analysis(spec.name, metrics, heatmap)
 
 
@@ -338,7 +260,8 @@ def analyse_checkpoint(checkpoint: str | os.PathLike, folder: str | os.PathLike)
         return {k: float("nan") if v is None else v for k, v in metrics.items()}, sorted(map(str, folder.iterdir()))
     state = load_checkpoint(checkpoint)
     config = DistillConfig.from_dict(state["config"])
-    task, device, _, dev, _, _ = load_inputs(config)
+    inputs = load_inputs(config)
+    task, device, dev = inputs.task, inputs.device, inputs.dev
     student = build_student(student_backbone(config), config.student_layers, task.num_labels).to(device)
     student.load_state_dict(state["student"])
     teacher = load_teacher(config.teacher, task.num_labels).to(device)

@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
             raise DataError(f"--data-dir {config.data_dir} is not a folder: point it at a GLUE download")
         spec = TeacherSpec(config.task, config.teacher, config.data_dir, epochs=args.teacher_epochs,
                            max_seq_len=config.max_seq_len, lr=args.teacher_lr, seed=config.seed,
-                           max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples)
+                           max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
+                           holdout_rows=config.holdout_rows, holdout_seed=config.holdout_seed)
         teacher = ensure_teacher(spec, config.storage, config.device)
         config = config.replace(teacher=teacher, student_init=config.student_init or args.teacher)
         best = float("-inf")

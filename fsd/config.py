@@ -37,6 +37,9 @@ class DistillConfig:
     memory_iters: int = 3
     memory_init: str = "kmeans++"
     structure_mask: bool = True
+    # At each evaluation, the relation difference (Eq. 12-13) between teacher and student on the first
+    # evaluation batch, as `relations/*`: the paper's Fig. 6 over training (costs a teacher pass over that batch).
+    track_relations: bool = False
     # optimisation
     lr: float = 5e-5
     epochs: int = 3
@@ -55,6 +58,10 @@ class DistillConfig:
     storage: str = "./fsd_runs"
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    # Rank the run on this many training rows set aside (never trained on) instead of dev; None: on dev, the
+    # paper's protocol. The rows are drawn with `holdout_seed`, the same for every seed of a search.
+    holdout_rows: int | None = None
+    holdout_seed: int = 42
     device: str = "auto"
     # speed (results do not depend on these beyond float rounding)
     teacher_cache: bool = True  # read the teacher's outputs from the storage cache instead of running it
@@ -89,7 +96,7 @@ class DistillConfig:
                      "grad_clip"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ["memory_size", "max_train_samples", "max_eval_samples", "eval_every"]:
+        for name in ["memory_size", "max_train_samples", "max_eval_samples", "eval_every", "holdout_rows"]:
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0 (or unset), got {getattr(self, name)}")
         if self.memory_init not in ("kmeans++", "reference"):
@@ -118,6 +125,13 @@ class DistillConfig:
         if missing:
             raise ConfigError(f"config is missing {', '.join(missing)}")
         return cls(**values)
+
+    @property
+    def holdout(self):
+        """The `fsd.data.Holdout` this run is ranked on, or None (ranked on dev)."""
+        from fsd.data import Holdout
+
+        return None if self.holdout_rows is None else Holdout(self.holdout_rows, self.holdout_seed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

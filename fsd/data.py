@@ -11,10 +11,12 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from sklearn.model_selection import train_test_split
 
 from fsd.tasks import Task, get_task
 
@@ -114,16 +116,46 @@ def load_raw(task: str | Task, data_dir: str | None = None) -> DatasetDict:
 
 
 def split_rows(task: str | Task, data_dir: str | None, max_train: int | None = None,
-               max_eval: int | None = None) -> tuple[int, int]:
-    """(train, main dev) rows a run reads, writing nothing: the local files' counts (after `max_*` limits),
-    or the official sizes for the hub."""
+               max_eval: int | None = None, holdout: int = 0) -> tuple[int, int]:
+    """(train, main dev) rows a run reads, writing nothing: the local files' counts (after `holdout` rows are
+    set aside and the `max_*` limits), or the official sizes for the hub."""
     spec = get_task(task) if isinstance(task, str) else task
     if data_dir is None:
         train, dev = spec.train_rows, spec.dev_rows
     else:
         raw = load_raw(spec, data_dir)
         train, dev = len(raw["train"]), len(raw[spec.main_dev_split])
+    train -= holdout
     return min(train, max_train or train), min(dev, max_eval or dev)
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Training rows set aside to rank trials on instead of dev: `rows` of them, drawn with `seed`, stratified
+    by label for classification, so the dev score a search reports is not the one it maximised."""
+
+    rows: int
+    seed: int
+
+    def split(self, labels: list, regression: bool) -> tuple[list[int], list[int]]:
+        """(training rows, holdout rows): indices into `labels`, each list ascending (the file's order).
+
+        Raises:
+            DataError: the holdout would leave no training row, or has fewer rows than classes.
+        """
+        n = len(labels)
+        if not 0 < self.rows < n:
+            raise DataError(f"a holdout of {self.rows} rows leaves none of the {n} training rows to train on")
+        try:
+            train, held = train_test_split(list(range(n)), test_size=self.rows, random_state=self.seed,
+                                           stratify=None if regression else labels)
+        except ValueError as e:  # sklearn: fewer holdout rows than classes, or a class of one row
+            raise DataError(f"a holdout of {self.rows} rows cannot be stratified by label ({e})") from None
+        return sorted(train), sorted(held)
+
+    def tag(self) -> str:
+        """What cache keys of the rows it leaves for training add."""
+        return f"holdout{self.rows}s{self.seed}"
 
 
 # ---------------------------------------------------------------------------------------------- tokenising
@@ -170,12 +202,15 @@ def load_task_data(
     cache_dir: str | None = None,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
+    holdout: Holdout | None = None,
 ) -> DatasetDict:
-    """Tokenised train and dev splits (`input_ids`, `token_type_ids`, `label`).
+    """Tokenised train and dev splits (`input_ids`, `token_type_ids`, `label`), and with `holdout` a
+    `holdout` split of training rows that `train` no longer holds.
 
     The tokenised data is saved once under `cache_dir/<key>`, key = (task, tokeniser, max_seq_len, data
     source), written to a temporary folder and renamed so a killed run never leaves half a cache.
-    `max_*_samples` keep the first N rows of a split (after the cache, so the cache stays whole).
+    `max_*_samples` keep the first N rows of a split (after the cache, so the cache stays whole; for
+    training, after the holdout is set aside, so the holdout does not depend on the budget).
     """
     spec = get_task(task) if isinstance(task, str) else task
     data = None
@@ -195,10 +230,13 @@ def load_task_data(
             data = load_from_disk(str(final))
     else:
         data = _tokenise(load_raw(spec, data_dir), tokenizer, max_seq_len)
+    out = {s: data[s] for s in ("train", *spec.dev_splits)}
+    if holdout is not None:
+        train, held = holdout.split(data["train"]["label"], spec.is_regression)
+        out["train"], out["holdout"] = data["train"].select(train), data["train"].select(held)
     limits = {"train": max_train_samples, **{s: max_eval_samples for s in spec.dev_splits}}
-    return DatasetDict(
-        {s: data[s].select(range(min(n, len(data[s])))) if n else data[s] for s, n in limits.items()}
-    )
+    return DatasetDict({s: split.select(range(min(limits[s], len(split)))) if limits.get(s) else split
+                        for s, split in out.items()})
 
 
 # ---------------------------------------------------------------------------------------------- batching

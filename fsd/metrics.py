@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from fsd.tasks import get_task
+
+if TYPE_CHECKING:
+    from fsd.data import Holdout
 
 
 def _as_predictions(predictions: np.ndarray, regression: bool) -> np.ndarray:
@@ -52,3 +57,23 @@ def glue_metrics(task: str, predictions, labels) -> dict[str, float]:
         "f1_acc": (out.get("f1", 0.0) + out["accuracy"]) / 2,
     }[spec.score]
     return out
+
+
+def majority(task: str, data_dir: str | None, max_train_samples: int | None, max_eval_samples: int | None,
+             holdout: Holdout | None = None) -> dict[str, float] | None:
+    """Dev metrics of always answering the most frequent training label, on the rows the runs saw (those
+    left after the `holdout`): the floor a student must clear to have learnt anything (None for STS-B, a
+    regression)."""
+    from fsd.data import load_raw  # reading data is not what metrics need otherwise
+
+    spec = get_task(task)
+    if spec.is_regression:
+        return None
+    raw = load_raw(spec, data_dir)
+    train = raw["train"]["label"]
+    if holdout is not None:
+        train = [train[i] for i in holdout.split(train, regression=False)[0]]
+    train, dev = train[:max_train_samples], raw[spec.dev_splits[0]]["label"][:max_eval_samples]
+    values, counts = np.unique(train, return_counts=True)
+    guess = np.full(len(dev), values[counts.argmax()])
+    return {f"eval/{k}": v for k, v in glue_metrics(task, guess, dev).items()}

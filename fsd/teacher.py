@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from fsd import failpoints
-from fsd.data import source_fingerprint
+from fsd.data import Holdout, source_fingerprint
 from fsd.models import TEACHER_META, load_teacher, load_tokenizer, run_model, teacher_meta
 from fsd.objectives.kd import label_loss
 from fsd.tasks import get_task
@@ -38,6 +38,8 @@ class TeacherSpec:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     pad_to_max: bool = False
+    holdout_rows: int | None = None  # training rows the search ranks its trials on: the teacher never sees them
+    holdout_seed: int = 42
 
     @property
     def resolved_lr(self) -> float:
@@ -49,6 +51,9 @@ class TeacherSpec:
                   "data": source_fingerprint(get_task(self.task), self.data_dir)}
         fields.pop("eval_batch_size")
         fields.pop("max_eval_samples")
+        if self.holdout_rows is None:  # the keys of teachers fine-tuned before holdouts existed stay valid
+            fields.pop("holdout_rows")
+            fields.pop("holdout_seed")
         digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
         return f"{get_task(self.task).name}-{digest}"
 
@@ -92,8 +97,9 @@ def finetune_teacher(spec: TeacherSpec, storage: str, out_dir: str, device: str 
     dev_ = resolve_device(device)
     task = get_task(spec.task)
     tokenizer = load_tokenizer(spec.backbone)
-    train, dev = make_batches(spec, task, tokenizer, storage, spec.data_dir, spec.max_train_samples,
-                              spec.max_eval_samples, spec.seed)
+    holdout = None if spec.holdout_rows is None else Holdout(spec.holdout_rows, spec.holdout_seed)
+    train, dev, _ = make_batches(spec, task, tokenizer, storage, spec.data_dir, spec.max_train_samples,
+                                 spec.max_eval_samples, spec.seed, holdout)
     model = load_teacher(spec.backbone, task.num_labels).to(dev_)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(params, spec.resolved_lr, 0.0, len(train) * spec.epochs)

@@ -21,10 +21,11 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from fsd.config import DistillConfig
-from fsd.data import Batches, cache_key, load_task_data
+from fsd.data import Batches, Holdout, cache_key, load_task_data
 from fsd.metrics import glue_metrics
 from fsd.models import build_student, load_teacher, load_tokenizer, run_model, teacher_meta
 from fsd.objectives import Objective, Setup, build_objective
+from fsd.relations import relation_batch
 from fsd.tasks import Task, get_task
 from fsd.teacher_cache import TeacherCache, open_cache
 from fsd.teacher_outputs import cached_penultimate, live_penultimate, teacher_memory
@@ -144,26 +145,30 @@ def predict(model: torch.nn.Module, batches: Batches, device: torch.device) -> n
 
 
 def evaluate(model: torch.nn.Module, dev: dict[str, Batches], task: Task, device: torch.device) -> dict[str, float]:
-    """GLUE metrics on each dev split: the main split as `eval/<metric>`, MNLI mismatched as `eval_mm/..`."""
+    """GLUE metrics on each evaluation split: the first as `eval/<metric>` (with `eval/rows`), MNLI
+    mismatched as `eval_mm/..`."""
     out: dict[str, float] = {}
     for i, batches in enumerate(dev.values()):
         prefix = "eval" if i == 0 else "eval_mm"
         metrics = glue_metrics(task.name, predict(model, batches, device), batches.labels.numpy())
         out.update({f"{prefix}/{k}": v for k, v in metrics.items()})
+    out["eval/rows"] = float(next(iter(dev.values())).num_examples)
     return out
 
 
 def make_batches(config_like, task: Task, tokenizer, storage: str, data_dir: str | None,
-                 max_train: int | None, max_eval: int | None, seed: int):
-    """Train batches (shuffled per epoch) and one `Batches` per dev split, from the tokenised cache."""
+                 max_train: int | None, max_eval: int | None, seed: int, holdout: Holdout | None = None):
+    """Train batches (shuffled per epoch), one `Batches` per dev split and, with `holdout`, the held-out
+    training rows' (else None), from the tokenised cache."""
     data = load_task_data(task, tokenizer, config_like.max_seq_len, data_dir,
-                          os.path.join(storage, "data_cache"), max_train, max_eval)
+                          os.path.join(storage, "data_cache"), max_train, max_eval, holdout)
     pad_to = config_like.max_seq_len if getattr(config_like, "pad_to_max", False) else None
     common = {"pad_id": tokenizer.pad_token_id, "pad_to": pad_to, "regression": task.is_regression}
     grouped = getattr(config_like, "group_by_length", False) and pad_to is None  # the paper: random batches
     train = Batches(data["train"], config_like.batch_size, shuffle=True, seed=seed, group_by_length=grouped, **common)
     dev = {s: Batches(data[s], config_like.eval_batch_size, **common) for s in task.dev_splits}
-    return train, dev
+    held = Batches(data["holdout"], config_like.eval_batch_size, **common) if holdout is not None else None
+    return train, dev, held
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -228,19 +233,23 @@ class RunInputs(NamedTuple):
     device: torch.device
     train: Batches
     dev: dict[str, Batches]
+    ranked: dict[str, Batches]  # what the run is evaluated (and ranked) on: `dev`, or the holdout
     objective: Objective  # on `device`
-    data_key: str  # the tokenised data's cache key
+    data_key: str  # the training rows' cache key (tokenised data, and the holdout set aside)
 
 
 def load_inputs(config: DistillConfig) -> RunInputs:
     """The task, the device, the tokenised batches (from the cache after the first time), the objective."""
     device, task = resolve_device(config.device), get_task(config.task)
     tokenizer = load_tokenizer(config.teacher)
-    train, dev = make_batches(config, task, tokenizer, config.storage, config.data_dir,
-                              config.max_train_samples, config.max_eval_samples, config.seed)
+    holdout = config.holdout
+    train, dev, held = make_batches(config, task, tokenizer, config.storage, config.data_dir,
+                                    config.max_train_samples, config.max_eval_samples, config.seed, holdout)
     objective = build_objective(config, regression=task.is_regression).to(device)
-    return RunInputs(task, device, train, dev, objective, cache_key(task, tokenizer, config.max_seq_len,
-                                                                    config.data_dir))
+    key = cache_key(task, tokenizer, config.max_seq_len, config.data_dir)
+    if holdout is not None:  # other training rows: every cache of them (teacher outputs, memory) is another
+        key = f"{key}-{holdout.tag()}"
+    return RunInputs(task, device, train, dev, {"holdout": held} if held is not None else dev, objective, key)
 
 
 class Prepared(NamedTuple):
@@ -251,7 +260,7 @@ class Prepared(NamedTuple):
 def prepare_outputs(config: DistillConfig, say: Callable[[str], None] = print) -> Prepared:
     """Write what the trials of `config` read from storage: the tokenised data, the teacher-output cache and
     the teacher memory. A search calls it in its driver, so trials running in parallel only read them."""
-    task, device, train, _, objective, data_key = load_inputs(config)
+    task, device, train, _, _, objective, data_key = load_inputs(config)
     teacher, cache = prepare_teacher(config, objective, train, data_key, task, device, say)
     if not objective.needs_memory:
         return Prepared(train.num_examples, None)
@@ -264,6 +273,29 @@ def memory_source(config: DistillConfig, teacher: torch.nn.Module | None, cache:
     """The teacher memory for `Setup`, fitted (once per key) from the cached features or the live teacher."""
     penultimate = cached_penultimate if cache is not None else live_penultimate(teacher)
     return lambda: teacher_memory(config, penultimate, train, data_key, device)
+
+
+def relation_probe(config: DistillConfig, teacher: torch.nn.Module | None, ranked: dict[str, Batches], task: Task,
+                   device: torch.device) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """student -> `relations/<inter|intra>_<euclidean|cosine>` against the teacher on the first batch of the
+    evaluation split (the teacher's side computed once; the teacher is loaded for it when the cache serves
+    the training steps)."""
+    batches = next(iter(ranked.values()))
+    batch = to_device(batches.collate(batches.batch_rows(0)[0]), device)
+    if teacher is None:
+        teacher = load_teacher(config.teacher, task.num_labels).to(device).eval().requires_grad_(False)
+    with torch.no_grad(), autocast(device):
+        t_states = run_model(teacher.eval(), batch, hidden=True).penultimate.float()
+
+    def probe(student: torch.nn.Module) -> dict[str, float]:
+        was = student.training
+        student.eval()
+        with torch.no_grad(), autocast(device):
+            s_states = run_model(student, batch, hidden=True).penultimate.float()
+        student.train(was)
+        return {f"relations/{k}": v for k, v in relation_batch(t_states, s_states, batch["attention_mask"]).items()}
+
+    return probe
 
 
 def make_loss_fn(objective: Objective, teacher: torch.nn.Module | None, student: torch.nn.Module) -> LossFn:
@@ -284,8 +316,9 @@ def make_loss_fn(objective: Objective, teacher: torch.nn.Module | None, student:
 
 
 def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None = None) -> Iterator[Report]:
-    """Train a student on `config.task` with `config.method`, evaluating on dev every `config.eval_every`
-    training samples (once per epoch when unset) and at the end.
+    """Train a student on `config.task` with `config.method`, evaluating on dev (or on the holdout, when
+    `config.holdout_rows` is set; dev is then not evaluated) every `config.eval_every` training samples (once
+    per epoch when unset) and at the end.
 
     Args:
         config: the run's configuration; `config.teacher` must be fine-tuned on the task.
@@ -296,11 +329,12 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
         One `Report` per evaluation; `metrics` has `eval/score` and the task's metrics, `eval/best_score`,
         the mean of `train/loss` and of each loss part since the last evaluation, `train/samples_per_s`,
         `progress/samples` (training samples seen), `progress/budget` (those of the whole run), `epoch`
-        (epochs done, a fraction between evaluations inside an epoch) and `run/resumed_from` (the epochs
-        done where the run started: 0, or the checkpoint's after a resume).
+        (epochs done, a fraction between evaluations inside an epoch), `run/resumed_from` (the epochs
+        done where the run started: 0, or the checkpoint's after a resume), `run/student_params`,
+        `eval/rows` and `time/eval_s` (the rows evaluated and the seconds it took).
     """
     seed_everything(config.seed)
-    task, device, train, dev, objective, data_key = load_inputs(config)
+    task, device, train, _, ranked, objective, data_key = load_inputs(config)
     speed_up(device)
     teacher, cache = prepare_teacher(config, objective, train, data_key, task, device)
     seed_everything(config.seed)  # the student's init must not depend on whether the teacher was loaded
@@ -308,6 +342,10 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
     student = build_student(student_backbone(config), config.student_layers, task.num_labels, attn).to(device)
     objective.setup(Setup(teacher, student, config.max_seq_len,
                           memory_source(config, teacher, cache, train, data_key, device)))
+    tracked = relation_probe(config, teacher, ranked, task, device) if config.track_relations else None
+    # Training's random numbers (dropout) must not depend on what the objective's setup or the probe drew:
+    # with one seed every method sees the same dropout, and a weight of 0 gives the run without its term.
+    seed_everything(config.seed)
     if config.compile:
         student.compile(dynamic=True)  # in place: state_dict keys stay those of the plain model
 
@@ -329,6 +367,7 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
         if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     resumed_from = samples / rows
+    size = float(sum(p.numel() for p in student.parameters()))  # what inference runs (Table 8)
 
     loss_fn = make_loss_fn(objective, teacher, student)
     interval = Interval()
@@ -343,10 +382,14 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
             if samples // every == (samples - n) // every and samples < budget:
                 continue
             metrics = interval.metrics()
-            metrics.update(evaluate(student, dev, task, device))
+            started = time.perf_counter()
+            metrics.update(evaluate(student, ranked, task, device))
+            metrics["time/eval_s"] = time.perf_counter() - started
+            if tracked is not None:
+                metrics.update(tracked(student))
             best = max(best, metrics["eval/score"])
             metrics.update({"epoch": samples / rows, "eval/best_score": best, "run/resumed_from": resumed_from,
-                            "progress/samples": samples, "progress/budget": budget})
+                            "progress/samples": samples, "progress/budget": budget, "run/student_params": size})
             # The next position: the rest of this epoch, or the start of the next one.
             at = (epoch, step + 1) if step + 1 < len(train) else (epoch + 1, 0)
 
@@ -362,6 +405,18 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
             student.train()  # evaluation left it in eval mode
             objective.train()
             interval = Interval()
+
+
+def evaluate_on_dev(checkpoint: str | os.PathLike) -> dict[str, float]:
+    """The dev metrics of a checkpoint's student, as `dev/<metric>` (`dev_mm/..` for MNLI mismatched): how a
+    run ranked on the holdout is reported, for the winners only."""
+    state = load_checkpoint(checkpoint)
+    config = DistillConfig.from_dict(state["config"])
+    inputs = load_inputs(config)
+    student = build_student(student_backbone(config), config.student_layers, inputs.task.num_labels)
+    student.load_state_dict(state["student"])
+    metrics = evaluate(student.to(inputs.device), inputs.dev, inputs.task, inputs.device)
+    return {k.replace("eval", "dev", 1): v for k, v in metrics.items()}
 
 
 def export_student(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> str:

@@ -431,3 +431,34 @@ def test_resume_with_another_strategy_is_refused(ctx):
     _stored_search(ctx, student_layers=3, extra={}, teacher_epochs=3, teacher_lr=None, strategy="grid")
     line = refused(ctx, "--resume", "--strategy", "halving")
     assert "--resume: strategy is 'halving' but the stored search used 'grid'; use the same value" in line
+
+
+# ---------------------------------------------------------------------------------------------- the holdout
+def test_resume_with_another_holdout(ctx):
+    _stored_search(ctx, student_layers=3, extra={}, select_on="holdout", holdout_rows=4)
+    line = refused(ctx, "--resume", "--select-on", "holdout", "--holdout-rows", "6")
+    assert "--resume: holdout_rows is 6 but the stored search used 4; use the same value" in line
+    line = refused(ctx, "--resume")
+    assert "--resume: select_on is 'dev' but the stored search used 'holdout'" in line
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--holdout-rows", "4"), "--holdout-rows needs --select-on holdout"),
+    (("--select-on", "holdout", "--holdout-rows", "12"),
+     "--holdout-rows 12: a holdout of 12 rows leaves none of the 12 training rows to train on; choose another size"),
+    (("--select-on", "holdout", "--holdout-rows", "1"), "--holdout-rows 1: a holdout of 1 rows cannot be stratified"),
+    (("--select-on", "holdout", "--holdout-rows", "0"), "--holdout-rows 0: use 1 or more rows"),
+    (("--set", "holdout_rows=5"), "--set holdout_rows: use --select-on holdout --holdout-rows instead"),
+])
+def test_bad_holdouts(ctx, extra, message):
+    assert message in refused(ctx, *extra)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--ablation",), "--ablation re-runs FSD's winner: it needs --compare with fsd"),
+    (("--compare", "vkd,pkd", "--batch-sizes", "8,16"), "--batch-sizes re-runs FSD's winner: it needs --compare"),
+    (("--compare", "vkd,fsd", "--batch-sizes", "8,x"), "--batch-sizes '8,x': give distinct whole numbers"),
+    (("--compare", "vkd,fsd", "--batch-sizes", "8,8"), "--batch-sizes '8,8': give distinct whole numbers"),
+])
+def test_bad_paper_table_studies(ctx, extra, message):
+    assert message in refused(ctx, *extra)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsd.data import Batches, DataError, cache_key, load_raw, load_task_data
+from fsd.data import Batches, DataError, Holdout, cache_key, load_raw, load_task_data
 from fsd.tasks import get_task
 
 # (task, train rows, dev rows) as the shared folder's README states them
@@ -166,3 +166,47 @@ def test_length_grouped_batches_cover_every_row_once_and_pad_less():
     # Batches are shuffled across windows: the first batch is not always the longest one.
     widths = [max(lengths[i] for i in r) for r in grouped.batch_rows(0)]
     assert widths != sorted(widths, reverse=True)
+
+
+# ---------------------------------------------------------------------------------------------- the holdout
+def test_holdout_is_disjoint_fixed_by_its_seed_and_stratified(glue_dir):
+    labels = load_raw("mrpc", glue_dir)["train"]["label"]
+    train, held = Holdout(300, seed=7).split(labels, regression=False)
+    assert len(held) == 300 and len(train) == len(labels) - 300
+    assert not set(train) & set(held) and sorted(train + held) == list(range(len(labels)))
+    assert Holdout(300, seed=7).split(labels, regression=False) == (train, held)
+    assert Holdout(300, seed=8).split(labels, regression=False)[1] != held
+    # Stratified: the holdout's positive share is the training split's, to within one row.
+    share = sum(labels) / len(labels)
+    assert abs(sum(labels[i] for i in held) - 300 * share) <= 1
+    # An unstratified draw of 300 rows misses that share by more than one row most of the time.
+    rng = torch.Generator().manual_seed(0)
+    misses = sum(abs(sum(labels[i] for i in torch.randperm(len(labels), generator=rng)[:300].tolist())
+                     - 300 * share) > 1 for _ in range(20))
+    assert misses >= 10
+
+
+def test_holdout_rows_leave_the_training_split_before_its_limit(glue_dir, minilm_path, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    cache = str(tmp_path / "cache")
+    plain = load_task_data("rte", tok, 64, glue_dir, cache, max_train_samples=500)
+    data = load_task_data("rte", tok, 64, glue_dir, cache, max_train_samples=500, holdout=Holdout(200, 3))
+    assert len(data["train"]) == 500 and len(data["holdout"]) == 200 and "holdout" not in plain
+    assert len(data["validation"]) == len(plain["validation"])
+    whole = load_task_data("rte", tok, 64, glue_dir, cache)["train"]
+    rest, held = Holdout(200, 3).split(whole["label"], regression=False)
+    assert data["holdout"]["input_ids"] == [whole[i]["input_ids"] for i in held]
+    assert data["train"]["input_ids"] == [whole[i]["input_ids"] for i in rest[:500]]
+    # Regression: a plain seeded draw.
+    labels = load_raw("stsb", glue_dir)["train"]["label"]
+    a = Holdout(100, 1).split(labels, regression=True)
+    assert a == Holdout(100, 1).split(labels, regression=True) and len(a[1]) == 100
+
+
+def test_holdout_that_cannot_be_drawn_says_why():
+    with pytest.raises(DataError, match="leaves none of the 10 training rows"):
+        Holdout(10, 0).split([0, 1] * 5, regression=False)
+    with pytest.raises(DataError, match="cannot be stratified"):
+        Holdout(1, 0).split([0, 1] * 5, regression=False)

@@ -101,3 +101,16 @@ def test_estimate_times_steps_prints_hours_and_writes_nothing(tmp_path, glue_dir
     assert 0 < hours < 10 and math.isfinite(hours)
     assert _tree(storage) == before and _tree(Path(glue_dir) / "RTE") == data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_stage_base_takes_the_presets_batch_size_and_the_holdout(tmp_path):
+    from fsd.tuning.plan import stage_base
+
+    schedule = get_schedule("vkd", "sst2", "cpu")
+    spec = SearchSpec(task="sst2", method="vkd", storage=str(tmp_path), mlflow_uri="", teacher="t", preset="cpu",
+                      seed=5, select_on="holdout", holdout_rows=300)
+    base = stage_base(spec, schedule, schedule.stage("vkd"), "t", {})
+    assert base["batch_size"] == 16 and base["holdout_rows"] == 300 and base["holdout_seed"] == 5
+    mine = SearchSpec(**{**spec.__dict__, "extra": {"batch_size": 8}, "select_on": "dev"})
+    base = stage_base(mine, schedule, schedule.stage("vkd"), "t", {})
+    assert base["batch_size"] == 8 and "holdout_rows" not in base  # --set beats the preset

@@ -133,3 +133,27 @@ def test_a_trial_stopped_at_a_rung_never_wins_even_with_the_best_score():
 def test_optuna_samples_of_a_joint_key_are_points_like_grid_tuples():
     r = _rung_result({"gamma_i+gamma_l": "0.1|0.9"}, [400], [0.6])
     assert pick_winner([r], {"gamma_i+gamma_l": ((0.1, 0.9),)})[0] == {"gamma_i+gamma_l": (0.1, 0.9)}
+
+
+def test_summary_shows_teacher_floor_and_both_scores_of_a_holdout_search(tmp_path):
+    import json
+
+    from fsd.models import TEACHER_META
+    from fsd.tuning.ledger import Ledger
+    from fsd.tuning.summary import summary_table
+
+    teacher = tmp_path / "teacher" / "sst2-abc"
+    teacher.mkdir(parents=True)
+    (teacher / TEACHER_META).write_text(json.dumps({"task": "sst2", "dev": {"eval/score": 0.8131}}))
+    ledger = Ledger(tmp_path / "sst2-vkd")
+    ledger.data.update(search={"select_on": "holdout"}, teacher=str(teacher), majority={"eval/score": 0.5092})
+    ledger.data["stages"]["vkd"] = {"status": "done", "score": 0.8, "dev": {"dev/score": 0.7821},
+                                    "winner": {"alpha": 0.5, "temperature": 10.0, "lr": 2e-4}}
+    lines = summary_table(ledger, get_schedule("vkd", "sst2", "cpu")).splitlines()
+    assert lines[1] == "| stage | winner | holdout score | dev score | paper |" and lines[2] == "|---|---|---|---|---|"
+    assert lines[3] == "| teacher | sst2-abc | - | 81.31 | 92.09 |"
+    assert lines[4] == "| majority class | the most frequent training label | - | 50.92 | - |"
+    assert lines[5] == "| vkd | alpha=0.5, temperature=10.0, lr=0.0002 | 80.00 | 78.21 | 90.92 |"
+    ledger.data["search"] = {"select_on": "dev"}
+    assert summary_table(ledger, get_schedule("vkd", "sst2", "cpu")).splitlines()[5] == (
+        "| vkd | alpha=0.5, temperature=10.0, lr=0.0002 | 80.00 | 90.92 |")

@@ -191,8 +191,8 @@ def test_compare_vkd_and_fsd_on_a_fresh_folder_runs_the_vkd_stage_once(setup):
     """The VKD stage that starts both schedules runs in the first search and is reused by the second: its grid's
     trials appear once in MLflow, both searches' ledgers hold its winner, the second names where it came from."""
     storage = setup[0] / "fresh"
-    r = subprocess.run(_args(setup, storage, "--compare", "vkd,fsd", "--seeds", "1"), capture_output=True, text=True,
-                       env=_env())
+    r = subprocess.run(_args(setup, storage, "--compare", "vkd,fsd", "--seeds", "1", "--ablation", "--batch-sizes",
+                             "8,16"), capture_output=True, text=True, env=_env())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     client, runs = _runs(f"sqlite:///{storage}/mlflow.db")
     vkd_trials = [x for x in runs if x.data.tags.get("stage") == "vkd" and "ray_trial_id" in x.data.tags]
@@ -202,6 +202,33 @@ def test_compare_vkd_and_fsd_on_a_fresh_folder_runs_the_vkd_stage_once(setup):
     assert ledgers["fsd"]["stages"]["vkd"]["reused_from"] == ledgers["vkd"]["stages"]["vkd"]["run_id"]
     assert len(list(storage.glob("stages/rte-vkd-*"))) == 1
     assert "| vkd | 1 |" in r.stdout and "| fsd | 1 |" in r.stdout
+    _check_paper_tables(storage, r.stdout)
+
+
+def _check_paper_tables(storage, out):
+    """Tables 4-8 of a --compare vkd,fsd --ablation --batch-sizes 8,16: files, printed, and in the report as
+    the browser renders it."""
+    compare = storage / "rte-compare"
+    for name in ("table4-ablation", "table5-batch-size", "table6-7-structure", "table8-cost"):
+        assert (compare / f"{name}.md").is_file() and (compare / f"{name}.csv").is_file(), name
+    assert "Table 4:" in out and "| fsd w/o LG |" in out and "| fsd w/o G (fsdil, no memory) |" in out
+    client, runs = _runs(f"sqlite:///{storage}/mlflow.db")
+    seeds = [x for x in runs if x.data.tags.get("stage") == "compare" and "ray_trial_id" in x.data.tags]
+    assert sorted({x.data.tags["method"] for x in seeds}) == sorted(
+        ["vkd", "fsd", "ablation-fsdi", "ablation-fsdl", "ablation-fsdg", "ablation-fsdil", "batch8-fsdil",
+         "batch16-fsdil", "batch8-fsdg", "batch16-fsdg"])
+    r = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), "--task", "rte", "--report", "--storage",
+                        str(storage)], capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    page = Path(r.stdout.strip().splitlines()[-1])
+    from test_report import open_in_chromium
+
+    dom = open_in_chromium(page, storage / "chromium-profile")
+    assert dom.body["data-images-loaded"] == dom.body["data-images-total"]
+    headers = [h for t in dom.tables for h in t]
+    for column in ("difference from fsd", "std across batch sizes", "average rank", "training time vs vkd"):
+        assert column in headers, column
+    assert "Fig. 5" in page.read_text() and "Fig. 6" in page.read_text()
 
 
 def test_optuna_samples_a_large_grid_and_halves_it(setup):
@@ -222,3 +249,28 @@ def test_optuna_samples_a_large_grid_and_halves_it(setup):
     assert len(trials) == 9 and {x.info.status for x in runs} == {"FINISHED"}
     stopped = [x for x in trials if x.data.tags.get("early_stopped") == "true"]
     assert record["stopped"] == len(stopped)
+
+
+def test_holdout_ranks_trials_on_training_rows_and_measures_dev_for_winners_only(setup):
+    """--select-on holdout: every trial (search and --compare seeds) is evaluated on 16 held-out training rows
+    and never on dev; dev is measured for the stage's winner and for each seed's best holdout checkpoint."""
+    storage = setup[0] / "holdout"
+    r = subprocess.run(_args(setup, storage, "--select-on", "holdout", "--holdout-rows", "16", "--compare", "vkd",
+                             "--seeds", "2"), capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "stage vkd: best holdout score" in r.stdout and "its dev score" in r.stdout
+    ledger = json.loads((storage / "rte-vkd" / "ledger.json").read_text())
+    record = ledger["stages"]["vkd"]
+    assert record["winner"]["holdout_rows"] == 16 and record["dev"]["dev/rows"] == 64
+    assert ledger["search"]["select_on"] == "holdout" and 0 < ledger["majority"]["eval/score"] < 1
+    client, runs = _runs(f"sqlite:///{storage}/mlflow.db")
+    trials = [x for x in runs if "ray_trial_id" in x.data.tags]
+    assert len(trials) == 2 + 2  # the smoke VKD grid, then two seeds of its winner
+    for x in trials:
+        history = client.get_metric_history(x.info.run_id, "eval/rows")
+        assert {m.value for m in history} == {16.0}
+        assert not any(k.startswith("dev/") for k in x.data.metrics)
+    (stage,) = [x for x in runs if x.data.tags.get("stage") == "vkd" and "ray_trial_id" not in x.data.tags]
+    assert stage.data.metrics["best/dev/rows"] == 64 and "best/dev/score" in stage.data.metrics
+    saved = json.loads((storage / "rte-compare" / "compare.json").read_text())
+    assert len(saved["runs"]["vkd"]) == 2 and all("eval/score" in row for row in saved["runs"]["vkd"])

@@ -105,3 +105,17 @@ def test_grid_overrides_replace_a_parameter_wherever_it_is_searched(preset):
         changed += "lr" in a.grid
     assert changed >= 2  # vkd and the FSD-part stages search lr
     assert "lr: [0.0001, 0.0002]" in format_schedule(schedule)
+
+
+def test_cpu_preset_searches_its_measured_learning_rate_in_small_batches():
+    """The cpu preset thins like smoke, but over 2,000 rows in batches of 16, and every stage that searches lr
+    searches 2e-4 (marked ours: measured for a 3-layer MiniLM student); --grid still wins."""
+    schedule = get_schedule("fsd", "sst2", "cpu")
+    searched = [s for s in schedule.stages if "lr" in s.grid]
+    assert len(searched) >= 4 and all(s.grid["lr"] == (2e-4,) and "lr" in s.ours for s in searched)
+    assert "[ours: the cpu preset's, measured for a small student]" in format_schedule(schedule)
+    budget = schedule.budget
+    assert (budget.epochs, budget.max_train_samples, budget.batch_size) == (1, 1600, 16)
+    assert (budget.teacher_epochs, budget.teacher_lr) == (1, 1e-4)
+    assert get_schedule("fsd", "sst2", "cpu", {"lr": (1e-4,)}).stage("vkd").grid["lr"] == (1e-4,)
+    assert get_schedule("fsd", "sst2", "paper").stage("vkd").grid["lr"] == (1e-5, 2e-5, 5e-5)

@@ -30,7 +30,7 @@ def _loss_and_grads(config):
     """Loss parts and student gradients on the first training batch, live teacher or cache per config."""
     task = get_task(config.task)
     tok = load_tokenizer(config.teacher)
-    train, _ = make_batches(config, task, tok, config.storage, config.data_dir, config.max_train_samples,
+    train, _, _ = make_batches(config, task, tok, config.storage, config.data_dir, config.max_train_samples,
                             config.max_eval_samples, config.seed)
     objective = build_objective(config, task.is_regression)
     key = cache_key(task, tok, config.max_seq_len, config.data_dir)
@@ -85,7 +85,7 @@ def test_distill_with_and_without_cache_gives_the_same_run(tiny_bert, glue_dir, 
 def _open(config, say=print):
     task = get_task(config.task)
     tok = load_tokenizer(config.teacher)
-    train, _ = make_batches(config, task, tok, config.storage, config.data_dir, config.max_train_samples,
+    train, _, _ = make_batches(config, task, tok, config.storage, config.data_dir, config.max_train_samples,
                             config.max_eval_samples, config.seed)
     passes = []
 

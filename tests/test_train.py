@@ -133,3 +133,57 @@ def test_resume_from_a_rung_inside_an_epoch_continues_exactly(tiny_bert, glue_di
     assert [m["progress/samples"] for m in resumed] == [32, 48, 64, 80, 96]
     assert resumed[0]["run/resumed_from"] == pytest.approx(1 / 3)
     assert [_no_time(m) for m in resumed] == [_no_time(m) for m in straight[1:]]
+
+
+def test_holdout_run_is_ranked_on_the_holdout_and_never_evaluates_dev(tiny_bert, glue_dir, tmp_path, monkeypatch):
+    config = _config(tiny_bert, glue_dir, tmp_path, holdout_rows=40, epochs=1)
+    evaluated = []
+    real = train_mod.predict
+    monkeypatch.setattr(train_mod, "predict", lambda m, b, d: evaluated.append(b.num_examples) or real(m, b, d))
+    reports = []
+    for report in distill(config):
+        reports.append(report.metrics)
+        report.save(tmp_path / "ckpt")
+    assert [m["eval/rows"] for m in reports] == [40.0] and evaluated == [40]  # only the holdout, once
+    dev = train_mod.evaluate_on_dev(tmp_path / "ckpt")
+    assert dev["dev/rows"] == 32.0 and evaluated == [40, 32]
+    assert set(dev) >= {"dev/score", "dev/accuracy"} and not any(k.startswith("eval") for k in dev)
+    # The 48 training rows are not the plain run's: the holdout left the training split first.
+    plain = distill(_config(tiny_bert, glue_dir, tmp_path, epochs=1))
+    assert next(plain).metrics["train/loss"] != reports[0]["train/loss"]
+
+
+def test_tracked_relations_match_the_analysis_and_leave_training_alone(tiny_bert, glue_dir, tmp_path):
+    from fsd.models import load_teacher, run_model
+    from fsd.relations import relation_batch
+
+    config = _config(tiny_bert, glue_dir, tmp_path, track_relations=True, epochs=1, eval_batch_size=8)
+    tracked = []
+    for report in distill(config):
+        tracked.append(report.metrics)
+        report.save(tmp_path / "ckpt")
+    plain = _run(config.replace(track_relations=False))
+    assert [_no_time(m) for m in plain] == [{k: v for k, v in _no_time(m).items() if not k.startswith("relations/")}
+                                            for m in tracked]
+    # The same numbers by hand: both models over the first 8 dev rows.
+    inputs = train_mod.load_inputs(config)
+    batch = inputs.dev["validation"].collate(list(range(8)))
+    state = train_mod.load_checkpoint(tmp_path / "ckpt")
+    student = train_mod.build_student(train_mod.student_backbone(config), 2, 2)
+    student.load_state_dict(state["student"])
+    teacher = load_teacher(config.teacher, 2)
+    with torch.no_grad():
+        want = relation_batch(run_model(teacher.eval(), batch, hidden=True).penultimate,
+                              run_model(student.eval(), batch, hidden=True).penultimate, batch["attention_mask"])
+    assert want and {f"relations/{k}": v for k, v in want.items()} == pytest.approx(
+        {k: v for k, v in tracked[-1].items() if k.startswith("relations/")}, rel=1e-4)
+
+
+def test_a_zero_memory_weight_gives_the_vkd_run(tiny_bert, glue_dir, tmp_path):
+    """FSDG with gamma_g = 0 has VKD's loss; its setup (the student memory) must not shift the random numbers
+    training draws, so it is VKD's run to the last digit of the dev score."""
+    vkd = _run(_config(tiny_bert, glue_dir, tmp_path, epochs=1, memory_size=4))
+    fsdg = _run(_config(tiny_bert, glue_dir, tmp_path, epochs=1, memory_size=4, method="fsdg", gamma_g=0.0))
+    assert fsdg[0]["eval/score"] == vkd[0]["eval/score"]
+    assert fsdg[0]["train/ce"] == pytest.approx(vkd[0]["train/ce"], rel=1e-6)
+    assert fsdg[0]["train/kd"] == pytest.approx(vkd[0]["train/kd"], rel=1e-6)

@@ -25,7 +25,16 @@ from fsd.config import ConfigError, DistillConfig
 from fsd.tasks import TASKS, Task, get_task
 from fsd.tuning import lock
 from fsd.tuning.ledger import LEDGER, Ledger
-from fsd.tuning.spec import FIRST_RUNG, IDENTITY, REDUCTION_FACTOR, SearchSpec, identity, method_spec
+from fsd.tuning.spec import (
+    FIRST_RUNG,
+    HOLDOUT_ROWS,
+    HOLDOUT_SHARE,
+    IDENTITY,
+    REDUCTION_FACTOR,
+    SearchSpec,
+    identity,
+    method_spec,
+)
 from search_spaces import Schedule, get_schedule
 from search_spaces.base import METHODS
 
@@ -33,7 +42,8 @@ TIMEOUT_S = 3.0  # for the MLflow server and the Ray cluster: a service slower t
 # DistillConfig values that tune_main.py flags own: --set may not change them behind the flag's back.
 OWNED = {"task": "--task", "method": "--method", "teacher": "--teacher", "student_init": "--student-init",
          "student_layers": "--student-layers", "data_dir": "--data-dir", "storage": "--storage",
-         "max_seq_len": "--max-seq-len", "seed": "--seed"}
+         "max_seq_len": "--max-seq-len", "seed": "--seed", "holdout_rows": "--select-on holdout --holdout-rows",
+         "holdout_seed": "--select-on holdout --seed"}
 # What fsd-tune writes at the top of a storage folder, besides one `<task>-<method>/` folder per search.
 STORAGE_ENTRIES = {"teacher", "data_cache", "memory", "cache", "stages", "mlflow.db", "mlflow.db-journal",
                    "mlartifacts", ".DS_Store"}
@@ -53,6 +63,8 @@ class Search:
     schedule: Schedule
     resume: bool
     compare: list[str] = field(default_factory=list)  # --compare: the methods
+    ablation: bool = False  # --ablation: Table 4
+    batch_sizes: tuple[int, ...] = ()  # --batch-sizes: Table 5
     report: bool = False
 
 
@@ -68,6 +80,8 @@ def validate(args: argparse.Namespace) -> Search:
     schedule, stages = check_names(args)
     extra = parse_extra(args)
     check_search_numbers(args)
+    check_compare(args)
+    check_batch_sizes(args)
     storage = Path(args.storage).expanduser().resolve()
     check_storage(storage)
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
@@ -95,9 +109,10 @@ def validate(args: argparse.Namespace) -> Search:
 
     quiet_libraries()  # the load reports of datasets and transformers would spoil the one error line
     task = get_task(spec.task)
-    check_data(task, spec.data_dir, schedule, stages, extra)
+    check_data(task, spec.data_dir, schedule, stages, extra, spec.holdout_rows, spec.seed)
     check_models(task, spec.teacher, spec.student_init, spec.student_layers, spec.max_seq_len)
-    return Search(spec, schedule, args.resume, compare=check_compare(args) if args.compare else [])
+    return Search(spec, schedule, args.resume, compare=check_compare(args) if args.compare else [],
+                  ablation=args.ablation, batch_sizes=check_batch_sizes(args))
 
 
 def build_spec(args: argparse.Namespace, schedule: Schedule, stages: tuple[str, ...], extra: dict[str, Any],
@@ -113,8 +128,22 @@ def build_spec(args: argparse.Namespace, schedule: Schedule, stages: tuple[str, 
         max_concurrent=args.max_concurrent, max_failures=args.max_failures, strategy=args.strategy,
         reduction_factor=REDUCTION_FACTOR if args.reduction_factor is None else args.reduction_factor,
         first_rung=FIRST_RUNG if args.first_rung is None else args.first_rung, num_samples=args.num_samples,
-        max_seq_len=args.max_seq_len, teacher_epochs=args.teacher_epochs, teacher_lr=args.teacher_lr,
+        max_seq_len=args.max_seq_len, select_on=args.select_on, holdout_rows=_holdout_rows(args),
+        teacher_epochs=args.teacher_epochs or schedule.budget.teacher_epochs,
+        teacher_lr=schedule.budget.teacher_lr if args.teacher_lr is None else args.teacher_lr,
         log_checkpoints=args.log_checkpoints, address=args.address, extra=extra, grids=parse_grids(args))
+
+
+def _holdout_rows(args: argparse.Namespace) -> int | None:
+    """--holdout-rows, or HOLDOUT_SHARE of the task's training rows (at most HOLDOUT_ROWS) with --select-on
+    holdout; None without (trials are ranked on dev)."""
+    if args.select_on != "holdout":
+        return None
+    if args.holdout_rows is not None:
+        return args.holdout_rows
+    from fsd.data import split_rows
+
+    return min(HOLDOUT_ROWS, int(HOLDOUT_SHARE * split_rows(args.task, args.data_dir)[0]))
 
 
 def dry_spec(args: argparse.Namespace) -> tuple[SearchSpec, Schedule]:
@@ -132,7 +161,7 @@ def dry_spec(args: argparse.Namespace) -> tuple[SearchSpec, Schedule]:
     from fsd.cli import quiet_libraries
 
     quiet_libraries()
-    check_data(get_task(spec.task), spec.data_dir, schedule, stages, extra)
+    check_data(get_task(spec.task), spec.data_dir, schedule, stages, extra, spec.holdout_rows, spec.seed)
     return spec, schedule
 
 
@@ -173,8 +202,27 @@ def check_names(args: argparse.Namespace) -> tuple[Schedule, tuple[str, ...]]:
     return schedule, stages
 
 
+def check_batch_sizes(args: argparse.Namespace) -> tuple[int, ...]:
+    """--batch-sizes as positive whole numbers (empty without the flag)."""
+    if not args.batch_sizes:
+        return ()
+    try:
+        sizes = tuple(int(v) for v in args.batch_sizes.split(",") if v.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
+        raise UsageError(f"--batch-sizes {args.batch_sizes!r}: give distinct whole numbers, e.g. --batch-sizes "
+                         "8,16,32,64")
+    return sizes
+
+
 def check_compare(args: argparse.Namespace) -> list[str]:
-    """The methods of --compare: known schedules, no repeats."""
+    """The methods of --compare: known schedules, no repeats; --ablation and --batch-sizes need fsd among them."""
+    studies = [f for f, on in (("--ablation", args.ablation), ("--batch-sizes", args.batch_sizes)) if on]
+    if studies and "fsd" not in (args.compare or "").split(","):
+        raise UsageError(f"{studies[0]} re-runs FSD's winner: it needs --compare with fsd, e.g. --compare vkd,fsd")
+    if args.compare is None:
+        return []
     methods = [m for m in args.compare.split(",") if m]
     for method in methods:
         if method not in METHODS:
@@ -282,6 +330,10 @@ def check_search_numbers(args: argparse.Namespace) -> None:
         raise UsageError(f"{halving_flags[0]} needs --strategy halving or optuna (the grid runs every trial whole)")
     if args.strategy == "halving" and args.num_samples is not None:
         raise UsageError("--num-samples needs --strategy optuna (halving starts every grid point)")
+    if args.holdout_rows is not None and args.select_on != "holdout":
+        raise UsageError("--holdout-rows needs --select-on holdout (trials are ranked on dev otherwise)")
+    if args.holdout_rows is not None and args.holdout_rows < 1:
+        raise UsageError(f"--holdout-rows {args.holdout_rows}: use 1 or more rows (e.g. 1000)")
     if args.teacher_lr is not None and not 0 < args.teacher_lr < 1:
         raise UsageError(f"--teacher-lr {args.teacher_lr:g}: use a learning rate between 0 and 1 (e.g. 5e-5)")
     if not args.cpus_per_trial > 0:
@@ -440,13 +492,13 @@ def check_address(address: str | None) -> None:
 
 # ---------------------------------------------------------------------------------------------- data and models
 def check_data(task: Task, data_dir: str | None, schedule: Schedule, stages: tuple[str, ...],
-               extra: dict[str, Any]) -> None:
-    """Every split the task needs exists and parses (columns, labels, at least one row), and has rows enough
-    for the teacher memory if a stage to run (`stages`, empty: all) needs one. The hub (no --data-dir) is
-    checked when it is read."""
+               extra: dict[str, Any], holdout_rows: int | None = None, holdout_seed: int = 42) -> None:
+    """Every split the task needs exists and parses (columns, labels, at least one row), a holdout of
+    `holdout_rows` can be drawn from it, and it has rows enough for the teacher memory if a stage to run
+    (`stages`, empty: all) needs one. The hub (no --data-dir) is checked when it is read."""
     if data_dir is None:
         return
-    from fsd.data import DataError, load_raw
+    from fsd.data import DataError, Holdout, load_raw
 
     # The run reads the files again and reports skipped lines then: here they would spoil the one error line.
     data_log = logging.getLogger("fsd.data")
@@ -461,11 +513,17 @@ def check_data(task: Task, data_dir: str | None, schedule: Schedule, stages: tup
                          "with the GLUE download's") from None
     finally:
         data_log.setLevel(level)
+    train_rows = len(raw["train"])
+    if holdout_rows is not None:
+        try:
+            train_rows = len(Holdout(holdout_rows, holdout_seed).split(raw["train"]["label"], task.is_regression)[0])
+        except DataError as e:
+            raise UsageError(f"--holdout-rows {holdout_rows}: {e}; choose another size") from None
     if any(s.method in ("fsdg", "fsd") for s in schedule.stages if not stages or s.name in stages):
         budget = schedule.budget
         k = (extra["memory_size"] if "memory_size" in extra else budget.memory_size) or task.memory_size
         limit = extra["max_train_samples"] if "max_train_samples" in extra else budget.max_train_samples
-        rows = min(len(raw["train"]), limit or len(raw["train"]))
+        rows = min(train_rows, limit or train_rows)
         if k > rows:
             raise UsageError(f"--data-dir: the teacher memory of {k} centroids needs {k} training rows, the search "
                              f"trains on {rows} of {task.folder}/train.tsv: use more rows, or --set memory_size=N "

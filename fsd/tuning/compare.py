@@ -1,16 +1,18 @@
 """`--compare vkd,pkd,rkd,minilm,fsd --seeds 5`: each method's best configuration (its search is run first
 if it has not finished), re-run with N seeds, and the paper's Table 2/3 for the user's task: mean (std)
-of every dev metric, the one-sided p-value of FSD against the best baseline, the teacher's row and the
-paper's figures beside them. Written as Markdown and CSV, logged to MLflow, printed.
+of every dev metric, the one-sided p-value of FSD against the best baseline, the teacher's and the
+majority class's rows and the paper's figures beside them; then Tables 6-8 from the same runs (structure
+kept, cost), and on request Table 4 (`--ablation`) and Table 5 (`--batch-sizes`), which re-run FSD's winner
+(fsd/tuning/tables.py). Each is written as Markdown and CSV, logged to MLflow, printed.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +20,17 @@ import numpy as np
 from ray import tune
 from scipy import stats
 
-from fsd.data import load_raw
-from fsd.metrics import glue_metrics
+from fsd.analysis import analyse_checkpoint
+from fsd.config import DistillConfig
+from fsd.data import split_rows
+from fsd.metrics import majority
 from fsd.models import teacher_meta
-from fsd.tasks import get_task
-from fsd.tuning import lock, tracking
+from fsd.train import evaluate_on_dev
+from fsd.tuning import lock, tables, tracking
 from fsd.tuning.ledger import Ledger
 from fsd.tuning.outbox import Outbox
-from fsd.tuning.runner import SearchSpec, run_search, trainable_for
+from fsd.tuning.report import scatter_plot
+from fsd.tuning.runner import SearchSpec, best_checkpoint, run_search, trainable_for
 from fsd.tuning.spec import method_spec
 from fsd.tuning.summary import PAPER
 from fsd.tuning.trainable import METRIC, MODE
@@ -60,47 +65,73 @@ def experiment_name(task: str, method: str, config: dict[str, Any], seeds: list[
     return f"{task}-compare-{method}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
-def seed_runs(spec: SearchSpec, method: str, config: dict[str, Any], seeds: list[int], outbox: Outbox,
-              parent_run: str, exp_id: str) -> list[dict[str, float]]:
-    """Every dev metric at the best epoch of each seed's run of `config`."""
+@dataclass
+class SeedRun:
+    """One seed's run of a configuration, as the tables read it."""
+
+    dev: dict[str, float]  # every dev metric (as `eval/<metric>`) at the run's best evaluation
+    checkpoint: str | None  # that evaluation's checkpoint
+    cost: dict[str, float]  # student params, training seconds and samples, evaluation seconds and rows
+    curve: list[dict[str, float]]  # per evaluation: progress/samples and the tracked relations/*
+
+
+def seed_runs(spec: SearchSpec, label: str, config: dict[str, Any], seeds: list[int], outbox: Outbox,
+              parent_run: str, exp_id: str) -> list[SeedRun]:
+    """Each seed's run of `config` (a Ray experiment named by `label`, the config and the seeds), evaluated
+    EVALS_PER_RUN times with its relations to the teacher tracked (Fig. 6). A run ranked on a holdout
+    (`config["holdout_rows"]`) is measured on dev at its best holdout checkpoint."""
     base = {k: v for k, v in config.items() if k != "seed"}
-    name = experiment_name(spec.task, method, base, seeds)
+    base = {**base, "track_relations": True, "eval_every": base.get("eval_every") or evaluation_interval(base)}
+    name = experiment_name(spec.task, label, base, seeds)
     storage = os.path.join(compare_folder(spec), "ray")
     trainable = trainable_for(spec, base)
     exp_dir = os.path.join(storage, name)
     if tune.Tuner.can_restore(exp_dir):
         tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
     else:
-        tracker = tracking.TrialTracker(spec.mlflow_uri, exp_id, parent_run, {"stage": "compare", "method": method,
+        tracker = tracking.TrialTracker(spec.mlflow_uri, exp_id, parent_run, {"stage": "compare", "method": label,
                                                                              "task": spec.task}, base, outbox)
+        keep = tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE)
         tuner = tune.Tuner(
             trainable, param_space={"seed": tune.grid_search(seeds)},
             tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, max_concurrent_trials=spec.max_concurrent or None),
             run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[tracker], verbose=0,
+                                      checkpoint_config=keep,
                                       failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
-    rows = []
+    runs = []
     for result in tuner.fit():
         df = result.metrics_dataframe
         if result.error or df is None or METRIC not in df:
             continue
-        best = df.loc[df[METRIC].idxmax()]
-        rows.append({k: float(best[k]) for k in df.columns if k.startswith(("eval/", "eval_mm/"))
-                     and k != "eval/best_score"})
-    return rows
+        best = best_checkpoint(result)
+        if base.get("holdout_rows") is not None:
+            if best is None:
+                continue
+            dev = evaluate_on_dev(best.path)
+            dev = {k.replace("dev", "eval", 1): v for k, v in dev.items() if k != "dev/rows"}
+        else:
+            top = df.loc[df[METRIC].idxmax()]
+            dev = {k: float(top[k]) for k in df.columns if k.startswith(("eval/", "eval_mm/"))
+                   and k not in ("eval/best_score", "eval/rows")}
+        cost = {}
+        if {"run/student_params", "time/eval_s", "eval/rows", "progress/samples"} <= set(df.columns):  # this version
+            cost = {"params": float(df["run/student_params"].iloc[-1]), "train_s": float(df["time/train_s"].sum()),
+                    "samples": float(df["progress/samples"].max()), "eval_s": float(df["time/eval_s"].sum()),
+                    "eval_rows": float(df["eval/rows"].sum())}
+        tracked = [k for k in df.columns if k.startswith("relations/")]
+        curve = df[["progress/samples", *tracked]].to_dict("records") if tracked else []
+        runs.append(SeedRun(dev, best.path if best else None, cost, curve))
+    return runs
 
 
-def majority(task: str, data_dir: str | None, max_train_samples: int | None, max_eval_samples: int | None
-             ) -> dict[str, float] | None:
-    """Dev metrics of always answering the most frequent training label, on the rows the runs saw: the floor
-    a student must clear to have learnt anything (None for STS-B, a regression)."""
-    spec = get_task(task)
-    if spec.is_regression:
-        return None
-    raw = load_raw(spec, data_dir)
-    train, dev = raw["train"]["label"][:max_train_samples], raw[spec.dev_splits[0]]["label"][:max_eval_samples]
-    values, counts = np.unique(train, return_counts=True)
-    guess = np.full(len(dev), values[counts.argmax()])
-    return {f"eval/{k}": v for k, v in glue_metrics(task, guess, dev).items()}
+EVALS_PER_RUN = 4  # evaluations of a comparison's run: the points of Fig. 6
+
+
+def evaluation_interval(config: dict[str, Any]) -> int:
+    """Training samples between EVALS_PER_RUN evaluations over a run of `config`."""
+    c = DistillConfig.from_dict(config)
+    rows = split_rows(c.task, c.data_dir, c.max_train_samples, holdout=c.holdout_rows or 0)[0]
+    return max(1, math.ceil(rows * c.epochs / EVALS_PER_RUN))
 
 
 def table(task: str, runs: dict[str, list[dict[str, float]]], teacher: dict[str, float] | None,
@@ -150,8 +181,10 @@ def _p_value(runs: dict[str, list[dict[str, float]]]) -> tuple[float | None, str
     return float(result.pvalue), best
 
 
-def run_compare(spec: SearchSpec, methods: list[str], seeds: int, log=print) -> str:
-    """Search (when needed) and re-run each method with `seeds` seeds; returns the Markdown table."""
+def run_compare(spec: SearchSpec, methods: list[str], seeds: int, log=print, ablation: bool = False,
+                batch_sizes: tuple[int, ...] = ()) -> str:
+    """Search (when needed) and re-run each method with `seeds` seeds; write Table 2/3 and Tables 6-8 (with
+    `ablation`, Table 4; with `batch_sizes`, Table 5: both re-run FSD's winner); returns them as Markdown."""
     folder = Path(compare_folder(spec))
     folder.mkdir(parents=True, exist_ok=True)
     configs = {m: best_config(spec, m, log) for m in methods}
@@ -164,30 +197,105 @@ def run_compare(spec: SearchSpec, methods: list[str], seeds: int, log=print) -> 
     ledger.data["run_id"] = run_id
     ledger.save()
     seed_list = [spec.seed + i for i in range(seeds)]
-    runs = {m: seed_runs(spec, m, cfg, seed_list, outbox, run_id, exp_id) for m, (cfg, _) in configs.items()}
+
+    def runs_of(label: str, config: dict[str, Any]) -> list[SeedRun]:
+        return seed_runs(spec, label, config, seed_list, outbox, run_id, exp_id)
+
+    runs = {m: runs_of(m, cfg) for m, (cfg, _) in configs.items()}
     meta = teacher_meta(next(iter(configs.values()))[1])
     teacher = {k: v for k, v in (meta or {}).get("dev", {}).items() if isinstance(v, (int, float))}
     first = next(iter(configs.values()))[0]  # every method ran on the same rows
-    floor = majority(spec.task, spec.data_dir, first.get("max_train_samples"), first.get("max_eval_samples"))
-    markdown, rows, p_value = table(spec.task, runs, teacher or None, floor)
+    floor = majority(spec.task, spec.data_dir, first.get("max_train_samples"), first.get("max_eval_samples"),
+                     DistillConfig.from_dict(first).holdout)
+    dev = {m: [r.dev for r in rs] for m, rs in runs.items()}
+    markdown, rows, p_value = table(spec.task, dev, teacher or None, floor)
     (folder / "compare.md").write_text(markdown + "\n")
-    (folder / "compare.csv").write_text(_csv(rows))
-    (folder / "compare.json").write_text(json.dumps({"runs": runs, "p_value": p_value, "methods": methods,
-                                                   "majority": floor}))
+    (folder / "compare.csv").write_text(tables.to_csv(rows))
+    extra = paper_tables(folder, runs, configs, runs_of, ablation, batch_sizes)
+    (folder / "compare.json").write_text(json.dumps({"runs": dev, "p_value": p_value, "methods": methods,
+                                                   "majority": floor, "tables": list(extra)}))
     metrics = {f"compare/{r['method']}/{METRIC.replace('/', '_')}_mean": r[f"{METRIC} mean"] for r in rows
                if f"{METRIC} mean" in r}
     if p_value is not None:
         metrics["compare/p_value"] = p_value
-    outbox.do("log_analysis", run_id, metrics, [str(folder / "compare.md"), str(folder / "compare.csv")])
+    files = [str(folder / "compare.md"), str(folder / "compare.csv")]
+    files += [str(folder / f"{name}.{ext}") for name in extra for ext in ("md", "csv")]
+    outbox.do("log_analysis", run_id, metrics, files + [str(p) for p in sorted(folder.glob("*.png"))])
     outbox.do("close_run", run_id, "FINISHED")
     outbox.flush()
-    return markdown
+    return "\n\n".join([markdown, *(f"{tables.TABLES[name]}\n{text}" for name, text in extra.items())])
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
+def paper_tables(folder: Path, runs: dict[str, list[SeedRun]], configs: dict[str, tuple[dict[str, Any], str]],
+                 runs_of, ablation: bool, batch_sizes: tuple[int, ...]) -> dict[str, str]:
+    """Tables 4-8 (as far as asked and measurable) written as `<name>.md` and `.csv` in `folder`, with the
+    Fig. 5 scatter and the heat maps; returns name -> Markdown."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    analyses, scores = {}, {}
+    for method, rs in runs.items():
+        # One folder per checkpoint analysed: a comparison run again with other seeds analyses its own.
+        done = [analyse_checkpoint(r.checkpoint, folder / "analysis" / f"{method}-{i}-{_digest(r.checkpoint)}")[0]
+                for i, r in enumerate(rs) if r.checkpoint]
+        if done:
+            analyses[method] = {k: float(np.nanmean([d.get(k, np.nan) for d in done])) for k in done[0]}
+            scores[method] = float(np.mean([r.dev[METRIC] for r in rs]))
+    if analyses:
+        out["table6-7-structure"] = tables.structure(analyses, scores)
+        scatter_plot({m: (a.get("analysis/cka_diagonal_mean", np.nan), 100 * scores[m]) for m, a in analyses.items()},
+                     folder / "fig5-cka-vs-score.png", "CKA heat map diagonal (mean)", "dev score x 100",
+                     "Fig. 5: structure kept against dev score")
+    curves = {m: [r.curve for r in rs] for m, rs in runs.items() if rs and any(r.curve for r in rs)}
+    if curves:
+        relation_plot(curves, folder / "fig6-relations-over-training.png")
+    measured = {m: [r.cost for r in rs if r.cost] for m, rs in runs.items()}
+    out["table8-cost"] = tables.cost({m: {k: sum(c[k] for c in cs) if k != "params" else cs[0][k] for k in cs[0]}
+                                      for m, cs in measured.items() if cs})
+    fsd = configs.get("fsd", (None,))[0]
+    if ablation and fsd is not None:
+        scores_of = {"fsd": [r.dev[METRIC] for r in runs["fsd"]]}
+        for label, method in tables.ABLATIONS.items():
+            scores_of[label] = [r.dev[METRIC] for r in runs_of(f"ablation-{method}", {**fsd, "method": method})]
+        out["table4-ablation"] = tables.ablation(scores_of)
+    if batch_sizes and fsd is not None:
+        by_size = {label: {b: [r.dev[METRIC] for r in runs_of(f"batch{b}-{method}", {**fsd, "method": method,
+                                                                                      "batch_size": b})]
+                           for b in batch_sizes} for label, method in tables.STABILITY.items()}
+        out["table5-batch-size"] = tables.batch_stability(by_size)
+    texts = {}
+    for name in tables.TABLES:
+        if out.get(name):
+            texts[name] = tables.markdown(out[name], digits=4 if name == "table6-7-structure" else 2)
+            (folder / f"{name}.md").write_text(f"{tables.TABLES[name]}\n\n{texts[name]}\n")
+            (folder / f"{name}.csv").write_text(tables.to_csv(out[name]))
+    return texts
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def relation_plot(curves: dict[str, list[list[dict[str, float]]]], path: Path) -> str:
+    """Fig. 6: each relation difference against training samples, one line per method (mean over seeds at
+    each evaluation)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    keys = sorted({k for runs in curves.values() for run in runs for row in run for k in row
+                   if k.startswith("relations/")})
+    fig = Figure(figsize=(10.0, 7.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(2, 2, i + 1)
+        for method, runs in curves.items():
+            points = min(len(run) for run in runs)
+            x = [np.mean([run[j]["progress/samples"] for run in runs]) for j in range(points)]
+            y = [np.nanmean([run[j].get(key, np.nan) for run in runs]) for j in range(points)]
+            ax.plot(x, y, marker="o", label=method)
+        ax.set_title(key[len("relations/"):].replace("_", ", "))
+        ax.set_xlabel("training samples")
+        ax.set_ylabel("relation difference")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Fig. 6: relation difference to the teacher over training (first evaluation batch)")
+    fig.savefig(path, format="png")
+    return str(path)

@@ -47,11 +47,13 @@ def search_cost(spec: SearchSpec, schedule: Schedule, seen: set[str] | None = No
     method of the same --compare): those are reused, not run again."""
     seen = set() if seen is None else seen
     budget = schedule.budget
+    held = spec.holdout.get("holdout_rows", 0)
     rows, dev = split_rows(spec.task, spec.data_dir, spec.extra.get("max_train_samples", budget.max_train_samples),
-                           spec.extra.get("max_eval_samples", budget.max_eval_samples))
+                           spec.extra.get("max_eval_samples", budget.max_eval_samples), held)
     teacher, fine_tune = teacher_folder(spec, schedule)
     t_rows, t_dev = split_rows(spec.task, spec.data_dir, schedule.budget.max_train_samples,
-                               schedule.budget.max_eval_samples)
+                               schedule.budget.max_eval_samples, held)
+    dev = held or dev  # trials ranked on the holdout evaluate it, not dev
     done: dict[str, dict] = {}
     costs = []
     for stage in schedule.stages:

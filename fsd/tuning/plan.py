@@ -100,12 +100,13 @@ def stage_base(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str,
         # fsd_teacher.json says which), never from the fine-tuned teacher itself (METHOD.md §1).
         "task": spec.task, "teacher": teacher, "student_init": spec.student_init,
         "student_layers": spec.student_layers, "method": stage.method, "data_dir": spec.data_dir,
-        "storage": spec.storage, "max_seq_len": spec.max_seq_len, "seed": spec.seed, **spec.extra}
+        "storage": spec.storage, "max_seq_len": spec.max_seq_len, "seed": spec.seed, **spec.holdout,
+        **spec.extra}
     for param, source in stage.inherit.items():
         base[param] = winners[source][param]
     base.update(stage.fixed)
     budget = schedule.budget
-    for key in ("epochs", "max_train_samples", "max_eval_samples", "memory_size"):
+    for key in ("epochs", "max_train_samples", "max_eval_samples", "memory_size", "batch_size"):
         # A value the user set with --set beats the preset's budget (the grid still beats both).
         if getattr(budget, key) is not None and key not in spec.extra:
             base[key] = getattr(budget, key)
@@ -117,7 +118,7 @@ def stage_base(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str,
 def train_rows(spec: SearchSpec, schedule: Schedule) -> int:
     """Training rows per epoch of the search's trials (the --set or preset limit applied)."""
     limit = spec.extra.get("max_train_samples", schedule.budget.max_train_samples)
-    return split_rows(spec.task, spec.data_dir, limit)[0]
+    return split_rows(spec.task, spec.data_dir, limit, holdout=spec.holdout.get("holdout_rows", 0))[0]
 
 
 def grid_size(grid: dict[str, tuple]) -> int:
@@ -145,6 +146,17 @@ def trial_budget(base: dict[str, Any], grid: dict[str, tuple], rows: int) -> int
     return rows * epochs
 
 
+def majority_floor(spec: SearchSpec, schedule: Schedule) -> dict[str, float] | None:
+    """The dev metrics of answering the search's most frequent training label (None for a regression)."""
+    from fsd.data import Holdout
+    from fsd.metrics import majority
+
+    budget = schedule.budget
+    holdout = Holdout(spec.holdout_rows, spec.seed) if spec.select_on == "holdout" else None
+    return majority(spec.task, spec.data_dir, spec.extra.get("max_train_samples", budget.max_train_samples),
+                    spec.extra.get("max_eval_samples", budget.max_eval_samples), holdout)
+
+
 def seed_list(spec: SearchSpec) -> list[int]:
     return [spec.seed + i for i in range(spec.seeds)]
 
@@ -156,4 +168,4 @@ def teacher_spec(spec: SearchSpec, schedule: Schedule):
     return TeacherSpec(spec.task, spec.teacher, spec.data_dir, epochs=spec.teacher_epochs, lr=spec.teacher_lr,
                        max_seq_len=spec.max_seq_len, seed=spec.seed,
                        max_train_samples=schedule.budget.max_train_samples,
-                       max_eval_samples=schedule.budget.max_eval_samples)
+                       max_eval_samples=schedule.budget.max_eval_samples, **spec.holdout)

@@ -209,3 +209,25 @@ def score_plot(stage_scores: dict[str, Sequence[float]], path: str | os.PathLike
         ax.legend(loc="best")
     fig.savefig(path, format="png")
     return str(path)
+
+
+def scatter_plot(points: dict[str, tuple[float, float]], path: str | os.PathLike, xlabel: str, ylabel: str,
+                 title: str) -> str:
+    """A PNG of one labelled point per name (`name -> (x, y)`; NaN points left out), e.g. the paper's Fig. 5:
+    each compared method's CKA diagonal against its dev score."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, (x, y) in points.items():
+        if math.isfinite(x) and math.isfinite(y):
+            ax.scatter([x], [y], s=40, color="tab:blue")
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, format="png")
+    return str(path)

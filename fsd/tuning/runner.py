@@ -13,7 +13,7 @@ from ray import tune
 from fsd import failpoints
 from fsd.analysis import analyse_checkpoint
 from fsd.config import DistillConfig
-from fsd.train import export_student, prepare_outputs
+from fsd.train import evaluate_on_dev, export_student, prepare_outputs
 from fsd.tuning import halving, lock, plan, shared, tracking
 from fsd.tuning.ledger import Ledger
 from fsd.tuning.outbox import Outbox
@@ -130,6 +130,12 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
         winner, score, checkpoint = carried["winner"], carried["score"], carried.get("checkpoint")
     record.update(status="done", winner=winner, score=score, checkpoint=checkpoint, trials=done["trials"],
                   stopped=done.get("stopped", 0), samples=done.get("samples"))
+    if spec.select_on == "holdout" and checkpoint:
+        # Ranked on the holdout: dev is measured for the winner alone, so the score reported is not the one
+        # the stage maximised. A carried winner was measured in its own stage.
+        carried_won = carried is not None and checkpoint == carried.get("checkpoint")
+        record["dev"] = carried["dev"] if carried_won and "dev" in carried else evaluate_on_dev(checkpoint)
+        outbox.do("log_analysis", record["run_id"], {f"best/{k}": v for k, v in record["dev"].items()}, [])
     _log_winner(spec, stage, record, outbox)
     ledger.save()
     outbox.do("close_run", record["run_id"], "FINISHED")
@@ -197,6 +203,15 @@ def _log_winner(spec: SearchSpec, stage: Stage, record: dict[str, Any], outbox: 
         outbox.do("log_analysis", record["run_id"], metrics, files)
 
 
+def stage_line(spec: SearchSpec, name: str, record: dict[str, Any]) -> str:
+    """What a finished stage prints: its winner's score (on the holdout and on dev when ranked on a holdout)."""
+    if spec.select_on == "holdout":
+        dev = record.get("dev", {}).get("dev/score")
+        shown = "-" if dev is None else f"{100 * dev:.2f}"
+        return f"stage {name}: best holdout score {100 * record['score']:.2f}, its dev score {shown}"
+    return f"stage {name}: best dev score {100 * record['score']:.2f}"
+
+
 def build_memory(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, ledger: Ledger, log=print) -> None:
     """The teacher memory, once, in the driver: trials that run in parallel must not all fit it."""
     config = DistillConfig.from_dict(stage_base(spec, schedule, stage, teacher, ledger.winners()))
@@ -215,6 +230,7 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
     ledger.save()
     teacher = ensure_teacher(plan.teacher_spec(spec, schedule), spec.storage, log=log)
     ledger.data["teacher"] = teacher
+    ledger.data["majority"] = plan.majority_floor(spec, schedule)
     # A lost server must not stall the driver in HTTP retries: what fails waits in the outbox instead.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
@@ -248,7 +264,7 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
                 build_memory(spec, schedule, stage, teacher, ledger, log)
             else:
                 run_stage(spec, schedule, stage, teacher, ledger, ids, rows, log)
-                log(f"stage {stage.name}: best dev score {ledger.data['stages'][stage.name]['score']:.4f}")
+                log(stage_line(spec, stage.name, ledger.data["stages"][stage.name]))
             failpoints.reached("between-stages")
     except StageFailed:
         outbox.do("close_run", search_run, "FAILED")

@@ -13,6 +13,7 @@ from fsd.tuning import tracking
 from fsd.tuning.ledger import LEDGER, Ledger
 from fsd.tuning.report import Image, Section, Table, score_plot, write_html
 from fsd.tuning.summary import PAPER, SHOWN
+from fsd.tuning.tables import TABLES
 
 RESTORATION = ("f1", "precision", "recall", "agreement", "pearson", "spearman")
 
@@ -101,10 +102,37 @@ def build_report(storage: str, task: str, mlflow_uri: str, out: str | None = Non
             rows = list(csv.DictReader(f))
         note = [ln for ln in compare.read_text().splitlines() if ln.startswith("one-sided")]
         sections.append(Section(heading="method comparison (mean (std) over seeds, x 100)",
-                                text="\n".join(note), tables=[Table(rows)]))
+                                text="\n".join(note), tables=[Table(rows, caption="Tables 2/3: dev metrics x 100")]))
+        sections.extend(paper_sections(compare.parent))
     if not sections:
         raise FileNotFoundError(f"no search of {task} in {storage}: run one first (or pass its --storage)")
     return write_html(out or root / f"{task}-report.html", f"fsd-tune report: {task}", sections)
+
+
+def paper_sections(folder: Path) -> list[Section]:
+    """The comparison's Tables 4-8 (those it wrote), Fig. 5 and each method's CKA heat map."""
+    import csv
+
+    out = []
+    for name, caption in TABLES.items():
+        path = folder / f"{name}.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        images = []
+        if name == "table6-7-structure":
+            fig5 = folder / "fig5-cka-vs-score.png"
+            if fig5.is_file():
+                images.append(Image(str(fig5), "Fig. 5: CKA diagonal against dev score, one point per method"))
+            fig6 = folder / "fig6-relations-over-training.png"
+            if fig6.is_file():
+                images.append(Image(str(fig6), "Fig. 6: relation differences over training, one line per method"))
+            for heatmap in sorted(folder.glob(f"analysis/*-0-*/{HEATMAP_FILE}")):
+                method = heatmap.parent.name.rsplit("-", 2)[0]
+                images.append(Image(str(heatmap), f"{method}: teacher vs student CKA heat map (first seed)"))
+        out.append(Section(heading=caption.split(":")[0], tables=[Table(rows, caption=caption)], images=images))
+    return out
 
 
 def _teacher_line(ledger: Ledger) -> str:

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 STRATEGIES = ("grid", "halving", "optuna")
+SELECT_ON = ("dev", "holdout")
+HOLDOUT_ROWS = 1000  # --select-on holdout: at most this many training rows, and at most HOLDOUT_SHARE of them
+HOLDOUT_SHARE = 0.1
 # Halving's defaults, measured by bench/search_cost.py on a recorded SST-2 grid (README, "The budgeted search").
 REDUCTION_FACTOR = 3.0
 FIRST_RUNG = 1 / 9  # of a trial's budget
@@ -18,7 +21,7 @@ FIRST_RUNG = 1 / 9  # of a trial's budget
 # What a resumed search must agree on with the stored one (the rest, e.g. concurrency, may change).
 IDENTITY = ("task", "method", "preset", "teacher", "teacher_epochs", "teacher_lr", "student_init", "student_layers",
             "data_dir", "seeds", "max_seq_len", "strategy", "reduction_factor", "first_rung", "num_samples", "extra",
-            "grids")
+            "grids", "select_on", "holdout_rows")
 # DistillConfig values that change speed only (results equal up to float rounding): free to change on --resume.
 SPEED_KEYS = ("teacher_cache", "cache_budget_gb", "cache_dtype", "compile", "device")
 
@@ -47,6 +50,8 @@ class SearchSpec:
     reduction_factor: float = REDUCTION_FACTOR
     first_rung: float = FIRST_RUNG  # of a trial's budget
     num_samples: int | None = None  # optuna: trials per large stage; None: a share of its grid
+    select_on: str = "dev"  # what trials are ranked on: dev (the paper's protocol) or a holdout of training rows
+    holdout_rows: int | None = None  # with select_on holdout: its size (resolved from the data by the checks)
     max_seq_len: int = 128
     teacher_epochs: int = 3
     teacher_lr: float | None = None  # None: the task's paper value
@@ -54,6 +59,13 @@ class SearchSpec:
     address: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # more DistillConfig values for every trial (--set)
     grids: dict[str, tuple] = field(default_factory=dict)  # searched values that replace the schedule's (--grid)
+
+    @property
+    def holdout(self) -> dict[str, int]:
+        """The DistillConfig values of the holdout every trial (and the teacher) of the search is ranked on."""
+        if self.select_on != "holdout":
+            return {}
+        return {"holdout_rows": self.holdout_rows, "holdout_seed": self.seed}
 
     @property
     def folder(self) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from fsd.models import teacher_meta
 from fsd.tuning.ledger import Ledger
 from search_spaces import Schedule
 
@@ -22,18 +25,36 @@ SHOWN = ("alpha", "temperature", "lr", "epochs", "beta", "gamma_i", "gamma_l", "
 
 
 def summary_table(ledger: Ledger, schedule: Schedule) -> str:
+    """One row per stage: its winner's searched values and score x 100; a search ranked on a holdout shows
+    the winner's holdout score (what was maximised) and its dev score (measured once, for the winner)."""
     task = schedule.task
-    lines = [f"search {task} / {schedule.method} / {schedule.preset}",
-             "| stage | winner | dev score | paper |", "|---|---|---|---|"]
+    holdout = ledger.data.get("search", {}).get("select_on") == "holdout"
+    scores = "holdout score | dev score" if holdout else "dev score"
+    head = f"| stage | winner | {scores} | paper |"
+    lines = [f"search {task} / {schedule.method} / {schedule.preset}", head, "|---" * (head.count("|") - 1) + "|"]
+    blank = " - |" if holdout else ""  # the teacher and the floor are not ranked on the holdout
+    meta = teacher_meta(ledger.data["teacher"]) if ledger.data.get("teacher") else None
+    if meta and "eval/score" in meta.get("dev", {}):
+        name = Path(ledger.data["teacher"]).name
+        score = 100 * meta["dev"]["eval/score"]
+        lines.append(f"| teacher | {name} |{blank} {score:.2f} | {PAPER['teacher'].get(task, '-')} |")
+    floor = ledger.data.get("majority")
+    if floor:
+        lines.append(f"| majority class | the most frequent training label |{blank} {100 * floor['eval/score']:.2f} "
+                     "| - |")
     for stage in schedule.stages:
         record = ledger.data["stages"].get(stage.name, {})
         if record.get("status") != "done" or stage.prepare:
             status = "memory built" if record.get("status") == "done" else "not run"
-            lines.append(f"| {stage.name} | {status} | | |")
+            lines.append(f"| {stage.name} | {status} |" + " |" * (head.count("|") - 3))
             continue
         winner = record["winner"]
         keys = [k for k in SHOWN if k in stage.grid or k in stage.inherit or any(k in d.param for d in stage.derived)]
         shown = ", ".join(f"{k}={winner.get(k)}" for k in keys)
         paper = PAPER.get(stage.method, {}).get(task)
-        lines.append(f"| {stage.name} | {shown} | {100 * record['score']:.2f} | {paper if paper else '-'} |")
+        score = f"{100 * record['score']:.2f}"
+        if holdout:
+            dev = record.get("dev", {}).get("dev/score")
+            score += " | " + ("-" if dev is None else f"{100 * dev:.2f}")
+        lines.append(f"| {stage.name} | {shown} | {score} | {paper if paper else '-'} |")
     return "\n".join(lines)
