@@ -192,7 +192,7 @@ def test_compare_vkd_and_fsd_on_a_fresh_folder_runs_the_vkd_stage_once(setup):
     trials appear once in MLflow, both searches' ledgers hold its winner, the second names where it came from."""
     storage = setup[0] / "fresh"
     r = subprocess.run(_args(setup, storage, "--compare", "vkd,fsd", "--seeds", "1", "--ablation", "--batch-sizes",
-                             "8,16"), capture_output=True, text=True, env=_env())
+                             "8,16", "--max-concurrent", "2"), capture_output=True, text=True, env=_env())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     client, runs = _runs(f"sqlite:///{storage}/mlflow.db")
     vkd_trials = [x for x in runs if x.data.tags.get("stage") == "vkd" and "ray_trial_id" in x.data.tags]
@@ -256,7 +256,7 @@ def test_holdout_ranks_trials_on_training_rows_and_measures_dev_for_winners_only
     and never on dev; dev is measured for the stage's winner and for each seed's best holdout checkpoint."""
     storage = setup[0] / "holdout"
     r = subprocess.run(_args(setup, storage, "--select-on", "holdout", "--holdout-rows", "16", "--compare", "vkd",
-                             "--seeds", "2"), capture_output=True, text=True, env=_env())
+                             "--seeds", "2", "--max-concurrent", "2"), capture_output=True, text=True, env=_env())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "stage vkd: best holdout score" in r.stdout and "its dev score" in r.stdout
     ledger = json.loads((storage / "rte-vkd" / "ledger.json").read_text())

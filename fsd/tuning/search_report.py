@@ -51,8 +51,12 @@ def stage_rows(method: str, task: str, ledger: Ledger) -> list[dict[str, Any]]:
         if record.get("status") != "done" or record.get("score") is None:
             continue
         analysis = record.get("analysis", {})
-        row = {"stage": stage, "trials": record.get("trials", 0), "dev score": 100 * record["score"],
-               "winner": ", ".join(f"{k}={record['winner'][k]}" for k in SHOWN if k in record["winner"])}
+        row = {"stage": stage, "trials": record.get("trials", 0)}
+        if "dev" in record:  # ranked on a holdout: its score, and dev measured for the winner alone
+            row.update({"holdout score": 100 * record["score"], "dev score": 100 * record["dev"]["dev/score"]})
+        else:
+            row["dev score"] = 100 * record["score"]
+        row["winner"] = ", ".join(f"{k}={record['winner'][k]}" for k in SHOWN if k in record["winner"])
         for key in RESTORATION:
             if f"analysis/restoration_{key}" in analysis:
                 row[f"restoration {key}"] = analysis[f"analysis/restoration_{key}"]
