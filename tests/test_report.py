@@ -115,3 +115,35 @@ def test_report_in_headless_chromium(tmp_path):
     assert dom.body.get("data-images-total") == "2", dom.body
     assert dom.body.get("data-images-loaded") == "2"
     assert dom.tables == [["stage", "score", "alpha", "beta"], ["method", "mean", "std"]]
+
+
+def test_paper_tables_render_in_headless_chromium(tmp_path):
+    """Tables 4-8 as a comparison writes them (fsd/tuning/tables.py), with Figs. 5 and 6, in the report's
+    sections: every table's columns and every figure reach the browser."""
+    from matplotlib.image import imsave
+
+    from fsd.tuning import tables
+    from fsd.tuning.report import scatter_plot
+    from fsd.tuning.search_report import paper_sections
+
+    folder = tmp_path / "rte-compare"
+    (folder / "analysis" / "fsd-0-abcd1234").mkdir(parents=True)
+    rows = {"table4-ablation": tables.ablation({"fsd": [0.8, 0.82], "fsd w/o G": [0.78, 0.79]}),
+            "table5-batch-size": tables.batch_stability({"fsdg": {8: [0.8], 16: [0.81]}}),
+            "table6-7-structure": tables.structure({"fsd": {"analysis/cka_diagonal_mean": 0.8,
+                                                            "analysis/reldiff_intra_cosine": 0.1}}, {"fsd": 0.8}),
+            "table8-cost": tables.cost({"vkd": {"params": 1e6, "train_s": 1, "samples": 10, "eval_s": 1,
+                                                "eval_rows": 10}})}
+    for name, table_rows in rows.items():
+        (folder / f"{name}.csv").write_text(tables.to_csv(table_rows))
+    scatter_plot({"fsd": (0.8, 80.0), "vkd": (0.7, 79.0)}, folder / "fig5-cka-vs-score.png", "x", "y", "Fig. 5")
+    scatter_plot({"fsd": (1.0, 2.0)}, folder / "fig6-relations-over-training.png", "x", "y", "Fig. 6")
+    imsave(folder / "analysis" / "fsd-0-abcd1234" / "cka_heatmap.png", np.eye(7))
+    page = Path(write_html(tmp_path / "report.html", "tables", paper_sections(folder)))
+    text = page.read_text()
+    assert all(caption in text for caption in tables.TABLES.values())
+    dom = open_in_chromium(page, tmp_path / "profile")
+    assert dom.body.get("data-images-total") == "3" and dom.body.get("data-images-loaded") == "3"
+    headers = [h for t in dom.tables for h in t]
+    for column in ("difference from fsd", "std across batch sizes", "average rank", "training time vs vkd"):
+        assert column in headers, column

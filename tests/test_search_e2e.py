@@ -149,8 +149,8 @@ def test_resume_refuses_a_different_search(setup, uninterrupted):
 
 def test_compare_reuses_a_search_runs_the_other_and_reruns_seeds(setup, uninterrupted):
     storage, uri, _ = uninterrupted
-    r = subprocess.run(_args(setup, storage, "--mlflow-uri", uri, "--compare", "vkd,pkd", "--seeds", "2"),
-                       capture_output=True, text=True, env=_env())
+    r = subprocess.run(_args(setup, storage, "--mlflow-uri", uri, "--compare", "vkd,pkd", "--seeds", "2",
+                             "--max-concurrent", "2"), capture_output=True, text=True, env=_env())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "compare: searching vkd first" in r.stdout and "searching pkd" not in r.stdout  # pkd's search reused
     # ... and the vkd search reused the VKD stage pkd's search had run: no VKD trial ran twice
@@ -191,8 +191,8 @@ def test_compare_vkd_and_fsd_on_a_fresh_folder_runs_the_vkd_stage_once(setup):
     """The VKD stage that starts both schedules runs in the first search and is reused by the second: its grid's
     trials appear once in MLflow, both searches' ledgers hold its winner, the second names where it came from."""
     storage = setup[0] / "fresh"
-    r = subprocess.run(_args(setup, storage, "--compare", "vkd,fsd", "--seeds", "1", "--ablation", "--batch-sizes",
-                             "8,16", "--max-concurrent", "2"), capture_output=True, text=True, env=_env())
+    r = subprocess.run(_args(setup, storage, "--compare", "vkd,fsd", "--seeds", "1", "--max-concurrent", "2"),
+                       capture_output=True, text=True, env=_env())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     client, runs = _runs(f"sqlite:///{storage}/mlflow.db")
     vkd_trials = [x for x in runs if x.data.tags.get("stage") == "vkd" and "ray_trial_id" in x.data.tags]
@@ -202,12 +202,18 @@ def test_compare_vkd_and_fsd_on_a_fresh_folder_runs_the_vkd_stage_once(setup):
     assert ledgers["fsd"]["stages"]["vkd"]["reused_from"] == ledgers["vkd"]["stages"]["vkd"]["run_id"]
     assert len(list(storage.glob("stages/rte-vkd-*"))) == 1
     assert "| vkd | 1 |" in r.stdout and "| fsd | 1 |" in r.stdout
-    _check_paper_tables(storage, r.stdout)
 
 
-def _check_paper_tables(storage, out):
-    """Tables 4-8 of a --compare vkd,fsd --ablation --batch-sizes 8,16: files, printed, and in the report as
-    the browser renders it."""
+@pytest.mark.results
+def test_paper_tables_of_a_comparison_reach_files_mlflow_and_the_report(setup):
+    """Tables 4-8 of a --compare vkd,fsd --ablation --batch-sizes 8,16: files, printed, every variant's runs in
+    MLflow, and in the report as the browser renders it (reuses the searches of the test above when run
+    with it; `pytest -m results` runs it)."""
+    storage = setup[0] / "fresh"
+    r = subprocess.run(_args(setup, storage, "--compare", "vkd,fsd", "--seeds", "1", "--ablation", "--batch-sizes",
+                             "8,16", "--max-concurrent", "2"), capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
     compare = storage / "rte-compare"
     for name in ("table4-ablation", "table5-batch-size", "table6-7-structure", "table8-cost"):
         assert (compare / f"{name}.md").is_file() and (compare / f"{name}.csv").is_file(), name
@@ -251,6 +257,7 @@ def test_optuna_samples_a_large_grid_and_halves_it(setup):
     assert record["stopped"] == len(stopped)
 
 
+@pytest.mark.results
 def test_holdout_ranks_trials_on_training_rows_and_measures_dev_for_winners_only(setup):
     """--select-on holdout: every trial (search and --compare seeds) is evaluated on 16 held-out training rows
     and never on dev; dev is measured for the stage's winner and for each seed's best holdout checkpoint."""
