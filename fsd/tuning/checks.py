@@ -80,8 +80,7 @@ def validate(args: argparse.Namespace) -> Search:
     schedule, stages = check_names(args)
     extra = parse_extra(args)
     check_search_numbers(args)
-    check_compare(args)
-    check_batch_sizes(args)
+    methods, batch_sizes = check_compare(args), check_batch_sizes(args)
     storage = Path(args.storage).expanduser().resolve()
     check_storage(storage)
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
@@ -94,8 +93,8 @@ def validate(args: argparse.Namespace) -> Search:
         check_mlflow(spec.mlflow_uri)
         return Search(spec, schedule, args.resume, report=True)
     spec = build_spec(args, schedule, stages, extra, storage)
-    if args.compare:  # each method's search is reused (or run first): free, and made with these settings
-        for method in check_compare(args):
+    if methods:  # each method's search is reused (or run first): free, and made with these settings
+        for method in methods:
             mspec = method_spec(spec, method)
             # Its seed count only ranked its grid points: any is fine for a winner to re-run with new seeds.
             check_search_folder(mspec, (Path(mspec.folder) / LEDGER).is_file(), flag="--compare", ignore=("seeds",))
@@ -111,8 +110,7 @@ def validate(args: argparse.Namespace) -> Search:
     task = get_task(spec.task)
     check_data(task, spec.data_dir, schedule, stages, extra, spec.holdout_rows, spec.seed)
     check_models(task, spec.teacher, spec.student_init, spec.student_layers, spec.max_seq_len)
-    return Search(spec, schedule, args.resume, compare=check_compare(args) if args.compare else [],
-                  ablation=args.ablation, batch_sizes=check_batch_sizes(args))
+    return Search(spec, schedule, args.resume, compare=methods, ablation=args.ablation, batch_sizes=batch_sizes)
 
 
 def build_spec(args: argparse.Namespace, schedule: Schedule, stages: tuple[str, ...], extra: dict[str, Any],
