@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> None:
 def dry_run(args: argparse.Namespace) -> None:
     """Every stage, its grid and what it will cost (with --estimate, in hours, from steps timed here); nothing
     is written. With --compare, the cost of every method's search, shared stages counted once."""
-    from fsd.cli import quiet_libraries
-    from fsd.tuning.checks import check_compare, dry_spec
-    from fsd.tuning.cost import format_cost, search_cost
+    from fsd.logs import quiet_libraries
+    from fsd.tuning.checks import check_batch_sizes, check_compare, dry_spec
+    from fsd.tuning.cost import compare_cost, format_compare_cost, format_cost, search_cost
     from fsd.tuning.spec import method_spec
     from search_spaces import format_schedule, get_schedule
 
@@ -132,6 +132,10 @@ def dry_run(args: argparse.Namespace) -> None:
     seen: set[str] = set()
     costs = [search_cost(s, sch, seen) for s, sch in pairs]
     print(format_cost(costs))
+    if args.compare:
+        batch_sizes = check_batch_sizes(args)
+        print(format_compare_cost(compare_cost(costs, [sch for _, sch in pairs], args.seeds, args.ablation,
+                                               batch_sizes)))
     if args.estimate:
         from fsd.tuning.estimate import format_estimate, measure
 
@@ -147,7 +151,7 @@ def dry_run(args: argparse.Namespace) -> None:
 
 
 def run(search) -> None:
-    from fsd.cli import quiet_libraries
+    from fsd.logs import quiet_libraries
     from fsd.tuning import lock
     from fsd.tuning.checks import UsageError, check_search_folder
     from fsd.tuning.runner import StageFailed, run_search

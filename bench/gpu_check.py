@@ -51,7 +51,7 @@ def trial(args: argparse.Namespace, mode: str, out) -> None:
     d, length, n = student.config.hidden_size, args.length, args.batch_size
     config = DistillConfig(task="rte", teacher="random", method="fsd", max_seq_len=length, memory_size=100)
     objective = build_objective(config)
-    objective.setup(Setup(teacher, student, length, lambda: torch.randn(100, length * d, device=device)))
+    objective.setup(Setup(student, length, torch.randn(100, length * d, device=device)))
     objective.to(device)
     params = [*student.parameters(), *objective.parameters()]
     optimizer = torch.optim.AdamW(params, lr=1e-5)

@@ -27,13 +27,15 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig
 
-from fsd.cli import quiet_libraries
 from fsd.config import DistillConfig
 from fsd.data import cache_key
+from fsd.logs import quiet_libraries
+from fsd.loop import make_batches, make_optimizer, to_device
 from fsd.models import build_student, load_tokenizer, resolve_model_path
 from fsd.objectives import OBJECTIVES, Setup, build_objective
 from fsd.tasks import get_task
-from fsd.train import make_batches, make_loss_fn, make_optimizer, prepare_teacher, to_device
+from fsd.teacher_source import TeacherSource
+from fsd.train import make_loss_fn
 
 PAPER = {"vkd": 1.00, "pkd": 1 / 0.96, "rkd": 1 / 0.77, "fsd": 1 / 0.92}  # Table 8 speeds, as time ratios
 LAYOUTS = {"len 128": {"pad_to_max": True}, "dynamic": {"pad_to_max": False, "group_by_length": True}}
@@ -51,21 +53,21 @@ def build_step(config: DistillConfig):
     """(loss_fn, optimizer, scheduler, params, batches) for one method, live teacher or cache per config."""
     task = get_task(config.task)
     tok = load_tokenizer(config.teacher)
-    train, _, _ = make_batches(config, task, tok, config.storage, config.data_dir, config.max_train_samples, 16,
-                            config.seed)
+    train, _, _ = make_batches(config.replace(max_eval_samples=16).data, tok, config.storage)
     objective = build_objective(config, task.is_regression)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    teacher, cache = prepare_teacher(config, objective, train, cache_key(task, tok, 128, config.data_dir), task,
-                                     device, say=print)
+    source = TeacherSource.open(config, objective, train, cache_key(task, tok, 128, config.data_dir), device,
+                                say=print)
     attn = "eager" if objective.needs_attentions else "sdpa"
     torch.manual_seed(0)
     student = build_student(config.student_init, config.student_layers, task.num_labels, attn).to(device).train()
     d_t = AutoConfig.from_pretrained(resolve_model_path(config.teacher)).hidden_size
-    objective.setup(Setup(teacher, student, 128, lambda: torch.randn(task.memory_size, 128 * d_t, device=device)))
+    memory = torch.randn(task.memory_size, 128 * d_t, device=device) if objective.needs_memory else None
+    objective.setup(Setup(student, 128, memory))
     objective.to(device)
     params = [*student.parameters(), *objective.parameters()]
     optimizer, scheduler = make_optimizer(params, 1e-5, 0.0, 10 * len(train))
-    return make_loss_fn(objective, teacher, student), optimizer, scheduler, train, cache is not None, device
+    return make_loss_fn(objective, source, student), optimizer, scheduler, train, source.cache is not None, device
 
 
 def stepper(config: DistillConfig):

@@ -10,9 +10,10 @@ import argparse
 import json
 from pathlib import Path
 
-from fsd.cli import quiet_libraries
+from fsd.config import DataSpec
+from fsd.logs import quiet_libraries
 from fsd.models import TEACHER_META
-from fsd.teacher import TeacherSpec, ensure_teacher
+from fsd.teacher import TeacherSpec, ensure_teacher, teacher_data
 
 
 def main() -> None:
@@ -28,8 +29,8 @@ def main() -> None:
     quiet_libraries()
     rows = []
     for task in args.tasks.split(","):
-        spec = TeacherSpec(task, args.teacher, args.data_dir, epochs=args.epochs, lr=args.lr,
-                           max_train_samples=args.max_train_samples)
+        data = teacher_data(DataSpec(task, args.data_dir, max_train_samples=args.max_train_samples))
+        spec = TeacherSpec(args.teacher, data, epochs=args.epochs, lr=args.lr)
         path = ensure_teacher(spec, args.storage)
         meta = json.loads((Path(path) / TEACHER_META).read_text())
         secs = [e["time/epoch_s"] for e in meta["epochs"]]

@@ -17,13 +17,12 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from fsd.cka import linear_cka
-from fsd.config import DistillConfig
 from fsd.data import Batches
-from fsd.models import build_student, load_teacher, run_model
+from fsd.models import load_teacher, run_model
 from fsd.objectives.structure import flatten_features
 from fsd.relations import mean_over_batches, relation_batch, relation_difference  # noqa: F401 (re-exported)
 from fsd.tasks import Task, get_task
-from fsd.train import load_checkpoint, load_inputs, student_backbone
+from fsd.train import load_inputs, load_student
 
 HEATMAP_FILE = "cka_heatmap.png"
 METRICS_FILE = "analysis.json"
@@ -258,12 +257,10 @@ def analyse_checkpoint(checkpoint: str | os.PathLike, folder: str | os.PathLike)
     if saved.is_file():
         metrics = json.loads(saved.read_text())["metrics"]
         return {k: float("nan") if v is None else v for k, v in metrics.items()}, sorted(map(str, folder.iterdir()))
-    state = load_checkpoint(checkpoint)
-    config = DistillConfig.from_dict(state["config"])
+    student, config = load_student(checkpoint)
     inputs = load_inputs(config)
     task, device, dev = inputs.task, inputs.device, inputs.dev
-    student = build_student(student_backbone(config), config.student_layers, task.num_labels).to(device)
-    student.load_state_dict(state["student"])
+    student = student.to(device)
     teacher = load_teacher(config.teacher, task.num_labels).to(device)
     analysis = analyse_pair(student, teacher, next(iter(dev.values())), task, device)
     return analysis.metrics, save_analysis(analysis, folder)

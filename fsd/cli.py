@@ -1,4 +1,4 @@
-"""`python -m fsd.train`: one distillation run without Ray, for debugging one configuration.
+"""`python -m fsd.cli`: one distillation run without Ray, for debugging one configuration.
 
 It fine-tunes (or reuses) the teacher, then distils a student and prints each epoch's dev metrics.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fsd.config import ConfigError, DistillConfig
 from fsd.data import DataError
+from fsd.logs import quiet_libraries
 
 HELP = {
     "task": "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli",
@@ -54,7 +55,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fsd.train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fsd.cli", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_flags(parser)
     parser.add_argument("--teacher-epochs", type=int, default=3, help="teacher fine-tuning epochs (paper: 3)")
@@ -70,18 +71,8 @@ def _fail(message: str) -> typing.NoReturn:
     raise SystemExit(2)
 
 
-def quiet_libraries() -> None:
-    """Progress bars and load reports of datasets/transformers drown the per-epoch lines of a CLI."""
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    datasets.disable_progress_bars()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
 def main(argv: list[str] | None = None) -> None:
-    from fsd.teacher import TeacherSpec, ensure_teacher
+    from fsd.teacher import TeacherSpec, ensure_teacher, teacher_data
     from fsd.train import distill, export_student
 
     quiet_libraries()
@@ -92,10 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         config = DistillConfig.from_dict(values)
         if config.data_dir is not None and not Path(config.data_dir).is_dir():
             raise DataError(f"--data-dir {config.data_dir} is not a folder: point it at a GLUE download")
-        spec = TeacherSpec(config.task, config.teacher, config.data_dir, epochs=args.teacher_epochs,
-                           max_seq_len=config.max_seq_len, lr=args.teacher_lr, seed=config.seed,
-                           max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
-                           holdout_rows=config.holdout_rows, holdout_seed=config.holdout_seed)
+        spec = TeacherSpec(config.teacher, teacher_data(config), epochs=args.teacher_epochs, lr=args.teacher_lr)
         teacher = ensure_teacher(spec, config.storage, config.device)
         config = config.replace(teacher=teacher, student_init=config.student_init or args.teacher)
         best = float("-inf")

@@ -9,16 +9,53 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
+# The objectives' names (fsd.objectives.OBJECTIVES has one class per name, a test holds them equal): the
+# configuration checks a name without importing the objectives, which import it.
+METHODS = ("nokd", "vkd", "pkd", "rkd", "minilm", "fsdi", "fsdl", "fsdg", "fsdil", "fsd")
+
 
 class ConfigError(ValueError):
     """A configuration value or key that cannot run; the message names it and the fix."""
 
 
 @dataclass(frozen=True)
-class DistillConfig:
-    """Everything one distillation run depends on; stored in every checkpoint and logged as params."""
+class DataSpec:
+    """What decides a run's rows and batches, shared by the teacher, the student and every cache of them:
+    written once here, held by `DistillConfig` (a subclass) and by the teacher's `fsd.teacher.TeacherSpec`."""
 
     task: str
+    data_dir: str | None = None
+    max_seq_len: int = 128
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    pad_to_max: bool = False  # the paper's padding (and plain random batches); default: per batch
+    group_by_length: bool = True  # training batches of similar lengths (less padding); off with pad_to_max
+    seed: int = 42  # the order of the training batches (and, in a run, everything else)
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    # Rank the run on this many training rows set aside (never trained on) instead of dev; None: on dev, the
+    # paper's protocol. The rows are drawn with `holdout_seed`, the same for every seed of a search.
+    holdout_rows: int | None = None
+    holdout_seed: int = 42
+
+    @property
+    def holdout(self):
+        """The `fsd.data.Holdout` this run is ranked on, or None (ranked on dev)."""
+        from fsd.data import Holdout
+
+        return None if self.holdout_rows is None else Holdout(self.holdout_rows, self.holdout_seed)
+
+    @property
+    def data(self) -> DataSpec:
+        """These settings alone (of a DistillConfig: its data settings)."""
+        return DataSpec(**{f.name: getattr(self, f.name) for f in fields(DataSpec)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig(DataSpec):
+    """Everything one distillation run depends on (its data settings are `DataSpec`'s fields); stored in
+    every checkpoint and logged as params."""
+
     teacher: str  # a teacher fine-tuned on `task` (folder or hub id)
     student_init: str | None = None  # pre-trained backbone of the student; None: the teacher's backbone
     student_layers: int = 6
@@ -44,24 +81,11 @@ class DistillConfig:
     lr: float = 5e-5
     epochs: int = 3
     eval_every: int | None = None  # training samples between dev evaluations (rungs); None: once per epoch
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    max_seq_len: int = 128
-    pad_to_max: bool = False  # the paper's padding (and plain random batches); default: per batch
-    group_by_length: bool = True  # training batches of similar lengths (less padding); off with pad_to_max
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
     grad_clip: float = 1.0
-    seed: int = 42
-    # data and placement
-    data_dir: str | None = None
+    # placement
     storage: str = "./fsd_runs"
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    # Rank the run on this many training rows set aside (never trained on) instead of dev; None: on dev, the
-    # paper's protocol. The rows are drawn with `holdout_seed`, the same for every seed of a search.
-    holdout_rows: int | None = None
-    holdout_seed: int = 42
     device: str = "auto"
     # speed (results do not depend on these beyond float rounding)
     teacher_cache: bool = True  # read the teacher's outputs from the storage cache instead of running it
@@ -75,15 +99,14 @@ class DistillConfig:
         self._check_values()
 
     def _check_values(self) -> None:
-        from fsd.objectives import OBJECTIVES
         from fsd.tasks import get_task
 
         try:
             get_task(self.task)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if self.method not in OBJECTIVES:
-            raise ConfigError(f"unknown method {self.method!r}: choose one of {', '.join(OBJECTIVES)}")
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
         positive = ["lr", "epochs", "batch_size", "eval_batch_size", "max_seq_len", "temperature",
                     "student_layers", "memory_iters"]
         for name in positive:
@@ -125,13 +148,6 @@ class DistillConfig:
         if missing:
             raise ConfigError(f"config is missing {', '.join(missing)}")
         return cls(**values)
-
-    @property
-    def holdout(self):
-        """The `fsd.data.Holdout` this run is ranked on, or None (ranked on dev)."""
-        from fsd.data import Holdout
-
-        return None if self.holdout_rows is None else Holdout(self.holdout_rows, self.holdout_seed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
-import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +14,7 @@ import torch
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from sklearn.model_selection import train_test_split
 
+from fsd.storage import atomic_folder, content_key
 from fsd.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
@@ -174,13 +171,13 @@ def tokenizer_fingerprint(tokenizer) -> str:
     """What makes two tokenisers produce the same ids: class, vocabulary, lower-casing."""
     vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
     lower = getattr(tokenizer, "do_lower_case", None)
-    return hashlib.sha256(f"{type(tokenizer).__name__}|{lower}|{vocab}".encode()).hexdigest()[:16]
+    return content_key(f"{type(tokenizer).__name__}|{lower}|{vocab}")
 
 
 def cache_key(task: Task, tokenizer, max_seq_len: int, data_dir: str | None) -> str:
     src = source_fingerprint(task, data_dir)
     raw = f"{task.name}|{tokenizer_fingerprint(tokenizer)}|{max_seq_len}|{src}"
-    return f"{task.name}-len{max_seq_len}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
+    return f"{task.name}-len{max_seq_len}-{content_key(raw, 12)}"
 
 
 def _tokenise(raw: DatasetDict, tokenizer, max_seq_len: int) -> DatasetDict:
@@ -220,13 +217,8 @@ def load_task_data(
             data = load_from_disk(str(final))
         else:
             data = _tokenise(load_raw(spec, data_dir), tokenizer, max_seq_len)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent)
-            data.save_to_disk(tmp)
-            try:
-                os.rename(tmp, final)
-            except OSError:  # another process finished the same cache first: theirs is as good
-                shutil.rmtree(tmp, ignore_errors=True)
+            with atomic_folder(final) as tmp:  # another process that finished the same cache first keeps it
+                data.save_to_disk(str(tmp))
             data = load_from_disk(str(final))
     else:
         data = _tokenise(load_raw(spec, data_dir), tokenizer, max_seq_len)
@@ -247,21 +239,19 @@ class Batches:
     uninterrupted one. With `group_by_length`, each window of `GROUP_WINDOW` batches of the shuffled order
     is sorted by length before it is cut into batches, and the batches are then shuffled: batches hold
     sentences of similar length, so per-batch padding wastes little, while every epoch still mixes the data.
-    `attach(rows, batch)` may add tensors to each batch (the cached teacher outputs of those rows).
     """
 
     GROUP_WINDOW = 50  # batches per length-sorted window (as Hugging Face's "megabatches")
 
     def __init__(self, split: Dataset, batch_size: int, pad_id: int, shuffle: bool = False,
                  seed: int = 0, pad_to: int | None = None, regression: bool = False,
-                 group_by_length: bool = False,
-                 attach: Callable[[list[int], dict[str, torch.Tensor]], None] | None = None):
+                 group_by_length: bool = False):
         self.input_ids: list[list[int]] = split["input_ids"]
         self.token_type_ids: list[list[int]] = split["token_type_ids"]
         self.labels = torch.tensor(split["label"], dtype=torch.float32 if regression else torch.long)
         self.batch_size, self.pad_id, self.shuffle, self.seed, self.pad_to = (
             batch_size, pad_id, shuffle, seed, pad_to)
-        self.group_by_length, self.attach = group_by_length, attach
+        self.group_by_length = group_by_length
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -310,8 +300,5 @@ class Batches:
             ids[row, :n] = torch.tensor(self.input_ids[i])
             types[row, :n] = torch.tensor(self.token_type_ids[i])
             mask[row, :n] = 1
-        batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
-                 "labels": self.labels[idx], "index": torch.tensor(idx)}
-        if self.attach is not None:
-            self.attach(idx, batch)
-        return batch
+        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
+                "labels": self.labels[idx], "index": torch.tensor(idx)}  # index: the rows, for the teacher cache

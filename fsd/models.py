@@ -43,6 +43,20 @@ def teacher_meta(path: str) -> dict | None:
     return json.loads(meta.read_text()) if meta.is_file() else None
 
 
+def teacher_problem(name: str, task: str, num_labels: int, config=None) -> str | None:
+    """Why the model `name` cannot teach `task`, or None: fine-tuned on another task (its fsd record says),
+    or a classifier head of another label count (its Hugging Face `config`, when known)."""
+    meta = teacher_meta(name)
+    if meta is not None and meta.get("task") != task:
+        return (f"{name} was fine-tuned on {meta.get('task')}, not {task}: pass a teacher for {task}, or its "
+                "pre-trained backbone")
+    has_head = config is not None and any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    if has_head and config.num_labels != num_labels:
+        return (f"{name} classifies into {config.num_labels} labels but {task} has {num_labels}: pass a teacher "
+                f"fine-tuned on {task}, or a pre-trained backbone")
+    return None
+
+
 def load_teacher(path: str, num_labels: int, attn_implementation: str = "sdpa") -> PreTrainedModel:
     """A sequence classifier from a hub id or folder; a fine-tuned teacher keeps its trained head."""
     path = resolve_model_path(path)

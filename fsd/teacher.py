@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,48 +11,58 @@ from pathlib import Path
 import torch
 
 from fsd import failpoints
-from fsd.data import Holdout, source_fingerprint
-from fsd.models import TEACHER_META, load_teacher, load_tokenizer, run_model, teacher_meta
+from fsd.config import DataSpec
+from fsd.data import source_fingerprint
+from fsd.loop import evaluate, make_batches, make_optimizer, resolve_device, seed_everything, train_epoch
+from fsd.models import TEACHER_META, load_teacher, load_tokenizer, run_model, teacher_meta, teacher_problem
 from fsd.objectives.kd import label_loss
+from fsd.storage import atomic_folder, content_key
 from fsd.tasks import get_task
-from fsd.train import evaluate, make_batches, make_optimizer, resolve_device, seed_everything, train_epoch
+
+# The paper's teacher batches whatever the student's: 32 rows, random order, padded per batch.
+TEACHER_BATCHES = {"batch_size": 32, "eval_batch_size": 128, "pad_to_max": False, "group_by_length": False}
+
+
+def teacher_data(data: DataSpec) -> DataSpec:
+    """The teacher's data settings for a run on `data`: the same task, rows, length and holdout, in the
+    paper's teacher batches."""
+    return dataclasses.replace(data.data, **TEACHER_BATCHES)
 
 
 @dataclass(frozen=True)
 class TeacherSpec:
-    """The paper's teacher recipe (METHOD.md §1): 3 epochs, batch 32, length 128, lr 2e-5 (5e-5 for
-    STS-B and WNLI), AdamW, no warm-up, linear decay, clip 1.0."""
+    """The paper's teacher recipe (METHOD.md §1): 3 epochs, lr 2e-5 (5e-5 for STS-B and WNLI), AdamW, no
+    warm-up, linear decay, clip 1.0, on the rows of `data` (see `teacher_data`)."""
 
-    task: str
     backbone: str
-    data_dir: str | None = None
+    data: DataSpec
     epochs: int = 3
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    max_seq_len: int = 128
     lr: float | None = None  # None: the task's paper value
-    seed: int = 42
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    pad_to_max: bool = False
-    holdout_rows: int | None = None  # training rows the search ranks its trials on: the teacher never sees them
-    holdout_seed: int = 42
+
+    @property
+    def task(self) -> str:
+        return self.data.task
 
     @property
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else get_task(self.task).teacher_lr
 
     def key(self) -> str:
-        """Folder name: the task and a hash of everything that changes the fine-tuned weights."""
-        fields = {**asdict(self), "lr": self.resolved_lr,
-                  "data": source_fingerprint(get_task(self.task), self.data_dir)}
-        fields.pop("eval_batch_size")
-        fields.pop("max_eval_samples")
-        if self.holdout_rows is None:  # the keys of teachers fine-tuned before holdouts existed stay valid
-            fields.pop("holdout_rows")
-            fields.pop("holdout_seed")
-        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
-        return f"{get_task(self.task).name}-{digest}"
+        """Folder name: the task and a hash of everything that changes the fine-tuned weights (the dict of
+        the flat recipe this spec replaced: teachers fine-tuned before keep their folders)."""
+        d = self.data
+        fields = {"task": d.task, "backbone": self.backbone, "data_dir": d.data_dir, "epochs": self.epochs,
+                  "batch_size": d.batch_size, "max_seq_len": d.max_seq_len, "lr": self.resolved_lr, "seed": d.seed,
+                  "max_train_samples": d.max_train_samples, "pad_to_max": d.pad_to_max,
+                  "data": source_fingerprint(get_task(d.task), d.data_dir)}
+        if d.group_by_length:
+            fields["group_by_length"] = True
+        if d.holdout_rows is not None:
+            fields.update(holdout_rows=d.holdout_rows, holdout_seed=d.holdout_seed)
+        return f"{get_task(d.task).name}-{content_key(fields, 12)}"
+
+    def record(self) -> dict:
+        return {"backbone": self.backbone, "epochs": self.epochs, "lr": self.lr, **asdict(self.data)}
 
 
 def ensure_teacher(spec: TeacherSpec, storage: str, device: str = "auto", log=print) -> str:
@@ -68,22 +75,15 @@ def ensure_teacher(spec: TeacherSpec, storage: str, device: str = "auto", log=pr
     task = get_task(spec.task)
     meta = teacher_meta(spec.backbone)
     if meta is not None:
-        if meta["task"] != task.name:
-            raise ValueError(f"teacher {spec.backbone} was fine-tuned on {meta['task']}, not {task.name}: "
-                             "pass a teacher for this task, or its pre-trained backbone")
+        problem = teacher_problem(spec.backbone, task.name, task.num_labels)
+        if problem is not None:
+            raise ValueError(f"teacher {problem}")
         return spec.backbone
     final = Path(storage) / "teacher" / spec.key()
     if (final / TEACHER_META).is_file():
         return str(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    with atomic_folder(final, replace=True) as tmp:  # a folder left without meta is not a teacher: replaced
         finetune_teacher(spec, storage, str(tmp), device, log)
-        if final.exists():  # an interrupted earlier attempt left no meta: it is not a teacher
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return str(final)
 
 
@@ -93,13 +93,11 @@ def finetune_teacher(spec: TeacherSpec, storage: str, out_dir: str, device: str 
     Returns:
         The meta record: task, backbone, recipe, dev metrics and seconds per epoch.
     """
-    seed_everything(spec.seed)
+    seed_everything(spec.data.seed)
     dev_ = resolve_device(device)
     task = get_task(spec.task)
     tokenizer = load_tokenizer(spec.backbone)
-    holdout = None if spec.holdout_rows is None else Holdout(spec.holdout_rows, spec.holdout_seed)
-    train, dev, _ = make_batches(spec, task, tokenizer, storage, spec.data_dir, spec.max_train_samples,
-                                 spec.max_eval_samples, spec.seed, holdout)
+    train, dev, _ = make_batches(spec.data, tokenizer, storage)
     model = load_teacher(spec.backbone, task.num_labels).to(dev_)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(params, spec.resolved_lr, 0.0, len(train) * spec.epochs)
@@ -121,7 +119,7 @@ def finetune_teacher(spec: TeacherSpec, storage: str, out_dir: str, device: str 
             f"({metrics['time/epoch_s']:.0f} s train)")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    meta = {"task": task.name, "backbone": spec.backbone, "spec": asdict(spec), "lr": spec.resolved_lr,
+    meta = {"task": task.name, "backbone": spec.backbone, "spec": spec.record(), "lr": spec.resolved_lr,
             "dev": {k: v for k, v in epochs[-1].items() if k.startswith("eval")}, "epochs": epochs,
             "torch": torch.__version__}
     # The meta file is written last: its presence marks a finished teacher.

@@ -1,174 +1,43 @@
 """One distillation run: `distill(config)` trains a student and yields per-epoch metrics and checkpoints.
 
-Read top to bottom: setup -> data -> models -> objective -> optimiser -> resume -> loop. Also a plain
-command line for one run without Ray: `python -m fsd.train --task rte --alpha 0.5 --temperature 10 ...`.
+Read top to bottom: setup -> data -> models -> objective -> optimiser -> resume -> loop (fsd/loop.py). One
+run without Ray from the command line: `python -m fsd.cli --task rte --alpha 0.5 --temperature 10 ...`.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import random
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
-from transformers import get_linear_schedule_with_warmup
 
 from fsd.config import DistillConfig
-from fsd.data import Batches, Holdout, cache_key, load_task_data
-from fsd.metrics import glue_metrics
-from fsd.models import build_student, load_teacher, load_tokenizer, run_model, teacher_meta
+from fsd.data import Batches, cache_key
+from fsd.loop import (
+    Interval,
+    LossFn,
+    autocast,
+    evaluate,
+    make_batches,
+    make_optimizer,
+    resolve_device,
+    seed_everything,
+    speed_up,
+    to_device,
+    train_steps,
+)
+from fsd.models import build_student, load_tokenizer, run_model, teacher_meta
 from fsd.objectives import Objective, Setup, build_objective
 from fsd.relations import relation_batch
+from fsd.storage import atomic_file
 from fsd.tasks import Task, get_task
-from fsd.teacher_cache import TeacherCache, open_cache
-from fsd.teacher_outputs import cached_penultimate, live_penultimate, teacher_memory
+from fsd.teacher_source import TeacherSource
 
-log = logging.getLogger("fsd")
 CHECKPOINT_FILE = "checkpoint.pt"
-LossFn = Callable[[dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Host-to-GPU copies from pinned memory, so they overlap the previous step's kernels."""
-    if device.type != "cuda":
-        return batch
-    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def speed_up(device: torch.device) -> None:
-    """TF32 for the float32 matmuls left outside bf16 autocast (Ampere and later)."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, total_steps: int,
-                   warmup_ratio: float = 0.0):
-    """AdamW (eps 1e-8) with linear decay to 0 after an optional linear warm-up (METHOD.md §1)."""
-    optimizer = torch.optim.AdamW(list(params), lr=lr, eps=1e-8, weight_decay=weight_decay)
-    warmup = int(warmup_ratio * total_steps)
-    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-
-
-def train_steps(batches: Batches, epoch: int, loss_fn: LossFn, params: list[torch.nn.Parameter], optimizer,
-                scheduler, grad_clip: float, device: torch.device, skip: int = 0
-                ) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
-    """The optimisation steps of one epoch, after its first `skip` batches (a run resumed mid-epoch).
-
-    Yields:
-        (step, rows in the batch, detached loss parts with the total as `loss`) after each step.
-    """
-    for step, rows in enumerate(batches.batch_rows(epoch)):
-        if step < skip:
-            continue
-        batch = to_device(batches.collate(rows), device)
-        with autocast(device):
-            loss, parts = loss_fn(batch)
-        if not torch.isfinite(loss):
-            bad = [k for k, v in parts.items() if not torch.isfinite(v)]
-            raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step} (parts: {bad or ['total']})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        scheduler.step()
-        yield step, len(rows), {k: v.detach().float() for k, v in {"loss": loss, **parts}.items()}
-
-
-class Interval:
-    """Means of the loss parts and the training throughput between two evaluations."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.steps, self.samples, self.start = 0, 0, time.perf_counter()
-
-    def add(self, rows: int, parts: dict[str, torch.Tensor]) -> None:
-        for k, v in parts.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.steps, self.samples = self.steps + 1, self.samples + rows
-
-    def metrics(self) -> dict[str, float]:
-        seconds = time.perf_counter() - self.start
-        out = {f"train/{k}": float(v) / max(self.steps, 1) for k, v in self.sums.items()}
-        out["train/samples_per_s"] = self.samples / seconds if seconds > 0 else 0.0
-        out["time/train_s"] = seconds
-        return out
-
-
-def train_epoch(batches: Batches, epoch: int, loss_fn: LossFn, params: list[torch.nn.Parameter],
-                optimizer, scheduler, grad_clip: float, device: torch.device) -> dict[str, float]:
-    """One pass over the training batches; returns the mean of each loss part and the throughput."""
-    interval = Interval()
-    for _, rows, parts in train_steps(batches, epoch, loss_fn, params, optimizer, scheduler, grad_clip, device):
-        interval.add(rows, parts)
-    out = interval.metrics()
-    out["time/epoch_s"] = out.pop("time/train_s")
-    return out
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, batches: Batches, device: torch.device) -> np.ndarray:
-    model.eval()
-    chunks = []
-    for batch in batches.epoch(0):
-        with autocast(device):
-            chunks.append(run_model(model, to_device(batch, device)).logits.float().cpu())
-    return torch.cat(chunks).numpy()
-
-
-def evaluate(model: torch.nn.Module, dev: dict[str, Batches], task: Task, device: torch.device) -> dict[str, float]:
-    """GLUE metrics on each evaluation split: the first as `eval/<metric>` (with `eval/rows`), MNLI
-    mismatched as `eval_mm/..`."""
-    out: dict[str, float] = {}
-    for i, batches in enumerate(dev.values()):
-        prefix = "eval" if i == 0 else "eval_mm"
-        metrics = glue_metrics(task.name, predict(model, batches, device), batches.labels.numpy())
-        out.update({f"{prefix}/{k}": v for k, v in metrics.items()})
-    out["eval/rows"] = float(next(iter(dev.values())).num_examples)
-    return out
-
-
-def make_batches(config_like, task: Task, tokenizer, storage: str, data_dir: str | None,
-                 max_train: int | None, max_eval: int | None, seed: int, holdout: Holdout | None = None):
-    """Train batches (shuffled per epoch), one `Batches` per dev split and, with `holdout`, the held-out
-    training rows' (else None), from the tokenised cache."""
-    data = load_task_data(task, tokenizer, config_like.max_seq_len, data_dir,
-                          os.path.join(storage, "data_cache"), max_train, max_eval, holdout)
-    pad_to = config_like.max_seq_len if getattr(config_like, "pad_to_max", False) else None
-    common = {"pad_id": tokenizer.pad_token_id, "pad_to": pad_to, "regression": task.is_regression}
-    grouped = getattr(config_like, "group_by_length", False) and pad_to is None  # the paper: random batches
-    train = Batches(data["train"], config_like.batch_size, shuffle=True, seed=seed, group_by_length=grouped, **common)
-    dev = {s: Batches(data[s], config_like.eval_batch_size, **common) for s in task.dev_splits}
-    held = Batches(data["holdout"], config_like.eval_batch_size, **common) if holdout is not None else None
-    return train, dev, held
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -185,10 +54,8 @@ class Report:
         """Write `checkpoint.pt` (student, objective, optimiser, scheduler, position, best score, config, RNG)
         to a temporary name, then rename it: a killed save never leaves a half-written checkpoint."""
         path = Path(directory) / CHECKPOINT_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            torch.save(self.state(), tmp)
         return str(path)
 
 
@@ -205,25 +72,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if path.is_dir():
         path = path / CHECKPOINT_FILE
     return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def prepare_teacher(config: DistillConfig, objective: Objective, train: Batches, data_key: str, task: Task,
-                    device: torch.device, say: Callable[[str], None] = log.warning
-                    ) -> tuple[torch.nn.Module | None, TeacherCache | None]:
-    """The live teacher, or the cache that replaces it (written first if missing; the teacher used for that
-    pass is dropped): with the cache, `train`'s batches carry the teacher's outputs and no teacher is held."""
-    if not objective.needs_teacher:
-        return None, None
-    attn = "eager" if objective.needs_attentions else "sdpa"  # sdpa cannot return attention probabilities
-
-    def load() -> torch.nn.Module:
-        return load_teacher(config.teacher, task.num_labels, attn).to(device).eval().requires_grad_(False)
-
-    cache = open_cache(config, objective.cache_fields(), train, data_key, device, load, autocast, say)
-    if cache is None:
-        return load(), None
-    train.attach = cache.attach
-    return None, cache
 
 
 class RunInputs(NamedTuple):
@@ -243,8 +91,7 @@ def load_inputs(config: DistillConfig) -> RunInputs:
     device, task = resolve_device(config.device), get_task(config.task)
     tokenizer = load_tokenizer(config.teacher)
     holdout = config.holdout
-    train, dev, held = make_batches(config, task, tokenizer, config.storage, config.data_dir,
-                                    config.max_train_samples, config.max_eval_samples, config.seed, holdout)
+    train, dev, held = make_batches(config.data, tokenizer, config.storage)
     objective = build_objective(config, regression=task.is_regression).to(device)
     key = cache_key(task, tokenizer, config.max_seq_len, config.data_dir)
     if holdout is not None:  # other training rows: every cache of them (teacher outputs, memory) is another
@@ -260,32 +107,22 @@ class Prepared(NamedTuple):
 def prepare_outputs(config: DistillConfig, say: Callable[[str], None] = print) -> Prepared:
     """Write what the trials of `config` read from storage: the tokenised data, the teacher-output cache and
     the teacher memory. A search calls it in its driver, so trials running in parallel only read them."""
-    task, device, train, _, _, objective, data_key = load_inputs(config)
-    teacher, cache = prepare_teacher(config, objective, train, data_key, task, device, say)
+    _, device, train, _, _, objective, data_key = load_inputs(config)
+    source = TeacherSource.open(config, objective, train, data_key, device, say)
     if not objective.needs_memory:
         return Prepared(train.num_examples, None)
-    shape = tuple(memory_source(config, teacher, cache, train, data_key, device)().shape)
-    return Prepared(train.num_examples, shape)
+    return Prepared(train.num_examples, tuple(source.memory().shape))
 
 
-def memory_source(config: DistillConfig, teacher: torch.nn.Module | None, cache: TeacherCache | None,
-                  train: Batches, data_key: str, device: torch.device) -> Callable[[], torch.Tensor]:
-    """The teacher memory for `Setup`, fitted (once per key) from the cached features or the live teacher."""
-    penultimate = cached_penultimate if cache is not None else live_penultimate(teacher)
-    return lambda: teacher_memory(config, penultimate, train, data_key, device)
-
-
-def relation_probe(config: DistillConfig, teacher: torch.nn.Module | None, ranked: dict[str, Batches], task: Task,
-                   device: torch.device) -> Callable[[torch.nn.Module], dict[str, float]]:
+def relation_probe(source: TeacherSource, ranked: dict[str, Batches], device: torch.device
+                   ) -> Callable[[torch.nn.Module], dict[str, float]]:
     """student -> `relations/<inter|intra>_<euclidean|cosine>` against the teacher on the first batch of the
-    evaluation split (the teacher's side computed once; the teacher is loaded for it when the cache serves
-    the training steps)."""
+    evaluation split (the teacher's side computed once, by the live teacher: loaded for it when the cache
+    serves the training steps)."""
     batches = next(iter(ranked.values()))
     batch = to_device(batches.collate(batches.batch_rows(0)[0]), device)
-    if teacher is None:
-        teacher = load_teacher(config.teacher, task.num_labels).to(device).eval().requires_grad_(False)
     with torch.no_grad(), autocast(device):
-        t_states = run_model(teacher.eval(), batch, hidden=True).penultimate.float()
+        t_states = run_model(source.live_model(), batch, hidden=True).penultimate.float()
 
     def probe(student: torch.nn.Module) -> dict[str, float]:
         was = student.training
@@ -298,19 +135,13 @@ def relation_probe(config: DistillConfig, teacher: torch.nn.Module | None, ranke
     return probe
 
 
-def make_loss_fn(objective: Objective, teacher: torch.nn.Module | None, student: torch.nn.Module) -> LossFn:
-    """batch -> (loss, parts): the teacher's outputs without gradient (live, or cached in the batch), the
-    student's, the objective."""
+def make_loss_fn(objective: Objective, source: TeacherSource, student: torch.nn.Module) -> LossFn:
+    """batch -> (loss, parts): the teacher's outputs (live or cached, without gradient), the student's, the
+    objective."""
     needs = (objective.needs_hidden, objective.needs_attentions, objective.needs_values)
 
     def loss_fn(batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        t_out = None
-        if teacher is not None:
-            with torch.no_grad():
-                t_out = run_model(teacher, batch, *needs)
-        elif "teacher_logits" in batch:  # served by the teacher-output cache
-            t_out = TeacherCache.outputs(batch)
-        return objective(run_model(student, batch, *needs), t_out, batch)
+        return objective(run_model(student, batch, *needs), source.outputs(batch), batch)
 
     return loss_fn
 
@@ -336,13 +167,12 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
     seed_everything(config.seed)
     task, device, train, _, ranked, objective, data_key = load_inputs(config)
     speed_up(device)
-    teacher, cache = prepare_teacher(config, objective, train, data_key, task, device)
+    source = TeacherSource.open(config, objective, train, data_key, device)
     seed_everything(config.seed)  # the student's init must not depend on whether the teacher was loaded
     attn = "eager" if objective.needs_attentions else "sdpa"
     student = build_student(student_backbone(config), config.student_layers, task.num_labels, attn).to(device)
-    objective.setup(Setup(teacher, student, config.max_seq_len,
-                          memory_source(config, teacher, cache, train, data_key, device)))
-    tracked = relation_probe(config, teacher, ranked, task, device) if config.track_relations else None
+    objective.setup(Setup(student, config.max_seq_len, source.memory() if objective.needs_memory else None))
+    tracked = relation_probe(source, ranked, device) if config.track_relations else None
     # Training's random numbers (dropout) must not depend on what the objective's setup or the probe drew:
     # with one seed every method sees the same dropout, and a weight of 0 gives the run without its term.
     seed_everything(config.seed)
@@ -369,7 +199,7 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
     resumed_from = samples / rows
     size = float(sum(p.numel() for p in student.parameters()))  # what inference runs (Table 8)
 
-    loss_fn = make_loss_fn(objective, teacher, student)
+    loss_fn = make_loss_fn(objective, source, student)
     interval = Interval()
     for epoch in range(start_epoch, config.epochs):
         student.train()
@@ -407,31 +237,27 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
             interval = Interval()
 
 
+def load_student(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, DistillConfig]:
+    """A checkpoint's student (on the CPU, in eval mode) and the configuration it was trained with."""
+    state = load_checkpoint(checkpoint)
+    config = DistillConfig.from_dict(state["config"])
+    student = build_student(student_backbone(config), config.student_layers, get_task(config.task).num_labels)
+    student.load_state_dict(state["student"])
+    return student.eval(), config
+
+
 def evaluate_on_dev(checkpoint: str | os.PathLike) -> dict[str, float]:
     """The dev metrics of a checkpoint's student, as `dev/<metric>` (`dev_mm/..` for MNLI mismatched): how a
     run ranked on the holdout is reported, for the winners only."""
-    state = load_checkpoint(checkpoint)
-    config = DistillConfig.from_dict(state["config"])
+    student, config = load_student(checkpoint)
     inputs = load_inputs(config)
-    student = build_student(student_backbone(config), config.student_layers, inputs.task.num_labels)
-    student.load_state_dict(state["student"])
     metrics = evaluate(student.to(inputs.device), inputs.dev, inputs.task, inputs.device)
     return {k.replace("eval", "dev", 1): v for k, v in metrics.items()}
 
 
 def export_student(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> str:
     """A plain Hugging Face model folder of a checkpoint's student (no objective state, no memory)."""
-    state = load_checkpoint(checkpoint)
-    config = DistillConfig.from_dict(state["config"])
-    task = get_task(config.task)
-    student = build_student(student_backbone(config), config.student_layers, task.num_labels)
-    student.load_state_dict(state["student"])
+    student, config = load_student(checkpoint)
     student.save_pretrained(out_dir)
     load_tokenizer(config.teacher).save_pretrained(out_dir)
     return str(out_dir)
-
-
-if __name__ == "__main__":
-    from fsd.cli import main
-
-    main()

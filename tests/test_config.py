@@ -39,3 +39,10 @@ def test_frozen():
     with pytest.raises(AttributeError):
         c.alpha = 0.1  # type: ignore[misc]
     assert c.replace(alpha=0.1).alpha == 0.1
+
+
+def test_the_configurations_method_names_are_the_objectives():
+    from fsd.config import METHODS
+    from fsd.objectives import OBJECTIVES
+
+    assert METHODS == tuple(OBJECTIVES)

@@ -1,5 +1,9 @@
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+FSD = Path(__file__).resolve().parents[1] / "fsd"
 
 
 def test_core_imports_neither_ray_nor_mlflow():
@@ -9,3 +13,69 @@ def test_core_imports_neither_ray_nor_mlflow():
             "print(sorted(n for n in sys.modules if n.split('.')[0] in ('ray', 'mlflow')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Module -> the modules of `root`'s package it imports anywhere in its text (top level, in functions,
+    under TYPE_CHECKING): `from a.b import c` is an edge to `a.b.c` when that is a module, else to `a.b`."""
+    names = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in names.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                edges |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in names else node.module
+                          for a in node.names}
+        graph[name] = {e for e in edges if e in names and e != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected set of more than one module (Tarjan)."""
+    index, low, stack, found = {}, {}, [], []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while not group or group[-1] != v:
+                group.append(stack.pop())
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_finds_a_planted_cycle(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg.sub import b\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "b.py").write_text("def f():\n    import pkg.c\n")
+    (pkg / "c.py").write_text("from pkg import a\n")
+    (pkg / "d.py").write_text("from pkg.a import x\n")
+    graph = import_graph(pkg)
+    assert graph["pkg.a"] == {"pkg.sub.b"} and graph["pkg.d"] == {"pkg.a"}
+    assert cycles(graph) == [["pkg.a", "pkg.c", "pkg.sub.b"]]
+
+
+def test_no_import_cycle_among_the_modules_of_fsd():
+    graph = import_graph(FSD)
+    assert {"fsd.train", "fsd.loop", "fsd.config", "fsd.tuning.runner"} <= set(graph)
+    assert cycles(graph) == []

@@ -242,3 +242,41 @@ def test_short_feature_rows_equal_zero_padded_rows():
     grads_short = torch.autograd.grad(sum(short.values()), (h_s, m_s))
     for a, b in zip(grads_short, grads_full, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_teacher_side_computed_once_gives_the_same_loss_and_gradients(dtype):
+    """FixedMemory (what a run computes once of the teacher memory) against the per-step computation, for
+    rows flattened to every length and for a width that is no whole number of positions."""
+    from fsd.objectives.memory import FixedMemory, _cosines, _pair_dist
+
+    g = torch.Generator().manual_seed(5)
+    n, k, d_t, d_s, length = 6, 5, 4, 3, 9
+    m_t = (torch.randn(k, length * d_t, generator=g, dtype=torch.float64) + 2.0).to(dtype)
+    m_s = torch.randn(k, length * d_s, generator=g, dtype=dtype, requires_grad=True)
+    fixed = FixedMemory(m_t, d_t)
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    for width in (*(l * d_t for l in range(1, length + 1)), 7):
+        h_t = torch.randn(n, width, generator=g, dtype=torch.float64).to(dtype) + 1.0
+        torch.testing.assert_close(fixed.distances(h_t), _pair_dist(h_t, m_t), **tol)
+        torch.testing.assert_close(fixed.cosines(h_t), _cosines(h_t, m_t), **tol)
+        l = max(1, width // d_t)
+        h_s = torch.randn(n, l * d_s, generator=g, dtype=dtype, requires_grad=True)
+        plain = global_structure_parts(h_t, h_s, m_t, m_s, 0.3)
+        once = global_structure_parts(h_t, h_s, m_t, m_s, 0.3, fixed=fixed)
+        for key in plain:
+            torch.testing.assert_close(once[key], plain[key], **tol)
+        grads = [torch.autograd.grad(sum(p.values()), (h_s, m_s)) for p in (plain, once)]
+        for a, b in zip(*grads, strict=True):
+            torch.testing.assert_close(b, a, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10)
+
+
+def test_cosines_equal_the_normalised_rows_products():
+    from fsd.objectives.memory import _cosines
+
+    g = torch.Generator().manual_seed(2)
+    h, m = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(3, 10, generator=g, dtype=torch.float64)
+    m[1] = 0.0  # a zero row: cosine 0, as F.normalize's floor gives
+    expected = torch.nn.functional.normalize(h, dim=1) @ torch.nn.functional.normalize(m, dim=1)[:, :6].T
+    torch.testing.assert_close(_cosines(h, m), expected, rtol=1e-12, atol=1e-12)
+    assert torch.all(_cosines(h, m)[:, 1] == 0)

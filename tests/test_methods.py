@@ -55,7 +55,7 @@ def _one_batch(tiny_bert, glue_dir, tmp_path, method, **kw):
     attn = "eager" if objective.needs_attentions else "sdpa"
     teacher = load_teacher(tiny_bert, 2, attn).requires_grad_(True)  # on purpose: must still get no grad
     student = build_student(tiny_bert, 2, 2, attn)
-    objective.setup(Setup(teacher, student, 64, lambda: torch.randn(4, 64 * 32)))
+    objective.setup(Setup(student, 64, torch.randn(4, 64 * 32) if objective.needs_memory else None))
     needs = (objective.needs_hidden, objective.needs_attentions, objective.needs_values)
     with torch.no_grad():
         t_out = run_model(teacher, batch, *needs)

@@ -67,6 +67,21 @@ def test_a_stage_met_again_in_a_comparison_is_counted_once(glue_dir, tmp_path):
     assert second.samples == second.stages[1].samples  # only PKD's own stage
 
 
+
+def test_a_comparisons_seed_runs_are_counted_by_hand(glue_dir, tmp_path):
+    from fsd.tuning.cost import compare_cost
+
+    spec = SearchSpec(task="rte", method="vkd", storage=str(tmp_path), mlflow_uri="", teacher="packaged-minilm",
+                      data_dir=glue_dir, preset="quick")
+    schedules = [get_schedule(m, "rte", "quick") for m in ("vkd", "fsd")]
+    costs = [search_cost(SearchSpec(**{**spec.__dict__, "method": s.method}), s) for s in schedules]
+    c = compare_cost(costs, schedules, seeds=5, ablation=True, batch_sizes=(8, 16, 32))
+    # 5 runs per method, 4 ablations x 5 seeds, 2 variants x 3 sizes x 5 seeds; 2,000 rows x 2 epochs each
+    assert c.runs == {"vkd": 5, "fsd": 5, "ablation": 20, "batch sizes": 30}
+    assert c.samples == 60 * 2000 * 2 and c.evaluations == 60 * 4 * 277  # 4 evaluations of RTE's 277 dev rows
+    plain = compare_cost(costs, schedules, seeds=3)
+    assert plain.runs == {"vkd": 3, "fsd": 3} and plain.samples == 6 * 4000
+
 def _main(*args, cwd):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, str(ROOT / "tune_main.py"), *args], capture_output=True, text=True,

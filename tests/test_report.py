@@ -147,3 +147,14 @@ def test_paper_tables_render_in_headless_chromium(tmp_path):
     headers = [h for t in dom.tables for h in t]
     for column in ("difference from fsd", "std across batch sizes", "average rank", "training time vs vkd"):
         assert column in headers, column
+
+
+def test_the_report_shows_each_methods_lowest_seed_heatmap(tmp_path):
+    from fsd.tuning.search_report import first_heatmaps
+
+    for name in ("fsd-43-aaaa0000", "fsd-42-bbbb1111", "rkd-7-cccc2222", "ablation-fsdg-3-dddd3333", "stray"):
+        (tmp_path / "analysis" / name).mkdir(parents=True)
+        (tmp_path / "analysis" / name / "cka_heatmap.png").write_bytes(b"png")
+    found = first_heatmaps(tmp_path)
+    assert {m: (seed, p.parent.name) for m, (seed, p) in found.items()} == {
+        "ablation-fsdg": (3, "ablation-fsdg-3-dddd3333"), "fsd": (42, "fsd-42-bbbb1111"), "rkd": (7, "rkd-7-cccc2222")}

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd.teacher import TeacherSpec, ensure_teacher
+from fsd.config import DataSpec
+from fsd.teacher import TeacherSpec, ensure_teacher, teacher_data
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +28,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_bert, glue_dir):
     root = tmp_path_factory.mktemp("search")
-    teacher = ensure_teacher(TeacherSpec("rte", tiny_bert, glue_dir, epochs=1, max_train_samples=64,
-                                         max_eval_samples=64), str(root / "shared"), log=lambda *_: None)
+    data = teacher_data(DataSpec("rte", glue_dir, max_train_samples=64, max_eval_samples=64))
+    teacher = ensure_teacher(TeacherSpec(tiny_bert, data, epochs=1), str(root / "shared"), log=lambda *_: None)
     return root, teacher, tiny_bert, glue_dir
 
 
@@ -187,6 +188,7 @@ def test_report_is_rebuilt_from_storage_and_mlflow(setup, uninterrupted):
     assert "CKA diagonal" in headers and "restoration f1" in headers and "method" in headers
 
 
+@pytest.mark.long
 def test_compare_vkd_and_fsd_on_a_fresh_folder_runs_the_vkd_stage_once(setup):
     """The VKD stage that starts both schedules runs in the first search and is reused by the second: its grid's
     trials appear once in MLflow, both searches' ledgers hold its winner, the second names where it came from."""
@@ -237,6 +239,7 @@ def test_paper_tables_of_a_comparison_reach_files_mlflow_and_the_report(setup):
     assert "Fig. 5" in page.read_text() and "Fig. 6" in page.read_text()
 
 
+@pytest.mark.long
 def test_optuna_samples_a_large_grid_and_halves_it(setup):
     """--strategy optuna on a 27-point VKD grid: a third of it sampled by TPE (a journal on disk), every sample
     evaluated at rungs, some stopped there; the winner is a grid point that trained to its full budget."""

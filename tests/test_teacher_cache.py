@@ -8,15 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+import fsd.teacher_source as teacher_source
 from fsd.config import DistillConfig
 from fsd.data import cache_key, load_task_data
+from fsd.loop import make_batches
 from fsd.models import build_student, load_tokenizer
 from fsd.objectives import Setup, build_objective
 from fsd.tasks import get_task
-from fsd.teacher_cache import TeacherCache, open_cache
-from fsd.train import autocast, distill, make_batches, make_loss_fn, prepare_teacher
+from fsd.teacher_source import TeacherSource, open_cache
+from fsd.train import distill, make_loss_fn
 
-CACHED_METHODS = ["vkd", "pkd", "rkd", "fsdi", "fsdl", "fsd"]
+CACHED_METHODS = ["vkd", "pkd", "rkd", "minilm", "fsdi", "fsdl", "fsd"]
 
 
 def _config(tiny_bert, glue_dir, storage, **kw):
@@ -30,16 +32,16 @@ def _loss_and_grads(config):
     """Loss parts and student gradients on the first training batch, live teacher or cache per config."""
     task = get_task(config.task)
     tok = load_tokenizer(config.teacher)
-    train, _, _ = make_batches(config, task, tok, config.storage, config.data_dir, config.max_train_samples,
-                            config.max_eval_samples, config.seed)
+    train, _, _ = make_batches(config.data, tok, config.storage)
     objective = build_objective(config, task.is_regression)
     key = cache_key(task, tok, config.max_seq_len, config.data_dir)
-    teacher, cache = prepare_teacher(config, objective, train, key, task, torch.device("cpu"))
+    source = TeacherSource.open(config, objective, train, key, torch.device("cpu"))
+    teacher, cache = source.model, source.cache
     torch.manual_seed(0)
     attn = "eager" if objective.needs_attentions else "sdpa"
     student = build_student(config.teacher, config.student_layers, task.num_labels, attn)
-    objective.setup(Setup(teacher, student, config.max_seq_len, lambda: torch.ones(4, 64 * 32)))
-    loss, parts = make_loss_fn(objective, teacher, student)(next(train.epoch(0)))
+    objective.setup(Setup(student, config.max_seq_len, torch.ones(4, 64 * 32) if objective.needs_memory else None))
+    loss, parts = make_loss_fn(objective, source, student)(next(train.epoch(0)))
     loss.backward()
     grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
     return teacher, cache, {k: float(v.detach()) for k, v in {"loss": loss, **parts}.items()}, grads
@@ -61,11 +63,27 @@ def test_cache_gives_the_live_teachers_losses_and_gradients(method, tiny_bert, g
             torch.testing.assert_close(grads[n], live_grads[n], rtol=tol * 10, atol=tol * 10)
 
 
-def test_minilm_and_unmasked_structures_run_the_teacher_live(tiny_bert, glue_dir, tmp_path):
-    for kw in ({"method": "minilm"}, {"method": "fsd", "structure_mask": False}):
-        teacher, cache, _, _ = _loss_and_grads(_config(tiny_bert, glue_dir, tmp_path, **kw))
-        assert teacher is not None and cache is None
+def test_unmasked_structures_run_the_teacher_live(tiny_bert, glue_dir, tmp_path):
+    teacher, cache, _, _ = _loss_and_grads(_config(tiny_bert, glue_dir, tmp_path, method="fsd", structure_mask=False))
+    assert teacher is not None and cache is None
     assert not (tmp_path / "cache").exists()
+
+
+def test_minilm_under_the_cache_runs_only_the_last_self_attention(tiny_bert, glue_dir, tmp_path):
+    """Unmasked or not (MiniLM's losses always mask PAD), MiniLM reads the cached logits and features and
+    keeps one module of the teacher: its last layer's self-attention."""
+    for mask in (True, False):
+        teacher, cache, _, _ = _loss_and_grads(_config(tiny_bert, glue_dir, tmp_path / str(mask), method="minilm",
+                                                       structure_mask=mask))
+        assert teacher is None and cache is not None and cache.fields == ("logits", "penultimate")
+    config = _config(tiny_bert, glue_dir, tmp_path, method="minilm")
+    task = get_task("rte")
+    tok = load_tokenizer(tiny_bert)
+    train, _, _ = make_batches(config.data, tok, config.storage)
+    source = TeacherSource.open(config, build_objective(config), train, cache_key(task, tok, 64, glue_dir),
+                                torch.device("cpu"))
+    layers = {type(m).__name__ for m in source.attention.modules()}
+    assert "BertSelfAttention" in layers and "BertLayer" not in layers and "BertEmbeddings" not in layers
 
 
 def test_distill_with_and_without_cache_gives_the_same_run(tiny_bert, glue_dir, tmp_path):
@@ -85,18 +103,18 @@ def test_distill_with_and_without_cache_gives_the_same_run(tiny_bert, glue_dir, 
 def _open(config, say=print):
     task = get_task(config.task)
     tok = load_tokenizer(config.teacher)
-    train, _, _ = make_batches(config, task, tok, config.storage, config.data_dir, config.max_train_samples,
-                            config.max_eval_samples, config.seed)
+    train, _, _ = make_batches(config.data, tok, config.storage)
     passes = []
+    real = teacher_source.load_teacher
 
-    def load():
-        from fsd.models import load_teacher
-
+    def load(*args, **kw):
         passes.append(1)
-        return load_teacher(config.teacher, task.num_labels).eval()
+        return real(*args, **kw)
 
     key = cache_key(task, tok, config.max_seq_len, config.data_dir)
-    cache = open_cache(config, ("logits", "penultimate"), train, key, torch.device("cpu"), load, autocast, say)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(teacher_source, "load_teacher", load)
+        cache = open_cache(config, ("logits", "penultimate"), train, key, torch.device("cpu"), task.num_labels, say)
     return cache, len(passes)
 
 
@@ -161,9 +179,9 @@ def test_cached_rows_match_the_batch_layout(tiny_bert, glue_dir, tmp_path):
     teacher = load_teacher(tiny_bert, 2).eval()
     for pad_to in (None, 64):
         batches = Batches(data["train"], 5, tok.pad_token_id, shuffle=True, seed=3, pad_to=pad_to,
-                          group_by_length=True, attach=cache.attach)
+                          group_by_length=True)
         batch = next(batches.epoch(1))
-        out = TeacherCache.outputs(batch)
+        out = cache.outputs(batch)
         with torch.no_grad():
             live = run_model(teacher, batch, hidden=True)
         mask = batch["attention_mask"].bool()

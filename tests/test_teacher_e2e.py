@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fsd.config import DistillConfig
+from fsd.config import DataSpec, DistillConfig
 from fsd.models import TEACHER_META
-from fsd.teacher import TeacherSpec, ensure_teacher
+from fsd.teacher import TeacherSpec, ensure_teacher, teacher_data
 from fsd.train import distill
 
 pytestmark = pytest.mark.slow
@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def rte_teacher(glue_dir, minilm_path, tmp_path_factory):
     storage = tmp_path_factory.mktemp("storage")
-    spec = TeacherSpec("rte", minilm_path, glue_dir, epochs=1, max_train_samples=160, max_eval_samples=64)
+    spec = TeacherSpec(minilm_path, teacher_data(DataSpec("rte", glue_dir, max_train_samples=160, max_eval_samples=64)),
+                       epochs=1)
     return ensure_teacher(spec, str(storage), log=lambda *_: None), spec, str(storage)
 
 
@@ -32,9 +33,9 @@ def test_teacher_is_fine_tuned_once_and_reused(rte_teacher):
     stamp = os.stat(Path(path) / TEACHER_META).st_mtime_ns
     assert ensure_teacher(spec, storage, log=lambda *_: None) == path
     assert os.stat(Path(path) / TEACHER_META).st_mtime_ns == stamp  # not trained again
-    assert ensure_teacher(TeacherSpec("rte", path), storage) == path  # a fine-tuned teacher is used as is
+    assert ensure_teacher(TeacherSpec(path, DataSpec("rte")), storage) == path  # a fine-tuned teacher is used as is
     with pytest.raises(ValueError, match="fine-tuned on rte, not mrpc"):
-        ensure_teacher(TeacherSpec("mrpc", path), storage)
+        ensure_teacher(TeacherSpec(path, DataSpec("mrpc")), storage)
     assert not [p for p in (Path(storage) / "teacher").iterdir() if p.name.startswith(".")]
 
 
@@ -52,7 +53,7 @@ def test_vkd_student_from_the_pretrained_backbone(rte_teacher, glue_dir, minilm_
 
 def _cli(*args, cwd):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.run([sys.executable, "-m", "fsd.train", *args], capture_output=True, text=True, cwd=cwd, env=env)
+    return subprocess.run([sys.executable, "-m", "fsd.cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
 def test_cli_runs_one_distillation(glue_dir, tmp_path):

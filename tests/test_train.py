@@ -4,6 +4,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
+import fsd.config as config_mod
+import fsd.loop as loop_mod
+import fsd.teacher_source as teacher_source_mod
 import fsd.train as train_mod
 from fsd.config import DistillConfig
 from fsd.objectives import OBJECTIVES, Objective
@@ -86,7 +89,7 @@ def test_nokd_never_loads_the_teacher(tiny_bert, glue_dir, tmp_path, monkeypatch
     def boom(*a, **k):
         raise AssertionError("teacher loaded")
 
-    monkeypatch.setattr(train_mod, "load_teacher", boom)
+    monkeypatch.setattr(teacher_source_mod, "load_teacher", boom)
     (m,) = _run(_config(tiny_bert, glue_dir, tmp_path, epochs=1, method="nokd"))
     assert set(k for k in m if k.startswith("train/") and k != "train/samples_per_s") == {"train/loss", "train/ce"}
 
@@ -105,6 +108,7 @@ class _NaN(Objective):
 
 def test_non_finite_loss_names_the_part_and_step(tiny_bert, glue_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(OBJECTIVES, "nan_test", _NaN)
+    monkeypatch.setattr(config_mod, "METHODS", (*config_mod.METHODS, "nan_test"))
     with pytest.raises(FloatingPointError, match=r"epoch 0 step 0 \(parts: \['broken'\]\)"):
         _run(_config(tiny_bert, glue_dir, tmp_path, method="nan_test"))
 
@@ -138,8 +142,8 @@ def test_resume_from_a_rung_inside_an_epoch_continues_exactly(tiny_bert, glue_di
 def test_holdout_run_is_ranked_on_the_holdout_and_never_evaluates_dev(tiny_bert, glue_dir, tmp_path, monkeypatch):
     config = _config(tiny_bert, glue_dir, tmp_path, holdout_rows=40, epochs=1)
     evaluated = []
-    real = train_mod.predict
-    monkeypatch.setattr(train_mod, "predict", lambda m, b, d: evaluated.append(b.num_examples) or real(m, b, d))
+    real = loop_mod.predict
+    monkeypatch.setattr(loop_mod, "predict", lambda m, b, d: evaluated.append(b.num_examples) or real(m, b, d))
     reports = []
     for report in distill(config):
         reports.append(report.metrics)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsd.cka import linear_cka, linear_cka_fixed
+from fsd.cka import centred_gram, linear_cka, linear_cka_fixed
+from fsd.storage import atomic_file
 
 LOG_EPS = 1e-8  # the reference code's -log(CKA + 1e-8)
 INITS = ("kmeans++", "reference")
@@ -115,22 +115,10 @@ class TeacherMemory:
 
     @staticmethod
     def save(path: str | os.PathLike, centroids: torch.Tensor, meta: dict[str, Any]) -> None:
-        """Write `{"centroids", "meta"}` to a temporary file in the same folder, then `os.replace` it, so
-        `path` is never half-written. `meta` must hold plain values (str, numbers, lists, dicts)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-memory-", suffix=".pt")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"centroids": centroids.detach().cpu(), "meta": dict(meta)}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write `{"centroids", "meta"}` to `path`, never half-written (`fsd.storage.atomic_file`). `meta`
+        must hold plain values (str, numbers, lists, dicts)."""
+        with atomic_file(path) as tmp:
+            torch.save({"centroids": centroids.detach().cpu(), "meta": dict(meta)}, tmp)
 
     @staticmethod
     def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[torch.Tensor, dict]:
@@ -156,9 +144,46 @@ class StudentMemory(nn.Module):
         return self.centroids
 
 
+class FixedMemory:
+    """What the loss needs of a memory that never changes (the teacher's), computed once instead of at
+    every step: its centred Gram (L_M), its shifted rows and their norms (distances), its unit rows
+    (cosines), and per feature length the parts of those that lie beyond it. A batch flattened to its own
+    length `l` is `l * block` wide; other widths are served from the rows directly."""
+
+    def __init__(self, m: torch.Tensor, block: int):
+        self.m, self.block = m, block
+        self.gram = centred_gram(m)
+        self.shift = m.mean(dim=0)
+        self.b = m - self.shift
+        self.b_sq = self.b.pow(2).sum(dim=1)
+        self.unit = F.normalize(m, dim=1)
+        if m.shape[1] % block:
+            self.tail_sq = self.tail_dot = None
+            return
+        blocks = self.shift.view(-1, block)
+        sq = blocks.pow(2).sum(dim=1)  # [L]: per position, ||shift||^2 of its block
+        dot = (self.b.view(m.shape[0], -1, block) * blocks).sum(dim=2)  # [K, L]: b . shift per position
+        self.tail_sq = torch.cat([sq.flip(0).cumsum(0).flip(0), sq.new_zeros(1)])  # [L+1]: from position j on
+        self.tail_dot = torch.cat([dot.flip(1).cumsum(1).flip(1), dot.new_zeros(len(dot), 1)], dim=1)
+
+    def distances(self, h: torch.Tensor) -> torch.Tensor:
+        """`_pair_dist(h, m)` from the stored parts."""
+        w = h.shape[1]
+        if self.tail_sq is None or w % self.block:
+            return _pair_dist(h, self.m)
+        j = w // self.block
+        a = h - self.shift[:w]
+        sq_a = a.pow(2).sum(dim=1, keepdim=True) + self.tail_sq[j]
+        return _root((sq_a - 2 * (a @ self.b[:, :w].T - self.tail_dot[:, j]) + self.b_sq).clamp(min=0))
+
+    def cosines(self, h: torch.Tensor) -> torch.Tensor:
+        """`_cosines(h, m)` from the stored unit rows."""
+        return F.normalize(h, dim=1) @ self.unit[:, :h.shape[1]].T
+
+
 def global_structure_parts(h_t_flat: torch.Tensor, h_s_flat: torch.Tensor, m_t: torch.Tensor,
-                           m_s: torch.Tensor, lam: float, gram_t: torch.Tensor | None = None
-                           ) -> dict[str, torch.Tensor]:
+                           m_s: torch.Tensor, lam: float, gram_t: torch.Tensor | None = None,
+                           fixed: FixedMemory | None = None) -> dict[str, torch.Tensor]:
     """The three weighted terms of `L_G` (Eq. 8-10); they sum to `global_structure_loss`.
 
     ```
@@ -177,6 +202,8 @@ def global_structure_parts(h_t_flat: torch.Tensor, h_s_flat: torch.Tensor, m_t: 
         lam: Euclidean vs cosine mix in [0, 1].
         gram_t: optional `fsd.cka.centred_gram(m_t)`: the teacher memory never changes, so its Gram can be
             computed once.
+        fixed: optional `FixedMemory(m_t, d_t)`: its Gram and its side of the distances and cosines,
+            computed once (what a training run passes).
 
     Returns:
         `{"memory", "euclidean", "cosine"}` scalars (float32, or float64 for float64 inputs). The
@@ -190,10 +217,15 @@ def global_structure_parts(h_t_flat: torch.Tensor, h_s_flat: torch.Tensor, m_t: 
                          f"{tuple(h_t_flat.shape)}, {tuple(h_s_flat.shape)}, {tuple(m_t.shape)}, {tuple(m_s.shape)}")
     acc = torch.float64 if torch.float64 in (h_t_flat.dtype, h_s_flat.dtype, m_t.dtype, m_s.dtype) else torch.float32
     h_t, h_s, m_t, m_s = (t.to(acc) for t in (h_t_flat, h_s_flat, m_t, m_s))
-    cka = linear_cka(m_s, m_t) if gram_t is None else linear_cka_fixed(m_s, gram_t.to(acc))
+    if fixed is not None and fixed.m.dtype == acc:
+        cka = linear_cka_fixed(m_s, fixed.gram)
+        d_t, c_t = fixed.distances(h_t), fixed.cosines(h_t)
+    else:
+        cka = linear_cka(m_s, m_t) if gram_t is None else linear_cka_fixed(m_s, gram_t.to(acc))
+        d_t, c_t = _pair_dist(h_t, m_t), _cosines(h_t, m_t)
     memory = -torch.log(cka + LOG_EPS)
-    euclidean = F.mse_loss(_pair_dist(h_s, m_s), _pair_dist(h_t, m_t))
-    cosine = F.mse_loss(_cosines(h_s, m_s), _cosines(h_t, m_t))
+    euclidean = F.mse_loss(_pair_dist(h_s, m_s), d_t)
+    cosine = F.mse_loss(_cosines(h_s, m_s), c_t)
     return {"memory": memory, "euclidean": lam * euclidean, "cosine": (1 - lam) * cosine}
 
 
@@ -205,8 +237,10 @@ def global_structure_loss(h_t_flat: torch.Tensor, h_s_flat: torch.Tensor, m_t: t
 
 
 def _cosines(h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """`[n, K]` cosines between rows of `h [n, w]` (zeros beyond w) and `m [K, D]`."""
-    return F.normalize(h, dim=1) @ F.normalize(m, dim=1)[:, :h.shape[1]].T
+    """`[n, K]` cosines between rows of `h [n, w]` (zeros beyond w) and `m [K, D]`. The products are divided
+    by the rows' norms, not the rows themselves: one pass over the wide `m` fewer, forward and backward."""
+    norms = m.norm(dim=1).clamp(min=1e-12)  # F.normalize's floor
+    return (F.normalize(h, dim=1) @ m[:, :h.shape[1]].T) / norms
 
 
 def _pair_dist(h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -219,9 +253,12 @@ def _pair_dist(h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     tail = shift[w:]  # h is zero there, so h - shift is -tail
     sq_a = a.pow(2).sum(dim=1, keepdim=True) + tail.pow(2).sum()
     dot = a @ b[:, :w].T - b[:, w:] @ tail
-    sq = (sq_a - 2 * dot + b.pow(2).sum(dim=1)).clamp(min=0)
+    return _root((sq_a - 2 * dot + b.pow(2).sum(dim=1)).clamp(min=0))
+
+
+def _root(sq: torch.Tensor) -> torch.Tensor:
+    """sqrt with a zero gradient at 0 (its derivative is infinite there): coincident pairs get distance 0."""
     pos = sq > 0
-    # sqrt has an infinite derivative at 0: coincident pairs get distance 0 and a zero gradient.
     return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(sq))
 
 

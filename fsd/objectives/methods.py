@@ -7,18 +7,16 @@ weighted terms, so they sum to the total and each can be logged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from fsd.cka import centred_gram
 from fsd.models import ModelOutputs
 from fsd.objectives.baselines import attention_kl_loss, pkd_loss, rkd_angle_loss, rkd_distance_loss, value_relation_loss
 from fsd.objectives.kd import kd_loss, label_loss
-from fsd.objectives.memory import StudentMemory, global_structure_parts
+from fsd.objectives.memory import FixedMemory, StudentMemory, global_structure_parts
 from fsd.objectives.structure import (
     flatten_features,
     intra_feature_loss,
@@ -33,13 +31,11 @@ Parts = dict[str, torch.Tensor]
 
 @dataclass
 class Setup:
-    """What an objective may need before training; `teacher_memory()` returns the teacher's centroids
-    (fitted once per key, then read from storage)."""
+    """What an objective may need before training."""
 
-    teacher: nn.Module | None
     student: nn.Module
     max_seq_len: int
-    teacher_memory: Callable[[], torch.Tensor]  # built lazily: only FSDG needs it
+    teacher_memory: torch.Tensor | None = None  # the teacher's centroids, for an objective that `needs_memory`
 
 
 class Objective(nn.Module):
@@ -142,7 +138,13 @@ class MiniLM(Objective):
 
     needs_attentions = True
     needs_values = True
-    teacher_fields = None  # attention maps are [h, l, l] per sample: too big to cache; the teacher runs live
+    # Attention maps are [h, l, l] per sample, too big to cache: the teacher's last self-attention runs live
+    # on the cached penultimate features, its input (fsd/teacher_source.py).
+    teacher_fields = ("logits", "penultimate")
+
+    def cache_fields(self) -> tuple[str, ...] | None:
+        """Cacheable whatever `structure_mask` says: the attention losses always mask PAD queries and keys."""
+        return self.teacher_fields
 
     def extra_parts(self, s: ModelOutputs, t: ModelOutputs, batch: dict) -> Parts:
         mask = batch["attention_mask"]  # PAD keys have no attention in either model: always masked
@@ -161,8 +163,9 @@ class FSD(Objective):
         if "g" not in self.structures:
             return
         self.max_seq_len = ctx.max_seq_len
-        self.register_buffer("teacher_memory", ctx.teacher_memory().float(), persistent=False)
-        self.register_buffer("teacher_gram", centred_gram(self.teacher_memory), persistent=False)  # fixed: once
+        self.register_buffer("teacher_memory", ctx.teacher_memory.float(), persistent=False)
+        # The teacher memory never changes: its Gram and its side of the distances and cosines, once.
+        self.fixed = FixedMemory(self.teacher_memory, self.teacher_memory.shape[1] // ctx.max_seq_len)
         k = self.teacher_memory.shape[0]
         self.student_memory = StudentMemory(k, ctx.max_seq_len * ctx.student.config.hidden_size)
         self.to(self.teacher_memory.device)
@@ -178,7 +181,7 @@ class FSD(Objective):
         if "g" in self.structures:
             # Flattened to the batch's own length: the first l tokens of the memory's padded-to-max layout.
             g = global_structure_parts(flatten_features(h_t, mask), flatten_features(h_s, mask),
-                                       self.teacher_memory, self.student_memory(), c.lam, self.teacher_gram)
+                                       self.teacher_memory, self.student_memory(), c.lam, fixed=self.fixed)
             parts.update({f"global_{k}": c.beta * c.gamma_g * v for k, v in g.items()})
         return parts
 

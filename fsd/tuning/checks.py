@@ -8,51 +8,44 @@ from __future__ import annotations
 
 import argparse
 import csv
-import difflib
 import logging
-import math
 import os
 import socket
-import types
-import typing
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fsd.config import ConfigError, DistillConfig
 from fsd.tasks import TASKS, Task, get_task
 from fsd.tuning import lock
+from fsd.tuning.flags import (
+    UsageError,
+    build_spec,
+    check_batch_sizes,
+    check_compare,
+    check_names,
+    parse_extra,
+    parse_grids,
+    parse_set,
+)
 from fsd.tuning.ledger import LEDGER, Ledger
 from fsd.tuning.spec import (
-    FIRST_RUNG,
-    HOLDOUT_ROWS,
-    HOLDOUT_SHARE,
     IDENTITY,
-    REDUCTION_FACTOR,
     SearchSpec,
     identity,
     method_spec,
 )
-from search_spaces import Schedule, get_schedule
+from search_spaces import Schedule
 from search_spaces.base import METHODS
 
 TIMEOUT_S = 3.0  # for the MLflow server and the Ray cluster: a service slower than this to answer is down
-# DistillConfig values that tune_main.py flags own: --set may not change them behind the flag's back.
-OWNED = {"task": "--task", "method": "--method", "teacher": "--teacher", "student_init": "--student-init",
-         "student_layers": "--student-layers", "data_dir": "--data-dir", "storage": "--storage",
-         "max_seq_len": "--max-seq-len", "seed": "--seed", "holdout_rows": "--select-on holdout --holdout-rows",
-         "holdout_seed": "--select-on holdout --seed"}
 # What fsd-tune writes at the top of a storage folder, besides one `<task>-<method>/` folder per search.
 STORAGE_ENTRIES = {"teacher", "data_cache", "memory", "cache", "stages", "mlflow.db", "mlflow.db-journal",
                    "mlartifacts", ".DS_Store"}
 # Per task: a search folder per method, the --compare folder, the --report page and its figures.
 SEARCH_FOLDERS = {f"{t}-{m}" for t in TASKS for m in (*METHODS, "compare", "report.html", "report-figures")}
-
-
-class UsageError(Exception):
-    """A command line that cannot run; the message (one line) names the problem and the fix."""
 
 
 @dataclass
@@ -104,44 +97,13 @@ def validate(args: argparse.Namespace) -> Search:
     check_address(spec.address)
     spec.gpus_per_trial = check_gpus(args.gpus_per_trial, args.address)
     check_values(args, schedule, extra)
-    from fsd.cli import quiet_libraries
+    from fsd.logs import quiet_libraries
 
     quiet_libraries()  # the load reports of datasets and transformers would spoil the one error line
     task = get_task(spec.task)
     check_data(task, spec.data_dir, schedule, stages, extra, spec.holdout_rows, spec.seed)
     check_models(task, spec.teacher, spec.student_init, spec.student_layers, spec.max_seq_len)
     return Search(spec, schedule, args.resume, compare=methods, ablation=args.ablation, batch_sizes=batch_sizes)
-
-
-def build_spec(args: argparse.Namespace, schedule: Schedule, stages: tuple[str, ...], extra: dict[str, Any],
-               storage: Path) -> SearchSpec:
-    """The SearchSpec of checked flags (paths made absolute; the GPU share is resolved later)."""
-    return SearchSpec(
-        task=schedule.task, method=args.method, storage=str(storage),
-        mlflow_uri=args.mlflow_uri or f"sqlite:///{storage}/mlflow.db",
-        teacher=_resolve_path(args.teacher), student_init=_resolve_path(args.student_init),
-        student_layers=args.student_layers,
-        data_dir=str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None, preset=args.preset,
-        stages=stages, seeds=args.seeds, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
-        max_concurrent=args.max_concurrent, max_failures=args.max_failures, strategy=args.strategy,
-        reduction_factor=REDUCTION_FACTOR if args.reduction_factor is None else args.reduction_factor,
-        first_rung=FIRST_RUNG if args.first_rung is None else args.first_rung, num_samples=args.num_samples,
-        max_seq_len=args.max_seq_len, select_on=args.select_on, holdout_rows=_holdout_rows(args),
-        teacher_epochs=args.teacher_epochs or schedule.budget.teacher_epochs,
-        teacher_lr=schedule.budget.teacher_lr if args.teacher_lr is None else args.teacher_lr,
-        log_checkpoints=args.log_checkpoints, address=args.address, extra=extra, grids=parse_grids(args))
-
-
-def _holdout_rows(args: argparse.Namespace) -> int | None:
-    """--holdout-rows, or HOLDOUT_SHARE of the task's training rows (at most HOLDOUT_ROWS) with --select-on
-    holdout; None without (trials are ranked on dev)."""
-    if args.select_on != "holdout":
-        return None
-    if args.holdout_rows is not None:
-        return args.holdout_rows
-    from fsd.data import split_rows
-
-    return min(HOLDOUT_ROWS, int(HOLDOUT_SHARE * split_rows(args.task, args.data_dir)[0]))
 
 
 def dry_spec(args: argparse.Namespace) -> tuple[SearchSpec, Schedule]:
@@ -156,7 +118,7 @@ def dry_spec(args: argparse.Namespace) -> tuple[SearchSpec, Schedule]:
     spec.gpus_per_trial = check_gpus(args.gpus_per_trial, args.address)
     if args.compare:
         check_compare(args)
-    from fsd.cli import quiet_libraries
+    from fsd.logs import quiet_libraries
 
     quiet_libraries()
     check_data(get_task(spec.task), spec.data_dir, schedule, stages, extra, spec.holdout_rows, spec.seed)
@@ -172,70 +134,6 @@ def check_schedule(args: argparse.Namespace) -> Schedule:
 
 
 # ---------------------------------------------------------------------------------------------- values
-def check_names(args: argparse.Namespace) -> tuple[Schedule, tuple[str, ...]]:
-    """Task, method and --stages.
-
-    Returns:
-        The schedule and the stages to run (empty: all).
-    """
-    try:
-        task = get_task(args.task).name
-    except ValueError:
-        raise UsageError(f"--task {args.task!r} is not a GLUE task: choose one of {', '.join(TASKS)}") from None
-    if args.method not in METHODS:
-        raise UsageError(f"--method {args.method!r} has no search schedule: choose one of {', '.join(METHODS)}")
-    grids = parse_grids(args)
-    schedule = get_schedule(args.method, task, args.preset, grids)
-    searched = {k for s in schedule.stages for k in s.grid}
-    for key in grids:
-        if key not in searched:
-            raise UsageError(f"--grid {key}: no stage of the {args.method} schedule (preset {args.preset}) searches "
-                             f"it; it searches {', '.join(sorted(searched))} (--set gives a fixed value)")
-    names = [s.name for s in schedule.stages]
-    stages = tuple(args.stages.split(",")) if args.stages else ()
-    for name in stages:
-        if name not in names:
-            raise UsageError(f"--stages names {name!r}, which the {args.method} schedule lacks: choose from "
-                             f"{', '.join(names)}")
-    return schedule, stages
-
-
-def check_batch_sizes(args: argparse.Namespace) -> tuple[int, ...]:
-    """--batch-sizes as positive whole numbers (empty without the flag)."""
-    if not args.batch_sizes:
-        return ()
-    try:
-        sizes = tuple(int(v) for v in args.batch_sizes.split(",") if v.strip())
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
-        raise UsageError(f"--batch-sizes {args.batch_sizes!r}: give distinct whole numbers, e.g. --batch-sizes "
-                         "8,16,32,64")
-    return sizes
-
-
-def check_compare(args: argparse.Namespace) -> list[str]:
-    """The methods of --compare: known schedules, no repeats; --ablation and --batch-sizes need fsd among them."""
-    studies = [f for f, on in (("--ablation", args.ablation), ("--batch-sizes", args.batch_sizes)) if on]
-    if studies and "fsd" not in (args.compare or "").split(","):
-        raise UsageError(f"{studies[0]} re-runs FSD's winner: it needs --compare with fsd, e.g. --compare vkd,fsd")
-    if args.compare is None:
-        return []
-    methods = [m for m in args.compare.split(",") if m]
-    for method in methods:
-        if method not in METHODS:
-            raise UsageError(f"--compare names {method!r}, which has no search schedule: choose from "
-                             f"{', '.join(METHODS)}")
-    if len(set(methods)) != len(methods) or not methods:
-        raise UsageError(f"--compare {args.compare!r}: name each method once, e.g. --compare vkd,pkd,rkd,fsd")
-    return methods
-
-
-def parse_extra(args: argparse.Namespace) -> dict[str, Any]:
-    """The DistillConfig values every trial gets (`SearchSpec.extra`): --cache-budget-gb, --compile, --set."""
-    extra: dict[str, Any] = {"cache_budget_gb": args.cache_budget_gb, "compile": args.compile}
-    extra.update(parse_set(pair) for pair in args.sets or [])
-    return extra
 
 
 def check_values(args: argparse.Namespace, schedule: Schedule, extra: dict[str, Any]) -> None:
@@ -252,54 +150,6 @@ def check_values(args: argparse.Namespace, schedule: Schedule, extra: dict[str, 
         for value in values:
             _check_config(base, {key: value}, f"--grid {key}={value}")
     _check_config(base, {"student_layers": args.student_layers, "max_seq_len": args.max_seq_len, **extra}, "--set")
-
-
-def parse_set(pair: str, flag: str = "--set") -> tuple[str, Any]:
-    """`KEY=VALUE` of --set -> (the DistillConfig field, VALUE as the field's type)."""
-    key, sep, raw = pair.partition("=")
-    key = key.strip().replace("-", "_")
-    if not sep or not key:
-        raise UsageError(f"{flag} {pair!r} is not KEY=VALUE: write e.g. {flag} lr=3e-5")
-    if key in OWNED:
-        raise UsageError(f"{flag} {key}: use {OWNED[key]} instead")
-    hints = typing.get_type_hints(DistillConfig)
-    if key not in hints:
-        near = difflib.get_close_matches(key, [f.name for f in fields(DistillConfig)], n=1)
-        hint = f"did you mean {near[0]!r}?" if near else "see python -m fsd.train --help for the settings"
-        raise UsageError(f"{flag} {key}: no such setting; {hint}")
-    hint = hints[key]
-    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    text = raw.strip()
-    if type(None) in kinds and text.lower() in ("none", "null"):
-        return key, None
-    for kind in kinds:
-        if kind is bool and text.lower() in ("true", "yes", "on", "1"):
-            return key, True
-        if kind is bool and text.lower() in ("false", "no", "off", "0"):
-            return key, False
-        if kind is str:
-            return key, text
-        try:
-            value = kind(text) if kind in (int, float) else None
-        except ValueError:
-            continue
-        if value is not None and math.isfinite(value):
-            return key, value
-    names = " or ".join("none" if k is type(None) else k.__name__ for k in kinds)
-    raise UsageError(f"{flag} {pair}: {key} takes {names}, not {raw!r}")
-
-
-def parse_grids(args: argparse.Namespace) -> dict[str, tuple]:
-    """`--grid KEY=V1,V2,...` (repeatable) -> {the DistillConfig field: its values, typed}."""
-    grids: dict[str, tuple] = {}
-    for text in args.grids or []:
-        key, _, raw = text.partition("=")
-        parsed = [parse_set(f"{key}={v}", "--grid") for v in raw.split(",") if v.strip()]
-        values = tuple(v for _, v in parsed)
-        if not values or len(set(values)) != len(values):
-            raise UsageError(f"--grid {text!r}: give distinct values after '=', e.g. --grid lr=1e-4,2e-4")
-        grids[parsed[0][0]] = values
-    return grids
 
 
 def _check_config(base: dict[str, Any], values: dict[str, Any], flag: str) -> None:
@@ -531,19 +381,13 @@ def check_data(task: Task, data_dir: str | None, schedule: Schedule, stages: tup
 def check_models(task: Task, teacher: str, student_init: str | None, student_layers: int, max_seq_len: int) -> None:
     """The teacher fits the task (its task, its label count); the student is no deeper than the teacher or
     its own backbone; the sequence length fits both. Hub ids not cached here are checked on download."""
-    from fsd.models import teacher_meta
+    from fsd.models import teacher_meta, teacher_problem
 
     t_config = _model_config(teacher, "--teacher")
     meta = teacher_meta(teacher)
-    if meta is not None and meta.get("task") != task.name:
-        raise UsageError(f"--teacher {teacher} was fine-tuned on {meta.get('task')}, not {task.name}: pass a "
-                         f"teacher for {task.name}, or its pre-trained backbone")
-    if t_config is not None:
-        head = any(a.endswith("ForSequenceClassification") for a in t_config.architectures or [])
-        if head and t_config.num_labels != task.num_labels:
-            raise UsageError(f"--teacher {teacher} classifies into {t_config.num_labels} labels but {task.name} "
-                             f"has {task.num_labels}: pass a teacher fine-tuned on {task.name}, or a pre-trained "
-                             "backbone")
+    problem = teacher_problem(teacher, task.name, task.num_labels, t_config)
+    if problem is not None:
+        raise UsageError(f"--teacher {problem}")
     backbone = student_init or (meta["backbone"] if meta else teacher)
     flag = "--student-init" if student_init else "the backbone of --teacher"
     s_config = t_config if backbone == teacher else _model_config(backbone, flag)
@@ -588,9 +432,3 @@ def _model_config(name: str, flag: str):
         return None
 
 
-def _resolve_path(name: str | None) -> str | None:
-    """A model given as a path becomes absolute (Ray trials run in other folders); hub ids stay as they are."""
-    if name is None:
-        return None
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name

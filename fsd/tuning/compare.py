@@ -8,9 +8,7 @@ kept, cost), and on request Table 4 (`--ablation`) and Table 5 (`--batch-sizes`)
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +20,15 @@ from scipy import stats
 
 from fsd.analysis import analyse_checkpoint
 from fsd.config import DistillConfig
-from fsd.data import split_rows
 from fsd.metrics import majority
 from fsd.models import teacher_meta
+from fsd.storage import content_key, write_text
 from fsd.train import evaluate_on_dev
-from fsd.tuning import lock, tables, tracking
+from fsd.tuning import lock, plan, tables, tracking
 from fsd.tuning.ledger import Ledger
 from fsd.tuning.outbox import Outbox
 from fsd.tuning.report import scatter_plot
-from fsd.tuning.runner import SearchSpec, best_checkpoint, run_search, trainable_for
+from fsd.tuning.runner import SearchSpec, best_checkpoint, open_tuner, run_search, trainable_for
 from fsd.tuning.spec import method_spec
 from fsd.tuning.summary import PAPER
 from fsd.tuning.trainable import METRIC, MODE
@@ -61,8 +59,7 @@ def best_config(spec: SearchSpec, method: str, log=print) -> tuple[dict[str, Any
 def experiment_name(task: str, method: str, config: dict[str, Any], seeds: list[int]) -> str:
     """The Ray experiment of one method's seed runs: named by what it runs, so a killed comparison resumes
     its own runs while another configuration or seed list gets fresh ones (the old ones stay on disk)."""
-    key = json.dumps({"config": config, "seeds": seeds}, sort_keys=True, default=str)
-    return f"{task}-compare-{method}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    return f"{task}-compare-{method}-{content_key({'config': config, 'seeds': seeds}, 10)}"
 
 
 @dataclass
@@ -73,31 +70,23 @@ class SeedRun:
     checkpoint: str | None  # that evaluation's checkpoint
     cost: dict[str, float]  # student params, training seconds and samples, evaluation seconds and rows
     curve: list[dict[str, float]]  # per evaluation: progress/samples and the tracked relations/*
+    seed: int
 
 
 def seed_runs(spec: SearchSpec, label: str, config: dict[str, Any], seeds: list[int], outbox: Outbox,
               parent_run: str, exp_id: str) -> list[SeedRun]:
     """Each seed's run of `config` (a Ray experiment named by `label`, the config and the seeds), evaluated
-    EVALS_PER_RUN times with its relations to the teacher tracked (Fig. 6). A run ranked on a holdout
+    plan.EVALS_PER_RUN times with its relations to the teacher tracked (Fig. 6). A run ranked on a holdout
     (`config["holdout_rows"]`) is measured on dev at its best holdout checkpoint."""
     base = {k: v for k, v in config.items() if k != "seed"}
-    base = {**base, "track_relations": True, "eval_every": base.get("eval_every") or evaluation_interval(base)}
+    base = {**base, "track_relations": True, "eval_every": base.get("eval_every") or plan.evaluation_interval(base)}
     name = experiment_name(spec.task, label, base, seeds)
     storage = os.path.join(compare_folder(spec), "ray")
-    trainable = trainable_for(spec, base)
-    exp_dir = os.path.join(storage, name)
-    if tune.Tuner.can_restore(exp_dir):
-        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
-    else:
-        tracker = tracking.TrialTracker(spec.mlflow_uri, exp_id, parent_run, {"stage": "compare", "method": label,
-                                                                             "task": spec.task}, base, outbox)
-        keep = tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE)
-        tuner = tune.Tuner(
-            trainable, param_space={"seed": tune.grid_search(seeds)},
-            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, max_concurrent_trials=spec.max_concurrent or None),
-            run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[tracker], verbose=0,
-                                      checkpoint_config=keep,
-                                      failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
+    tracker = tracking.TrialTracker(spec.mlflow_uri, exp_id, parent_run, {"stage": "compare", "method": label,
+                                                                         "task": spec.task}, base, outbox)
+    tuner = open_tuner(spec, storage, name, trainable_for(spec, base), {"seed": tune.grid_search(seeds)},
+                       tune.TuneConfig(metric=METRIC, mode=MODE, max_concurrent_trials=spec.max_concurrent or None),
+                       tracker)
     runs = []
     for result in tuner.fit():
         df = result.metrics_dataframe
@@ -107,8 +96,7 @@ def seed_runs(spec: SearchSpec, label: str, config: dict[str, Any], seeds: list[
         if base.get("holdout_rows") is not None:
             if best is None:
                 continue
-            dev = evaluate_on_dev(best.path)
-            dev = {k.replace("dev", "eval", 1): v for k, v in dev.items() if k != "dev/rows"}
+            dev = dev_scores(spec, best.path)
         else:
             top = df.loc[df[METRIC].idxmax()]
             dev = {k: float(top[k]) for k in df.columns if k.startswith(("eval/", "eval_mm/"))
@@ -120,18 +108,19 @@ def seed_runs(spec: SearchSpec, label: str, config: dict[str, Any], seeds: list[
                     "eval_rows": float(df["eval/rows"].sum())}
         tracked = [k for k in df.columns if k.startswith("relations/")]
         curve = df[["progress/samples", *tracked]].to_dict("records") if tracked else []
-        runs.append(SeedRun(dev, best.path if best else None, cost, curve))
+        runs.append(SeedRun(dev, best.path if best else None, cost, curve, int(result.config["seed"])))
     return runs
 
 
-EVALS_PER_RUN = 4  # evaluations of a comparison's run: the points of Fig. 6
-
-
-def evaluation_interval(config: dict[str, Any]) -> int:
-    """Training samples between EVALS_PER_RUN evaluations over a run of `config`."""
-    c = DistillConfig.from_dict(config)
-    rows = split_rows(c.task, c.data_dir, c.max_train_samples, holdout=c.holdout_rows or 0)[0]
-    return max(1, math.ceil(rows * c.epochs / EVALS_PER_RUN))
+def dev_scores(spec: SearchSpec, checkpoint: str) -> dict[str, float]:
+    """A holdout-ranked run's dev metrics at `checkpoint` (as `eval/<metric>`), measured once: a comparison
+    run again (more methods, another table) reads them back from its folder."""
+    path = Path(compare_folder(spec)) / "dev" / f"{content_key(checkpoint)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    dev = {k.replace("dev", "eval", 1): v for k, v in evaluate_on_dev(checkpoint).items() if k != "dev/rows"}
+    write_text(path, json.dumps(dev))
+    return dev
 
 
 def table(task: str, runs: dict[str, list[dict[str, float]]], teacher: dict[str, float] | None,
@@ -211,7 +200,16 @@ def run_compare(spec: SearchSpec, methods: list[str], seeds: int, log=print, abl
     markdown, rows, p_value = table(spec.task, dev, teacher or None, floor)
     (folder / "compare.md").write_text(markdown + "\n")
     (folder / "compare.csv").write_text(tables.to_csv(rows))
-    extra = paper_tables(folder, runs, configs, runs_of, ablation, batch_sizes)
+    ablations: dict[str, list[SeedRun]] = {}
+    by_size: dict[str, dict[int, list[SeedRun]]] = {}
+    fsd = configs["fsd"][0] if "fsd" in configs else None
+    if fsd and ablation:  # Table 4: FSD's winner without each part, on the same seeds
+        ablations = {label: runs_of(f"ablation-{method}", {**fsd, "method": method})
+                     for label, method in tables.ABLATIONS.items()}
+    if fsd and batch_sizes:  # Table 5: two of its variants over batch sizes
+        by_size = {label: {b: runs_of(f"batch{b}-{method}", {**fsd, "method": method, "batch_size": b})
+                           for b in batch_sizes} for label, method in tables.STABILITY.items()}
+    extra = paper_tables(folder, runs, ablations, by_size)
     (folder / "compare.json").write_text(json.dumps({"runs": dev, "p_value": p_value, "methods": methods,
                                                    "majority": floor, "tables": list(extra)}))
     metrics = {f"compare/{r['method']}/{METRIC.replace('/', '_')}_mean": r[f"{METRIC} mean"] for r in rows
@@ -226,16 +224,18 @@ def run_compare(spec: SearchSpec, methods: list[str], seeds: int, log=print, abl
     return "\n\n".join([markdown, *(f"{tables.TABLES[name]}\n{text}" for name, text in extra.items())])
 
 
-def paper_tables(folder: Path, runs: dict[str, list[SeedRun]], configs: dict[str, tuple[dict[str, Any], str]],
-                 runs_of, ablation: bool, batch_sizes: tuple[int, ...]) -> dict[str, str]:
-    """Tables 4-8 (as far as asked and measurable) written as `<name>.md` and `.csv` in `folder`, with the
-    Fig. 5 scatter and the heat maps; returns name -> Markdown."""
+def paper_tables(folder: Path, runs: dict[str, list[SeedRun]], ablations: dict[str, list[SeedRun]],
+                 by_size: dict[str, dict[int, list[SeedRun]]]) -> dict[str, str]:
+    """Tables 4-8 written as `<name>.md` and `.csv` in `folder`, with the Fig. 5 scatter and the heat maps:
+    6-8 from the compared methods' `runs`, 4 from the `ablations` of FSD (label -> runs; none: no Table 4),
+    5 from FSD's variants per batch size (`by_size`; none: no Table 5). Returns name -> Markdown."""
     out: dict[str, list[dict[str, Any]]] = {}
     analyses, scores = {}, {}
     for method, rs in runs.items():
-        # One folder per checkpoint analysed: a comparison run again with other seeds analyses its own.
-        done = [analyse_checkpoint(r.checkpoint, folder / "analysis" / f"{method}-{i}-{_digest(r.checkpoint)}")[0]
-                for i, r in enumerate(rs) if r.checkpoint]
+        # One folder per checkpoint analysed, named by its seed and path: run again, a comparison reads its
+        # analyses back (a restored Tuner lists its results in another order); other runs analyse their own.
+        done = [analyse_checkpoint(r.checkpoint, folder / "analysis" / f"{method}-{r.seed}-{_digest(r.checkpoint)}")[0]
+                for r in rs if r.checkpoint]
         if done:
             analyses[method] = {k: float(np.nanmean([d.get(k, np.nan) for d in done])) for k in done[0]}
             scores[method] = float(np.mean([r.dev[METRIC] for r in rs]))
@@ -250,17 +250,12 @@ def paper_tables(folder: Path, runs: dict[str, list[SeedRun]], configs: dict[str
     measured = {m: [r.cost for r in rs if r.cost] for m, rs in runs.items()}
     out["table8-cost"] = tables.cost({m: {k: sum(c[k] for c in cs) if k != "params" else cs[0][k] for k in cs[0]}
                                       for m, cs in measured.items() if cs})
-    fsd = configs.get("fsd", (None,))[0]
-    if ablation and fsd is not None:
-        scores_of = {"fsd": [r.dev[METRIC] for r in runs["fsd"]]}
-        for label, method in tables.ABLATIONS.items():
-            scores_of[label] = [r.dev[METRIC] for r in runs_of(f"ablation-{method}", {**fsd, "method": method})]
-        out["table4-ablation"] = tables.ablation(scores_of)
-    if batch_sizes and fsd is not None:
-        by_size = {label: {b: [r.dev[METRIC] for r in runs_of(f"batch{b}-{method}", {**fsd, "method": method,
-                                                                                      "batch_size": b})]
-                           for b in batch_sizes} for label, method in tables.STABILITY.items()}
-        out["table5-batch-size"] = tables.batch_stability(by_size)
+    if ablations and runs.get("fsd"):
+        out["table4-ablation"] = tables.ablation({"fsd": _scores(runs["fsd"]),
+                                                  **{label: _scores(rs) for label, rs in ablations.items()}})
+    if by_size:
+        out["table5-batch-size"] = tables.batch_stability({label: {b: _scores(rs) for b, rs in sizes.items()}
+                                                           for label, sizes in by_size.items()})
     texts = {}
     for name in tables.TABLES:
         if out.get(name):
@@ -270,8 +265,12 @@ def paper_tables(folder: Path, runs: dict[str, list[SeedRun]], configs: dict[str
     return texts
 
 
+def _scores(runs: list[SeedRun]) -> list[float]:
+    return [r.dev[METRIC] for r in runs]
+
+
 def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+    return content_key(text, 8)
 
 
 def relation_plot(curves: dict[str, list[list[dict[str, float]]]], path: Path) -> str:

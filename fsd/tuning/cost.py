@@ -60,9 +60,43 @@ def search_cost(spec: SearchSpec, schedule: Schedule, seen: set[str] | None = No
         if stage.prepare or (spec.stages and stage.name not in spec.stages):
             continue
         costs.append(stage_cost(spec, schedule, stage, teacher, done, rows, dev, seen))
-    cached = spec.extra.get("teacher_cache", True) and any(s.method not in ("nokd", "minilm") for s in schedule.stages)
+    cached = spec.extra.get("teacher_cache", True) and any(s.method != "nokd" for s in schedule.stages)
     return SearchCost(spec.method, costs, rows, dev, spec.teacher_epochs * t_rows if fine_tune else 0,
                       spec.teacher_epochs * t_dev if fine_tune else 0, rows if cached else 0)
+
+
+@dataclass
+class CompareCost:
+    runs: dict[str, int]  # seed runs: per compared method, and the ablation and batch-size studies
+    samples: float  # their training samples
+    evaluations: float  # rows they evaluate (EVALS_PER_RUN evaluations of each run)
+
+
+def compare_cost(costs: list[SearchCost], schedules: list[Schedule], seeds: int, ablation: bool = False,
+                 batch_sizes: tuple[int, ...] = ()) -> CompareCost:
+    """The seed runs of a --compare after its searches: each method's winner `seeds` times, and FSD's winner
+    4 x `seeds` times more for --ablation, 2 x `seeds` per batch size for --batch-sizes (Tables 4 and 5). A
+    winner's epochs are not known before its search: they count as the largest its last stage can pick."""
+    runs, samples, evaluations = {}, 0.0, 0.0
+    for cost, schedule in zip(costs, schedules, strict=True):
+        last = [s for s in schedule.stages if not s.prepare][-1]
+        per_run = cost.rows * max(_epochs(schedule, last, None))
+        studies = {cost.method: seeds}
+        if cost.method == "fsd":
+            studies.update({"ablation": 4 * seeds if ablation else 0, "batch sizes": 2 * len(batch_sizes) * seeds})
+        for name, n in studies.items():
+            if n:
+                runs[name] = n
+                samples += n * per_run
+                evaluations += n * plan.EVALS_PER_RUN * cost.dev_rows
+    return CompareCost(runs, samples, evaluations)
+
+
+def format_compare_cost(cost: CompareCost) -> str:
+    runs = ", ".join(f"{n} {name}" for name, n in cost.runs.items())
+    return (f"comparison: {sum(cost.runs.values())} seed runs ({runs}), {cost.samples:,.0f} training samples, "
+            f"{cost.evaluations:,.0f} rows evaluated ({plan.EVALS_PER_RUN} evaluations a run; with --select-on "
+            "holdout, one dev pass more at each run's best checkpoint)")
 
 
 def teacher_folder(spec: SearchSpec, schedule: Schedule) -> tuple[str, bool]:

@@ -19,11 +19,13 @@ from datasets import Dataset, DatasetDict
 
 from fsd.config import DistillConfig
 from fsd.data import Batches, _tokenise, load_raw
+from fsd.loop import autocast, make_optimizer, resolve_device, to_device
 from fsd.models import build_student, load_teacher, load_tokenizer, run_model
 from fsd.objectives import Setup, build_objective
 from fsd.objectives.kd import label_loss
 from fsd.tasks import get_task
-from fsd.train import autocast, make_optimizer, resolve_device, student_backbone, to_device
+from fsd.teacher_source import last_attention
+from fsd.train import student_backbone
 from fsd.tuning.cost import SearchCost
 from fsd.tuning.spec import SearchSpec
 from search_spaces import Schedule
@@ -122,29 +124,32 @@ def _training_step(params, loss_of, device):
 
 def _student_rate(spec: SearchSpec, method: str, backbone: str, teacher, batches: list[dict], device) -> float:
     """One trial's samples/s for `method`: the teacher's outputs of each batch computed beforehand (what the
-    cache serves), except for MiniLM, whose teacher runs live."""
+    cache serves); for MiniLM, its last self-attention runs in each step as under the cache."""
     task = get_task(spec.task)
     config = DistillConfig(task=spec.task, teacher=spec.teacher, method=method, max_seq_len=spec.max_seq_len)
     objective = build_objective(config, task.is_regression).to(device)
     attn = "eager" if objective.needs_attentions else "sdpa"
     student = build_student(backbone, spec.student_layers, task.num_labels, attn).to(device)
-    live = objective.needs_attentions or objective.needs_values
-    t_model = load_teacher(spec.teacher, task.num_labels, attn).to(device).eval() if live else teacher
     k = config.memory_size or task.memory_size
-    width = spec.max_seq_len * t_model.config.hidden_size
-    objective.setup(Setup(t_model, student, spec.max_seq_len, lambda: torch.randn(k, width, device=device)))
+    width = spec.max_seq_len * teacher.config.hidden_size
+    memory = torch.randn(k, width, device=device) if objective.needs_memory else None
+    objective.setup(Setup(student, spec.max_seq_len, memory))
     needs = (objective.needs_hidden, objective.needs_attentions, objective.needs_values)
+    cached = (objective.needs_hidden or objective.needs_attentions, False, False)
     outputs = {}
-    if objective.needs_teacher and not live:
+    if objective.needs_teacher:
         with torch.no_grad():
-            outputs = {id(b): run_model(t_model, b, *needs) for b in batches}
+            outputs = {id(b): run_model(teacher, b, *cached) for b in batches}
+    attention = None
+    if objective.needs_attentions:
+        eager = load_teacher(spec.teacher, task.num_labels, "eager")
+        attention = eager.base_model.encoder.layer[-1].attention.self.to(device).eval().requires_grad_(False)
 
     def loss_of(batch):
-        if live:
+        t_out = outputs.get(id(batch))
+        if attention is not None:
             with torch.no_grad():
-                t_out = run_model(t_model, batch, *needs)
-        else:
-            t_out = outputs.get(id(batch))
+                t_out.attentions, t_out.values = last_attention(attention, t_out.penultimate, batch["attention_mask"])
         return objective(run_model(student, batch, *needs), t_out, batch)[0]
 
     params = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]

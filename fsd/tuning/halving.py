@@ -17,6 +17,7 @@ from typing import Any
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from fsd.storage import write_text
 from fsd.tuning.plan import Rungs
 
 TIME_ATTR = "progress/samples"
@@ -54,9 +55,7 @@ class DurableASHA(ASHAScheduler):
     def _save(self) -> None:
         (bracket,) = self._brackets
         state = {"rungs": {str(int(m)): dict(r) for m, r in bracket._rungs}, "stopped": self._stopped}
-        tmp = f"{self._path}.tmp"
-        Path(tmp).write_text(json.dumps(state, sort_keys=True))
-        os.replace(tmp, self._path)
+        write_text(self._path, json.dumps(state, sort_keys=True))
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if trial.trial_id in self._stopped:

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fsd.storage import write_text
+
 LEDGER = "ledger.json"
 
 
@@ -25,10 +27,7 @@ class Ledger:
         return self.path.is_file()
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True))
 
     def stage(self, name: str) -> dict[str, Any]:
         return self.data["stages"].setdefault(name, {})

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fsd.storage import write_text
+
 log = logging.getLogger("fsd")
 PLACEHOLDER = "queued:"
 RETRY_S = 30.0
@@ -55,9 +57,7 @@ class Outbox:
         if not state["queue"] and not state["ids"]:
             self.path.unlink(missing_ok=True)
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.path)
+        write_text(self.path, json.dumps(state))
 
     @property
     def pending(self) -> int:

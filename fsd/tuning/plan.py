@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from fsd.config import DistillConfig
+from fsd.config import DataSpec, DistillConfig
 from fsd.data import split_rows
 from fsd.tuning.spec import SearchSpec
 from search_spaces import Schedule, Stage
@@ -24,6 +24,7 @@ from search_spaces import Schedule, Stage
 # reduction factor and first rung are SearchSpec's defaults.
 SAMPLE_SHARE = 1 / 3  # --strategy optuna: trials per stage as a share of its grid
 OPTUNA_MIN_GRID = 20  # smaller grids run whole (under halving) even with --strategy optuna
+EVALS_PER_RUN = 4  # evaluations of a --compare seed run: the points of Fig. 6
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,13 @@ def expected_evaluations(trials: float, budget: int, rungs: Rungs | None, every:
     if rungs is None:
         return trials * math.ceil(budget / every)
     return expected_samples(trials, budget, rungs, every) / every
+
+
+def evaluation_interval(config: dict[str, Any]) -> int:
+    """Training samples between the EVALS_PER_RUN evaluations of a --compare seed run of `config`."""
+    c = DistillConfig.from_dict(config)
+    rows = split_rows(c.task, c.data_dir, c.max_train_samples, holdout=c.holdout_rows or 0)[0]
+    return max(1, math.ceil(rows * c.epochs / EVALS_PER_RUN))
 
 
 # ---------------------------------------------------------------------------------------------- a stage's trials
@@ -163,9 +171,9 @@ def seed_list(spec: SearchSpec) -> list[int]:
 
 def teacher_spec(spec: SearchSpec, schedule: Schedule):
     """The recipe of the search's teacher (fine-tuned once per recipe, or `spec.teacher` if already one)."""
-    from fsd.teacher import TeacherSpec
+    from fsd.teacher import TeacherSpec, teacher_data
 
-    return TeacherSpec(spec.task, spec.teacher, spec.data_dir, epochs=spec.teacher_epochs, lr=spec.teacher_lr,
-                       max_seq_len=spec.max_seq_len, seed=spec.seed,
-                       max_train_samples=schedule.budget.max_train_samples,
-                       max_eval_samples=schedule.budget.max_eval_samples, **spec.holdout)
+    data = DataSpec(spec.task, spec.data_dir, spec.max_seq_len, seed=spec.seed,
+                    max_train_samples=schedule.budget.max_train_samples,
+                    max_eval_samples=schedule.budget.max_eval_samples, **spec.holdout)
+    return TeacherSpec(spec.teacher, teacher_data(data), epochs=spec.teacher_epochs, lr=spec.teacher_lr)

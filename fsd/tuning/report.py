@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fsd.storage import write_text
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # Counts the images the browser decoded, so a headless browser test can read it back from the DOM.
@@ -155,12 +157,7 @@ def write_html(path: str | os.PathLike, title: str, sections: Sequence[Section |
         "<!DOCTYPE html>", '<html lang="en">',
         f'<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n{_STYLE}\n</head>',
         "<body>", *parts, _IMAGE_CHECK, "</body>", "</html>", ""])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return str(path)
+    return write_text(path, page)
 
 
 # ------------------------------------------------------------------------------------------ plot

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ray
 from ray import tune
@@ -90,15 +90,15 @@ def trainable_for(spec: SearchSpec, base: dict[str, Any]):
 
 
 def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, ledger: Ledger,
-              mlflow_ids: dict[str, Any], rows: int, log=print) -> None:
+              mlflow_ids: MlflowIds, rows: int, log=print) -> None:
     winners = ledger.winners()
     grid = stage.resolve(winners)
     base = stage_base(spec, schedule, stage, teacher, winners, rows)
     record = ledger.stage(stage.name)
-    exp_id = mlflow_ids["experiment_id"]
-    outbox = mlflow_ids["outbox"]
+    exp_id = mlflow_ids.experiment_id
+    outbox = mlflow_ids.outbox
     tags = {"stage": stage.name, "method": stage.method, "task": spec.task}
-    record["run_id"] = outbox.do("open_run", exp_id, record.get("run_id"), stage.name, mlflow_ids["search_run_id"],
+    record["run_id"] = outbox.do("open_run", exp_id, record.get("run_id"), stage.name, mlflow_ids.search_run_id,
                                  tags)
     ledger.save()
     first = DistillConfig.from_dict({**base, **expand({k: v[0] for k, v in grid.items() if v})})  # fail before Ray
@@ -141,8 +141,30 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
     outbox.do("close_run", record["run_id"], "FINISHED")
 
 
+class MlflowIds(NamedTuple):
+    """Where a search's records go: its MLflow experiment, its parent run, and the outbox that sends them."""
+
+    experiment_id: str
+    search_run_id: str
+    outbox: Outbox
+
+
+def open_tuner(spec: SearchSpec, storage: str, name: str, trainable, param_space: dict[str, Any],
+               tune_config: tune.TuneConfig, callback: tune.Callback) -> tune.Tuner:
+    """The Ray experiment `storage/name`: restored when a killed driver left it (its finished trials are not
+    run again, errored ones are), else a new one that keeps each trial's best checkpoint by METRIC."""
+    exp_dir = os.path.join(storage, name)
+    if tune.Tuner.can_restore(exp_dir):
+        return tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
+    keep = tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE)
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
+                      run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[callback], verbose=0,
+                                                checkpoint_config=keep,
+                                                failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
+
+
 def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: dict[str, Any], folder: str,
-               rows: int, stage_run_id: str, mlflow_ids: dict[str, Any]) -> dict[str, Any]:
+               rows: int, stage_run_id: str, mlflow_ids: MlflowIds) -> dict[str, Any]:
     """The stage's Ray Tune experiment in `folder` (restored when a killed driver left it unfinished).
 
     Returns:
@@ -152,34 +174,24 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: dic
     how = strategy_of(spec, grid)
     strategy = how["strategy"]
     name = f"{spec.task}-{stage.name}"
-    exp_dir = os.path.join(folder, name)
-    trainable = trainable_for(spec, base)
-    if tune.Tuner.can_restore(exp_dir):
-        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
-    else:
-        rungs = None
-        if strategy != "grid":
-            rungs = plan.rungs_for(trial_budget(base, grid, rows), spec.first_rung, spec.reduction_factor)
-        callback = tracking.TrialTracker(spec.mlflow_uri, mlflow_ids["experiment_id"], stage_run_id,
-                                         {"stage": stage.name, "method": stage.method, "task": spec.task}, base,
-                                         mlflow_ids["outbox"])
-        tuner = tune.Tuner(
-            trainable, param_space=halving.param_space(strategy, grid, seed_list(spec)),
-            tune_config=halving.tune_config(strategy, folder, name, rungs, METRIC, MODE, spec.max_concurrent,
-                                            how.get("num_samples", 0)),
-            run_config=tune.RunConfig(
-                name=name, storage_path=folder, callbacks=[callback], verbose=0,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
-                                                        checkpoint_score_order=MODE),
-                failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
+    rungs = None
+    if strategy != "grid":
+        rungs = plan.rungs_for(trial_budget(base, grid, rows), spec.first_rung, spec.reduction_factor)
+    callback = tracking.TrialTracker(spec.mlflow_uri, mlflow_ids.experiment_id, stage_run_id,
+                                     {"stage": stage.name, "method": stage.method, "task": spec.task}, base,
+                                     mlflow_ids.outbox)
+    tuner = open_tuner(spec, folder, name, trainable_for(spec, base),
+                       halving.param_space(strategy, grid, seed_list(spec)),
+                       halving.tune_config(strategy, folder, name, rungs, METRIC, MODE, spec.max_concurrent,
+                                           how.get("num_samples", 0)), callback)
     results = tuner.fit()
     best = {r.metrics["trial_id"]: ckpt.path for r in results if r.metrics and (ckpt := best_checkpoint(r))}
-    mlflow_ids["outbox"].do("record_best_checkpoints", mlflow_ids["experiment_id"], stage_run_id, best,
+    mlflow_ids.outbox.do("record_best_checkpoints", mlflow_ids.experiment_id, stage_run_id, best,
                             spec.log_checkpoints == "all")
     try:
         point, score, checkpoint = pick_winner(results, grid)
     except StageFailed as e:
-        mlflow_ids["outbox"].do("close_run", stage_run_id, "FAILED")
+        mlflow_ids.outbox.do("close_run", stage_run_id, "FAILED")
         raise StageFailed(f"stage {stage.name}: {e}") from None
     frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None and not r.error]
     stopped = sum(1 for df in frames if len(df) and not reached_budget(df))
@@ -250,7 +262,7 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
         # A local cluster lives on the loopback address: it needs no route to the outside.
         local = {} if spec.address else {"_node_ip_address": "127.0.0.1"}
         ray.init(address=spec.address, include_dashboard=False, log_to_driver=False, **local)
-    ids = {"experiment_id": exp_id, "search_run_id": search_run, "outbox": outbox}
+    ids = MlflowIds(exp_id, search_run, outbox)
     rows = train_rows(spec, schedule)
     try:
         for stage in schedule.stages:

@@ -132,11 +132,20 @@ def paper_sections(folder: Path) -> list[Section]:
             fig6 = folder / "fig6-relations-over-training.png"
             if fig6.is_file():
                 images.append(Image(str(fig6), "Fig. 6: relation differences over training, one line per method"))
-            for heatmap in sorted(folder.glob(f"analysis/*-0-*/{HEATMAP_FILE}")):
-                method = heatmap.parent.name.rsplit("-", 2)[0]
-                images.append(Image(str(heatmap), f"{method}: teacher vs student CKA heat map (first seed)"))
+            for method, (seed, heatmap) in first_heatmaps(folder).items():
+                images.append(Image(str(heatmap), f"{method}: teacher vs student CKA heat map (seed {seed})"))
         out.append(Section(heading=caption.split(":")[0], tables=[Table(rows, caption=caption)], images=images))
     return out
+
+
+def first_heatmaps(folder: Path) -> dict[str, tuple[int, Path]]:
+    """Per compared method, the heat map of its lowest seed (`analysis/<method>-<seed>-<digest>/`)."""
+    found: dict[str, tuple[int, Path]] = {}
+    for heatmap in folder.glob(f"analysis/*-*-*/{HEATMAP_FILE}"):
+        method, seed, _ = heatmap.parent.name.rsplit("-", 2)
+        if seed.isdigit() and (method not in found or int(seed) < found[method][0]):
+            found[method] = (int(seed), heatmap)
+    return dict(sorted(found.items()))
 
 
 def _teacher_line(ledger: Ledger) -> str:

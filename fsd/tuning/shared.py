@@ -9,12 +9,12 @@ Optuna journal, a lock, and `stage.json`, written once its trials are done.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from fsd.storage import content_key, write_text
 from fsd.tuning.spec import SPEED_KEYS
 
 RECORD = "stage.json"
@@ -38,8 +38,7 @@ def stage_key(name: str, base: dict[str, Any], grid: dict[str, tuple], strategy:
                "grid": {k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in sorted(grid.items())},
                "strategy": strategy, "seeds": seeds,
                "carried": None if carried is None else {"winner": carried.get("winner"), "score": carried.get("score")}}
-    text = json.dumps(content, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return content_key(content)
 
 
 def stage_folder(storage: str, task: str, name: str, key: str) -> str:
@@ -54,8 +53,4 @@ def finished(folder: str | os.PathLike) -> dict[str, Any] | None:
 
 def save(folder: str | os.PathLike, record: dict[str, Any]) -> None:
     """Write the done stage's record under a temporary name, then rename it: never half a record."""
-    path = Path(folder) / RECORD
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    write_text(Path(folder) / RECORD, json.dumps(record, indent=2, sort_keys=True, default=str))

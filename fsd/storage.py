@@ -1,0 +1,65 @@
+"""Files that are whole or absent, and folders named by their content: the two habits every cache, record
+and checkpoint of a search relies on to survive a kill and to be found again by the next run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def content_key(value: Any, length: int = 16) -> str:
+    """The first `length` hex digits of the SHA-256 of `value`: a string as it is, anything else as its JSON
+    with sorted keys (values JSON cannot hold as their `str`)."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """A fresh temporary path beside `path` to write; it replaces `path` when the block ends without an error
+    and is removed otherwise, so `path` is never half-written (nor is another writer's temporary file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> str:
+    """Write `text` to `path` through `atomic_file`; returns the path."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+@contextmanager
+def atomic_folder(final: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """A fresh temporary folder beside `final` to fill; renamed to `final` when the block ends without an
+    error, removed otherwise. A `final` that exists by then is removed first with `replace` (a left-over
+    that is not whole), else kept: another process finished the same content first, and theirs is as good."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if replace and final.exists():
+            shutil.rmtree(final)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if replace or not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,302 @@
+"""The frozen teacher as a run sees it: `TeacherSource.outputs(batch)` is what the objective reads of the
+teacher for a batch, from the live model or from the teacher-output cache, and `memory()` the teacher
+memory of FSDG (k-means centroids of its flattened penultimate features, METHOD.md §4).
+
+The cache is one pass of the teacher over the training rows, kept as memory-mapped `.npy` files in the
+storage folder and read by every trial instead of running the teacher. It keeps what the objectives read
+(`Objective.cache_fields`):
+  - `logits`       `[N, C]` float32, always;
+  - `penultimate`  the penultimate layer's features of the *real* tokens only, `[sum of lengths, d]` in
+                   float16 (or float32), row i at `offsets[i]:offsets[i+1]` (RKD, MiniLM, the FSD family);
+  - `cls`          the [CLS] vector of every layer, `[N, L+1, d]` (PKD).
+MiniLM's attention maps (`[h, l, l]` per sample) are too big to keep: the penultimate features are the
+input of the teacher's last layer, so only that layer's self-attention runs live on them (a 1/L share of
+the teacher's cost), giving its attention probabilities and values (equal to the full pass at real tokens,
+which are all MiniLM's losses read).
+
+The cache folder and the memory file are named by a digest of everything that changes their content
+(task, teacher files, tokenisation, length, data, rows, precision; K and the fit for the memory), so a
+stale one is never read; each file is written whole or not at all (fsd.storage).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoConfig
+
+from fsd import failpoints
+from fsd.data import Batches
+from fsd.loop import autocast
+from fsd.models import ModelOutputs, load_teacher, resolve_model_path, run_model
+from fsd.objectives import Objective
+from fsd.objectives.memory import TeacherMemory
+from fsd.objectives.structure import flatten_padded
+from fsd.storage import atomic_file, content_key, write_text
+from fsd.tasks import get_task
+
+log = logging.getLogger("fsd")
+FEATURE_FIELDS = ("penultimate", "cls")
+MEMORY_SEED = 0  # one memory per (task, teacher, K): every trial of a search shares it, whatever its seed
+
+
+def model_fingerprint(name: str) -> str:
+    """A hub id as is; a local folder by its files' names, sizes and modification times."""
+    path = Path(resolve_model_path(name))
+    if not path.is_dir():
+        return name
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
+    return f"{path}|{files}"
+
+
+def cache_folder(storage: str, key: dict) -> Path:
+    return Path(storage) / "cache" / f"{key['task']}-{content_key(key)}"
+
+
+def memory_path(storage: str, key: dict) -> Path:
+    return Path(storage) / "memory" / f"{key['task']}-k{key['k']}-{content_key(key)}.pt"
+
+
+def _file(field: str, dtype: str) -> str:
+    return "logits.npy" if field == "logits" else f"{field}-{dtype}.npy"
+
+
+def feature_bytes(fields: tuple[str, ...], lengths: list[int], hidden: int, layers: int, dtype: str) -> int:
+    """Disk needed by the feature fields (logits are negligible)."""
+    size = np.dtype(dtype).itemsize
+    total = 0
+    if "penultimate" in fields:
+        total += sum(lengths) * hidden * size
+    if "cls" in fields:
+        total += len(lengths) * (layers + 1) * hidden * size
+    return total
+
+
+class TeacherCache:
+    """Read side: `outputs(batch)` gathers the cached outputs of the batch's rows (`batch["index"]`), the
+    features padded like the batch with zeros at PAD positions, on the batch's device."""
+
+    def __init__(self, folder: Path, fields: tuple[str, ...], dtype: str, lengths: list[int]):
+        self.folder, self.fields, self.dtype = Path(folder), fields, dtype
+        self.arrays = {f: np.load(self.folder / _file(f, dtype), mmap_mode="r") for f in fields}
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        if "penultimate" in fields and self.arrays["penultimate"].shape[0] != self.offsets[-1]:
+            raise ValueError(f"{self.folder}: cached features do not match the data's token count; delete the folder")
+
+    def penultimate(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`[n, l, d]` in the cache's dtype: the rows' real tokens where the batch's mask is 1, else zeros."""
+        feats, mask = self.arrays["penultimate"], batch["attention_mask"].bool().cpu()
+        rows = batch["index"].tolist()
+        out = torch.zeros((*mask.shape, feats.shape[1]), dtype=getattr(torch, self.dtype))
+        tokens = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in rows])
+        out[mask] = torch.from_numpy(feats[tokens])  # real tokens in row-major order, as written
+        return out.to(batch["attention_mask"].device)
+
+    def outputs(self, batch: dict[str, torch.Tensor]) -> ModelOutputs:
+        rows, device = batch["index"].cpu().numpy(), batch["attention_mask"].device
+        cls = None
+        if "cls" in self.fields:
+            cls = tuple(torch.from_numpy(self.arrays["cls"][rows]).to(device).float().unbind(1))
+        return ModelOutputs(torch.from_numpy(self.arrays["logits"][rows]).to(device),
+                            penultimate_states=self.penultimate(batch).float() if "penultimate" in self.fields
+                            else None, cls_states=cls)
+
+
+@torch.no_grad()
+def write_cache(folder: Path, fields: tuple[str, ...], teacher: torch.nn.Module, batches: Batches, dtype: str,
+                device: torch.device) -> None:
+    """One teacher pass over `batches` (in row order) writing each of `fields` to `folder`."""
+    n, lengths = batches.num_examples, batches.lengths
+    hidden, layers = teacher.config.hidden_size, teacher.config.num_hidden_layers
+    shapes = {"logits": ((n, teacher.config.num_labels), "float32"),
+              "penultimate": ((sum(lengths), hidden), dtype), "cls": ((n, layers + 1, hidden), dtype)}
+    with ExitStack() as files:  # each field's file appears whole when the pass ends, or not at all
+        tmp = {f: files.enter_context(atomic_file(folder / _file(f, dtype))) for f in fields}
+        out = {f: np.lib.format.open_memmap(tmp[f], mode="w+", dtype=shapes[f][1], shape=shapes[f][0])
+               for f in fields}
+        teacher.eval()
+        row, token = 0, 0
+        for rows in batches.in_row_order():
+            batch = {k: v.to(device) for k, v in batches.collate(rows).items()}
+            with autocast(device):
+                t = run_model(teacher, batch, hidden=any(f in fields for f in FEATURE_FIELDS))
+            if "logits" in fields:
+                out["logits"][row:row + len(rows)] = t.logits.float().cpu().numpy()
+            if "cls" in fields:
+                out["cls"][row:row + len(rows)] = torch.stack(t.cls, 1).float().cpu().numpy()
+            if "penultimate" in fields:
+                real = t.penultimate[batch["attention_mask"].bool()].float().cpu().numpy()  # row-major: in order
+                out["penultimate"][token:token + len(real)] = real
+                token += len(real)
+            row += len(rows)
+            failpoints.reached("cache-pass")
+        for f in fields:
+            out[f].flush()
+        del out
+
+
+def open_cache(config, fields: tuple[str, ...] | None, batches: Batches, data_key: str, device: torch.device,
+               num_labels: int, say=log.warning) -> TeacherCache | None:
+    """The cache holding `fields` for this run's training rows, written first (by a teacher loaded for that
+    pass) if a field is missing.
+
+    Returns None (the caller runs the teacher live) when the cache is off, the objective cannot be served
+    from it, or the features exceed `config.cache_budget_gb` (said through `say`).
+    """
+    if not config.teacher_cache or not fields:
+        return None
+    teacher_config = AutoConfig.from_pretrained(resolve_model_path(config.teacher))
+    need = feature_bytes(fields, batches.lengths, teacher_config.hidden_size, teacher_config.num_hidden_layers,
+                         config.cache_dtype)
+    if need > config.cache_budget_gb * 1e9:
+        say(f"teacher cache: the {'+'.join(f for f in fields if f in FEATURE_FIELDS)} features of {config.task} need "
+            f"{need / 1e9:.2f} GB, over --cache-budget-gb {config.cache_budget_gb:g}: running the teacher live "
+            f"(raise --cache-budget-gb to {need / 1e9 * 1.05:.1f} to cache them)")
+        return None
+    key = {"task": config.task, "teacher": model_fingerprint(config.teacher), "data": data_key,
+           "rows": batches.num_examples, "precision": "bf16" if device.type == "cuda" else "fp32"}
+    folder = cache_folder(config.storage, key)
+    missing = tuple(f for f in fields if not (folder / _file(f, config.cache_dtype)).is_file())
+    if missing:
+        say(f"teacher cache: one teacher pass over {batches.num_examples} rows for {', '.join(missing)} -> {folder}")
+        teacher = load_teacher(config.teacher, num_labels).to(device)
+        write_cache(folder, missing, teacher, batches, config.cache_dtype, device)
+        write_text(folder / "key.json", json.dumps(key, indent=1))
+        del teacher
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return TeacherCache(folder, fields, config.cache_dtype, batches.lengths)
+
+
+def last_attention(attention: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor
+                   ) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+    """A BERT self-attention module's probabilities `[n, h, l, l]` (as a 1-tuple, the last layer's) and
+    values `[n, h, l, d_head]` on its input `hidden` `[n, l, d]`, PAD keys (mask 0) excluded."""
+    captured: list[torch.Tensor] = []
+    handle = attention.value.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        _, probs = attention(hidden, attention_mask=additive)
+    finally:
+        handle.remove()
+    n, l, d = captured[0].shape
+    heads = attention.num_attention_heads
+    return (probs,), captured[0].view(n, l, heads, d // heads).transpose(1, 2)
+
+
+class TeacherSource:
+    """What a run reads of the frozen teacher. `model` is the live teacher, None when the cache serves the
+    training steps (then `attention` is the teacher's last self-attention for MiniLM, else None)."""
+
+    def __init__(self, config, objective: Objective, train: Batches, data_key: str, device: torch.device,
+                 model: torch.nn.Module | None, cache: TeacherCache | None, attention: torch.nn.Module | None):
+        self.config, self.train, self.data_key, self.device = config, train, data_key, device
+        self.needs = (objective.needs_hidden, objective.needs_attentions, objective.needs_values)
+        self.uses_teacher = objective.needs_teacher
+        self.model, self.cache, self.attention = model, cache, attention
+
+    @classmethod
+    def open(cls, config, objective: Objective, train: Batches, data_key: str, device: torch.device,
+             say=log.warning) -> TeacherSource:
+        """The cache when the objective can be served from it (written first if missing), else the live
+        teacher; neither for an objective without a teacher."""
+        num_labels = get_task(config.task).num_labels
+        attn = "eager" if objective.needs_attentions else "sdpa"  # sdpa cannot return attention probabilities
+        cache = None
+        if objective.needs_teacher:
+            cache = open_cache(config, objective.cache_fields(), train, data_key, device, num_labels, say)
+        model = attention = None
+        if objective.needs_teacher and cache is None:
+            model = load_teacher(config.teacher, num_labels, attn).to(device).eval().requires_grad_(False)
+        elif cache is not None and objective.needs_attentions:  # MiniLM: the last layer's attention, live
+            teacher = load_teacher(config.teacher, num_labels, attn)
+            attention = teacher.base_model.encoder.layer[-1].attention.self.to(device).eval().requires_grad_(False)
+        return cls(config, objective, train, data_key, device, model, cache, attention)
+
+    def live_model(self) -> torch.nn.Module:
+        """The live teacher: the one the steps use, or one loaded now (the cache serves the steps)."""
+        if self.model is not None:
+            return self.model
+        num_labels = get_task(self.config.task).num_labels
+        return load_teacher(self.config.teacher, num_labels).to(self.device).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def outputs(self, batch: dict[str, torch.Tensor]) -> ModelOutputs | None:
+        """What the objective reads of the teacher for `batch` (None for an objective without one)."""
+        if self.model is not None:
+            return run_model(self.model, batch, *self.needs)
+        if self.cache is None:
+            return None
+        out = self.cache.outputs(batch)
+        if self.attention is not None:
+            out.attentions, out.values = last_attention(self.attention, out.penultimate, batch["attention_mask"])
+        return out
+
+    def _last_attention(self, hidden: torch.Tensor, mask: torch.Tensor
+                        ) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        """The last layer's attention probabilities `[n, h, l, l]` and values `[n, h, l, d_head]` on its input."""
+        captured: list[torch.Tensor] = []
+        handle = self.attention.value.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            additive = (1.0 - mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+            _, probs = self.attention(hidden, attention_mask=additive)
+        finally:
+            handle.remove()
+        n, l, d = captured[0].shape
+        heads = self.attention.num_attention_heads
+        return (probs,), captured[0].view(n, l, heads, d // heads).transpose(1, 2)
+
+    def penultimate(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The teacher's penultimate features `[n, l, d]` of `batch` (an objective that reads them live, or
+        has them cached)."""
+        if self.model is not None:
+            return run_model(self.model, batch, hidden=True).penultimate
+        return self.cache.penultimate(batch)
+
+    def memory(self) -> torch.Tensor:
+        """The teacher memory `[K, max_seq_len * d_T]` for this run: read from storage when a memory with the
+        same key exists (task, teacher, K, iterations, init, length, masking, data), else fitted and saved."""
+        c, rows = self.config, self.train.num_examples
+        k = c.memory_size or get_task(c.task).memory_size
+        if k > rows:
+            raise ValueError(f"a memory of {k} centroids needs at least {k} training rows, got {rows}: "
+                             "lower memory_size or use more training rows")
+        key = {"task": c.task, "teacher": model_fingerprint(c.teacher), "k": k, "iters": c.memory_iters,
+               "init": c.memory_init, "max_seq_len": c.max_seq_len, "masked": c.structure_mask,
+               "data": self.data_key, "rows": rows, "seed": MEMORY_SEED}
+        path = memory_path(c.storage, key)
+        if path.is_file():
+            centroids, _ = TeacherMemory.load(path, map_location=self.device)
+            return centroids
+        centroids = TeacherMemory.fit(self.features(), k, iters=c.memory_iters, seed=MEMORY_SEED,
+                                      init=c.memory_init, device=self.device)
+        failpoints.reached("memory-fit")
+        TeacherMemory.save(path, centroids, key)
+        return centroids
+
+    def features(self) -> TeacherFeatures:
+        return TeacherFeatures(self, self.train, self.config.max_seq_len, self.config.structure_mask, self.device)
+
+
+class TeacherFeatures:
+    """Re-iterable over the teacher's flattened penultimate features `[b, max_seq_len * d]`, in row order,
+    PAD rows zeroed when `masked` (`flatten_padded`: FSDG's batches, flattened to their own length, are a
+    prefix of this layout)."""
+
+    def __init__(self, source: TeacherSource, batches: Batches, max_seq_len: int, masked: bool,
+                 device: torch.device):
+        self.source, self.batches, self.max_seq_len, self.masked, self.device = (
+            source, batches, max_seq_len, masked, device)
+
+    @torch.no_grad()
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for rows in self.batches.in_row_order():
+            batch = {k: v.to(self.device) for k, v in self.batches.collate(rows).items()}
+            h = self.source.penultimate(batch).float()
+            yield flatten_padded(h, batch["attention_mask"] if self.masked else None, self.max_seq_len)

@@ -1,0 +1,184 @@
+"""A tune_main.py command line's values parsed and resolved: the task, method and stages into a schedule,
+--set and --grid into typed DistillConfig values, --compare and --batch-sizes into lists, and all of it
+into a SearchSpec. A value that cannot be parsed is a `UsageError` naming the flag and the fix; the checks
+of paths, services, data and models are in checks.py."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import types
+import typing
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from fsd.config import DistillConfig
+from fsd.tasks import TASKS, get_task
+from fsd.tuning.spec import FIRST_RUNG, HOLDOUT_ROWS, HOLDOUT_SHARE, REDUCTION_FACTOR, SearchSpec
+from search_spaces import Schedule, get_schedule
+from search_spaces.base import METHODS
+
+# DistillConfig values that tune_main.py flags own: --set may not change them behind the flag's back.
+OWNED = {"task": "--task", "method": "--method", "teacher": "--teacher", "student_init": "--student-init",
+         "student_layers": "--student-layers", "data_dir": "--data-dir", "storage": "--storage",
+         "max_seq_len": "--max-seq-len", "seed": "--seed", "holdout_rows": "--select-on holdout --holdout-rows",
+         "holdout_seed": "--select-on holdout --seed"}
+
+
+class UsageError(Exception):
+    """A command line that cannot run; the message (one line) names the problem and the fix."""
+
+
+def build_spec(args: argparse.Namespace, schedule: Schedule, stages: tuple[str, ...], extra: dict[str, Any],
+               storage: Path) -> SearchSpec:
+    """The SearchSpec of checked flags (paths made absolute; the GPU share is resolved later)."""
+    return SearchSpec(
+        task=schedule.task, method=args.method, storage=str(storage),
+        mlflow_uri=args.mlflow_uri or f"sqlite:///{storage}/mlflow.db",
+        teacher=_resolve_path(args.teacher), student_init=_resolve_path(args.student_init),
+        student_layers=args.student_layers,
+        data_dir=str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None, preset=args.preset,
+        stages=stages, seeds=args.seeds, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures, strategy=args.strategy,
+        reduction_factor=REDUCTION_FACTOR if args.reduction_factor is None else args.reduction_factor,
+        first_rung=FIRST_RUNG if args.first_rung is None else args.first_rung, num_samples=args.num_samples,
+        max_seq_len=args.max_seq_len, select_on=args.select_on, holdout_rows=_holdout_rows(args),
+        teacher_epochs=args.teacher_epochs or schedule.budget.teacher_epochs,
+        teacher_lr=schedule.budget.teacher_lr if args.teacher_lr is None else args.teacher_lr,
+        log_checkpoints=args.log_checkpoints, address=args.address, extra=extra, grids=parse_grids(args))
+
+
+def _holdout_rows(args: argparse.Namespace) -> int | None:
+    """--holdout-rows, or HOLDOUT_SHARE of the task's training rows (at most HOLDOUT_ROWS) with --select-on
+    holdout; None without (trials are ranked on dev)."""
+    if args.select_on != "holdout":
+        return None
+    if args.holdout_rows is not None:
+        return args.holdout_rows
+    from fsd.data import split_rows
+
+    return min(HOLDOUT_ROWS, int(HOLDOUT_SHARE * split_rows(args.task, args.data_dir)[0]))
+
+
+def check_names(args: argparse.Namespace) -> tuple[Schedule, tuple[str, ...]]:
+    """Task, method and --stages.
+
+    Returns:
+        The schedule and the stages to run (empty: all).
+    """
+    try:
+        task = get_task(args.task).name
+    except ValueError:
+        raise UsageError(f"--task {args.task!r} is not a GLUE task: choose one of {', '.join(TASKS)}") from None
+    if args.method not in METHODS:
+        raise UsageError(f"--method {args.method!r} has no search schedule: choose one of {', '.join(METHODS)}")
+    grids = parse_grids(args)
+    schedule = get_schedule(args.method, task, args.preset, grids)
+    searched = {k for s in schedule.stages for k in s.grid}
+    for key in grids:
+        if key not in searched:
+            raise UsageError(f"--grid {key}: no stage of the {args.method} schedule (preset {args.preset}) searches "
+                             f"it; it searches {', '.join(sorted(searched))} (--set gives a fixed value)")
+    names = [s.name for s in schedule.stages]
+    stages = tuple(args.stages.split(",")) if args.stages else ()
+    for name in stages:
+        if name not in names:
+            raise UsageError(f"--stages names {name!r}, which the {args.method} schedule lacks: choose from "
+                             f"{', '.join(names)}")
+    return schedule, stages
+
+
+def check_batch_sizes(args: argparse.Namespace) -> tuple[int, ...]:
+    """--batch-sizes as positive whole numbers (empty without the flag)."""
+    if not args.batch_sizes:
+        return ()
+    try:
+        sizes = tuple(int(v) for v in args.batch_sizes.split(",") if v.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
+        raise UsageError(f"--batch-sizes {args.batch_sizes!r}: give distinct whole numbers, e.g. --batch-sizes "
+                         "8,16,32,64")
+    return sizes
+
+
+def check_compare(args: argparse.Namespace) -> list[str]:
+    """The methods of --compare: known schedules, no repeats; --ablation and --batch-sizes need fsd among them."""
+    studies = [f for f, on in (("--ablation", args.ablation), ("--batch-sizes", args.batch_sizes)) if on]
+    if studies and "fsd" not in (args.compare or "").split(","):
+        raise UsageError(f"{studies[0]} re-runs FSD's winner: it needs --compare with fsd, e.g. --compare vkd,fsd")
+    if args.compare is None:
+        return []
+    methods = [m for m in args.compare.split(",") if m]
+    for method in methods:
+        if method not in METHODS:
+            raise UsageError(f"--compare names {method!r}, which has no search schedule: choose from "
+                             f"{', '.join(METHODS)}")
+    if len(set(methods)) != len(methods) or not methods:
+        raise UsageError(f"--compare {args.compare!r}: name each method once, e.g. --compare vkd,pkd,rkd,fsd")
+    return methods
+
+
+def parse_extra(args: argparse.Namespace) -> dict[str, Any]:
+    """The DistillConfig values every trial gets (`SearchSpec.extra`): --cache-budget-gb, --compile, --set."""
+    extra: dict[str, Any] = {"cache_budget_gb": args.cache_budget_gb, "compile": args.compile}
+    extra.update(parse_set(pair) for pair in args.sets or [])
+    return extra
+
+
+def parse_set(pair: str, flag: str = "--set") -> tuple[str, Any]:
+    """`KEY=VALUE` of --set -> (the DistillConfig field, VALUE as the field's type)."""
+    key, sep, raw = pair.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise UsageError(f"{flag} {pair!r} is not KEY=VALUE: write e.g. {flag} lr=3e-5")
+    if key in OWNED:
+        raise UsageError(f"{flag} {key}: use {OWNED[key]} instead")
+    hints = typing.get_type_hints(DistillConfig)
+    if key not in hints:
+        near = difflib.get_close_matches(key, [f.name for f in fields(DistillConfig)], n=1)
+        hint = f"did you mean {near[0]!r}?" if near else "see python -m fsd.cli --help for the settings"
+        raise UsageError(f"{flag} {key}: no such setting; {hint}")
+    hint = hints[key]
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    text = raw.strip()
+    if type(None) in kinds and text.lower() in ("none", "null"):
+        return key, None
+    for kind in kinds:
+        if kind is bool and text.lower() in ("true", "yes", "on", "1"):
+            return key, True
+        if kind is bool and text.lower() in ("false", "no", "off", "0"):
+            return key, False
+        if kind is str:
+            return key, text
+        try:
+            value = kind(text) if kind in (int, float) else None
+        except ValueError:
+            continue
+        if value is not None and math.isfinite(value):
+            return key, value
+    names = " or ".join("none" if k is type(None) else k.__name__ for k in kinds)
+    raise UsageError(f"{flag} {pair}: {key} takes {names}, not {raw!r}")
+
+
+def parse_grids(args: argparse.Namespace) -> dict[str, tuple]:
+    """`--grid KEY=V1,V2,...` (repeatable) -> {the DistillConfig field: its values, typed}."""
+    grids: dict[str, tuple] = {}
+    for text in args.grids or []:
+        key, _, raw = text.partition("=")
+        parsed = [parse_set(f"{key}={v}", "--grid") for v in raw.split(",") if v.strip()]
+        values = tuple(v for _, v in parsed)
+        if not values or len(set(values)) != len(values):
+            raise UsageError(f"--grid {text!r}: give distinct values after '=', e.g. --grid lr=1e-4,2e-4")
+        grids[parsed[0][0]] = values
+    return grids
+
+
+def _resolve_path(name: str | None) -> str | None:
+    """A model given as a path becomes absolute (Ray trials run in other folders); hub ids stay as they are."""
+    if name is None:
+        return None
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
