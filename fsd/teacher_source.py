@@ -198,7 +198,6 @@ class TeacherSource:
                  model: torch.nn.Module | None, cache: TeacherCache | None, attention: torch.nn.Module | None):
         self.config, self.train, self.data_key, self.device = config, train, data_key, device
         self.needs = (objective.needs_hidden, objective.needs_attentions, objective.needs_values)
-        self.uses_teacher = objective.needs_teacher
         self.model, self.cache, self.attention = model, cache, attention
 
     @classmethod
