@@ -238,7 +238,7 @@ def paper_tables(folder: Path, runs: dict[str, list[SeedRun]], ablations: dict[s
                 for r in rs if r.checkpoint]
         if done:
             analyses[method] = {k: float(np.nanmean([d.get(k, np.nan) for d in done])) for k in done[0]}
-            scores[method] = float(np.mean([r.dev[METRIC] for r in rs]))
+            scores[method] = float(np.mean(_scores(rs)))
     if analyses:
         out["table6-7-structure"] = tables.structure(analyses, scores)
         scatter_plot({m: (a.get("analysis/cka_diagonal_mean", np.nan), 100 * scores[m]) for m, a in analyses.items()},
