@@ -91,50 +91,68 @@ def stepper(config: DistillConfig):
     return step, cached
 
 
-def time_against(config: DistillConfig, base, steps: int) -> tuple[float, float, bool]:
-    """(median step time / the baseline's, median step seconds, cached): steps alternate with the
-    baseline's on the same batches, so both see the same load on the machine."""
+def time_against(config: DistillConfig, base, steps: int) -> tuple[float, float, bool, float]:
+    """(median step time / the baseline's, median step seconds, cached, total time / the baseline's): steps
+    alternate with the baseline's on the same batches, so both see the same load on the machine. The totals'
+    ratio is an epoch's over these batches; the medians' is one middle-length batch's (with length-grouped
+    batches, a fixed cost per step weighs more on short batches than on long ones)."""
     step, cached = stepper(config)
     step(0), base(0)  # warm-up
     ours, theirs = [], []
     for i in range(steps):
         theirs.append(base(i))
         ours.append(step(i))
-    return statistics.median(ours) / statistics.median(theirs), statistics.median(ours), cached
+    return statistics.median(ours) / statistics.median(theirs), statistics.median(ours), cached, sum(ours) / sum(theirs)
 
 
 def step_table(args, storage: str) -> None:
-    methods = [m for m in args.methods.split(",") if m != "nokd"]
+    baseline = args.baseline
+    methods = [m for m in args.methods.split(",") if m != baseline]
     rows: dict[tuple[str, str, bool], float] = {}
+    totals: dict[tuple[str, str, bool], float] = {}
     seconds: dict[tuple[str, str], float] = {}
     steps = 2 * args.steps  # every batch twice
-    bases = {layout: stepper(config_for(args, storage, "nokd", **kw))[0] for layout, kw in LAYOUTS.items()}
-    dynamic_vs_fixed, seconds[("dynamic", "nokd")], _ = time_against(
-        config_for(args, storage, "nokd", **LAYOUTS["dynamic"]), bases["len 128"], steps)
-    for layout, kw in LAYOUTS.items():
+    layouts = {k: v for k, v in LAYOUTS.items() if k in args.layouts.split(",")}
+    bases = {layout: stepper(config_for(args, storage, baseline, **kw))[0] for layout, kw in layouts.items()}
+    dynamic_vs_fixed = None
+    if len(layouts) == 2:
+        dynamic_vs_fixed, seconds[("dynamic", baseline)], _, _ = time_against(
+            config_for(args, storage, baseline, **LAYOUTS["dynamic"]), bases["len 128"], steps)
+    for layout, kw in layouts.items():
         base = bases[layout]
         for method in methods:
-            for use_cache in (False, True):
-                ratio, secs, cached = time_against(
+            for use_cache in (True,) if args.cache_only else (False, True):
+                ratio, secs, cached, total = time_against(
                     config_for(args, storage, method, teacher_cache=use_cache, **kw), base, steps)
                 if use_cache and not cached:
                     continue  # the method cannot be served from the cache (MiniLM): no row
                 rows[(layout, method, use_cache)] = ratio
+                totals[(layout, method, use_cache)] = total
                 seconds[(layout, method)] = secs
-    print(f"\n## step time / plain fine-tuning step (CE only, same student, same batches)\n{args.task}, batch "
-          f"{args.batch_size}, medians of {steps} steps alternated with plain fine-tuning steps, teacher "
+    what = "plain fine-tuning step (CE only" if baseline == "nokd" else f"{baseline} step (teacher cache on"
+    print(f"\n## step time / {what}, same student, same batches)\n{args.task}, batch "
+          f"{args.batch_size}, medians of {steps} steps alternated with {baseline} steps, teacher "
           f"{args.teacher}, student {args.student_layers} layers, {torch.get_num_threads()} threads, "
           f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
     print("| method | len 128 live | len 128 cache | dynamic live | dynamic cache | paper (vs VKD) "
           "| s/step dynamic, best |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| nokd | 1.00 | - | 1.00 | - | - | {seconds[('dynamic', 'nokd')]:.3f} |")
+    secs = f"{seconds[('dynamic', baseline)]:.3f}" if ("dynamic", baseline) in seconds else "-"
+    print(f"| {baseline} | 1.00 | - | 1.00 | - | - | {secs} |")
     for m in methods:
         cells = [f"{rows[(layout, m, c)]:.2f}" if (layout, m, c) in rows else "-" for layout in LAYOUTS
                  for c in (False, True)]
         paper = f"{PAPER[m]:.2f}" if m in PAPER else "-"
-        print(f"| {m} | {' | '.join(cells)} | {paper} | {seconds[('dynamic', m)]:.3f} |")
-    print(f"plain fine-tuning step, dynamic (length-grouped) / len 128: {dynamic_vs_fixed:.2f}")
+        secs = f"{seconds[('dynamic', m)]:.3f}" if ("dynamic", m) in seconds else "-"
+        print(f"| {m} | {' | '.join(cells)} | {paper} | {secs} |")
+    print(f"\ntotal time of the {steps} alternated steps / the {baseline} steps' (an epoch over these batches):")
+    columns = [(layout, c) for layout, m, c in totals if m == methods[0]]
+    print("| method | " + " | ".join(f"{layout} {'cache' if c else 'live'}" for layout, c in columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for m in methods:
+        print(f"| {m} | " + " | ".join(f"{v:.2f}" for (_l, mm, _c), v in totals.items() if mm == m) + " |")
+    if dynamic_vs_fixed is not None:
+        print(f"{baseline} step, dynamic (length-grouped) / len 128: {dynamic_vs_fixed:.2f}")
 
 
 def equivalence(args, storage: str) -> None:
@@ -191,6 +209,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--methods", default=",".join(m for m in OBJECTIVES if m != "nokd"))
+    p.add_argument("--baseline", default="nokd", help="the method every step is timed against (alternated)")
+    p.add_argument("--layouts", default=",".join(LAYOUTS), help="which of 'len 128' and 'dynamic' to time")
+    p.add_argument("--cache-only", action="store_true", help="time the teacher-output cache only, not the live teacher")
     p.add_argument("--parts", default="steps,equivalence,stage", help="which of steps, equivalence, stage to run")
     args = p.parse_args()
     quiet_libraries()

@@ -77,7 +77,13 @@ def linear_cka_fixed(x: torch.Tensor, gram_y: torch.Tensor) -> torch.Tensor:
     `[m, m]` Gram of `y` is not recomputed at every step, and `x`'s Gram is centred as an `[m, m]` matrix
     (`H K H`) rather than `x` itself, so the only passes over the wide `x` are the matmuls."""
     xa = x.to(gram_y.dtype)
-    k = xa @ xa.T
+    return linear_cka_of_gram(xa @ xa.T, gram_y)
+
+
+def linear_cka_of_gram(k: torch.Tensor, gram_y: torch.Tensor) -> torch.Tensor:
+    """`linear_cka_fixed` from `x`'s raw Gram `k = x x^T [m, m]` (for a caller that needs that Gram for more
+    than the CKA, e.g. the row norms on its diagonal)."""
+    k = k.to(gram_y.dtype)
     kc = k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
     hxx = kc.pow(2).sum()
     with torch.no_grad():  # a constant x centres to rounding noise, not to a signal (see _centre_and_normalise)

@@ -138,12 +138,8 @@ class DistillConfig(DataSpec):
         Raises:
             ConfigError: an unknown key (with the nearest valid name), a wrong type or a bad value.
         """
-        names = [f.name for f in fields(cls)]
         for key in values:
-            if key not in names:
-                near = difflib.get_close_matches(key, names, n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(names)}"
-                raise ConfigError(f"unknown config key {key!r}{hint}")
+            _check_key(key)
         missing = [f.name for f in fields(cls) if f.default is dataclasses.MISSING and f.name not in values]
         if missing:
             raise ConfigError(f"config is missing {', '.join(missing)}")
@@ -154,6 +150,27 @@ class DistillConfig(DataSpec):
 
     def replace(self, **changes: Any) -> DistillConfig:
         return dataclasses.replace(self, **changes)
+
+
+def check_partial(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` as they are, once each key is checked to be a DistillConfig field and each value of its type:
+    a partial DistillConfig (a stage's trial defaults, completed by each trial's grid point).
+
+    Raises:
+        ConfigError: an unknown key (with the nearest valid name) or a value of the wrong type.
+    """
+    for key, value in values.items():
+        _check_key(key)
+        _check_type(key, value, _field_types()[key])
+    return values
+
+
+def _check_key(key: str) -> None:
+    names = [f.name for f in fields(DistillConfig)]
+    if key not in names:
+        near = difflib.get_close_matches(key, names, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(names)}"
+        raise ConfigError(f"unknown config key {key!r}{hint}")
 
 
 def _field_types() -> dict[str, Any]:

@@ -36,8 +36,8 @@ from fsd.data import Batches
 from fsd.loop import autocast
 from fsd.models import ModelOutputs, load_teacher, resolve_model_path, run_model
 from fsd.objectives import Objective
-from fsd.objectives.memory import TeacherMemory
 from fsd.objectives.structure import flatten_padded
+from fsd.objectives.teacher_memory import TeacherMemory, memory_k, memory_rows_problem
 from fsd.storage import atomic_file, content_key, write_text
 from fsd.tasks import get_task
 
@@ -262,10 +262,10 @@ class TeacherSource:
         """The teacher memory `[K, max_seq_len * d_T]` for this run: read from storage when a memory with the
         same key exists (task, teacher, K, iterations, init, length, masking, data), else fitted and saved."""
         c, rows = self.config, self.train.num_examples
-        k = c.memory_size or get_task(c.task).memory_size
-        if k > rows:
-            raise ValueError(f"a memory of {k} centroids needs at least {k} training rows, got {rows}: "
-                             "lower memory_size or use more training rows")
+        problem = memory_rows_problem(c.task, c.memory_size, rows)
+        if problem is not None:
+            raise ValueError(f"{problem}: lower memory_size or use more training rows")
+        k = memory_k(c.task, c.memory_size)
         key = {"task": c.task, "teacher": model_fingerprint(c.teacher), "k": k, "iters": c.memory_iters,
                "init": c.memory_init, "max_seq_len": c.max_seq_len, "masked": c.structure_mask,
                "data": self.data_key, "rows": rows, "seed": MEMORY_SEED}

@@ -145,7 +145,7 @@ def test_data_with_an_empty_file(ctx, tmp_path):
 def test_data_too_small_for_the_teacher_memory(ctx, tmp_path):
     data = _rte(tmp_path / "few", train_rows=5)
     line = refused(ctx, "--data-dir", data)
-    assert "teacher memory of 8 centroids needs 8 training rows, the search trains on 5 of RTE/train.tsv" in line
+    assert "teacher memory of 8 centroids needs 8 training rows, got 5 (of RTE/train.tsv)" in line
     assert "--set memory_size=N with N <= 5" in line
 
 

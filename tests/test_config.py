@@ -46,3 +46,14 @@ def test_the_configurations_method_names_are_the_objectives():
     from fsd.objectives import OBJECTIVES
 
     assert METHODS == tuple(OBJECTIVES)
+
+
+def test_a_partial_config_is_checked_key_by_key_and_returned_as_is():
+    from fsd.config import check_partial
+
+    values = {"task": "rte", "lr": 1e-4, "max_train_samples": None}
+    assert check_partial(values) is values
+    with pytest.raises(ConfigError, match="unknown config key 'lrr'; did you mean 'lr'"):
+        check_partial({"lrr": 1e-4})
+    with pytest.raises(ConfigError, match="epochs must be int, got '3'"):
+        check_partial({"epochs": "3"})

@@ -9,7 +9,8 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from fsd.objectives.memory import StudentMemory, TeacherMemory, global_structure_loss, global_structure_parts
+from fsd.objectives.memory import StudentMemory, global_structure_loss, global_structure_parts
+from fsd.objectives.teacher_memory import TeacherMemory
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -280,3 +281,52 @@ def test_cosines_equal_the_normalised_rows_products():
     expected = torch.nn.functional.normalize(h, dim=1) @ torch.nn.functional.normalize(m, dim=1)[:, :6].T
     torch.testing.assert_close(_cosines(h, m), expected, rtol=1e-12, atol=1e-12)
     assert torch.all(_cosines(h, m)[:, 1] == 0)
+
+
+def test_the_student_sides_fused_products_have_autograds_gradients():
+    """`_GramAndProducts` (the memory's Gram and the batch's products, one backward product) against the
+    numerical gradient, for rows narrower than the memory and as wide."""
+    from fsd.objectives.memory import _GramAndProducts
+
+    g = torch.Generator().manual_seed(9)
+    for w in (6, 10):
+        h = torch.randn(3, w, generator=g, dtype=torch.float64, requires_grad=True)
+        m = torch.randn(4, 10, generator=g, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(_GramAndProducts.apply, (h, m))
+        gram, prod = _GramAndProducts.apply(h, m)
+        torch.testing.assert_close(gram, m @ m.T)
+        torch.testing.assert_close(prod, h @ m[:, :w].T)
+
+
+def test_the_student_side_equals_the_shifted_computation_in_float64_and_float32():
+    """Distances and cosines to the student memory from its Gram's diagonal equal the shifted, per-row
+    computation (float64 to 1e-10; float32 with features 20 units from the origin to 1e-4)."""
+    from fsd.objectives.memory import _cosines, _pair_dist, _student_side
+
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(5, 24, generator=g, dtype=torch.float64) - 20
+    m = torch.randn(7, 40, generator=g, dtype=torch.float64) - 20
+    gram, dist, cos = _student_side(h, m)
+    torch.testing.assert_close(dist, _pair_dist(h, m), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(cos, _cosines(h, m), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gram, m @ m.T)
+    _, dist32, cos32 = _student_side(h.float(), m.float())
+    torch.testing.assert_close(dist32.double(), dist, rtol=1e-4, atol=0)
+    torch.testing.assert_close(cos32.double(), cos, rtol=1e-4, atol=0)
+
+
+def test_the_global_structure_trains_under_autocast():
+    """Under bf16 autocast (CUDA's in a run; CPU's here) the loss and its gradients are those of float32 within
+    bf16's precision: the memory's Gram and products stay in float32, so the backward multiplies like types."""
+    g = torch.Generator().manual_seed(8)
+    h_t, m_t = torch.randn(4, 12, generator=g), torch.randn(5, 24, generator=g)
+    h_s = torch.randn(4, 9, generator=g, requires_grad=True)
+    memory = StudentMemory(5, 18)
+    plain = global_structure_loss(h_t, h_s, m_t, memory(), 0.4)
+    want = torch.autograd.grad(plain, (h_s, memory.centroids))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = global_structure_loss(h_t, h_s, m_t, memory(), 0.4)
+    got = torch.autograd.grad(loss, (h_s, memory.centroids))
+    assert loss.dtype == torch.float32 and abs(loss.item() - plain.item()) <= 1e-2 * abs(plain.item())
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-3)

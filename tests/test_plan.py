@@ -82,6 +82,15 @@ def test_a_comparisons_seed_runs_are_counted_by_hand(glue_dir, tmp_path):
     plain = compare_cost(costs, schedules, seeds=3)
     assert plain.runs == {"vkd": 3, "fsd": 3} and plain.samples == 6 * 4000
 
+
+def test_set_epochs_counts_in_every_stage_before_its_winners_are_known(glue_dir, tmp_path):
+    """--set epochs=3 over the cpu preset's one epoch: the stages that inherit epochs from VKD's winner (not
+    known before the search) are counted at 3 epochs too, as they will run."""
+    spec = SearchSpec(task="rte", method="pkd", storage=str(tmp_path), mlflow_uri="", teacher="packaged-minilm",
+                      data_dir=glue_dir, preset="cpu", extra={"epochs": 3})
+    vkd, pkd = search_cost(spec, get_schedule("pkd", "rte", "cpu")).stages
+    assert vkd.samples_per_trial == pkd.samples_per_trial == (3 * 1600,)
+
 def _main(*args, cwd):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, str(ROOT / "tune_main.py"), *args], capture_output=True, text=True,
@@ -129,3 +138,24 @@ def test_stage_base_takes_the_presets_batch_size_and_the_holdout(tmp_path):
     mine = SearchSpec(**{**spec.__dict__, "extra": {"batch_size": 8}, "select_on": "dev"})
     base = stage_base(mine, schedule, schedule.stage("vkd"), "t", {})
     assert base["batch_size"] == 8 and "holdout_rows" not in base  # --set beats the preset
+
+
+def test_the_teacher_and_the_trials_read_one_set_of_data_values(tmp_path):
+    """The teacher's rows, length, seed and holdout are the trials' (plan.data_values): a --set row limit
+    reaches both; only the teacher's batches are its own (the paper's 32, random order)."""
+    from fsd.teacher import TEACHER_BATCHES
+    from fsd.tuning.plan import DATA_FIELDS, stage_base, teacher_spec
+
+    schedule = get_schedule("vkd", "sst2", "cpu")
+    spec = SearchSpec(task="sst2", method="vkd", storage=str(tmp_path), mlflow_uri="", teacher="t", preset="cpu",
+                      seed=5, max_seq_len=64, select_on="holdout", holdout_rows=300,
+                      extra={"max_train_samples": 900, "max_eval_samples": None, "lr": 1e-4})
+    base = stage_base(spec, schedule, schedule.stage("vkd"), "t", {})
+    data = teacher_spec(spec, schedule).data
+    for name in DATA_FIELDS:
+        if name not in TEACHER_BATCHES:
+            assert getattr(data, name) == base.get(name, getattr(data, name)), name
+    assert data.max_train_samples == 900 and data.max_eval_samples is None and data.max_seq_len == 64
+    assert data.holdout_rows == 300 and data.seed == 5 and data.batch_size == 32 and base["batch_size"] == 16
+    preset = teacher_spec(SearchSpec(**{**spec.__dict__, "extra": {}}), schedule).data
+    assert preset.max_train_samples == 1600  # the cpu preset's rows when --set says nothing

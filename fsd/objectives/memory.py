@@ -1,130 +1,15 @@
-"""Global inter-feature structure (FSDG, METHOD.md §4, Eq. 8-10): the frozen teacher memory (streamed
-k-means over the teacher's flattened features), the trainable student memory, and the loss."""
+"""Global inter-feature structure (FSDG, METHOD.md §4, Eq. 8-10): the trainable student memory, what the
+loss needs of the frozen teacher memory (fitted by `fsd.objectives.teacher_memory`), and the loss."""
 
 from __future__ import annotations
-
-import math
-import os
-from collections.abc import Iterable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsd.cka import centred_gram, linear_cka, linear_cka_fixed
-from fsd.storage import atomic_file
+from fsd.cka import centred_gram, linear_cka_of_gram
 
 LOG_EPS = 1e-8  # the reference code's -log(CKA + 1e-8)
-INITS = ("kmeans++", "reference")
-
-
-class TeacherMemory:
-    """Builds, saves and loads the teacher memory `M_T [K, D]` (D = l * d_T).
-
-    `fit` streams over a re-iterable of `[b, D]` batches several times and never holds more than
-    `O((sample_size + 2k + b) * D)` floats, so it works for D = 98,304 and hundreds of thousands of rows.
-    """
-
-    @staticmethod
-    @torch.no_grad()
-    def fit(features: Iterable[torch.Tensor], k: int, iters: int = 3, seed: int = 0,
-            init: str | torch.Tensor = "kmeans++", device: torch.device | str | None = None,
-            sample_size: int | None = None) -> torch.Tensor:
-        """K-means centroids of all rows yielded by `features`.
-
-        ``init="kmeans++"`` (default, METHOD.md §5.3 [ours]): one streaming pass draws a seeded uniform
-        reservoir sample of `sample_size` rows (default `max(8k, 256)`); greedy k-means++ (2 + ln k
-        candidates per step) picks the initial centroids from it; then `iters` Lloyd passes stream over
-        all batches (float32 per-cluster sums and counts). A cluster that ends a pass empty is re-seeded
-        with one of the rows farthest from their centroid in that pass (a buffer of the k farthest rows
-        is kept), which is removed from its old cluster as long as that keeps at least one row.
-        A `[k, D]` tensor as `init` starts Lloyd from those centroids instead (no sampling pass).
-
-        ``init="reference"`` reproduces the reference code's procedure (METHOD.md §5.3), which is not a
-        k-means; `iters` counts its epochs (the paper's "3 epochs", at least 3):
-          - epoch 0 resets its running statistics at every step, so with batch size 1 the centroids
-            come out as `N(mean(x_N) / N, var(x_N) / N)` elementwise, from the *last* row `x_N` alone
-            (unbiased variance over its D features): near zero. Drawn here once from a CPU
-            `torch.Generator` seeded with `seed` (the reference redraws at every step from the global RNG;
-            only the last draw survives, so the distribution is the same, the numbers are not);
-          - odd epochs assign every row to its nearest centroid (Euclidean);
-          - even epochs start the memory at zeros (first time only), then row by row (batch size 1)
-            update the row's cluster `c <- (c + x) / 2`. Clusters that got no row stay exact zero vectors.
-            Later assign epochs use the updated memory, as the reference's do.
-
-        Args:
-            features: re-iterable (list, DataLoader, ...) yielding `[b, D]` (or `[b, l, d]`, flattened)
-                float tensors, in the same order on every iteration.
-            k: number of centroids. iters: Lloyd passes (reference mode: epochs). seed: all randomness.
-            init: ``"kmeans++"``, ``"reference"`` or a `[k, D]` tensor.
-            device: where the arithmetic runs (default: the first batch's device).
-            sample_size: reservoir rows for k-means++ (at least k).
-
-        Returns:
-            `[k, D]` float32 centroids on `device`.
-
-        Raises:
-            ValueError: fewer rows than k, a bad init name or shape. TypeError: a one-shot iterator.
-        """
-        if iter(features) is features:
-            raise TypeError("TeacherMemory.fit needs a re-iterable (a list, a DataLoader), not an iterator")
-        if isinstance(init, str) and init not in INITS:
-            raise ValueError(f"unknown init {init!r}: choose one of {', '.join(INITS)} or pass a [k, D] tensor")
-        if k < 1 or iters < 0:
-            raise ValueError(f"need k >= 1 and iters >= 0, got k={k}, iters={iters}")
-        if device is None:
-            device = _first(features).device
-        device = torch.device(device)
-        gen = torch.Generator().manual_seed(seed)
-        if isinstance(init, str) and init == "reference":
-            return _reference_fit(features, k, iters, gen, device)
-        if isinstance(init, torch.Tensor):
-            if init.dim() != 2 or init.shape[0] != k:
-                raise ValueError(f"init tensor must be [k={k}, D], got {tuple(init.shape)}")
-            # The first batch's mean, not the centroids': a far-off starting centroid would move the
-            # origin away from the data and cost float32 precision in every row.
-            shift = _rows(_first(features), device).mean(dim=0)
-            centroids = init.detach().to(device=device, dtype=torch.float32) - shift
-        else:
-            sample, _ = _reservoir(features, max(sample_size or 8 * k, 256, k), gen, device)
-            if sample.shape[0] < k:
-                raise ValueError(f"k-means with k={k} needs at least k rows, got {sample.shape[0]}")
-            # Distances are translation invariant; moving the origin near the data mean keeps
-            # |x|^2 + |c|^2 - 2 x.c from cancelling catastrophically (BERT features share a large mean).
-            shift = sample.mean(dim=0)
-            sample -= shift
-            centroids = _kmeanspp(sample, k, gen)
-            del sample
-        for _ in range(iters):
-            centroids = _lloyd_pass(features, centroids, shift, device)
-        return centroids + shift
-
-    @staticmethod
-    @torch.no_grad()
-    def inertia(features: Iterable[torch.Tensor], centroids: torch.Tensor,
-                device: torch.device | str | None = None) -> torch.Tensor:
-        """Sum over all rows of the squared Euclidean distance to the nearest centroid (float64 scalar)."""
-        device = torch.device(device) if device is not None else centroids.device
-        shift = centroids.to(device, torch.float32).mean(dim=0)
-        c = centroids.to(device, torch.float32) - shift
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        for batch in features:
-            total += _sq_dist(_rows(batch, device) - shift, c).min(dim=1).values.double().sum()
-        return total
-
-    @staticmethod
-    def save(path: str | os.PathLike, centroids: torch.Tensor, meta: dict[str, Any]) -> None:
-        """Write `{"centroids", "meta"}` to `path`, never half-written (`fsd.storage.atomic_file`). `meta`
-        must hold plain values (str, numbers, lists, dicts)."""
-        with atomic_file(path) as tmp:
-            torch.save({"centroids": centroids.detach().cpu(), "meta": dict(meta)}, tmp)
-
-    @staticmethod
-    def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[torch.Tensor, dict]:
-        """`(centroids [K, D], meta)` as written by `save` (loaded with `weights_only=True`)."""
-        obj = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
-        return obj["centroids"], obj["meta"]
 
 
 class StudentMemory(nn.Module):
@@ -218,14 +103,14 @@ def global_structure_parts(h_t_flat: torch.Tensor, h_s_flat: torch.Tensor, m_t: 
     acc = torch.float64 if torch.float64 in (h_t_flat.dtype, h_s_flat.dtype, m_t.dtype, m_s.dtype) else torch.float32
     h_t, h_s, m_t, m_s = (t.to(acc) for t in (h_t_flat, h_s_flat, m_t, m_s))
     if fixed is not None and fixed.m.dtype == acc:
-        cka = linear_cka_fixed(m_s, fixed.gram)
-        d_t, c_t = fixed.distances(h_t), fixed.cosines(h_t)
+        gram_t, d_t, c_t = fixed.gram, fixed.distances(h_t), fixed.cosines(h_t)
     else:
-        cka = linear_cka(m_s, m_t) if gram_t is None else linear_cka_fixed(m_s, gram_t.to(acc))
+        gram_t = centred_gram(m_t) if gram_t is None else gram_t.to(acc)
         d_t, c_t = _pair_dist(h_t, m_t), _cosines(h_t, m_t)
-    memory = -torch.log(cka + LOG_EPS)
-    euclidean = F.mse_loss(_pair_dist(h_s, m_s), d_t)
-    cosine = F.mse_loss(_cosines(h_s, m_s), c_t)
+    gram_s, d_s, c_s = _student_side(h_s, m_s)
+    memory = -torch.log(linear_cka_of_gram(gram_s, gram_t) + LOG_EPS)
+    euclidean = F.mse_loss(d_s, d_t)
+    cosine = F.mse_loss(c_s, c_t)
     return {"memory": memory, "euclidean": lam * euclidean, "cosine": (1 - lam) * cosine}
 
 
@@ -236,17 +121,62 @@ def global_structure_loss(h_t_flat: torch.Tensor, h_s_flat: torch.Tensor, m_t: t
     return parts["memory"] + parts["euclidean"] + parts["cosine"]
 
 
+def _student_side(h: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The student memory's raw Gram `m m^T [K, K]` (for L_M), and the `[n, K]` distances and cosines of
+    `h [n, w]` (zeros beyond w) to its rows, all from two products: the Gram's diagonal holds the rows'
+    squared norms, and `h m^T` serves both the distances and the cosines. The memory changes at every step,
+    so nothing of it can be kept; this way the only passes over the wide `m` are one product forward and
+    one backward (`_GramAndProducts`), where separate norms, shifts and slices cost a pass each.
+
+    Unlike the teacher's side, no shift guards the distances against cancellation: a shift would cost the
+    passes this saves. In float32 their relative error is about `eps * (|h|^2 + |m|^2) / d^2`, 1e-5 for
+    features 20 units from the origin (tested), far below what the loss can resolve."""
+    gram, prod = _GramAndProducts.apply(h, m)
+    m_sq = gram.diagonal()
+    h_sq = h.pow(2).sum(dim=1, keepdim=True)
+    distances = _root((h_sq - 2 * prod + m_sq).clamp(min=0))
+    # sqrt(max(x, 1e-24)) = max(sqrt(x), 1e-12): F.normalize's floor, with no infinite gradient at 0.
+    cosines = prod / (h_sq.clamp(min=1e-24).sqrt() * m_sq.clamp(min=1e-24).sqrt())
+    return gram, distances, cosines
+
+
+class _GramAndProducts(torch.autograd.Function):
+    """`(m m^T, h m[:, :w]^T)` for `h [n, w]`, `m [K, D]` (w <= D), with the memory's gradient in one
+    `[K, K] x [K, D]` product: `(G + G^T) m`, plus `P^T h` added in place to its first w columns (autograd
+    would take two products for the Gram and a zero-filled copy for the slice)."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(h, m)
+        # In the inputs' precision even under autocast: a bf16 Gram would hand the backward bf16 gradients
+        # to multiply with the float32 memory (autocast does not reach a custom backward), and the Gram
+        # feeds a CKA whose centring needs more digits than bf16 has.
+        with torch.autocast(h.device.type, enabled=False):
+            return m @ m.T, h @ m[:, :h.shape[1]].T
+
+    @staticmethod
+    def backward(ctx, grad_gram: torch.Tensor, grad_prod: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        h, m = ctx.saved_tensors
+        w = h.shape[1]
+        grad_h = grad_prod @ m[:, :w] if ctx.needs_input_grad[0] else None
+        grad_m = None
+        if ctx.needs_input_grad[1]:
+            grad_m = (grad_gram + grad_gram.T) @ m
+            grad_m[:, :w].addmm_(grad_prod.T, h)
+        return grad_h, grad_m
+
+
 def _cosines(h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """`[n, K]` cosines between rows of `h [n, w]` (zeros beyond w) and `m [K, D]`. The products are divided
-    by the rows' norms, not the rows themselves: one pass over the wide `m` fewer, forward and backward."""
+    by the rows' norms, not the rows themselves: one pass over the wide `m` fewer."""
     norms = m.norm(dim=1).clamp(min=1e-12)  # F.normalize's floor
     return (F.normalize(h, dim=1) @ m[:, :h.shape[1]].T) / norms
 
 
 def _pair_dist(h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """`[n, K]` Euclidean distances between rows of `h [n, w]` (zeros beyond w) and `m [K, D]`, without
-    materialising `[n, K, D]` differences."""
-    # A detached shift leaves distances and their gradients unchanged and limits cancellation.
+    materialising `[n, K, D]` differences (the teacher's side, when no FixedMemory is given)."""
+    # A shift leaves distances unchanged and limits cancellation (teacher features share a large mean).
     shift = m.detach().mean(dim=0)
     w = h.shape[1]
     a, b = h - shift[:w], m - shift
@@ -260,146 +190,3 @@ def _root(sq: torch.Tensor) -> torch.Tensor:
     """sqrt with a zero gradient at 0 (its derivative is infinite there): coincident pairs get distance 0."""
     pos = sq > 0
     return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(sq))
-
-
-def _sq_dist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """`[b, k]` squared Euclidean distances between rows of `x [b, D]` and `c [k, D]`, clamped at 0."""
-    return (x.pow(2).sum(dim=1, keepdim=True) - 2 * x @ c.T + c.pow(2).sum(dim=1)).clamp(min=0)
-
-
-def _rows(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if not isinstance(batch, torch.Tensor) or batch.dim() < 2:
-        raise TypeError(f"features must yield [b, D] tensors, got {type(batch).__name__} "
-                        f"{tuple(getattr(batch, 'shape', ()))}")
-    return batch.reshape(batch.shape[0], -1).to(device=device, dtype=torch.float32)
-
-
-def _first(features: Iterable[torch.Tensor]) -> torch.Tensor:
-    for batch in features:
-        return batch
-    raise ValueError("features yielded no batch")
-
-
-def _reservoir(features: Iterable[torch.Tensor], size: int, gen: torch.Generator,
-               device: torch.device) -> tuple[torch.Tensor, int]:
-    """A uniform sample of at most `size` rows in one pass (algorithm R, vectorised per batch)."""
-    store: torch.Tensor | None = None
-    seen = 0
-    for batch in features:
-        x = _rows(batch, device)
-        b = x.shape[0]
-        if store is None:
-            store = x.new_empty(size, x.shape[1])
-        fill = min(max(size - seen, 0), b)
-        store[seen:seen + fill] = x[:fill]
-        if fill < b:
-            index = torch.arange(seen + fill, seen + b, dtype=torch.float64)
-            slot = (torch.rand(b - fill, generator=gen, dtype=torch.float64) * (index + 1)).floor().long()
-            taken = (slot < size).nonzero().flatten()
-            if taken.numel():
-                # Sequential algorithm R lets a later row overwrite an earlier one in the same slot.
-                last = torch.full((size,), -1, dtype=torch.long)
-                last.scatter_reduce_(0, slot[taken], taken, reduce="amax")
-                slots = (last >= 0).nonzero().flatten()
-                store[slots.to(device)] = x[(fill + last[slots]).to(device)]
-        seen += b
-    if store is None:
-        raise ValueError("features yielded no batch")
-    return store[:min(seen, size)], seen
-
-
-def _kmeanspp(sample: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """Greedy k-means++ (Arthur & Vassilvitskii 2007): `2 + ln k` D^2-weighted candidates per step, keep
-    the one that lowers the potential most. Sampling runs on the CPU generator, so results do not depend
-    on the device's RNG."""
-    r = sample.shape[0]
-    trials = 2 + int(math.log(k))
-    chosen = [int(torch.randint(r, (1,), generator=gen))]
-    closest = _sq_dist(sample, sample[chosen]).squeeze(1)
-    for _ in range(1, k):
-        weights = closest.double().cpu()
-        if weights.sum() > 0:
-            cand = torch.multinomial(weights, trials, replacement=True, generator=gen)
-        else:  # every sampled row sits on a centre already: duplicates; Lloyd re-seeds them if it can
-            cand = torch.randint(r, (trials,), generator=gen)
-        pot = torch.minimum(closest[:, None], _sq_dist(sample, sample[cand.to(sample.device)]))
-        best = int(pot.sum(dim=0).argmin())
-        chosen.append(int(cand[best]))
-        closest = pot[:, best]
-    return sample[chosen].clone()
-
-
-def _lloyd_pass(features: Iterable[torch.Tensor], centroids: torch.Tensor, shift: torch.Tensor,
-                device: torch.device) -> torch.Tensor:
-    """One assign + mean-update pass over all batches (coordinates shifted by `shift`), with empty
-    clusters re-seeded from the farthest rows seen in the pass."""
-    k, dim = centroids.shape
-    sums = torch.zeros(k, dim, dtype=torch.float32, device=device)
-    counts = torch.zeros(k, dtype=torch.long, device=device)
-    far_d = torch.empty(0, device=device)
-    far_x = torch.empty(0, dim, device=device)
-    far_label = torch.empty(0, dtype=torch.long, device=device)
-    for batch in features:
-        x = _rows(batch, device) - shift
-        dist, label = _sq_dist(x, centroids).min(dim=1)
-        # A one-hot matmul instead of index_add_: CUDA's index_add_ uses float atomics, whose order (and
-        # so the rounding) changes from run to run, and k-means must be reproducible for a seed.
-        sums.addmm_(F.one_hot(label, k).to(x.dtype).T, x)
-        counts += torch.bincount(label, minlength=k)
-        # Keep the k farthest rows: only this batch's own top-k can enter the buffer.
-        top = dist.topk(min(k, dist.shape[0])).indices
-        if far_d.numel() < k or bool((dist[top] > far_d.min()).any()):
-            cat_d = torch.cat([far_d, dist[top]])
-            keep = cat_d.topk(min(k, cat_d.shape[0])).indices
-            far_d = cat_d[keep]
-            far_x = torch.cat([far_x, x[top]])[keep]
-            far_label = torch.cat([far_label, label[top]])[keep]
-    empty = (counts == 0).nonzero().flatten().tolist()
-    if empty:
-        order = far_d.argsort(descending=True).tolist()
-        for j in order:
-            if not empty or float(far_d[j]) <= 0:
-                break
-            old = int(far_label[j])
-            if int(counts[old]) < 2:  # moving it would empty its own cluster
-                continue
-            sums[old] -= far_x[j]
-            counts[old] -= 1
-            e = empty.pop(0)
-            sums[e] = far_x[j]
-            counts[e] = 1
-    filled = counts > 0
-    means = sums / counts.clamp(min=1).to(sums.dtype)[:, None]
-    return torch.where(filled[:, None], means, centroids)
-
-
-def _reference_fit(features: Iterable[torch.Tensor], k: int, iters: int, gen: torch.Generator,
-                   device: torch.device) -> torch.Tensor:
-    """The reference code's teacher memory (see `TeacherMemory.fit`, ``init="reference"``)."""
-    if iters < 3:
-        raise ValueError(f"init='reference' needs at least 3 epochs (stats, assign, update), got iters={iters}")
-    rows, last = 0, None
-    for batch in features:
-        x = _rows(batch, device)
-        rows += x.shape[0]
-        last = x[-1]
-    if last is None:
-        raise ValueError("features yielded no batch")
-    last64 = last.double()
-    mean = float(last64.mean()) / rows
-    std = math.sqrt(float(last64.var()) / rows)
-    assign = torch.normal(mean, std, size=(k, last.shape[0]), generator=gen).to(device)
-    memory = torch.zeros(k, last.shape[0], dtype=torch.float32, device=device)
-    for _ in range((iters - 1) // 2):
-        for batch in features:
-            x = _rows(batch, device)
-            label = _sq_dist(x, assign).argmin(dim=1)
-            onehot = F.one_hot(label, k)
-            # c <- (c + x) / 2 applied row after row equals: the old c halved once per row of the batch
-            # in that cluster, plus each row weighted by 2^-(1 + number of later rows in that cluster).
-            later = (onehot.flip(0).cumsum(0).flip(0) - onehot).gather(1, label[:, None]).squeeze(1)
-            memory *= torch.pow(0.5, onehot.sum(dim=0).double()).to(memory.dtype)[:, None]
-            weight = torch.pow(0.5, later.double() + 1).to(x.dtype)
-            memory.addmm_((onehot.to(x.dtype) * weight[:, None]).T, x)  # deterministic, unlike index_add_
-        assign = memory.clone()
-    return memory

@@ -7,8 +7,6 @@ Nothing here writes, and Ray is not imported: a bad command fails in seconds and
 from __future__ import annotations
 
 import argparse
-import csv
-import logging
 import os
 import socket
 import urllib.error
@@ -18,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from fsd.config import ConfigError, DistillConfig
-from fsd.tasks import TASKS, Task, get_task
+from fsd.tasks import TASKS, get_task
 from fsd.tuning import lock
+from fsd.tuning.check_inputs import check_data, check_models
 from fsd.tuning.flags import (
     UsageError,
     build_spec,
@@ -336,99 +335,3 @@ def check_address(address: str | None) -> None:
         raise UsageError(f"--address {address} is unreachable ({e.strerror or e}): start the cluster "
                          f"(ray start --head --port {port} on {host}) or leave --address out to start a local one"
                          ) from None
-
-
-# ---------------------------------------------------------------------------------------------- data and models
-def check_data(task: Task, data_dir: str | None, schedule: Schedule, stages: tuple[str, ...],
-               extra: dict[str, Any], holdout_rows: int | None = None, holdout_seed: int = 42) -> None:
-    """Every split the task needs exists and parses (columns, labels, at least one row), a holdout of
-    `holdout_rows` can be drawn from it, and it has rows enough for the teacher memory if a stage to run
-    (`stages`, empty: all) needs one. The hub (no --data-dir) is checked when it is read."""
-    if data_dir is None:
-        return
-    from fsd.data import DataError, Holdout, load_raw
-
-    # The run reads the files again and reports skipped lines then: here they would spoil the one error line.
-    data_log = logging.getLogger("fsd.data")
-    level = data_log.level
-    data_log.setLevel(logging.ERROR)
-    try:
-        raw = load_raw(task, data_dir)
-    except DataError as e:
-        raise UsageError(f"--data-dir: {e}") from None
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise UsageError(f"--data-dir {data_dir}: a {task.folder} file is no UTF-8 GLUE TSV ({e}); replace it "
-                         "with the GLUE download's") from None
-    finally:
-        data_log.setLevel(level)
-    train_rows = len(raw["train"])
-    if holdout_rows is not None:
-        try:
-            train_rows = len(Holdout(holdout_rows, holdout_seed).split(raw["train"]["label"], task.is_regression)[0])
-        except DataError as e:
-            raise UsageError(f"--holdout-rows {holdout_rows}: {e}; choose another size") from None
-    if any(s.method in ("fsdg", "fsd") for s in schedule.stages if not stages or s.name in stages):
-        budget = schedule.budget
-        k = (extra["memory_size"] if "memory_size" in extra else budget.memory_size) or task.memory_size
-        limit = extra["max_train_samples"] if "max_train_samples" in extra else budget.max_train_samples
-        rows = min(train_rows, limit or train_rows)
-        if k > rows:
-            raise UsageError(f"--data-dir: the teacher memory of {k} centroids needs {k} training rows, the search "
-                             f"trains on {rows} of {task.folder}/train.tsv: use more rows, or --set memory_size=N "
-                             f"with N <= {rows}")
-
-
-def check_models(task: Task, teacher: str, student_init: str | None, student_layers: int, max_seq_len: int) -> None:
-    """The teacher fits the task (its task, its label count); the student is no deeper than the teacher or
-    its own backbone; the sequence length fits both. Hub ids not cached here are checked on download."""
-    from fsd.models import teacher_meta, teacher_problem
-
-    t_config = _model_config(teacher, "--teacher")
-    meta = teacher_meta(teacher)
-    problem = teacher_problem(teacher, task.name, task.num_labels, t_config)
-    if problem is not None:
-        raise UsageError(f"--teacher {problem}")
-    backbone = student_init or (meta["backbone"] if meta else teacher)
-    flag = "--student-init" if student_init else "the backbone of --teacher"
-    s_config = t_config if backbone == teacher else _model_config(backbone, flag)
-    for config, what, fix in ((t_config, f"teacher {teacher}", "a deeper --teacher"),
-                              (s_config, f"student backbone {backbone}", "a deeper --student-init")):
-        if config is None:
-            continue
-        depth = config.num_hidden_layers
-        if student_layers > depth:
-            raise UsageError(f"--student-layers {student_layers} is deeper than the {depth}-layer {what}: choose "
-                             f"at most {depth}, or {fix}")
-        positions = getattr(config, "max_position_embeddings", None)
-        if positions and max_seq_len > positions:
-            raise UsageError(f"--max-seq-len {max_seq_len} exceeds the {positions} positions of the {what}: "
-                             f"choose at most {positions}")
-
-
-def _model_config(name: str, flag: str):
-    """The Hugging Face config of a model folder, of `packaged-minilm`, or of a hub id cached here; None for
-    a hub id that is not (it cannot be read offline)."""
-    from transformers import AutoConfig
-
-    from fsd.models import resolve_model_path
-
-    try:
-        path = resolve_model_path(name)
-    except ValueError as e:
-        raise UsageError(f"{flag} {name}: {e}") from None
-    local = Path(path).exists()
-    if local and not (Path(path) / "config.json").is_file():
-        raise UsageError(f"{flag} {name}: {path} holds no config.json; pass a Hugging Face model folder, a hub id "
-                         "or packaged-minilm")
-    if not local and name.startswith(("/", ".", "~")):
-        raise UsageError(f"{flag} {name}: no such folder; fix the path, or pass a hub id or packaged-minilm")
-    try:
-        return AutoConfig.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
-        if local:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UsageError(f"{flag} {name}: its config.json cannot be read ({first}); pass a Hugging Face "
-                             "model folder") from None
-        return None
-
-

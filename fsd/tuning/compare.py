@@ -53,7 +53,7 @@ def best_config(spec: SearchSpec, method: str, log=print) -> tuple[dict[str, Any
         if not ledger.done(last):
             log(f"compare: searching {method} first ({mspec.folder})")
             ledger = run_search(mspec, schedule, log)
-    return dict(ledger.data["stages"][last]["winner"]), ledger.data["teacher"]
+    return dict(ledger.records()[last]["winner"]), ledger.data["teacher"]
 
 
 def experiment_name(task: str, method: str, config: dict[str, Any], seeds: list[int]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fsd.config import DataSpec
 from fsd.data import split_rows
 from fsd.models import TEACHER_META, teacher_meta
 from fsd.tuning import plan, shared
@@ -46,14 +47,11 @@ def search_cost(spec: SearchSpec, schedule: Schedule, seen: set[str] | None = No
     """The cost of `schedule` under `spec`. `seen` collects the keys of stages already counted (another
     method of the same --compare): those are reused, not run again."""
     seen = set() if seen is None else seen
-    budget = schedule.budget
     held = spec.holdout.get("holdout_rows", 0)
-    rows, dev = split_rows(spec.task, spec.data_dir, spec.extra.get("max_train_samples", budget.max_train_samples),
-                           spec.extra.get("max_eval_samples", budget.max_eval_samples), held)
+    data = DataSpec(**plan.data_values(spec, schedule))  # the teacher's rows are the trials'
+    rows, t_dev = split_rows(spec.task, spec.data_dir, data.max_train_samples, data.max_eval_samples, held)
     teacher, fine_tune = teacher_folder(spec, schedule)
-    t_rows, t_dev = split_rows(spec.task, spec.data_dir, schedule.budget.max_train_samples,
-                               schedule.budget.max_eval_samples, held)
-    dev = held or dev  # trials ranked on the holdout evaluate it, not dev
+    dev = held or t_dev  # trials ranked on the holdout evaluate it, not dev
     done: dict[str, dict] = {}
     costs = []
     for stage in schedule.stages:
@@ -61,7 +59,7 @@ def search_cost(spec: SearchSpec, schedule: Schedule, seen: set[str] | None = No
             continue
         costs.append(stage_cost(spec, schedule, stage, teacher, done, rows, dev, seen))
     cached = spec.extra.get("teacher_cache", True) and any(s.method != "nokd" for s in schedule.stages)
-    return SearchCost(spec.method, costs, rows, dev, spec.teacher_epochs * t_rows if fine_tune else 0,
+    return SearchCost(spec.method, costs, rows, dev, spec.teacher_epochs * rows if fine_tune else 0,
                       spec.teacher_epochs * t_dev if fine_tune else 0, rows if cached else 0)
 
 
@@ -80,7 +78,8 @@ def compare_cost(costs: list[SearchCost], schedules: list[Schedule], seeds: int,
     runs, samples, evaluations = {}, 0.0, 0.0
     for cost, schedule in zip(costs, schedules, strict=True):
         last = [s for s in schedule.stages if not s.prepare][-1]
-        per_run = cost.rows * max(_epochs(schedule, last, None))
+        counted = {s.name: s for s in cost.stages}
+        per_run = max(counted[last.name].samples_per_trial)
         studies = {cost.method: seeds}
         if cost.method == "fsd":
             studies.update({"ablation": 4 * seeds if ablation else 0, "batch sizes": 2 * len(batch_sizes) * seeds})
@@ -128,7 +127,7 @@ def stage_cost(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str,
         elif key in seen:
             reused = "this comparison"
         seen.add(key)
-    epochs = _epochs(schedule, stage, base)
+    epochs = _epochs(spec, schedule, stage, base)
     budgets = tuple(rows * e for e in epochs)
     n = points if points is not None else min(d.limit or 9 for d in stage.derived)  # a refine: at most 9 points
     strategy = plan.stage_strategy(spec.strategy, n)
@@ -152,13 +151,16 @@ def _carried_over(record: dict, carried: dict | None) -> dict:
     return record
 
 
-def _epochs(schedule: Schedule, stage: Stage, base: dict | None) -> tuple[int, ...]:
-    """The epochs its trials run: the grid's values, else the budget's, else the stage's own value; an epochs
-    value inherited from a winner not yet known counts as the largest of the source stage's grid."""
+def _epochs(spec: SearchSpec, schedule: Schedule, stage: Stage, base: dict | None) -> tuple[int, ...]:
+    """The epochs its trials run: the grid's values, else --set's, else the budget's, else the stage's own
+    value; an epochs value inherited from a winner not yet known counts as the largest of the source stage's
+    grid."""
     if "epochs" in stage.grid:
         return tuple(stage.grid["epochs"])
     if base is not None:
         return (base["epochs"],)
+    if "epochs" in spec.extra:
+        return (spec.extra["epochs"],)
     if schedule.budget.epochs is not None:
         return (schedule.budget.epochs,)
     if "epochs" in stage.fixed:

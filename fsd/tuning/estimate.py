@@ -23,6 +23,7 @@ from fsd.loop import autocast, make_optimizer, resolve_device, to_device
 from fsd.models import build_student, load_teacher, load_tokenizer, run_model
 from fsd.objectives import Setup, build_objective
 from fsd.objectives.kd import label_loss
+from fsd.objectives.teacher_memory import memory_k
 from fsd.tasks import get_task
 from fsd.teacher_source import last_attention
 from fsd.train import student_backbone
@@ -130,7 +131,7 @@ def _student_rate(spec: SearchSpec, method: str, backbone: str, teacher, batches
     objective = build_objective(config, task.is_regression).to(device)
     attn = "eager" if objective.needs_attentions else "sdpa"
     student = build_student(backbone, spec.student_layers, task.num_labels, attn).to(device)
-    k = config.memory_size or task.memory_size
+    k = memory_k(spec.task, config.memory_size)
     width = spec.max_seq_len * teacher.config.hidden_size
     memory = torch.randn(k, width, device=device) if objective.needs_memory else None
     objective.setup(Setup(student, spec.max_seq_len, memory))

@@ -8,11 +8,30 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from fsd.storage import write_text
 
 LEDGER = "ledger.json"
+
+
+class StageRecord(TypedDict, total=False):
+    """What the ledger keeps of a stage (JSON as written; keys appear as the stage gets that far)."""
+
+    status: str  # "done" once its winner is final
+    run_id: str | None  # the stage's MLflow run
+    shared: str  # the digest of its shared folder, `<storage>/stages/<task>-<stage>-<digest>`
+    reused_from: str  # the MLflow run that holds its trials, when another search ran them
+    winner: dict[str, Any]  # the winning trial's DistillConfig values ({} for a prepare stage)
+    score: float | None  # the winner's score on what trials are ranked on (dev or the holdout)
+    checkpoint: str | None  # the winner's best checkpoint folder
+    trials: int
+    stopped: int  # trials halving stopped at a rung
+    samples: int | None  # training samples its trials processed
+    dev: dict[str, float]  # the winner's dev metrics, when trials were ranked on a holdout
+    model_version: str | None  # the registered student's version
+    analysis: dict[str, float]  # restoration rate, CKA diagonal, relation differences (fsd.analysis)
+    memory_shape: list[int]  # a memory stage: the teacher memory's [K, D]
 
 
 class Ledger:
@@ -29,11 +48,14 @@ class Ledger:
     def save(self) -> None:
         write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True))
 
-    def stage(self, name: str) -> dict[str, Any]:
+    def stage(self, name: str) -> StageRecord:
         return self.data["stages"].setdefault(name, {})
 
     def done(self, name: str) -> bool:
         return self.data["stages"].get(name, {}).get("status") == "done"
+
+    def records(self) -> dict[str, StageRecord]:
+        return self.data["stages"]
 
     def winners(self) -> dict[str, dict[str, Any]]:
         return {k: v["winner"] for k, v in self.data["stages"].items() if v.get("status") == "done"}

@@ -12,10 +12,10 @@ ASHA's asynchronous promotions let a few more trials through early on; bench/sea
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-from fsd.config import DataSpec, DistillConfig
+from fsd.config import DataSpec, DistillConfig, check_partial
 from fsd.data import split_rows
 from fsd.tuning.spec import SearchSpec
 from search_spaces import Schedule, Stage
@@ -99,33 +99,50 @@ def evaluation_interval(config: dict[str, Any]) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- a stage's trials
+DATA_FIELDS = tuple(f.name for f in fields(DataSpec))
+
+
+def data_values(spec: SearchSpec, schedule: Schedule) -> dict[str, Any]:
+    """The `DataSpec` values of the search, the one source of its trials' (`stage_base`) and its teacher's
+    (`teacher_spec`) data settings: the task, folder, length, seed and holdout of the command line, the
+    preset's row limits and batch size, and --set's data values over those (a value the user set beats the
+    preset's budget; the grid still beats both). Unset values are left out (DataSpec's defaults apply)."""
+    values: dict[str, Any] = {"task": spec.task, "data_dir": spec.data_dir, "max_seq_len": spec.max_seq_len,
+                              "seed": spec.seed, **spec.holdout}
+    budget = schedule.budget
+    for key in ("max_train_samples", "max_eval_samples", "batch_size"):
+        if getattr(budget, key) is not None:
+            values[key] = getattr(budget, key)
+    values.update({k: v for k, v in spec.extra.items() if k in DATA_FIELDS})
+    return values
+
+
 def stage_base(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str,
                winners: dict[str, dict[str, Any]], rows: int | None = None) -> dict[str, Any]:
-    """The DistillConfig values every trial of `stage` shares. With `rows` (training rows per epoch) and a
-    strategy that halves, the trials evaluate `evals_per_epoch` times per epoch, unless --set says otherwise."""
+    """The DistillConfig values every trial of `stage` shares, each checked against DistillConfig's field
+    types (`fsd.config.check_partial`). With `rows` (training rows per epoch) and a strategy that halves, the
+    trials evaluate `evals_per_epoch` times per epoch, unless --set says otherwise."""
     base: dict[str, Any] = {
+        **data_values(spec, schedule),
         # No --student-init: the student starts from the backbone the teacher was fine-tuned from (its
         # fsd_teacher.json says which), never from the fine-tuned teacher itself (METHOD.md §1).
-        "task": spec.task, "teacher": teacher, "student_init": spec.student_init,
-        "student_layers": spec.student_layers, "method": stage.method, "data_dir": spec.data_dir,
-        "storage": spec.storage, "max_seq_len": spec.max_seq_len, "seed": spec.seed, **spec.holdout,
-        **spec.extra}
+        "teacher": teacher, "student_init": spec.student_init, "student_layers": spec.student_layers,
+        "method": stage.method, "storage": spec.storage, **spec.extra}
     for param, source in stage.inherit.items():
         base[param] = winners[source][param]
     base.update(stage.fixed)
     budget = schedule.budget
-    for key in ("epochs", "max_train_samples", "max_eval_samples", "memory_size", "batch_size"):
-        # A value the user set with --set beats the preset's budget (the grid still beats both).
+    for key in ("epochs", "memory_size"):
         if getattr(budget, key) is not None and key not in spec.extra:
             base[key] = getattr(budget, key)
     if rows is not None and spec.strategy != "grid" and "eval_every" not in spec.extra:
         base["eval_every"] = eval_every(rows, budget.evals_per_epoch)
-    return base
+    return check_partial(base)
 
 
 def train_rows(spec: SearchSpec, schedule: Schedule) -> int:
     """Training rows per epoch of the search's trials (the --set or preset limit applied)."""
-    limit = spec.extra.get("max_train_samples", schedule.budget.max_train_samples)
+    limit = data_values(spec, schedule).get("max_train_samples")
     return split_rows(spec.task, spec.data_dir, limit, holdout=spec.holdout.get("holdout_rows", 0))[0]
 
 
@@ -159,10 +176,9 @@ def majority_floor(spec: SearchSpec, schedule: Schedule) -> dict[str, float] | N
     from fsd.data import Holdout
     from fsd.metrics import majority
 
-    budget = schedule.budget
+    data = DataSpec(**data_values(spec, schedule))
     holdout = Holdout(spec.holdout_rows, spec.seed) if spec.select_on == "holdout" else None
-    return majority(spec.task, spec.data_dir, spec.extra.get("max_train_samples", budget.max_train_samples),
-                    spec.extra.get("max_eval_samples", budget.max_eval_samples), holdout)
+    return majority(spec.task, spec.data_dir, data.max_train_samples, data.max_eval_samples, holdout)
 
 
 def seed_list(spec: SearchSpec) -> list[int]:
@@ -170,10 +186,9 @@ def seed_list(spec: SearchSpec) -> list[int]:
 
 
 def teacher_spec(spec: SearchSpec, schedule: Schedule):
-    """The recipe of the search's teacher (fine-tuned once per recipe, or `spec.teacher` if already one)."""
+    """The recipe of the search's teacher (fine-tuned once per recipe, or `spec.teacher` if already one): the
+    rows the trials train on (`data_values`, --set's row limits included), in the paper's teacher batches."""
     from fsd.teacher import TeacherSpec, teacher_data
 
-    data = DataSpec(spec.task, spec.data_dir, spec.max_seq_len, seed=spec.seed,
-                    max_train_samples=schedule.budget.max_train_samples,
-                    max_eval_samples=schedule.budget.max_eval_samples, **spec.holdout)
+    data = DataSpec(**data_values(spec, schedule))
     return TeacherSpec(spec.teacher, teacher_data(data), epochs=spec.teacher_epochs, lr=spec.teacher_lr)

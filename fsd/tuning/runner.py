@@ -15,7 +15,7 @@ from fsd.analysis import analyse_checkpoint
 from fsd.config import DistillConfig
 from fsd.train import evaluate_on_dev, export_student, prepare_outputs
 from fsd.tuning import halving, lock, plan, shared, tracking
-from fsd.tuning.ledger import Ledger
+from fsd.tuning.ledger import Ledger, StageRecord
 from fsd.tuning.outbox import Outbox
 from fsd.tuning.plan import seed_list, stage_base, strategy_of, train_rows, trial_budget
 from fsd.tuning.spec import SearchSpec, identity
@@ -103,13 +103,13 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
     ledger.save()
     first = DistillConfig.from_dict({**base, **expand({k: v[0] for k, v in grid.items() if v})})  # fail before Ray
     if any(len(v) == 0 for v in grid.values()):  # a refine around 0: nothing to try, the coarse winner stays
-        source = ledger.data["stages"][stage.carry]
+        source = ledger.records()[stage.carry]
         record.update(status="done", winner=source["winner"], score=source["score"],
                       checkpoint=source.get("checkpoint"), trials=0)
         ledger.save()
         outbox.do("close_run", record["run_id"], "FINISHED")
         return
-    carried = ledger.data["stages"][stage.carry] if stage.carry else None
+    carried = ledger.records()[stage.carry] if stage.carry else None
     key = shared.stage_key(stage.name, base, grid, strategy_of(spec, grid), seed_list(spec), carried)
     folder = shared.stage_folder(spec.storage, spec.task, stage.name, key)
     record["shared"] = key
@@ -200,7 +200,7 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: dic
             "stopped": stopped, "samples": samples}
 
 
-def _log_winner(spec: SearchSpec, stage: Stage, record: dict[str, Any], outbox: Outbox) -> None:
+def _log_winner(spec: SearchSpec, stage: Stage, record: StageRecord, outbox: Outbox) -> None:
     keys = ("alpha", "temperature", "lr", "epochs", "beta", "gamma_i", "gamma_l", "gamma_g", "lam")
     outbox.do("log_winner", record["run_id"], "best/" + METRIC, record["score"],
               {f"winner.{k}": str(record["winner"].get(k)) for k in keys})
@@ -215,7 +215,7 @@ def _log_winner(spec: SearchSpec, stage: Stage, record: dict[str, Any], outbox: 
         outbox.do("log_analysis", record["run_id"], metrics, files)
 
 
-def stage_line(spec: SearchSpec, name: str, record: dict[str, Any]) -> str:
+def stage_line(spec: SearchSpec, name: str, record: StageRecord) -> str:
     """What a finished stage prints: its winner's score (on the holdout and on dev when ranked on a holdout)."""
     if spec.select_on == "holdout":
         dev = record.get("dev", {}).get("dev/score")
@@ -276,7 +276,7 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
                 build_memory(spec, schedule, stage, teacher, ledger, log)
             else:
                 run_stage(spec, schedule, stage, teacher, ledger, ids, rows, log)
-                log(stage_line(spec, stage.name, ledger.data["stages"][stage.name]))
+                log(stage_line(spec, stage.name, ledger.records()[stage.name]))
             failpoints.reached("between-stages")
     except StageFailed:
         outbox.do("close_run", search_run, "FAILED")

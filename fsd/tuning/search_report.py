@@ -33,7 +33,7 @@ def trial_scores(uri: str, ledger: Ledger) -> dict[str, list[float]]:
     client = tracking.client_for(uri)
     exp_id = ledger.data.get("experiment_id")
     out: dict[str, list[float]] = {}
-    for stage, record in ledger.data["stages"].items():
+    for stage, record in ledger.records().items():
         if not record.get("run_id") or record.get("trials", 0) == 0:
             continue
         holder = record.get("reused_from") or record["run_id"]  # a reused stage's trials hang under its first run
@@ -47,7 +47,7 @@ def trial_scores(uri: str, ledger: Ledger) -> dict[str, list[float]]:
 
 def stage_rows(method: str, task: str, ledger: Ledger) -> list[dict[str, Any]]:
     rows = []
-    for stage, record in ledger.data["stages"].items():
+    for stage, record in ledger.records().items():
         if record.get("status") != "done" or record.get("score") is None:
             continue
         analysis = record.get("analysis", {})
@@ -69,7 +69,7 @@ def stage_rows(method: str, task: str, ledger: Ledger) -> list[dict[str, Any]]:
 
 def relation_rows(ledger: Ledger) -> list[dict[str, Any]]:
     rows = []
-    for stage, record in ledger.data["stages"].items():
+    for stage, record in ledger.records().items():
         values = {k[len("analysis/reldiff_"):]: v for k, v in record.get("analysis", {}).items()
                   if k.startswith("analysis/reldiff_")}
         if values:
@@ -89,7 +89,7 @@ def build_report(storage: str, task: str, mlflow_uri: str, out: str | None = Non
         if scores:
             images.append(Image(score_plot(scores, figures / f"{method}-scores.png"),
                                 f"{method}: dev score of every trial per stage"))
-        for stage, record in ledger.data["stages"].items():
+        for stage, record in ledger.records().items():
             heatmap = Path(record.get("checkpoint") or "/nonexistent") / "analysis" / HEATMAP_FILE
             if heatmap.is_file():
                 images.append(Image(str(heatmap), f"{method} / {stage}: teacher vs student CKA heat map"))

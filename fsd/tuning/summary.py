@@ -43,7 +43,7 @@ def summary_table(ledger: Ledger, schedule: Schedule) -> str:
         lines.append(f"| majority class | the most frequent training label |{blank} {100 * floor['eval/score']:.2f} "
                      "| - |")
     for stage in schedule.stages:
-        record = ledger.data["stages"].get(stage.name, {})
+        record = ledger.records().get(stage.name, {})
         if record.get("status") != "done" or stage.prepare:
             status = "memory built" if record.get("status") == "done" else "not run"
             lines.append(f"| {stage.name} | {status} |" + " |" * (head.count("|") - 3))
