@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli")
-    a("--method", default="fsd", help="what to search: fsd (the paper's 6 stages), vkd, pkd, rkd or minilm")
+    a("--method", default="fsd",
+      help="what to search: fsd (the paper's 6 steps, 10 stages in --dry-run), vkd, pkd, rkd or minilm")
     a("--data-dir", default=None, help="local GLUE folder (GLUE download layout); default: nyu-mll/glue from the hub")
     a("--teacher", default="bert-base-uncased",
       help="pre-trained backbone to fine-tune as teacher (hub id, folder, or 'packaged-minilm' offline), or a "
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--log-checkpoints", choices=["best", "all"], default="best",
       help="best: each stage's best student is logged as an MLflow model; all: also every trial's best checkpoint")
     a("--resume", action="store_true", help="continue the search stored in the storage folder")
+    a("--verbose", action="store_true",
+      help="also show Ray's and MLflow's own console output (experiment tables, INFO lines, trial tracebacks)")
     a("--address", default=None, help="address of an existing Ray cluster (default: start one locally)")
     a("--set", dest="sets", action="append", metavar="KEY=VALUE",
       help="a DistillConfig value for every trial, repeatable (e.g. --set lr=3e-5 --set batch_size=16); a stage's "
@@ -151,13 +154,16 @@ def dry_run(args: argparse.Namespace) -> None:
 
 
 def run(search) -> None:
+    import time
+
     from fsd.logs import quiet_libraries
     from fsd.tuning import lock
     from fsd.tuning.checks import UsageError, check_search_folder
     from fsd.tuning.runner import StageFailed, run_search
-    from fsd.tuning.summary import summary_table
+    from fsd.tuning.summary import pointers, summary_table
 
     spec = search.spec
+    started = time.monotonic()
     if search.report:
         from fsd.tuning.search_report import build_report
 
@@ -186,6 +192,7 @@ def run(search) -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     print(summary_table(ledger, search.schedule))
+    print(pointers(ledger, search.schedule, spec.storage, spec.mlflow_uri, time.monotonic() - started))
     if ledger.mlflow_note:
         print(ledger.mlflow_note)
 

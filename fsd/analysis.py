@@ -1,4 +1,4 @@
-"""The paper's analyses of a distilled student (METHOD.md §8): restoration rate, CKA heat maps between teacher and
+"""The paper's analyses of a distilled student (docs/method.md §8): restoration rate, CKA heat maps between teacher and
 student penultimate features over dev mini-batches, and relation difference (Eq. 12-13)."""
 
 from __future__ import annotations
@@ -241,7 +241,8 @@ def save_analysis(analysis: Analysis, folder: str | os.PathLike) -> list[str]:
                        f"{analysis.task.upper()}: teacher vs student penultimate CKA")
     metrics = {k: (None if math.isnan(v) else v) for k, v in analysis.metrics.items()}
     path = folder / METRICS_FILE
-    path.write_text(json.dumps({"task": analysis.task, "metrics": metrics}, indent=1) + "\n")
+    shape = list(np.asarray(analysis.heatmap).shape)  # the report leaves out a one-cell heat map
+    path.write_text(json.dumps({"task": analysis.task, "metrics": metrics, "heatmap_shape": shape}, indent=1) + "\n")
     return [png, str(path)]
 
 

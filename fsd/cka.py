@@ -1,4 +1,4 @@
-"""Linear centred kernel alignment (CKA, METHOD.md §3, paper Eq. 4-5), batched, maskable and NaN-free."""
+"""Linear centred kernel alignment (CKA, docs/method.md §3, paper Eq. 4-5), batched, maskable and NaN-free."""
 
 from __future__ import annotations
 

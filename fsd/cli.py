@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         teacher = ensure_teacher(spec, config.storage, config.device)
         config = config.replace(teacher=teacher, student_init=config.student_init or args.teacher)
         best = float("-inf")
-        for report in distill(config):
+        for report in distill(config, progress=True):
             shown = {k: round(v, 4) for k, v in report.metrics.items() if k.startswith(("eval", "train/loss"))}
             print(f"epoch {round(report.metrics['epoch'], 2):g}: {json.dumps(shown)} "
                   f"({report.metrics['progress/samples']} samples; {report.metrics['time/train_s']:.0f} s, "

@@ -60,7 +60,7 @@ class DistillConfig(DataSpec):
     student_init: str | None = None  # pre-trained backbone of the student; None: the teacher's backbone
     student_layers: int = 6
     method: str = "vkd"
-    # loss weights (METHOD.md §2)
+    # loss weights (docs/method.md §2)
     alpha: float = 0.5
     temperature: float = 10.0
     beta: float = 1.0

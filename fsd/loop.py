@@ -18,6 +18,7 @@ from fsd.config import DataSpec
 from fsd.data import Batches, load_task_data
 from fsd.metrics import glue_metrics
 from fsd.models import run_model
+from fsd.progress import Progress
 from fsd.tasks import Task, get_task
 
 log = logging.getLogger("fsd")
@@ -59,7 +60,7 @@ def speed_up(device: torch.device) -> None:
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, total_steps: int,
                    warmup_ratio: float = 0.0):
-    """AdamW (eps 1e-8) with linear decay to 0 after an optional linear warm-up (METHOD.md §1); the fused
+    """AdamW (eps 1e-8) with linear decay to 0 after an optional linear warm-up (docs/method.md §1); the fused
     kernel (one pass per parameter instead of one per operation: on this CPU a third of a VKD step)."""
     optimizer = torch.optim.AdamW(list(params), lr=lr, eps=1e-8, weight_decay=weight_decay, fused=True)
     warmup = int(warmup_ratio * total_steps)
@@ -113,11 +114,15 @@ class Interval:
 
 
 def train_epoch(batches: Batches, epoch: int, loss_fn: LossFn, params: list[torch.nn.Parameter],
-                optimizer, scheduler, grad_clip: float, device: torch.device) -> dict[str, float]:
-    """One pass over the training batches; returns the mean of each loss part and the throughput."""
+                optimizer, scheduler, grad_clip: float, device: torch.device, progress: str | None = None
+                ) -> dict[str, float]:
+    """One pass over the training batches; returns the mean of each loss part and the throughput. With
+    `progress`, the console shows it under that name (`fsd.progress.Progress`)."""
     interval = Interval()
-    for _, rows, parts in train_steps(batches, epoch, loss_fn, params, optimizer, scheduler, grad_clip, device):
-        interval.add(rows, parts)
+    with Progress(batches.num_examples, progress or "", enabled=progress is not None) as bar:
+        for _, rows, parts in train_steps(batches, epoch, loss_fn, params, optimizer, scheduler, grad_clip, device):
+            interval.add(rows, parts)
+            bar.update(rows)
     out = interval.metrics()
     out["time/epoch_s"] = out.pop("time/train_s")
     return out

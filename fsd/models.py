@@ -73,7 +73,7 @@ def load_teacher(path: str, num_labels: int, attn_implementation: str = "sdpa") 
 def build_student(backbone: str, num_layers: int, num_labels: int,
                   attn_implementation: str = "sdpa") -> PreTrainedModel:
     """The first `num_layers` transformer layers of a pre-trained backbone, its embeddings and pooler, and a
-    fresh classifier head (METHOD.md §1: the paper starts from *pre-trained*, not fine-tuned, weights).
+    fresh classifier head (docs/method.md §1: the paper starts from *pre-trained*, not fine-tuned, weights).
 
     Raises:
         ValueError: `num_layers` outside 1..(backbone's layers).
@@ -101,7 +101,7 @@ class ModelOutputs:
     """What the objectives read from one forward pass (or from the teacher-output cache).
 
     `hidden_states` has L+1 entries (index 0 is the embedding output), each `[n, l, d]`;
-    `penultimate` is `hidden_states[L-1]` (METHOD.md §1); `cls` the `[n, d]` [CLS] vector of every entry;
+    `penultimate` is `hidden_states[L-1]` (docs/method.md §1); `cls` the `[n, d]` [CLS] vector of every entry;
     `attentions` the per-layer `[n, h, l, l]` probabilities when asked for. Cached teacher outputs carry
     only what the objective reads: `penultimate_states` (PAD positions zero) or `cls_states`.
     """

@@ -31,7 +31,7 @@ def teacher_data(data: DataSpec) -> DataSpec:
 
 @dataclass(frozen=True)
 class TeacherSpec:
-    """The paper's teacher recipe (METHOD.md §1): 3 epochs, lr 2e-5 (5e-5 for STS-B and WNLI), AdamW, no
+    """The paper's teacher recipe (docs/method.md §1): 3 epochs, lr 2e-5 (5e-5 for STS-B and WNLI), AdamW, no
     warm-up, linear decay, clip 1.0, on the rows of `data` (see `teacher_data`)."""
 
     backbone: str
@@ -110,7 +110,8 @@ def finetune_teacher(spec: TeacherSpec, storage: str, out_dir: str, device: str 
     for epoch in range(spec.epochs):
         model.train()
         started = time.perf_counter()
-        metrics = train_epoch(train, epoch, loss_fn, params, optimizer, scheduler, 1.0, dev_)
+        metrics = train_epoch(train, epoch, loss_fn, params, optimizer, scheduler, 1.0, dev_,
+                              progress=f"teacher {task.name} epoch {epoch + 1}/{spec.epochs}")
         metrics.update(evaluate(model, dev, task, dev_))
         metrics.update({"epoch": epoch + 1, "time/total_epoch_s": time.perf_counter() - started})
         epochs.append(metrics)

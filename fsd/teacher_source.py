@@ -1,6 +1,6 @@
 """The frozen teacher as a run sees it: `TeacherSource.outputs(batch)` is what the objective reads of the
 teacher for a batch, from the live model or from the teacher-output cache, and `memory()` the teacher
-memory of FSDG (k-means centroids of its flattened penultimate features, METHOD.md §4).
+memory of FSDG (k-means centroids of its flattened penultimate features, docs/method.md §4).
 
 The cache is one pass of the teacher over the training rows, kept as memory-mapped `.npy` files in the
 storage folder and read by every trial instead of running the teacher. It keeps what the objectives read
@@ -38,6 +38,7 @@ from fsd.models import ModelOutputs, load_teacher, resolve_model_path, run_model
 from fsd.objectives import Objective
 from fsd.objectives.structure import flatten_padded
 from fsd.objectives.teacher_memory import TeacherMemory, memory_k, memory_rows_problem
+from fsd.progress import Progress
 from fsd.storage import atomic_file, content_key, write_text
 from fsd.tasks import get_task
 
@@ -122,6 +123,7 @@ def write_cache(folder: Path, fields: tuple[str, ...], teacher: torch.nn.Module,
                for f in fields}
         teacher.eval()
         row, token = 0, 0
+        bar = Progress(n, f"teacher cache ({', '.join(fields)})", unit="row")
         for rows in batches.in_row_order():
             batch = {k: v.to(device) for k, v in batches.collate(rows).items()}
             with autocast(device):
@@ -135,7 +137,9 @@ def write_cache(folder: Path, fields: tuple[str, ...], teacher: torch.nn.Module,
                 out["penultimate"][token:token + len(real)] = real
                 token += len(real)
             row += len(rows)
+            bar.update(len(rows))
             failpoints.reached("cache-pass")
+        bar.close()
         for f in fields:
             out[f].flush()
         del out
@@ -292,10 +296,15 @@ class TeacherFeatures:
                  device: torch.device):
         self.source, self.batches, self.max_seq_len, self.masked, self.device = (
             source, batches, max_seq_len, masked, device)
+        self.passes = 0
 
     @torch.no_grad()
     def __iter__(self) -> Iterator[torch.Tensor]:
-        for rows in self.batches.in_row_order():
-            batch = {k: v.to(self.device) for k, v in self.batches.collate(rows).items()}
-            h = self.source.penultimate(batch).float()
-            yield flatten_padded(h, batch["attention_mask"] if self.masked else None, self.max_seq_len)
+        self.passes += 1  # k-means reads the features several times: each pass is shown
+        with Progress(self.batches.num_examples, f"teacher memory: pass {self.passes} over the features",
+                      unit="row") as bar:
+            for rows in self.batches.in_row_order():
+                batch = {k: v.to(self.device) for k, v in self.batches.collate(rows).items()}
+                h = self.source.penultimate(batch).float()
+                yield flatten_padded(h, batch["attention_mask"] if self.masked else None, self.max_seq_len)
+                bar.update(len(rows))

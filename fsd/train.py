@@ -32,6 +32,7 @@ from fsd.loop import (
 )
 from fsd.models import build_student, load_tokenizer, run_model, teacher_meta
 from fsd.objectives import Objective, Setup, build_objective
+from fsd.progress import Progress
 from fsd.relations import relation_batch
 from fsd.storage import atomic_file
 from fsd.tasks import Task, get_task
@@ -146,7 +147,8 @@ def make_loss_fn(objective: Objective, source: TeacherSource, student: torch.nn.
     return loss_fn
 
 
-def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None = None) -> Iterator[Report]:
+def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None = None,
+            progress: bool = False) -> Iterator[Report]:
     """Train a student on `config.task` with `config.method`, evaluating on dev (or on the holdout, when
     `config.holdout_rows` is set; dev is then not evaluated) every `config.eval_every` training samples (once
     per epoch when unset) and at the end.
@@ -155,6 +157,8 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
         config: the run's configuration; `config.teacher` must be fine-tuned on the task.
         resume_from: a checkpoint (file, folder or loaded dict) from `Report.save`; training continues after
             its step and gives the same results as an uninterrupted run (on CPU).
+        progress: show each epoch's progress on the console (`fsd.progress.Progress`; the command line's run,
+            not a search's trials).
 
     Yields:
         One `Report` per evaluation; `metrics` has `eval/score` and the task's metrics, `eval/best_score`,
@@ -205,12 +209,16 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
         student.train()
         objective.train()
         skip = start_step if epoch == start_epoch else 0
+        bar = Progress(rows, f"epoch {epoch + 1}/{config.epochs}", enabled=progress)
         for step, n, parts in train_steps(train, epoch, loss_fn, params, optimizer, scheduler, config.grad_clip,
                                           device, skip):
             samples += n
             interval.add(n, parts)
+            bar.update(n)
             if samples // every == (samples - n) // every and samples < budget:
                 continue
+            if step + 1 == len(train):
+                bar.close()  # before the epoch's evaluation is reported
             metrics = interval.metrics()
             started = time.perf_counter()
             metrics.update(evaluate(student, ranked, task, device))
@@ -235,6 +243,7 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
             student.train()  # evaluation left it in eval mode
             objective.train()
             interval = Interval()
+        bar.close()
 
 
 def load_student(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, DistillConfig]:

@@ -1,4 +1,4 @@
-"""FSD, the paper's staged greedy schedule (METHOD.md §7, stages 1-6).
+"""FSD, the paper's staged greedy schedule (docs/method.md §7, stages 1-6).
 
 From stage 3 on, beta is folded into the gammas (beta = 1, gamma_i = beta_2 * m, gamma_l = beta_2 * (1-m)),
 so every later weight means the same thing in every stage: `L = L_VKD + gamma_i L_I + gamma_l L_L +

@@ -1,4 +1,4 @@
-"""VKD (stage 1 of METHOD.md §7): alpha, T, lr and epochs by grid search."""
+"""VKD (stage 1 of docs/method.md §7): alpha, T, lr and epochs by grid search."""
 
 from search_spaces.base import Stage
 

@@ -244,7 +244,7 @@ def test_analyse_pair_of_a_student_and_save(tiny_bert, rte_dev, tmp_path):
 
     png, metrics = save_analysis(result, tmp_path / "analysis")
     assert imread(png).shape == (500, 600, 4)  # FIGSIZE 6 x 5 inches at 100 dpi, RGBA
-    assert json.loads(open(metrics).read()) == {"task": "rte", "metrics": result.metrics}
+    assert json.loads(open(metrics).read()) == {"task": "rte", "metrics": result.metrics, "heatmap_shape": [2, 2]}
 
 
 def test_analyse_checkpoint_of_a_run_once(tiny_bert, glue_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""Linear CKA against a float64 numpy implementation with an explicit centring matrix (METHOD.md §3)."""
+"""Linear CKA against a float64 numpy implementation with an explicit centring matrix (docs/method.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""VKD against a float64 numpy implementation written from METHOD.md Eq. 1-2."""
+"""VKD against a float64 numpy implementation written from docs/method.md Eq. 1-2."""
 
 import numpy as np
 import pytest

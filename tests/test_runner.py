@@ -157,3 +157,25 @@ def test_summary_shows_teacher_floor_and_both_scores_of_a_holdout_search(tmp_pat
     ledger.data["search"] = {"select_on": "dev"}
     assert summary_table(ledger, get_schedule("vkd", "sst2", "cpu")).splitlines()[5] == (
         "| vkd | alpha=0.5, temperature=10.0, lr=0.0002 | 80.00 | 90.92 |")
+
+
+def test_the_summary_says_why_a_refine_stage_was_skipped_and_points_to_the_results(tmp_path):
+    from fsd.tuning.ledger import Ledger
+    from fsd.tuning.summary import pointers, summary_table
+
+    schedule = get_schedule("fsd", "rte", "smoke")
+    ledger = Ledger(tmp_path / "rte-fsd")
+    winner = {"alpha": 0.5, "gamma_g": 0.0, "lam": 0.1}
+    ledger.data["stages"].update({
+        "fsdg-coarse": {"status": "done", "score": 0.6, "winner": winner, "samples": 640, "model_version": "1"},
+        "fsdg-refine-g": {"status": "done", "score": 0.6, "winner": winner, "trials": 0},
+        "vkd": {"status": "done", "score": 0.55, "winner": winner, "samples": 999, "reused_from": "abc"}})
+    table = summary_table(ledger, schedule)
+    assert ("| fsdg-refine-g | skipped: fsdg-coarse's winner has gamma_g = 0, nothing to refine; its winner kept |"
+            in table)
+    text = pointers(ledger, schedule, str(tmp_path), f"sqlite:///{tmp_path}/mlflow.db", 754.0)
+    lines = text.splitlines()
+    assert lines[0].startswith("best student (stage fsdg-coarse): models:/fsd-rte-fsd@fsdg_coarse ")
+    assert lines[1] == f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db --port 5000"
+    assert lines[2].startswith(f"report: python tune_main.py --task rte --storage {tmp_path} --report ")
+    assert "wall time 12 min 34 s; students trained on 640 samples" in lines[4]  # the reused stage not counted

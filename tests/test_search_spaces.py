@@ -38,7 +38,7 @@ def test_refine_rule():
 
 
 def test_paper_refine_grids_follow_from_the_papers_coarse_winners():
-    """METHOD.md §7: a first weight of 1e-6 (WNLI/RTE/MNLI) refines to {6e-7..5e-6}."""
+    """docs/method.md §7: a first weight of 1e-6 (WNLI/RTE/MNLI) refines to {6e-7..5e-6}."""
     s = get_schedule("fsd", "rte", "paper").stage("fsdg-refine-g")
     grid = s.resolve({"fsdg-coarse": {"gamma_g": 1e-6, "lam": 0.1}})
     assert grid["gamma_g"] == pytest.approx((6e-7, 7e-7, 8e-7, 9e-7, 2e-6, 3e-6, 4e-6, 5e-6))

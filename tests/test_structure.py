@@ -1,4 +1,4 @@
-"""FSDI (Eq. 6) and FSDL (Eq. 7) against float64 numpy loops written from METHOD.md §3-4."""
+"""FSDI (Eq. 6) and FSDL (Eq. 7) against float64 numpy loops written from docs/method.md §3-4."""
 
 from __future__ import annotations
 

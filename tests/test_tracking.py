@@ -2,8 +2,10 @@
 per-epoch metrics, and reattachment to the same run after a restore (no duplicates)."""
 
 import pickle
+from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from fsd.tuning import tracking
@@ -74,3 +76,74 @@ def test_rungs_are_steps_in_samples_and_a_stopped_trial_says_where_it_stopped(tm
     assert [m.step for m in client.get_metric_history(w.info.run_id, "eval/score")] == [100, 200, 300, 400]
     assert s.data.tags["early_stopped"] == "true" and s.data.tags["stopped_at_samples"] == "200"
     assert "early_stopped" not in w.data.tags and s.info.status == w.info.status == "FINISHED"
+
+
+def test_a_trial_run_says_what_it_trained_and_was_ranked_on(tmp_path, glue_dir):
+    """Dataset inputs of a trial run: the training rows and the holdout, each with source, digest and rows;
+    another row limit is another digest."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = tracking.experiment_id(uri, "rte")
+    stage = tracking.open_run(uri, exp, None, "vkd", None, {"stage": "vkd"})
+    base = {"task": "rte", "data_dir": glue_dir, "max_train_samples": 1000, "holdout_rows": 200, "holdout_seed": 42}
+    records = tracking.dataset_records(base)
+    cb = tracking.TrialTracker(uri, exp, stage, {"stage": "vkd"}, base, datasets=records)
+    cb.on_trial_start(0, [], SimpleNamespace(trial_id="ds_00000", config={"alpha": 0.5}))
+    run = MlflowClient(uri).search_runs([exp], filter_string="tags.ray_trial_id = 'ds_00000'")[0]
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"rte-train", "rte-holdout"}
+    train, held = inputs["rte-train"], inputs["rte-holdout"]
+    assert '"num_rows": 1000' in train.dataset.profile and '"num_rows": 200' in held.dataset.profile
+    assert [t.value for t in train.tags] == ["training"] and [t.value for t in held.tags] == ["validation"]
+    assert glue_dir in train.dataset.source and train.dataset.digest != held.dataset.digest
+    other = tracking.dataset_records({**base, "max_train_samples": 500})
+    assert other[0]["digest"] != train.dataset.digest and other[0]["rows"] == 500
+    dev = tracking.dataset_records({"task": "rte", "data_dir": glue_dir})
+    assert [d["name"] for d in dev] == ["rte-train", "rte-dev"] and [d["rows"] for d in dev] == [2490, 277]
+
+
+def test_a_stage_model_loads_as_a_pipeline_without_this_project(tmp_path, tiny_bert, glue_dir):
+    """The registered student, loaded by `mlflow.transformers.load_model` in a fresh Python process that cannot
+    import fsd, predicts on three RTE dev rows what the student itself does; its files are an artifact too."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    student = tmp_path / "student"
+    AutoModelForSequenceClassification.from_pretrained(tiny_bert).save_pretrained(student)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(student)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = tracking.experiment_id(uri, "rte")
+    run = tracking.open_run(uri, exp, None, "vkd", None, {"stage": "vkd"})
+    labels = ["entailment", "not_entailment"]
+    version = tracking.log_stage_model(uri, run, str(student), "fsd-rte-vkd", "vkd", labels, max_length=64)
+    assert tracking.log_stage_model(uri, run, str(student), "fsd-rte-vkd", "vkd", []) == version  # once per run
+    client = MlflowClient(uri)
+    assert "student_files" in [a.path for a in client.list_artifacts(run)]
+
+    rows = [line.split("\t") for line in (Path(glue_dir) / "RTE" / "dev.tsv").read_text().splitlines()[1:4]]
+    pairs = [(r[1], r[2]) for r in rows]
+    script = (
+        "import json, sys, mlflow\n"
+        "assert 'fsd' not in sys.modules\n"
+        f"mlflow.set_tracking_uri({uri!r})\n"
+        "pipe = mlflow.transformers.load_model('models:/fsd-rte-vkd@vkd')\n"
+        f"out = pipe([{{'text': a, 'text_pair': b}} for a, b in {pairs!r}], top_k=None, truncation=True)\n"
+        "print(json.dumps([{d['label']: d['score'] for d in row} for row in out]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    model = AutoModelForSequenceClassification.from_pretrained(student).eval()
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    with torch.no_grad():
+        batch = tokenizer([a for a, _ in pairs], [b for _, b in pairs], return_tensors="pt", padding=True,
+                          truncation=True, max_length=64)  # the length it was logged with
+        want = model(**batch).logits.softmax(-1)
+    for row, probs in zip(got, want, strict=True):
+        assert row["entailment"] == pytest.approx(float(probs[0]), abs=1e-5)
+        assert row["not_entailment"] == pytest.approx(float(probs[1]), abs=1e-5)

@@ -1,4 +1,4 @@
-"""Losses of the baselines the paper compares against (METHOD.md §6): PKD, RKD and MiniLM."""
+"""Losses of the baselines the paper compares against (docs/method.md §6): PKD, RKD and MiniLM."""
 
 from __future__ import annotations
 

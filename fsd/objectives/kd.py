@@ -1,4 +1,4 @@
-"""Hard-label loss and Hinton knowledge distillation (VKD, METHOD.md §2, Eq. 1-2)."""
+"""Hard-label loss and Hinton knowledge distillation (VKD, docs/method.md §2, Eq. 1-2)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float,
             regression: bool = False) -> torch.Tensor:
     """`T^2 * KL(softmax(t/T) || softmax(s/T))`, summed over classes and averaged over the batch.
 
-    For regression the reference code's softmax over one logit is identically zero (METHOD.md §2); this
+    For regression the reference code's softmax over one logit is identically zero (docs/method.md §2); this
     project uses `MSE(s, t)` instead, and `temperature` plays no part.
     """
     if regression:

@@ -1,4 +1,4 @@
-"""Global inter-feature structure (FSDG, METHOD.md §4, Eq. 8-10): the trainable student memory, what the
+"""Global inter-feature structure (FSDG, docs/method.md §4, Eq. 8-10): the trainable student memory, what the
 loss needs of the frozen teacher memory (fitted by `fsd.objectives.teacher_memory`), and the loss."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ LOG_EPS = 1e-8  # the reference code's -log(CKA + 1e-8)
 
 
 class StudentMemory(nn.Module):
-    """The trainable student memory `M_S [K, D_s]` (METHOD.md §4); a training device only, never exported.
+    """The trainable student memory `M_S [K, D_s]` (docs/method.md §4); a training device only, never exported.
 
     Initialised `N(0, std^2)` from the global torch RNG. The default `std = 1` matches the per-coordinate
     scale of the LayerNorm outputs it is compared with (unit variance per hidden state; the reference's
@@ -92,7 +92,7 @@ def global_structure_parts(h_t_flat: torch.Tensor, h_s_flat: torch.Tensor, m_t: 
 
     Returns:
         `{"memory", "euclidean", "cosine"}` scalars (float32, or float64 for float64 inputs). The
-        Euclidean term over 98,304-d vectors is O(1e3-1e5) (METHOD.md §4).
+        Euclidean term over 98,304-d vectors is O(1e3-1e5) (docs/method.md §4).
     """
     n, k = h_t_flat.shape[0], m_t.shape[0]
     if (h_t_flat.dim() != 2 or h_s_flat.dim() != 2 or m_t.dim() != 2 or m_s.dim() != 2

@@ -1,6 +1,6 @@
 """The distillation methods as `Objective` modules: each combines the pure losses of one family.
 
-Every method is `L = L_VKD + beta * L_method` (METHOD.md §2, Eq. 3); the FSD family's `L_method` is
+Every method is `L = L_VKD + beta * L_method` (docs/method.md §2, Eq. 3); the FSD family's `L_method` is
 `gamma_i*L_I + gamma_l*L_L + gamma_g*L_G` over the structures the method uses (Eq. 11). Parts are the
 weighted terms, so they sum to the total and each can be logged.
 """

@@ -7,14 +7,14 @@ import torch.nn.functional as F
 
 from fsd.cka import linear_cka
 
-LOG_EPS = 1e-8  # the reference code's -log(CKA + 1e-8) (METHOD.md §3)
+LOG_EPS = 1e-8  # the reference code's -log(CKA + 1e-8) (docs/method.md §3)
 
 
 def flatten_features(h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """`vec(H[i])` for every sample: `[n, l, d] -> [n, l*d]`, PAD rows zeroed when a mask is given.
 
     The padded-to-max layout is kept (token j of every sample stays at the same offset), so vectors of
-    different samples and the memory centroids stay comparable coordinate by coordinate (METHOD.md §5.1).
+    different samples and the memory centroids stay comparable coordinate by coordinate (docs/method.md §5.1).
 
     Args:
         h: hidden states `[n, l, d]`.
@@ -48,7 +48,7 @@ def intra_feature_loss(h_t: torch.Tensor, h_s: torch.Tensor,
         h_t: teacher hidden states `[n, l, d_t]` (detached by the caller).
         h_s: student hidden states `[n, l, d_s]`.
         attention_mask: optional `[n, l]`; with it each sample's CKA uses its real tokens only
-            (masked centring, METHOD.md §5.1); without it all `l` positions count, as in the reference code.
+            (masked centring, docs/method.md §5.1); without it all `l` positions count, as in the reference code.
 
     Returns:
         Scalar loss (float32, or float64 for float64 inputs). A sample with fewer than two real tokens
@@ -66,7 +66,7 @@ def local_inter_feature_loss(h_t: torch.Tensor, h_s: torch.Tensor,
     """FSDL (Eq. 7): `L_L = -log(CKA(vec H_T, vec H_S) + 1e-8)` over the `[n, n]` batch Grams.
 
     Each sample is flattened with `flatten_features` (PAD rows zeroed under a mask). The real batch size
-    is used, unlike the reference code's fixed 32 (METHOD.md §5.2).
+    is used, unlike the reference code's fixed 32 (docs/method.md §5.2).
 
     Args:
         h_t: `[n, l, d_t]`; h_s: `[n, l, d_s]`; attention_mask: optional `[n, l]`.

@@ -1,4 +1,4 @@
-"""The teacher memory of FSDG (METHOD.md §4): k-means centroids of the teacher's flattened features, fitted
+"""The teacher memory of FSDG (docs/method.md §4): k-means centroids of the teacher's flattened features, fitted
 by streaming over them (k-means++ on a reservoir sample, Lloyd passes) or by the reference code's procedure;
 saved and loaded whole."""
 
@@ -44,7 +44,7 @@ class TeacherMemory:
             sample_size: int | None = None) -> torch.Tensor:
         """K-means centroids of all rows yielded by `features`.
 
-        ``init="kmeans++"`` (default, METHOD.md §5.3 [ours]): one streaming pass draws a seeded uniform
+        ``init="kmeans++"`` (default, docs/method.md §5.3 [ours]): one streaming pass draws a seeded uniform
         reservoir sample of `sample_size` rows (default `max(8k, 256)`); greedy k-means++ (2 + ln k
         candidates per step) picks the initial centroids from it; then `iters` Lloyd passes stream over
         all batches (float32 per-cluster sums and counts). A cluster that ends a pass empty is re-seeded
@@ -52,7 +52,7 @@ class TeacherMemory:
         is kept), which is removed from its old cluster as long as that keeps at least one row.
         A `[k, D]` tensor as `init` starts Lloyd from those centroids instead (no sampling pass).
 
-        ``init="reference"`` reproduces the reference code's procedure (METHOD.md §5.3), which is not a
+        ``init="reference"`` reproduces the reference code's procedure (docs/method.md §5.3), which is not a
         k-means; `iters` counts its epochs (the paper's "3 epochs", at least 3):
           - epoch 0 resets its running statistics at every step, so with batch size 1 the centroids
             come out as `N(mean(x_N) / N, var(x_N) / N)` elementwise, from the *last* row `x_N` alone

@@ -27,6 +27,7 @@ from fsd.train import evaluate_on_dev
 from fsd.tuning import lock, plan, tables, tracking
 from fsd.tuning.ledger import Ledger
 from fsd.tuning.outbox import Outbox
+from fsd.tuning.progress import StageProgress
 from fsd.tuning.report import scatter_plot
 from fsd.tuning.runner import SearchSpec, best_checkpoint, open_tuner, run_search, trainable_for
 from fsd.tuning.spec import method_spec
@@ -83,10 +84,11 @@ def seed_runs(spec: SearchSpec, label: str, config: dict[str, Any], seeds: list[
     name = experiment_name(spec.task, label, base, seeds)
     storage = os.path.join(compare_folder(spec), "ray")
     tracker = tracking.TrialTracker(spec.mlflow_uri, exp_id, parent_run, {"stage": "compare", "method": label,
-                                                                         "task": spec.task}, base, outbox)
+                                                                         "task": spec.task}, base, outbox,
+                                    tracking.dataset_records(base))
     tuner = open_tuner(spec, storage, name, trainable_for(spec, base), {"seed": tune.grid_search(seeds)},
                        tune.TuneConfig(metric=METRIC, mode=MODE, max_concurrent_trials=spec.max_concurrent or None),
-                       tracker)
+                       [tracker, StageProgress(f"compare {label}", len(seeds), ("seed",), halving=False)])
     runs = []
     for result in tuner.fit():
         df = result.metrics_dataframe

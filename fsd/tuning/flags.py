@@ -47,7 +47,8 @@ def build_spec(args: argparse.Namespace, schedule: Schedule, stages: tuple[str, 
         max_seq_len=args.max_seq_len, select_on=args.select_on, holdout_rows=_holdout_rows(args),
         teacher_epochs=args.teacher_epochs or schedule.budget.teacher_epochs,
         teacher_lr=schedule.budget.teacher_lr if args.teacher_lr is None else args.teacher_lr,
-        log_checkpoints=args.log_checkpoints, address=args.address, extra=extra, grids=parse_grids(args))
+        log_checkpoints=args.log_checkpoints, address=args.address, extra=extra, grids=parse_grids(args),
+        verbose=args.verbose)
 
 
 def _holdout_rows(args: argparse.Namespace) -> int | None:

@@ -125,7 +125,7 @@ def stage_base(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str,
     base: dict[str, Any] = {
         **data_values(spec, schedule),
         # No --student-init: the student starts from the backbone the teacher was fine-tuned from (its
-        # fsd_teacher.json says which), never from the fine-tuned teacher itself (METHOD.md §1).
+        # fsd_teacher.json says which), never from the fine-tuned teacher itself (docs/method.md §1).
         "teacher": teacher, "student_init": spec.student_init, "student_layers": spec.student_layers,
         "method": stage.method, "storage": spec.storage, **spec.extra}
     for param, source in stage.inherit.items():

@@ -32,7 +32,10 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f2f2f2; }
 caption { text-align: left; font-weight: bold; padding: 0.3em 0; }
 figure { display: inline-block; margin: 0.5em 1em 0.5em 0; }
+figcaption { font-size: 0.9em; color: #444; max-width: 40em; }
 img { max-width: 100%; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(15em, 1fr)); gap: 0.5em; }
+.grid figure { margin: 0; }
 code { background: #f4f4f4; padding: 0 0.2em; }
 </style>"""
 
@@ -58,12 +61,14 @@ class Image:
 @dataclass
 class Section:
     """A heading, then markdown-ish text (paragraphs split by blank lines, `- ` lists, `code`, **bold**,
-    *italic*), then tables (`Table` or a plain list of row dicts), then images (`Image`, a path or bytes)."""
+    *italic*), then tables (`Table` or a plain list of row dicts), then images (`Image`, a path or bytes), then
+    `thumbnails`: images shown small, side by side (small multiples, e.g. one heat map per stage)."""
 
     heading: str
     text: str = ""
     tables: Sequence[Table | Sequence[dict]] = field(default_factory=list)
     images: Sequence[Image | str | os.PathLike | bytes] = field(default_factory=list)
+    thumbnails: Sequence[Image | str | os.PathLike | bytes] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------ HTML
@@ -152,6 +157,8 @@ def write_html(path: str | os.PathLike, title: str, sections: Sequence[Section |
             parts.append(_text(section.text))
         parts.extend(_table(t) for t in section.tables)
         parts.extend(_image(i) for i in section.images)
+        if section.thumbnails:
+            parts.append('<div class="grid">' + "".join(_image(i) for i in section.thumbnails) + "</div>")
         parts.append("</section>")
     page = "\n".join([
         "<!DOCTYPE html>", '<html lang="en">',
@@ -162,7 +169,7 @@ def write_html(path: str | os.PathLike, title: str, sections: Sequence[Section |
 
 # ------------------------------------------------------------------------------------------ plot
 def score_plot(stage_scores: dict[str, Sequence[float]], path: str | os.PathLike, mode: str = "max",
-               title: str = "dev score of every trial per stage") -> str:
+               title: str = "dev score of every trial per stage", ylabel: str = "dev score") -> str:
     """A PNG of every trial's dev score per stage: x the stage (in the dict's order), points jittered
     sideways (a fixed seed, so the same data gives the same picture), each stage's winner marked by a star.
 
@@ -199,7 +206,7 @@ def score_plot(stage_scores: dict[str, Sequence[float]], path: str | os.PathLike
     ax.set_xticks(range(len(stages)), labels=stages)
     ax.set_xlim(-0.6, max(len(stages), 1) - 0.4)
     ax.set_xlabel("stage")
-    ax.set_ylabel("dev score")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     if labelled:

@@ -3,6 +3,7 @@ through the ledger; MLflow records everything; a killed search resumes where it 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -13,11 +14,13 @@ from ray import tune
 from fsd import failpoints
 from fsd.analysis import analyse_checkpoint
 from fsd.config import DistillConfig
+from fsd.tasks import get_task
 from fsd.train import evaluate_on_dev, export_student, prepare_outputs
 from fsd.tuning import halving, lock, plan, shared, tracking
 from fsd.tuning.ledger import Ledger, StageRecord
 from fsd.tuning.outbox import Outbox
 from fsd.tuning.plan import seed_list, stage_base, strategy_of, train_rows, trial_budget
+from fsd.tuning.progress import StageProgress, quiet_services
 from fsd.tuning.spec import SearchSpec, identity
 from fsd.tuning.trainable import METRIC, MODE, expand, train_trial
 from search_spaces import Schedule, Stage
@@ -104,6 +107,9 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
     first = DistillConfig.from_dict({**base, **expand({k: v[0] for k, v in grid.items() if v})})  # fail before Ray
     if any(len(v) == 0 for v in grid.values()):  # a refine around 0: nothing to try, the coarse winner stays
         source = ledger.records()[stage.carry]
+        empty = ", ".join(k for k, v in grid.items() if not v)
+        log(f"stage {stage.name}: skipped: {stage.carry}'s winner has {empty} = 0, nothing to refine around; "
+            "its winner stays")
         record.update(status="done", winner=source["winner"], score=source["score"],
                       checkpoint=source.get("checkpoint"), trials=0)
         ledger.save()
@@ -117,7 +123,7 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
         done = shared.finished(folder)
         if done is None:
             prepare_outputs(first, log)  # the teacher cache (and memory), once, before trials run in parallel
-            done = run_trials(spec, stage, grid, base, folder, rows, record["run_id"], mlflow_ids)
+            done = run_trials(spec, stage, grid, base, folder, rows, record["run_id"], mlflow_ids, log)
             done.update(run_id=record["run_id"], search=spec.method)
             shared.save(folder, done)
         else:
@@ -150,7 +156,7 @@ class MlflowIds(NamedTuple):
 
 
 def open_tuner(spec: SearchSpec, storage: str, name: str, trainable, param_space: dict[str, Any],
-               tune_config: tune.TuneConfig, callback: tune.Callback) -> tune.Tuner:
+               tune_config: tune.TuneConfig, callbacks: list[tune.Callback]) -> tune.Tuner:
     """The Ray experiment `storage/name`: restored when a killed driver left it (its finished trials are not
     run again, errored ones are), else a new one that keeps each trial's best checkpoint by METRIC."""
     exp_dir = os.path.join(storage, name)
@@ -158,13 +164,21 @@ def open_tuner(spec: SearchSpec, storage: str, name: str, trainable, param_space
         return tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
     keep = tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
-                      run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[callback], verbose=0,
+                      run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks,
+                                                verbose=1 if spec.verbose else 0,
                                                 checkpoint_config=keep,
                                                 failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
 
 
+def finished_trials(exp_dir: str) -> int | None:
+    """How many trials of an interrupted Ray experiment had finished, or None when there is none to restore."""
+    if not tune.Tuner.can_restore(exp_dir):
+        return None
+    return sum(1 for t in tune.ExperimentAnalysis(exp_dir).trials if t.status == "TERMINATED")
+
+
 def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: dict[str, Any], folder: str,
-               rows: int, stage_run_id: str, mlflow_ids: MlflowIds) -> dict[str, Any]:
+               rows: int, stage_run_id: str, mlflow_ids: MlflowIds, log=print) -> dict[str, Any]:
     """The stage's Ray Tune experiment in `folder` (restored when a killed driver left it unfinished).
 
     Returns:
@@ -177,13 +191,21 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: dic
     rungs = None
     if strategy != "grid":
         rungs = plan.rungs_for(trial_budget(base, grid, rows), spec.first_rung, spec.reduction_factor)
-    callback = tracking.TrialTracker(spec.mlflow_uri, mlflow_ids.experiment_id, stage_run_id,
-                                     {"stage": stage.name, "method": stage.method, "task": spec.task}, base,
-                                     mlflow_ids.outbox)
+    tracker = tracking.TrialTracker(spec.mlflow_uri, mlflow_ids.experiment_id, stage_run_id,
+                                    {"stage": stage.name, "method": stage.method, "task": spec.task}, base,
+                                    mlflow_ids.outbox, tracking.dataset_records(base))
+    total = (how.get("num_samples") or plan.grid_size(grid)) * spec.seeds
+    log(f"stage {stage.name}: {total} trials ({strategy}), up to {trial_budget(base, grid, rows):,} training "
+        f"samples each")
+    finished = finished_trials(os.path.join(folder, name))
+    if finished is not None:
+        log(f"stage {stage.name}: restoring the interrupted stage, {finished} of its {total} trials had finished "
+            "(they are not run again)")
+    shown = StageProgress(stage.name, total, tuple(grid), halving=strategy != "grid", log=log)
     tuner = open_tuner(spec, folder, name, trainable_for(spec, base),
                        halving.param_space(strategy, grid, seed_list(spec)),
                        halving.tune_config(strategy, folder, name, rungs, METRIC, MODE, spec.max_concurrent,
-                                           how.get("num_samples", 0)), callback)
+                                           how.get("num_samples", 0)), [tracker, shown])
     results = tuner.fit()
     best = {r.metrics["trial_id"]: ckpt.path for r in results if r.metrics and (ckpt := best_checkpoint(r))}
     mlflow_ids.outbox.do("record_best_checkpoints", mlflow_ids.experiment_id, stage_run_id, best,
@@ -209,7 +231,8 @@ def _log_winner(spec: SearchSpec, stage: Stage, record: StageRecord, outbox: Out
         if not student.is_dir():
             export_student(record["checkpoint"], student)
         record["model_version"] = outbox.do("log_stage_model", record["run_id"], str(student),
-                                            f"fsd-{spec.task}-{spec.method}", stage.name.replace("-", "_"))
+                                            f"fsd-{spec.task}-{spec.method}", stage.name.replace("-", "_"),
+                                            list(get_task(spec.task).labels), spec.max_seq_len)
         metrics, files = analyse_checkpoint(record["checkpoint"], Path(record["checkpoint"]) / "analysis")
         record["analysis"] = metrics
         outbox.do("log_analysis", record["run_id"], metrics, files)
@@ -237,7 +260,13 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
     """Run (or resume) the whole staged search; returns the ledger with every stage's winner."""
     from fsd.teacher import ensure_teacher
 
+    quiet_services(spec.verbose)
     ledger = Ledger(spec.folder)
+    done = [s.name for s in schedule.stages if ledger.done(s.name)]
+    if ledger.exists:
+        left = [s.name for s in schedule.stages if s.name not in done and (not spec.stages or s.name in spec.stages)]
+        log(f"resuming {spec.task} / {spec.method}: {len(done)} stage(s) done ({', '.join(done) or 'none'}); "
+            f"next: {', '.join(left) or 'nothing, the search is complete'}")
     ledger.data["search"] = identity(spec)
     ledger.save()
     teacher = ensure_teacher(plan.teacher_spec(spec, schedule), spec.storage, log=log)
@@ -261,7 +290,8 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
     if not ray.is_initialized():
         # A local cluster lives on the loopback address: it needs no route to the outside.
         local = {} if spec.address else {"_node_ip_address": "127.0.0.1"}
-        ray.init(address=spec.address, include_dashboard=False, log_to_driver=False, **local)
+        ray.init(address=spec.address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.INFO if spec.verbose else logging.ERROR, **local)
     ids = MlflowIds(exp_id, search_run, outbox)
     rows = train_rows(spec, schedule)
     try:
@@ -271,8 +301,8 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
             if ledger.done(stage.name):
                 log(f"stage {stage.name}: done before, winner kept")
                 continue
-            log(f"stage {stage.name}: running")
             if stage.prepare == "memory":
+                log(f"stage {stage.name}: building the teacher memory")
                 build_memory(spec, schedule, stage, teacher, ledger, log)
             else:
                 run_stage(spec, schedule, stage, teacher, ledger, ids, rows, log)

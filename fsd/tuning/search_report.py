@@ -4,16 +4,20 @@ score), without training anything: one self-contained HTML page."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
-from fsd.analysis import HEATMAP_FILE
+from fsd.analysis import HEATMAP_FILE, METRICS_FILE
+from fsd.data import split_rows
+from fsd.models import teacher_meta
 from fsd.tuning import tracking
 from fsd.tuning.ledger import LEDGER, Ledger
 from fsd.tuning.report import Image, Section, Table, score_plot, write_html
 from fsd.tuning.summary import PAPER, SHOWN
 from fsd.tuning.tables import TABLES
+from search_spaces import get_schedule
 
 RESTORATION = ("f1", "precision", "recall", "agreement", "pearson", "spearman")
 
@@ -28,34 +32,59 @@ def searches(storage: Path, task: str) -> dict[str, Ledger]:
     return out
 
 
+def stage_order(ledger: Ledger) -> list[str]:
+    """The ledger's stages in the order its search ran them (its schedule), any other stage last."""
+    search = ledger.data.get("search", {})
+    try:
+        grids = {key: tuple(v) for key, v in search.get("grids", {}).items()}
+        order = [st.name for st in get_schedule(search["method"], search["task"], search["preset"], grids).stages]
+    except (KeyError, ValueError):
+        order = []
+    names = list(ledger.records())
+    return [n for n in order if n in names] + [n for n in names if n not in order]
+
+
 def trial_scores(uri: str, ledger: Ledger) -> dict[str, list[float]]:
-    """stage -> the best dev score of each of its trials, read from MLflow."""
+    """stage -> the best score x 100 of each of its trials (on what they were ranked), read from MLflow, in
+    schedule order."""
     client = tracking.client_for(uri)
     exp_id = ledger.data.get("experiment_id")
     out: dict[str, list[float]] = {}
-    for stage, record in ledger.records().items():
+    for stage in stage_order(ledger):
+        record = ledger.records()[stage]
         if not record.get("run_id") or record.get("trials", 0) == 0:
             continue
         holder = record.get("reused_from") or record["run_id"]  # a reused stage's trials hang under its first run
         runs = client.search_runs([exp_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{holder}'",
                                   max_results=10000)
         # a trial halving stopped has a rung's score, not comparable with a final one: left out of the plot
-        out[stage] = [r.data.metrics.get("eval/best_score", math.nan) for r in runs
+        out[stage] = [100 * r.data.metrics.get("eval/best_score", math.nan) for r in runs
                       if r.data.tags.get("early_stopped") != "true"]
     return out
 
 
 def stage_rows(method: str, task: str, ledger: Ledger) -> list[dict[str, Any]]:
-    rows = []
-    for stage, record in ledger.records().items():
+    """The teacher, the majority-class floor, then each stage's winner in schedule order (scores x 100)."""
+    holdout = ledger.data.get("search", {}).get("select_on") == "holdout"
+    rows: list[dict[str, Any]] = []
+    meta = teacher_meta(ledger.data["teacher"]) if ledger.data.get("teacher") else None
+    if meta and "eval/score" in meta.get("dev", {}):
+        rows.append({"stage": "teacher", "dev score": _pct(meta["dev"]["eval/score"]),
+                     "winner": Path(ledger.data["teacher"]).name, "paper": PAPER["teacher"].get(task, "-")})
+    floor = ledger.data.get("majority")
+    if floor:
+        rows.append({"stage": "majority class", "dev score": _pct(floor["eval/score"]),
+                     "winner": "the most frequent training label"})
+    for stage in stage_order(ledger):
+        record = ledger.records()[stage]
         if record.get("status") != "done" or record.get("score") is None:
             continue
         analysis = record.get("analysis", {})
-        row = {"stage": stage, "trials": record.get("trials", 0)}
-        if "dev" in record:  # ranked on a holdout: its score, and dev measured for the winner alone
-            row.update({"holdout score": 100 * record["score"], "dev score": 100 * record["dev"]["dev/score"]})
+        row: dict[str, Any] = {"stage": stage, "trials": record.get("trials", 0)}
+        if holdout and "dev" in record:  # ranked on a holdout: its score, and dev measured for the winner alone
+            row.update({"holdout score": _pct(record["score"]), "dev score": _pct(record["dev"]["dev/score"])})
         else:
-            row["dev score"] = 100 * record["score"]
+            row["dev score"] = _pct(record["score"])
         row["winner"] = ", ".join(f"{k}={record['winner'][k]}" for k in SHOWN if k in record["winner"])
         for key in RESTORATION:
             if f"analysis/restoration_{key}" in analysis:
@@ -67,14 +96,80 @@ def stage_rows(method: str, task: str, ledger: Ledger) -> list[dict[str, Any]]:
     return rows
 
 
+def _pct(score: float) -> str:
+    return f"{100 * score:.2f}"
+
+
 def relation_rows(ledger: Ledger) -> list[dict[str, Any]]:
     rows = []
-    for stage, record in ledger.records().items():
-        values = {k[len("analysis/reldiff_"):]: v for k, v in record.get("analysis", {}).items()
+    for stage in stage_order(ledger):
+        values = {k[len("analysis/reldiff_"):]: v for k, v in ledger.records()[stage].get("analysis", {}).items()
                   if k.startswith("analysis/reldiff_")}
         if values:
             rows.append({"stage": stage, **values})
     return rows
+
+
+def settings(ledger: Ledger) -> str:
+    """The search's settings as a short list (what --resume keeps)."""
+    s = ledger.data.get("search", {})
+    if not s:
+        return f"teacher: `{ledger.data.get('teacher', '?')}`"
+    held = s.get("select_on") == "holdout"
+    lines = [f"- teacher: `{ledger.data.get('teacher', s.get('teacher'))}`",
+             f"- student: the first {s.get('student_layers')} layers of "
+             + (f"`{s['student_init']}`" if s.get("student_init") else "the teacher's pre-trained backbone"),
+             f"- data: `{s.get('data_dir') or 'nyu-mll/glue (hub)'}`, sequences of {s.get('max_seq_len')} tokens",
+             f"- preset `{s.get('preset')}`, strategy `{s.get('strategy')}`, {s.get('seeds')} seed(s) per grid point",
+             "- trials ranked on " + (f"a holdout of {s.get('holdout_rows')} training rows (dev measured for the "
+                                      "stage winners only)" if held else "dev (the paper's protocol)")]
+    if s.get("extra"):
+        lines.append("- `--set` " + ", ".join(f"`{k}={v}`" for k, v in s["extra"].items()))
+    if s.get("grids"):
+        lines.append("- `--grid` " + ", ".join(f"`{k}={','.join(map(str, v))}`" for k, v in s["grids"].items()))
+    return "\n".join(lines)
+
+
+def heatmaps(method: str, ledger: Ledger) -> tuple[list[Image], list[str]]:
+    """The stage winners' CKA heat maps that have more than one cell, titled, and the stages left out."""
+    shown, single = [], []
+    for stage in stage_order(ledger):
+        folder = Path(ledger.records()[stage].get("checkpoint") or "/nonexistent") / "analysis"
+        if not (folder / HEATMAP_FILE).is_file():
+            continue
+        saved = folder / METRICS_FILE
+        shape = json.loads(saved.read_text()).get("heatmap_shape") if saved.is_file() else None
+        cells = shape[0] * shape[1] if shape else _batches(ledger.records()[stage].get("winner", {})) ** 2
+        if cells <= 1:
+            single.append(stage)
+            continue
+        shown.append(Image(str(folder / HEATMAP_FILE), f"{method} / {stage} heat map",
+                           f"{method} / {stage}: teacher (rows) vs student (columns) CKA over dev mini-batches"))
+    return shown, single
+
+
+def _batches(winner: dict[str, Any]) -> int:
+    """Dev mini-batches a winner's analysis ran over (analyses written before their heat map's shape was kept)."""
+    task = winner.get("task")
+    if task is None:
+        return 2  # unknown: shown
+    dev = split_rows(task, winner.get("data_dir"), None, winner.get("max_eval_samples"))[1]
+    return math.ceil(dev / winner.get("eval_batch_size", 128))
+
+
+def at_majority(ledgers: dict[str, Ledger]) -> str | None:
+    """A warning when every stage winner of every search is within 0.5 points of the majority class."""
+    scores, floor = [], None
+    for ledger in ledgers.values():
+        floor = (ledger.data.get("majority") or {}).get("eval/score", floor)
+        for record in ledger.records().values():
+            if record.get("status") == "done" and record.get("score") is not None:
+                scores.append(record["dev"]["dev/score"] if "dev" in record else record["score"])
+    if floor is None or not scores or max(scores) > floor + 0.005:
+        return None
+    return (f"**Every student is at the majority class** (dev score {100 * floor:.2f}): this budget is too small "
+            "for the task to learn anything, so the tables below say nothing about the methods. Give the trials "
+            "more rows or epochs (e.g. `--preset cpu` on SST-2, or `--set max_train_samples=none --set epochs=3`).")
 
 
 def build_report(storage: str, task: str, mlflow_uri: str, out: str | None = None) -> str:
@@ -82,22 +177,35 @@ def build_report(storage: str, task: str, mlflow_uri: str, out: str | None = Non
     root = Path(storage)
     figures = root / f"{task}-report-figures"
     figures.mkdir(parents=True, exist_ok=True)
+    ledgers = searches(root, task)
     sections = []
-    for method, ledger in searches(root, task).items():
-        scores = trial_scores(mlflow_uri, ledger)
+    warning = at_majority(ledgers)
+    if warning:
+        sections.append(Section(heading="Warning", text=warning))
+    for method, ledger in ledgers.items():
+        held = ledger.data.get("search", {}).get("select_on") == "holdout"
+        ranked = "holdout" if held else "dev"
         images = []
+        scores = trial_scores(mlflow_uri, ledger)
         if scores:
-            images.append(Image(score_plot(scores, figures / f"{method}-scores.png"),
-                                f"{method}: dev score of every trial per stage"))
-        for stage, record in ledger.records().items():
-            heatmap = Path(record.get("checkpoint") or "/nonexistent") / "analysis" / HEATMAP_FILE
-            if heatmap.is_file():
-                images.append(Image(str(heatmap), f"{method} / {stage}: teacher vs student CKA heat map"))
-        tables = [Table(stage_rows(method, task, ledger))]
+            images.append(Image(score_plot(scores, figures / f"{method}-scores.png", ylabel=f"{ranked} score x 100",
+                                           title=f"{task} / {method}: every trial's {ranked} score x 100, per stage"),
+                                f"{method}: {ranked} score of every trial per stage",
+                                f"Every trial's best {ranked} score x 100 per stage, in schedule order; a star marks "
+                                "the stage's winner (trials stopped early by halving left out)"))
+        maps, single = heatmaps(method, ledger)
+        text = settings(ledger)
+        if single:
+            text += (f"\n\nCKA heat maps of {', '.join(single)} are not shown: they have a single cell (the dev split "
+                     "fits in one evaluation mini-batch of 128 rows).")
+        units = ("holdout and dev scores" if held else "dev scores") + " x 100; restoration rates and the CKA " \
+                "diagonal as fractions in [0, 1]; paper: its BERT-base figure x 100"
+        tables = [Table(stage_rows(method, task, ledger), caption=f"Stage winners in schedule order ({units})")]
         if relation_rows(ledger):
-            tables.append(Table(relation_rows(ledger)))
-        sections.append(Section(heading=f"{task} / {method}", text=_teacher_line(ledger), tables=tables,
-                                images=images))
+            tables.append(Table(relation_rows(ledger), caption="Relation differences of each stage winner to the "
+                                "teacher on dev (Eq. 12-13; mean absolute difference, smaller is closer)"))
+        sections.append(Section(heading=f"{task} / {method}", text=text, tables=tables, images=images,
+                                thumbnails=maps))
     compare = root / f"{task}-compare" / "compare.md"
     if compare.is_file():
         import csv
@@ -132,9 +240,11 @@ def paper_sections(folder: Path) -> list[Section]:
             fig6 = folder / "fig6-relations-over-training.png"
             if fig6.is_file():
                 images.append(Image(str(fig6), "Fig. 6: relation differences over training, one line per method"))
-            for method, (seed, heatmap) in first_heatmaps(folder).items():
-                images.append(Image(str(heatmap), f"{method}: teacher vs student CKA heat map (seed {seed})"))
-        out.append(Section(heading=caption.split(":")[0], tables=[Table(rows, caption=caption)], images=images))
+        maps = [Image(str(heatmap), f"{method}: teacher vs student CKA heat map (seed {seed})",
+                      f"{method} (seed {seed}): teacher vs student CKA over dev mini-batches")
+                for method, (seed, heatmap) in first_heatmaps(folder).items()] if name == "table6-7-structure" else []
+        out.append(Section(heading=caption.split(":")[0], tables=[Table(rows, caption=caption)], images=images,
+                           thumbnails=maps))
     return out
 
 
@@ -146,7 +256,3 @@ def first_heatmaps(folder: Path) -> dict[str, tuple[int, Path]]:
         if seed.isdigit() and (method not in found or int(seed) < found[method][0]):
             found[method] = (int(seed), heatmap)
     return dict(sorted(found.items()))
-
-
-def _teacher_line(ledger: Ledger) -> str:
-    return f"teacher: {ledger.data.get('teacher', '?')}; search: {ledger.data.get('search', {})}"

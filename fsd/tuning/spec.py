@@ -56,6 +56,7 @@ class SearchSpec:
     teacher_epochs: int = 3
     teacher_lr: float | None = None  # None: the task's paper value
     log_checkpoints: str = "best"
+    verbose: bool = False  # Ray's and MLflow's own console output, which the search keeps off by default
     address: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # more DistillConfig values for every trial (--set)
     grids: dict[str, tuple] = field(default_factory=dict)  # searched values that replace the schedule's (--grid)

@@ -8,7 +8,7 @@ from fsd.models import teacher_meta
 from fsd.tuning.ledger import Ledger
 from search_spaces import Schedule
 
-# METHOD.md §8, the paper's selection score per task and method (GLUE dev, BERT-base teacher, BERT6 student)
+# docs/method.md §8, the paper's selection score per task and method (GLUE dev, BERT-base teacher, BERT6 student)
 PAPER = {
     "teacher": {"wnli": 56.34, "rte": 66.79, "stsb": 88.63, "cola": 55.47, "mrpc": 83.55, "sst2": 92.09,
                 "qnli": 91.60, "qqp": 89.57, "mnli": 84.70},
@@ -48,6 +48,11 @@ def summary_table(ledger: Ledger, schedule: Schedule) -> str:
             status = "memory built" if record.get("status") == "done" else "not run"
             lines.append(f"| {stage.name} | {status} |" + " |" * (head.count("|") - 3))
             continue
+        if stage.carry and record.get("trials") == 0:
+            refined = ", ".join(d.param for d in stage.derived)
+            lines.append(f"| {stage.name} | skipped: {stage.carry}'s winner has {refined} = 0, nothing to refine; "
+                         "its winner kept |" + " |" * (head.count("|") - 3))
+            continue
         winner = record["winner"]
         keys = [k for k in SHOWN if k in stage.grid or k in stage.inherit or any(k in d.param for d in stage.derived)]
         shown = ", ".join(f"{k}={winner.get(k)}" for k in keys)
@@ -57,4 +62,30 @@ def summary_table(ledger: Ledger, schedule: Schedule) -> str:
             dev = record.get("dev", {}).get("dev/score")
             score += " | " + ("-" if dev is None else f"{100 * dev:.2f}")
         lines.append(f"| {stage.name} | {shown} | {score} | {paper if paper else '-'} |")
+    return "\n".join(lines)
+
+
+def pointers(ledger: Ledger, schedule: Schedule, storage: str, mlflow_uri: str, wall_s: float) -> str:
+    """Where the results are, after the table: the best student's registered model, the MLflow UI and report
+    commands, the folders, the wall time and the training samples the search's own stages processed."""
+    from fsd.progress import format_duration
+
+    task, method = schedule.task, schedule.method
+    records = ledger.records()
+    last = [s for s in schedule.stages if records.get(s.name, {}).get("model_version")]
+    lines = []
+    if last:
+        stage = last[-1].name
+        lines.append(f"best student (stage {stage}): models:/fsd-{task}-{method}@{stage.replace('-', '_')} "
+                     "(mlflow.transformers.load_model loads it as a text-classification pipeline)")
+    if mlflow_uri.startswith("sqlite:///"):
+        lines.append(f"MLflow UI: mlflow ui --backend-store-uri {mlflow_uri} --port 5000")
+    else:
+        lines.append(f"MLflow: {mlflow_uri}")
+    lines.append(f"report: python tune_main.py --task {task} --storage {storage} --report "
+                 f"(writes {Path(storage) / f'{task}-report.html'})")
+    lines.append(f"storage: {Path(storage) / f'{task}-{method}'} (ledger), {Path(storage) / 'stages'} (trials)")
+    samples = sum(int(r.get("samples") or 0) for r in records.values() if not r.get("reused_from"))
+    lines.append(f"wall time {format_duration(wall_s)}; students trained on {samples:,} samples in this search's "
+                 "stages (stages reused from another search not counted)")
     return "\n".join(lines)

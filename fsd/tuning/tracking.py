@@ -6,15 +6,19 @@ instead of opening duplicates (Ray's own MLflowLoggerCallback keeps its map in m
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from fsd import failpoints
+from fsd.data import source_fingerprint, split_rows
+from fsd.storage import content_key
+from fsd.tasks import get_task
 from fsd.tuning.trainable import expand
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -56,10 +60,37 @@ def _params(config: dict[str, Any]) -> list[Param]:
     return [Param(k, str(v)[:6000]) for k, v in sorted(config.items())]
 
 
+def dataset_records(base: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the trials of `base` (a stage's shared DistillConfig values) train and are ranked on, as MLflow
+    dataset inputs: name, source, a digest of the exact rows (the data files, the row limits, the holdout), row
+    count and context."""
+    task = get_task(base["task"])
+    data_dir = base.get("data_dir")
+    held = base.get("holdout_rows")
+    rows, dev_rows = split_rows(task, data_dir, base.get("max_train_samples"), base.get("max_eval_samples"),
+                                held or 0)
+    ranked_rows = held or dev_rows
+    source = f"{data_dir}/{task.folder}" if data_dir else f"hf://datasets/nyu-mll/glue/{task.hub_name}"
+    rows_key = {"data": source_fingerprint(task, data_dir), "max_train_samples": base.get("max_train_samples"),
+                "holdout": [held, base.get("holdout_seed")] if held else None}
+    ranked = "holdout" if held else "dev"
+    ranked_key = rows_key if held else {**rows_key, "max_eval_samples": base.get("max_eval_samples")}
+    return [{"name": f"{task.name}-train", "source": source, "rows": rows, "context": "training",
+             "digest": content_key({**rows_key, "split": "train"}, 8)},
+            {"name": f"{task.name}-{ranked}", "source": source, "rows": ranked_rows, "context": "validation",
+             "digest": content_key({**ranked_key, "split": ranked}, 8)}]
+
+
+def _inputs(datasets: list[dict[str, Any]]) -> list[DatasetInput]:
+    return [DatasetInput(Dataset(d["name"], d["digest"], "hf" if d["source"].startswith("hf://") else "local",
+                                 json.dumps({"uri": d["source"]}), None, json.dumps({"num_rows": d["rows"]})),
+                         tags=[InputTag("mlflow.data.context", d["context"])]) for d in datasets]
+
+
 def trial_run(uri: str, exp_id: str, stage_run_id: str, trial_id: str, name: str, tags: dict[str, str],
-              params: dict[str, Any]) -> str:
+              params: dict[str, Any], datasets: list[dict[str, Any]] | None = None) -> str:
     """The run of Ray trial `trial_id` under the stage's run: found again by tag (a restored trial), else
-    created with its params."""
+    created with its params and its `datasets` (`dataset_records`) as inputs."""
     client = client_for(uri)
     found = client.search_runs(
         [exp_id], filter_string=f"tags.ray_trial_id = '{trial_id}' and tags.`{PARENT_TAG}` = '{stage_run_id}'",
@@ -70,6 +101,8 @@ def trial_run(uri: str, exp_id: str, stage_run_id: str, trial_id: str, name: str
     all_tags = {**tags, "ray_trial_id": trial_id, PARENT_TAG: stage_run_id}
     run_id = client.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
     client.log_batch(run_id, params=_params(params))
+    if datasets:
+        client.log_inputs(run_id, datasets=_inputs(datasets))
     return run_id
 
 
@@ -94,9 +127,9 @@ class TrialTracker(Callback):
     `outbox`, records that cannot reach the server wait on disk and the trials keep training."""
 
     def __init__(self, uri: str, exp_id: str, stage_run_id: str, tags: dict[str, str], base: dict[str, Any],
-                 outbox=None):
+                 outbox=None, datasets: list[dict[str, Any]] | None = None):
         self.uri, self.exp_id, self.stage_run_id, self.tags, self.base = uri, exp_id, stage_run_id, tags, base
-        self.outbox = outbox
+        self.outbox, self.datasets = outbox, datasets
         self._runs: dict[str, str] = {}
         self._logged: dict[str, set[int]] = {}  # epochs each trial's run already holds
 
@@ -108,7 +141,7 @@ class TrialTracker(Callback):
             # Joint grid keys ("gamma_i+gamma_l") are no valid MLflow names: log the values they set.
             params = {k: str(v) for k, v in expand({**self.base, **trial.config}).items()}
             run_id = self._do("trial_run", self.exp_id, self.stage_run_id, trial.trial_id, str(trial), self.tags,
-                              params)
+                              params, getattr(self, "datasets", None))  # an older pickled tracker has none
             self._runs[trial.trial_id] = run_id
             self._logged[trial.trial_id] = logged_steps(self.uri, run_id)
         return self._runs[trial.trial_id]
@@ -161,11 +194,17 @@ def record_best_checkpoints(uri: str, exp_id: str, stage_run_id: str, best: dict
                 client.log_artifacts(run.info.run_id, path, artifact_path="best_checkpoint")
 
 
-def log_stage_model(uri: str, run_id: str, student_dir: str, registered_name: str, alias: str) -> str:
-    """Log an exported student folder as an MLflow PyTorch model, register it and point `alias` at it.
+def log_stage_model(uri: str, run_id: str, student_dir: str, registered_name: str, alias: str,
+                    labels: list[str] | tuple[str, ...] = (), max_length: int = 128) -> str:
+    """Log an exported student folder as an MLflow `transformers` text-classification pipeline (model and
+    tokenizer, the task's label names), and the folder itself as the artifact `student_files`; register it and
+    point `alias` at it. `mlflow.transformers.load_model("models:/<name>@<alias>")` and `mlflow models serve`
+    need only MLflow, torch and transformers, not this project. Inputs are cut at `max_length` tokens, the
+    length the student was trained at (the served model does it; a loaded pipeline wants `truncation=True`).
     Done once per run: a retry (after a kill or an outage) reuses the version already registered."""
     import mlflow
-    from transformers import AutoModelForSequenceClassification
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     client = client_for(uri)
     done = client.search_model_versions(f"name='{registered_name}' and run_id='{run_id}'")
@@ -173,12 +212,26 @@ def log_stage_model(uri: str, run_id: str, student_dir: str, registered_name: st
         version = str(done[0].version)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(student_dir)
+        if labels:  # a classifier's classes by name (a regression keeps its one unnamed output)
+            model.config.id2label = dict(enumerate(labels))
+            model.config.label2id = {label: i for i, label in enumerate(labels)}
+        tokenizer = AutoTokenizer.from_pretrained(student_dir)
+        tokenizer.model_max_length = max_length
+        # Our own card: without one MLflow looks the folder up on the Hugging Face hub.
+        card = ModelCard(f"---\nlibrary_name: transformers\npipeline_tag: text-classification\n---\nA student "
+                         f"distilled by fsd-tune, registered as {registered_name} ({alias}).\n")
         mlflow.set_tracking_uri(uri)
         with mlflow.start_run(run_id=run_id):
-            # pickle: the default pt2 format must trace BERT with an input example; a plain module is enough
-            info = mlflow.pytorch.log_model(model, name="student", pip_requirements=["torch", "transformers"],
-                                            serialization_format="pickle", registered_model_name=registered_name)
-        version = str(info.registered_model_version)
+            info = mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer}, name="student",
+                                                 task="text-classification", model_card=card,
+                                                 model_config={"truncation": True},
+                                                 pip_requirements=["torch", "transformers"])
+            mlflow.log_artifacts(student_dir, artifact_path="student_files")
+        # Registered through the client: MLflow's fluent registration prints to the console.
+        if not client.search_registered_models(f"name='{registered_name}'"):
+            client.create_registered_model(registered_name)
+        version = str(client.create_model_version(registered_name, info.model_uri, run_id=run_id,
+                                                  model_id=info.model_id).version)
         failpoints.reached("log-model")
     client.set_registered_model_alias(registered_name, alias, version)
     return version
