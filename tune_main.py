@@ -191,10 +191,30 @@ def run(search) -> None:
     except StageFailed as e:  # not bad input: the search stops; finished stages stay done
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        stop(search)
     print(summary_table(ledger, search.schedule))
     print(pointers(ledger, search.schedule, spec.storage, spec.mlflow_uri, time.monotonic() - started))
     if ledger.mlflow_note:
         print(ledger.mlflow_note)
+
+
+def stop(search) -> NoReturn:
+    """Ctrl-C: Ray's processes stopped, and the command that continues where the search stopped."""
+    import os
+    import shlex
+    import signal
+
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # a second Ctrl-C: at once
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()  # the local cluster ray.init started goes with it; a cluster given by --address stays
+    again = [sys.executable, *sys.argv]
+    if not search.compare and "--resume" not in again:
+        again.append("--resume")  # a comparison re-run reuses what finished
+    print(f"interrupted: finished trials and stages are kept; continue with: {shlex.join(again)}", file=sys.stderr)
+    raise SystemExit(130)
 
 
 if __name__ == "__main__":

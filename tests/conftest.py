@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+import raycluster
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "glue_data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_ray():
+    """The suite's Ray lives in a short folder of its own (unix socket paths stay under 108 bytes) and is
+    stopped at the end, also when the run is interrupted; no other Ray on the machine is touched."""
+    root = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    os.environ["RAY_TMPDIR"] = root
+    yield root
+    import ray
+
+    ray.shutdown()
+    raycluster.stop(root)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

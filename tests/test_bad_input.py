@@ -462,3 +462,80 @@ def test_bad_holdouts(ctx, extra, message):
 ])
 def test_bad_paper_table_studies(ctx, extra, message):
     assert message in refused(ctx, *extra)
+
+
+# ---------------------------------------------------------------------------------------------- the hub
+NO_SUCH_MODEL = "fsd-tune-test/no-such-model"  # a hub id no cache holds
+
+
+def _hub_at(monkeypatch, endpoint: str) -> None:
+    """The hub's API at `endpoint` (on 127.0.0.1: nothing leaves this machine), offline mode off."""
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+
+
+def test_a_model_the_hub_cannot_serve_is_refused_before_anything_is_written(ctx, monkeypatch):
+    port = _free_port()  # nothing listens there: refused at once
+    _hub_at(monkeypatch, f"http://127.0.0.1:{port}")
+    line = refused(ctx, "--teacher", NO_SUCH_MODEL)
+    assert f"--teacher {NO_SUCH_MODEL} is not in the local Hugging Face cache and the hub (http://127.0.0.1:{port}) " \
+           "cannot be reached" in line and "--teacher packaged-minilm to work offline" in line
+    line = refused(ctx, "--student-init", NO_SUCH_MODEL)
+    assert f"--student-init {NO_SUCH_MODEL} is not in the local Hugging Face cache" in line
+
+
+def test_a_hub_that_never_answers_is_given_up_on_within_seconds(ctx, monkeypatch):
+    import time
+
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        _hub_at(monkeypatch, f"http://127.0.0.1:{silent.getsockname()[1]}")
+        started = time.monotonic()
+        line = refused(ctx, "--teacher", NO_SUCH_MODEL)
+        assert time.monotonic() - started < 30 and "cannot be reached (timed out)" in line
+
+
+def test_offline_mode_is_honoured_for_models_and_for_the_glue_data(ctx, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-cache"))
+    assert "Hugging Face offline mode is on (HF_HUB_OFFLINE)" in refused(ctx, "--teacher", NO_SUCH_MODEL)
+    storage = ctx["storage"]
+    argv = ["--task", "rte", "--preset", "smoke", "--teacher", "packaged-minilm", "--storage", str(storage)]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        _tune_main().main(argv)  # no --data-dir
+    assert exit_.value.code == 2 and not storage.exists()
+    assert "no --data-dir, so the GLUE data must come from the Hugging Face hub, but Hugging Face offline mode is on" \
+           in err.getvalue() and "pass --data-dir with a GLUE download folder" in err.getvalue()
+    assert len(err.getvalue().strip().splitlines()) == 1
+    dry = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), *argv, "--dry-run"], capture_output=True,
+                         text=True, cwd=ROOT, env=ENV, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-2000:]  # --dry-run needs no data: offline it still counts the cost
+
+
+def test_a_search_that_fails_before_its_first_stage_leaves_no_ledger(tmp_path, glue_dir, monkeypatch):
+    """The corrected command can then start afresh; a search that was already there keeps its ledger."""
+    import fsd.teacher
+    from fsd.tuning.ledger import Ledger
+    from fsd.tuning.runner import run_search
+    from fsd.tuning.spec import SearchSpec, identity
+    from search_spaces import get_schedule
+
+    def cannot_fetch(*args, **kwargs):
+        raise OSError("the teacher cannot be fetched")
+
+    monkeypatch.setattr(fsd.teacher, "ensure_teacher", cannot_fetch)
+    spec = SearchSpec(task="rte", method="vkd", storage=str(tmp_path), mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                      teacher="packaged-minilm", preset="smoke", data_dir=glue_dir)
+    schedule = get_schedule("vkd", "rte", "smoke")
+    with pytest.raises(OSError):
+        run_search(spec, schedule, log=lambda _: None)
+    assert not Ledger(spec.folder).exists
+    kept = Ledger(spec.folder)
+    kept.data["search"] = identity(spec)
+    kept.save()
+    with pytest.raises(OSError):
+        run_search(spec, schedule, log=lambda _: None)
+    assert Ledger(spec.folder).exists

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import raycluster
 from mlflow.tracking import MlflowClient
 
 from fsd.tuning.runner import SearchSpec, run_search
@@ -91,7 +92,7 @@ def test_a_stage_where_every_trial_fails_stops_the_search_and_resumes_after_the_
         failed = subprocess.run(_cmd(tiny_bert, str(student), glue_dir, storage), capture_output=True, text=True,
                                 env=env)
     finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
+        raycluster.stop()
     assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-3000:]
     # Ray prints each trial's error as it happens; the search ends with one line naming the cause.
     line = failed.stderr.strip().splitlines()[-1]
@@ -103,7 +104,7 @@ def test_a_stage_where_every_trial_fails_stops_the_search_and_resumes_after_the_
         resumed = subprocess.run(_cmd(tiny_bert, str(student), glue_dir, storage, "--resume"), capture_output=True,
                                  text=True, env=env)
     finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
+        raycluster.stop()
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "| vkd |" in resumed.stdout
     client = MlflowClient(f"sqlite:///{storage}/mlflow.db")

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import raycluster
 
 from fsd.failpoints import POINTS
 
@@ -35,7 +36,7 @@ def _cmd(backbone, glue_dir, storage, *extra):
 
 
 def _ray_stop():
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, env=_env())
+    raycluster.stop()
 
 
 def _winners(storage):

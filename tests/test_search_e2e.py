@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import raycluster
 
 from fsd.config import DataSpec
 from fsd.teacher import TeacherSpec, ensure_teacher, teacher_data
@@ -101,7 +102,7 @@ def uninterrupted(setup):
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         yield root / "a", uri, r.stdout + r.stderr
     finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=_env())
+        raycluster.stop()
         server.terminate()
         server.wait(30)
 
@@ -190,7 +191,7 @@ def test_killed_mid_stage_then_resumed(setup, uninterrupted):
     time.sleep(3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, env=_env())
+    raycluster.stop()
     assert set(_winners(storage)) == {"vkd"}  # killed inside the second stage
 
     again = subprocess.run(_args(setup, storage), capture_output=True, text=True, env=_env())
@@ -200,6 +201,33 @@ def test_killed_mid_stage_then_resumed(setup, uninterrupted):
     assert "stage vkd: done before" in resumed.stdout
     _check_mlflow(f"sqlite:///{storage}/mlflow.db")
     assert _winners(storage) == _winners(uninterrupted[0])
+
+
+def test_ctrl_c_stops_within_seconds_keeps_finished_work_and_resume_finishes(setup, uninterrupted):
+    """SIGINT in the middle of the second stage: exit 130 within seconds with the --resume command; the
+    interrupted stage is not recorded as done (Ray's own handler would have ended it as if finished); no MLflow
+    run is left RUNNING; --resume then gives the winners of an uninterrupted search."""
+    storage = setup[0] / "ctrl-c"
+    proc = subprocess.Popen(_args(setup, storage), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env())
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(storage.glob("stages/rte-pkd-*/rte-pkd/*/checkpoint_*")):
+        assert proc.poll() is None, "the search ended before it could be interrupted"
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    started = time.time()
+    out, err = proc.communicate(timeout=120)
+    assert time.time() - started < 60 and proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert "interrupted: finished trials and stages are kept; continue with: " in err and "--resume" in err
+    assert "Traceback" not in err
+    assert set(_winners(storage)) == {"vkd"}
+    client, runs = _runs(f"sqlite:///{storage}/mlflow.db")
+    assert "RUNNING" not in {r.info.status for r in runs} and "KILLED" in {r.info.status for r in runs}
+    resumed = subprocess.run(_args(setup, storage, "--resume"), capture_output=True, text=True, env=_env())
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert _winners(storage) == _winners(uninterrupted[0])
+    _check_mlflow(f"sqlite:///{storage}/mlflow.db")  # the killed runs reopened and finished, none twice
 
 
 def test_resume_refuses_a_different_search(setup, uninterrupted):

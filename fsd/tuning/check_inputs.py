@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +17,25 @@ from fsd.tasks import Task
 from fsd.tuning.flags import UsageError
 from search_spaces import Schedule
 
+HUB_TIMEOUT_S = 5.0  # the hub's API answers in well under a second when it is there
+
 
 def check_data(task: Task, data_dir: str | None, schedule: Schedule, stages: tuple[str, ...],
-               extra: dict[str, Any], holdout_rows: int | None = None, holdout_seed: int = 42) -> None:
+               extra: dict[str, Any], holdout_rows: int | None = None, holdout_seed: int = 42,
+               hub: bool = True) -> None:
     """Every split the task needs exists and parses (columns, labels, at least one row), a holdout of
     `holdout_rows` can be drawn from it, and it has rows enough for the teacher memory if a stage to run
-    (`stages`, empty: all) needs one. The hub (no --data-dir) is checked when it is read."""
+    (`stages`, empty: all) needs one. Without --data-dir, the hub must be able to serve the data (`hub`: probe
+    it, see `hub_problem`); its files are checked when they are read."""
     if data_dir is None:
+        if not hub:  # --dry-run counts the hub's rows from the official sizes: it needs no data
+            return
+        from fsd.data import HUB_DATASET
+
+        problem = hub_problem("dataset", HUB_DATASET)
+        if problem is not None:
+            raise UsageError(f"no --data-dir, so the GLUE data must come from the Hugging Face hub, but {problem}: "
+                             "pass --data-dir with a GLUE download folder (e.g. --data-dir ../shared/glue_data)")
         return
     from fsd.data import DataError, Holdout, load_raw
 
@@ -61,6 +76,7 @@ def check_models(task: Task, teacher: str, student_init: str | None, student_lay
     from fsd.models import teacher_meta, teacher_problem
 
     t_config = _model_config(teacher, "--teacher")
+    _hub_model(t_config, teacher, "--teacher")
     meta = teacher_meta(teacher)
     problem = teacher_problem(teacher, task.name, task.num_labels, t_config)
     if problem is not None:
@@ -68,6 +84,7 @@ def check_models(task: Task, teacher: str, student_init: str | None, student_lay
     backbone = student_init or (meta["backbone"] if meta else teacher)
     flag = "--student-init" if student_init else "the backbone of --teacher"
     s_config = t_config if backbone == teacher else _model_config(backbone, flag)
+    _hub_model(s_config, backbone, flag)
     for config, what, fix in ((t_config, f"teacher {teacher}", "a deeper --teacher"),
                               (s_config, f"student backbone {backbone}", "a deeper --student-init")):
         if config is None:
@@ -80,6 +97,51 @@ def check_models(task: Task, teacher: str, student_init: str | None, student_lay
         if positions and max_seq_len > positions:
             raise UsageError(f"--max-seq-len {max_seq_len} exceeds the {positions} positions of the {what}: "
                              f"choose at most {positions}")
+
+
+def _hub_model(config, name: str, flag: str) -> None:
+    """A model that is neither a folder nor in the local cache must be downloadable: refused now otherwise."""
+    if config is not None:
+        return
+    problem = hub_problem("model", name)
+    if problem is not None:
+        raise UsageError(f"{flag} {name} is not in the local Hugging Face cache and {problem}: pass a local model "
+                         "folder, or --teacher packaged-minilm to work offline")
+
+
+def hub_problem(kind: str, repo: str) -> str | None:
+    """Why the Hugging Face hub cannot serve `repo` (a "model" or a "dataset") now, or None.
+
+    Offline mode (HF_HUB_OFFLINE, or HF_DATASETS_OFFLINE for a dataset) is honoured: then nothing is asked
+    and a dataset must already be in the `datasets` cache. Otherwise one request of at most HUB_TIMEOUT_S to
+    the hub's API (`HF_ENDPOINT`, default https://huggingface.co): any answer means the hub is there (whether
+    the repo exists is the download's to say); no answer is the problem."""
+    offline = _truthy("HF_HUB_OFFLINE") or (kind == "dataset" and _truthy("HF_DATASETS_OFFLINE"))
+    if offline:
+        if kind == "dataset" and _dataset_cached(repo):
+            return None
+        return "Hugging Face offline mode is on (HF_HUB_OFFLINE" + (
+            " or HF_DATASETS_OFFLINE)" if kind == "dataset" else ")")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        urllib.request.urlopen(f"{endpoint}/api/{kind}s/{repo}", timeout=HUB_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        return f"the hub ({endpoint}) cannot be reached ({reason})"
+    return None
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _dataset_cached(repo: str) -> bool:
+    """Whether `datasets` has `repo` in its cache (a folder `<owner>___<name>` there)."""
+    home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
+    cache = Path(os.environ.get("HF_DATASETS_CACHE", str(Path(home) / "datasets")))
+    return any(cache.glob(repo.replace("/", "___") + "*"))
 
 
 def _model_config(name: str, flag: str):

@@ -120,7 +120,7 @@ def dry_spec(args: argparse.Namespace) -> tuple[SearchSpec, Schedule]:
     from fsd.logs import quiet_libraries
 
     quiet_libraries()
-    check_data(get_task(spec.task), spec.data_dir, schedule, stages, extra, spec.holdout_rows, spec.seed)
+    check_data(get_task(spec.task), spec.data_dir, schedule, stages, extra, spec.holdout_rows, spec.seed, hub=False)
     return spec, schedule
 
 

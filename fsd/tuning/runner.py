@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -147,6 +148,57 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
     outbox.do("close_run", record["run_id"], "FINISHED")
 
 
+def interrupted(ledger: Ledger, ids: MlflowIds) -> None:
+    """Ctrl-C: the search's MLflow runs still open (the search, the stage that ran, its running trials) marked
+    KILLED, so the UI does not show them running; --resume reopens them. A second Ctrl-C exits at once."""
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    open_stages = [r["run_id"] for r in ledger.records().values() if r.get("run_id") and r.get("status") != "done"]
+    try:
+        ids.outbox.do("close_open_children", ids.experiment_id, open_stages, "KILLED")
+        for run_id in open_stages:
+            ids.outbox.do("close_run", run_id, "KILLED")
+        ids.outbox.do("close_run", ids.search_run_id, "KILLED")
+        ids.outbox.flush()
+    except Exception:  # noqa: BLE001 - the interrupted search must still stop; --resume sends what is queued
+        pass
+
+
+def start_search(spec: SearchSpec, schedule: Schedule, ledger: Ledger, log=print) -> tuple[str, MlflowIds]:
+    """What the stages need before the first one: the teacher (fine-tuned once), the majority-class floor, the
+    MLflow experiment and search run (queued records sent first), and Ray."""
+    from fsd.teacher import ensure_teacher
+
+    ledger.data["search"] = identity(spec)
+    ledger.save()
+    teacher = ensure_teacher(plan.teacher_spec(spec, schedule), spec.storage, log=log)
+    ledger.data["teacher"] = teacher
+    ledger.data["majority"] = plan.majority_floor(spec, schedule)
+    # A lost server must not stall the driver in HTTP retries: what fails waits in the outbox instead.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    # num_to_keep=1 makes Ray snapshot the experiment before it deletes a trial's older checkpoint, so that a
+    # resume never points at a deleted one; its warning that these snapshots come often is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ctrl-C must reach the driver as KeyboardInterrupt: Ray's own handler ends a stage's fit as if its grid
+    # were done, and the stage would be recorded with whichever trials happened to have finished.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    outbox = Outbox(spec.mlflow_uri, os.path.join(spec.folder, "mlflow_outbox.json"), tracking.OPS)
+    if outbox.pending:
+        log(f"MLflow: sending {outbox.pending} record(s) queued while the server was unreachable")
+        outbox.flush()
+    exp_id = tracking.experiment_id(spec.mlflow_uri, spec.task)
+    search_run = outbox.do("open_run", exp_id, ledger.data.get("search_run_id"), f"{spec.method}-{spec.preset}",
+                           None, {"method": spec.method, "task": spec.task, "preset": spec.preset})
+    ledger.data.update(search_run_id=search_run, experiment_id=exp_id)
+    ledger.save()
+    if not ray.is_initialized():
+        # A local cluster lives on the loopback address: it needs no route to the outside.
+        local = {} if spec.address else {"_node_ip_address": "127.0.0.1"}
+        ray.init(address=spec.address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.INFO if spec.verbose else logging.ERROR, **local)
+    return teacher, MlflowIds(exp_id, search_run, outbox)
+
+
 class MlflowIds(NamedTuple):
     """Where a search's records go: its MLflow experiment, its parent run, and the outbox that sends them."""
 
@@ -258,8 +310,6 @@ def build_memory(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: st
 
 def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
     """Run (or resume) the whole staged search; returns the ledger with every stage's winner."""
-    from fsd.teacher import ensure_teacher
-
     quiet_services(spec.verbose)
     ledger = Ledger(spec.folder)
     done = [s.name for s in schedule.stages if ledger.done(s.name)]
@@ -267,32 +317,16 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
         left = [s.name for s in schedule.stages if s.name not in done and (not spec.stages or s.name in spec.stages)]
         log(f"resuming {spec.task} / {spec.method}: {len(done)} stage(s) done ({', '.join(done) or 'none'}); "
             f"next: {', '.join(left) or 'nothing, the search is complete'}")
-    ledger.data["search"] = identity(spec)
-    ledger.save()
-    teacher = ensure_teacher(plan.teacher_spec(spec, schedule), spec.storage, log=log)
-    ledger.data["teacher"] = teacher
-    ledger.data["majority"] = plan.majority_floor(spec, schedule)
-    # A lost server must not stall the driver in HTTP retries: what fails waits in the outbox instead.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    # num_to_keep=1 makes Ray snapshot the experiment before it deletes a trial's older checkpoint, so that a
-    # resume never points at a deleted one; its warning that these snapshots come often is noise here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    outbox = Outbox(spec.mlflow_uri, os.path.join(spec.folder, "mlflow_outbox.json"), tracking.OPS)
-    if outbox.pending:
-        log(f"MLflow: sending {outbox.pending} record(s) queued while the server was unreachable")
-        outbox.flush()
-    exp_id = tracking.experiment_id(spec.mlflow_uri, spec.task)
-    search_run = outbox.do("open_run", exp_id, ledger.data.get("search_run_id"), f"{spec.method}-{spec.preset}",
-                           None, {"method": spec.method, "task": spec.task, "preset": spec.preset})
-    ledger.data.update(search_run_id=search_run, experiment_id=exp_id)
-    ledger.save()
-    if not ray.is_initialized():
-        # A local cluster lives on the loopback address: it needs no route to the outside.
-        local = {} if spec.address else {"_node_ip_address": "127.0.0.1"}
-        ray.init(address=spec.address, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.INFO if spec.verbose else logging.ERROR, **local)
-    ids = MlflowIds(exp_id, search_run, outbox)
+    new = not ledger.exists
+    try:
+        teacher, ids = start_search(spec, schedule, ledger, log)
+    except BaseException:
+        # A new search that failed before its first stage (a teacher that cannot be fetched, Ctrl-C, a server
+        # that refuses) leaves no ledger: the corrected command then starts afresh instead of being refused.
+        if new and ledger.exists:
+            ledger.path.unlink()
+        raise
+    outbox, search_run = ids.outbox, ids.search_run_id
     rows = train_rows(spec, schedule)
     try:
         for stage in schedule.stages:
@@ -311,6 +345,9 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
     except StageFailed:
         outbox.do("close_run", search_run, "FAILED")
         outbox.flush()
+        raise
+    except KeyboardInterrupt:
+        interrupted(ledger, ids)
         raise
     outbox.do("close_run", search_run, "FINISHED")
     outbox.flush()

@@ -56,6 +56,15 @@ def close_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client_for(uri).set_terminated(run_id, status=status)
 
 
+def close_open_children(uri: str, exp_id: str, parents: list[str], status: str = "KILLED") -> None:
+    """Mark every run still RUNNING under one of `parents` (a stage's trial runs) with `status`."""
+    client = client_for(uri)
+    running = client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'", max_results=10000)
+    for run in running:
+        if run.data.tags.get(PARENT_TAG) in parents:
+            client.set_terminated(run.info.run_id, status=status)
+
+
 def _params(config: dict[str, Any]) -> list[Param]:
     return [Param(k, str(v)[:6000]) for k, v in sorted(config.items())]
 
@@ -255,4 +264,4 @@ def log_analysis(uri: str, run_id: str, metrics: dict[str, float], files: list[s
 # The MLflow writes of a search, by name, so the outbox can queue and replay them (fsd.tuning.outbox).
 OPS = {"open_run": open_run, "close_run": close_run, "trial_run": trial_run, "log_metrics": log_metrics,
        "record_best_checkpoints": record_best_checkpoints, "log_winner": log_winner,
-       "log_stage_model": log_stage_model, "log_analysis": log_analysis}
+       "log_stage_model": log_stage_model, "log_analysis": log_analysis, "close_open_children": close_open_children}

@@ -1,0 +1,28 @@
+"""The suite's own Ray: every cluster a test starts (`ray.init`, `ray start`, a search's driver) lives under
+one temp folder (`RAY_TMPDIR`, set for the whole session in conftest.py), and is stopped by the processes
+that carry that folder in their environment, never by `ray stop`, which stops every Ray on the machine:
+another suite's, or a long search running beside the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+
+def stop(root: str | None = None) -> int:
+    """SIGKILL every process started with `RAY_TMPDIR=<root>` (default: this session's); how many there were."""
+    root = root or os.environ["RAY_TMPDIR"]
+    mark = f"RAY_TMPDIR={root}".encode()
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if mark not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            os.kill(int(entry.name), signal.SIGKILL)
+            killed += 1
+        except (OSError, ProcessLookupError):  # gone meanwhile, or not ours to read
+            continue
+    return killed
