@@ -14,7 +14,7 @@ import torch
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from sklearn.model_selection import train_test_split
 
-from fsd.storage import atomic_folder, content_key
+from fsd.storage import atomic_folder, content_key, one_builder
 from fsd.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
@@ -213,13 +213,13 @@ def load_task_data(
     data = None
     if cache_dir is not None:
         final = Path(cache_dir) / cache_key(spec, tokenizer, max_seq_len, data_dir)
-        if final.is_dir():
-            data = load_from_disk(str(final))
-        else:
-            data = _tokenise(load_raw(spec, data_dir), tokenizer, max_seq_len)
-            with atomic_folder(final) as tmp:  # another process that finished the same cache first keeps it
-                data.save_to_disk(str(tmp))
-            data = load_from_disk(str(final))
+        if not final.is_dir():
+            with one_builder(final, f"tokenised {spec.name}", log.warning):  # another process may be at it
+                if not final.is_dir():
+                    data = _tokenise(load_raw(spec, data_dir), tokenizer, max_seq_len)
+                    with atomic_folder(final) as tmp:
+                        data.save_to_disk(str(tmp))
+        data = load_from_disk(str(final))
     else:
         data = _tokenise(load_raw(spec, data_dir), tokenizer, max_seq_len)
     out = {s: data[s] for s in ("train", *spec.dev_splits)}

@@ -3,13 +3,14 @@ and checkpoint of a search relies on to survive a kill and to be found again by 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,32 @@ def atomic_folder(final: str | os.PathLike, replace: bool = False) -> Iterator[P
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def one_builder(path: str | os.PathLike, what: str, say=None) -> Iterator[None]:
+    """Hold an exclusive lock on `<path>.lock` while `path` is built, so processes sharing a storage folder
+    (two searches, a search and a comparison) build it once: a second one waits here, saying so through
+    `say`, and then finds it built. The caller checks again inside the block whether `path` is there.
+
+    `flock` belongs to the open file: the kernel releases it when its holder dies, however it dies. After a
+    block that ended well the lock file is removed (`path` is there now: whoever still waits on the removed
+    file finds it built, and nobody new takes a lock); after a failure it stays, so that the next builders
+    queue on the same file.
+    """
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if say is not None:
+                say(f"{what}: another process is building it ({path}); waiting for it")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+            with suppress(FileNotFoundError):
+                if os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino:  # still the file this process locked
+                    lock.unlink()
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

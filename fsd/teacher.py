@@ -16,7 +16,7 @@ from fsd.data import source_fingerprint
 from fsd.loop import evaluate, make_batches, make_optimizer, resolve_device, seed_everything, train_epoch
 from fsd.models import TEACHER_META, load_teacher, load_tokenizer, run_model, teacher_meta, teacher_problem
 from fsd.objectives.kd import label_loss
-from fsd.storage import atomic_folder, content_key
+from fsd.storage import atomic_folder, content_key, one_builder
 from fsd.tasks import get_task
 
 # The paper's teacher batches whatever the student's: 32 rows, random order, padded per batch.
@@ -82,8 +82,10 @@ def ensure_teacher(spec: TeacherSpec, storage: str, device: str = "auto", log=pr
     final = Path(storage) / "teacher" / spec.key()
     if (final / TEACHER_META).is_file():
         return str(final)
-    with atomic_folder(final, replace=True) as tmp:  # a folder left without meta is not a teacher: replaced
-        finetune_teacher(spec, storage, str(tmp), device, log)
+    with one_builder(final, f"teacher {task.name}", log):  # a search beside this one may be fine-tuning it
+        if not (final / TEACHER_META).is_file():
+            with atomic_folder(final, replace=True) as tmp:  # a folder left without meta is no teacher: replaced
+                finetune_teacher(spec, storage, str(tmp), device, log)
     return str(final)
 
 

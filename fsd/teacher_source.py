@@ -39,7 +39,7 @@ from fsd.objectives import Objective
 from fsd.objectives.structure import flatten_padded
 from fsd.objectives.teacher_memory import TeacherMemory, memory_k, memory_rows_problem
 from fsd.progress import Progress
-from fsd.storage import atomic_file, content_key, write_text
+from fsd.storage import atomic_file, content_key, one_builder, write_text
 from fsd.tasks import get_task
 
 log = logging.getLogger("fsd")
@@ -168,13 +168,17 @@ def open_cache(config, fields: tuple[str, ...] | None, batches: Batches, data_ke
     folder = cache_folder(config.storage, key)
     missing = tuple(f for f in fields if not (folder / _file(f, config.cache_dtype)).is_file())
     if missing:
-        say(f"teacher cache: one teacher pass over {batches.num_examples} rows for {', '.join(missing)} -> {folder}")
-        teacher = load_teacher(config.teacher, num_labels).to(device)
-        write_cache(folder, missing, teacher, batches, config.cache_dtype, device)
-        write_text(folder / "key.json", json.dumps(key, indent=1))
-        del teacher
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        with one_builder(folder, "teacher cache", say):  # another search may be writing the same cache
+            missing = tuple(f for f in fields if not (folder / _file(f, config.cache_dtype)).is_file())
+            if missing:
+                say(f"teacher cache: one teacher pass over {batches.num_examples} rows for {', '.join(missing)} "
+                    f"-> {folder}")
+                teacher = load_teacher(config.teacher, num_labels).to(device)
+                write_cache(folder, missing, teacher, batches, config.cache_dtype, device)
+                write_text(folder / "key.json", json.dumps(key, indent=1))
+                del teacher
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     return TeacherCache(folder, fields, config.cache_dtype, batches.lengths)
 
 
@@ -274,13 +278,14 @@ class TeacherSource:
                "init": c.memory_init, "max_seq_len": c.max_seq_len, "masked": c.structure_mask,
                "data": self.data_key, "rows": rows, "seed": MEMORY_SEED}
         path = memory_path(c.storage, key)
-        if path.is_file():
-            centroids, _ = TeacherMemory.load(path, map_location=self.device)
-            return centroids
-        centroids = TeacherMemory.fit(self.features(), k, iters=c.memory_iters, seed=MEMORY_SEED,
-                                      init=c.memory_init, device=self.device)
-        failpoints.reached("memory-fit")
-        TeacherMemory.save(path, centroids, key)
+        if not path.is_file():
+            with one_builder(path, "teacher memory", log.warning):  # another search may be fitting it
+                if not path.is_file():
+                    centroids = TeacherMemory.fit(self.features(), k, iters=c.memory_iters, seed=MEMORY_SEED,
+                                                  init=c.memory_init, device=self.device)
+                    failpoints.reached("memory-fit")
+                    TeacherMemory.save(path, centroids, key)
+        centroids, _ = TeacherMemory.load(path, map_location=self.device)
         return centroids
 
     def features(self) -> TeacherFeatures:

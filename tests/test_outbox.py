@@ -8,6 +8,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import raycluster
 from mlflow.tracking import MlflowClient
 
 from fsd.tuning import tracking
@@ -28,7 +29,8 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{self.root}/server.db", "--default-artifact-root",
-             str(self.root / "artifacts"), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             str(self.root / "artifacts"), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=raycluster.outside_env())
         for _ in range(120):
             if reachable(self.uri, timeout=1):
                 return

@@ -3,6 +3,7 @@ SIGKILL of the driver in the middle of the second stage, and --resume."""
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import raycluster
 
 from fsd.config import DataSpec
 from fsd.teacher import TeacherSpec, ensure_teacher, teacher_data
+from fsd.tuning import orphans
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,10 +43,15 @@ def _args(setup, storage, *extra):
             "--storage", str(storage), "--max-concurrent", "1", *extra]
 
 
+# The `ray start` cluster's token, given to the cluster and to the drivers that join it: none may be in
+# ~/.ray/auth_token on a fresh machine, and `ray start` does not create one.
+_RAY_TOKEN = secrets.token_hex(32)
+
+
 def _env():
     # Ray rewrites 127.0.0.1 to the machine's outward address unless told this is a one-machine cluster.
     return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0",
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": _RAY_TOKEN}
 
 
 def _runs(uri):
@@ -86,7 +93,7 @@ def uninterrupted(setup):
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                                "--backend-store-uri", f"sqlite:///{root}/server.db",
                                "--default-artifact-root", str(root / "artifacts"), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=raycluster.outside_env())
     subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(ray_port),
                     "--num-cpus", "2", "--include-dashboard", "false"], check=True, capture_output=True, env=_env())
     uri = f"http://127.0.0.1:{port}"
@@ -180,24 +187,34 @@ def test_the_mlflow_ui_shows_the_search_nested_and_the_stage_aliases(uninterrupt
         browser.screenshot(artifacts() / "mlflow-model.png")
 
 
-def test_killed_mid_stage_then_resumed(setup, uninterrupted):
-    storage = setup[0] / "b"
-    proc = subprocess.Popen(_args(setup, storage), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=_env())
+def _into_the_second_stage(setup, storage, **output) -> subprocess.Popen:
+    """A search started and left running until a trial of its second stage (pkd) has a checkpoint."""
+    proc = subprocess.Popen(_args(setup, storage), env=_env(), **output)
     deadline = time.time() + 600
     while time.time() < deadline and not list(storage.glob("stages/rte-pkd-*/rte-pkd/*/checkpoint_*")):
-        assert proc.poll() is None, "the search ended before it could be killed"
+        assert proc.poll() is None, "the search ended before its second stage had a checkpoint"
         time.sleep(0.5)
-    time.sleep(3)
+    time.sleep(2)
+    return proc
+
+
+def test_killed_mid_stage_then_resumed(setup, uninterrupted):
+    storage = setup[0] / "b"
+    proc = _into_the_second_stage(setup, storage, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    raycluster.stop()
     assert set(_winners(storage)) == {"vkd"}  # killed inside the second stage
+    token = (storage / "rte-pkd" / orphans.RECORD).read_text().strip()
+    time.sleep(3)  # what dies with the driver has died
+    left = orphans.marked(token)
+    assert left, "a SIGKILLed driver's local Ray left nothing running (then there is nothing to clean up)"
 
     again = subprocess.run(_args(setup, storage), capture_output=True, text=True, env=_env())
     assert again.returncode == 2 and "add --resume" in again.stderr
     resumed = subprocess.run(_args(setup, storage, "--resume"), capture_output=True, text=True, env=_env())
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Ray process(es) that a killed driver of this search left running" in resumed.stdout
+    assert orphans.marked(token) == []  # the dead driver's processes, found by its token, are stopped
     assert "stage vkd: done before" in resumed.stdout
     _check_mlflow(f"sqlite:///{storage}/mlflow.db")
     assert _winners(storage) == _winners(uninterrupted[0])
@@ -208,13 +225,10 @@ def test_ctrl_c_stops_within_seconds_keeps_finished_work_and_resume_finishes(set
     interrupted stage is not recorded as done (Ray's own handler would have ended it as if finished); no MLflow
     run is left RUNNING; --resume then gives the winners of an uninterrupted search."""
     storage = setup[0] / "ctrl-c"
-    proc = subprocess.Popen(_args(setup, storage), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env())
-    deadline = time.time() + 600
-    while time.time() < deadline and not list(storage.glob("stages/rte-pkd-*/rte-pkd/*/checkpoint_*")):
-        assert proc.poll() is None, "the search ended before it could be interrupted"
-        time.sleep(0.5)
-    time.sleep(2)
+    # Ctrl-C's default meaning, also when pytest runs in the background: a shell starts background jobs with
+    # SIGINT ignored, the child would inherit that, and Python then installs no KeyboardInterrupt handler.
+    proc = _into_the_second_stage(setup, storage, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     proc.send_signal(signal.SIGINT)
     started = time.time()
     out, err = proc.communicate(timeout=120)
@@ -384,3 +398,43 @@ def test_holdout_ranks_trials_on_training_rows_and_measures_dev_for_winners_only
     assert stage.data.metrics["best/dev/rows"] == 64 and "best/dev/score" in stage.data.metrics
     saved = json.loads((storage / "rte-compare" / "compare.json").read_text())
     assert len(saved["runs"]["vkd"]) == 2 and all("eval/score" in row for row in saved["runs"]["vkd"])
+
+
+@pytest.mark.long
+def test_two_searches_on_one_storage_build_what_they_share_once(setup):
+    """`--method vkd` and `--method fsd` started together on one storage folder, both needing the same teacher
+    fine-tuning, tokenised data, teacher cache (logits) and VKD stage: each is built once (the other waits and
+    reuses it, saying so), the memory is fitted once, and both end with the winners each gets alone."""
+    root, _, backbone, _ = setup
+    fsd_stages = ("--stages", "vkd,memory,fsdg-coarse")
+    own = ("--teacher", backbone, "--teacher-epochs", "1")
+
+    def start(storage, method, *more):
+        args = [*_args(setup, storage, *own, "--method", method, *more)]
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+
+    shared_storage = root / "race"
+    racers = {"vkd": start(shared_storage, "vkd"), "fsd": start(shared_storage, "fsd", *fsd_stages)}
+    outputs = {m: p.communicate(timeout=1800)[0] for m, p in racers.items()}
+    for method, proc in racers.items():
+        assert proc.returncode == 0, outputs[method][-3000:]
+    both = outputs["vkd"] + outputs["fsd"]
+    assert both.count("teacher rte epoch 1/1: dev score") == 1  # one fine-tuning
+    assert "teacher rte: another process is building it" in both
+    assert both.count("teacher cache: one teacher pass over 64 rows for logits") == 1
+    assert both.count("stage vkd: 2 trials (grid)") == 1 and "stage vkd: reused" in both
+    assert len(list(shared_storage.glob("memory/*.pt"))) == 1 and len(list(shared_storage.glob("teacher/*/"))) == 1
+    from fsd.tuning.checks import check_storage
+
+    check_storage(shared_storage)  # the locks left beside what was built do not make it a foreign folder
+
+    def winners(storage, method):
+        ledger = json.loads((storage / f"rte-{method}" / "ledger.json").read_text())
+        return {k: (v["winner"].get("alpha"), v["winner"].get("gamma_g"), v["winner"].get("lam"), v["score"])
+                for k, v in ledger["stages"].items() if v.get("status") == "done" and v.get("winner")}
+
+    for method, more in (("vkd", ()), ("fsd", fsd_stages)):
+        alone = root / f"alone-{method}"
+        proc = start(alone, method, *more)
+        assert proc.wait(timeout=1800) == 0
+        assert winners(shared_storage, method) == winners(alone, method), method

@@ -44,3 +44,61 @@ def test_a_folder_appears_whole_and_a_finished_one_is_kept_unless_replaced(tmp_p
     with atomic_folder(final, replace=True) as tmp:  # a left-over that is not whole is replaced
         (tmp / "b").write_text("third")
     assert sorted(p.name for p in final.iterdir()) == ["b"] and [p.name for p in final.parent.iterdir()] == ["key"]
+
+
+_BUILDER = """
+import sys, time
+from pathlib import Path
+from fsd.storage import one_builder
+target = Path(sys.argv[1])
+with one_builder(target, "thing", print):
+    print("inside", flush=True)
+    if not target.exists():
+        Path(sys.argv[2]).touch()  # this process is the builder
+        time.sleep(float(sys.argv[3]))
+        target.write_text("built")
+"""
+
+
+def _builder(tmp_path, name, sleep, **kw):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.Popen([sys.executable, "-c", _BUILDER, str(tmp_path / "thing"), str(tmp_path / name),
+                             str(sleep)], cwd=root, stdout=subprocess.PIPE, text=True, **kw)
+
+
+def test_one_builder_builds_once_the_other_waits_and_no_lock_is_left(tmp_path):
+    import time
+
+    first = _builder(tmp_path, "built-by-first", 3)
+    assert first.stdout.readline().strip() == "inside"  # the first holds the lock now
+    start = time.monotonic()
+    second = _builder(tmp_path, "built-by-second", 0)
+    out, _ = second.communicate(timeout=60)
+    first.communicate(timeout=60)
+    assert "thing: another process is building it" in out and time.monotonic() - start > 1.5
+    assert (tmp_path / "built-by-first").exists() and not (tmp_path / "built-by-second").exists()
+    assert (tmp_path / "thing").read_text() == "built"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["built-by-first", "thing"]  # no lock left beside it
+
+
+def test_one_builder_that_dies_releases_the_lock_and_leaves_it_for_the_next(tmp_path):
+    import signal
+
+    from fsd.storage import one_builder
+
+    first = _builder(tmp_path, "built-by-first", 60)
+    assert first.stdout.readline().strip() == "inside"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert (tmp_path / "thing.lock").exists() and not (tmp_path / "thing").exists()
+    said = []
+    with one_builder(tmp_path / "thing", "thing", said.append):  # at once: the kernel dropped the dead one's lock
+        (tmp_path / "thing").write_text("built")
+    assert said == [] and not (tmp_path / "thing.lock").exists()
+    with pytest.raises(RuntimeError), one_builder(tmp_path / "other", "other"):
+        raise RuntimeError("the build failed")
+    assert (tmp_path / "other.lock").exists()  # kept: the next builders queue on this file

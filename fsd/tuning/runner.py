@@ -15,9 +15,10 @@ from ray import tune
 from fsd import failpoints
 from fsd.analysis import analyse_checkpoint
 from fsd.config import DistillConfig
+from fsd.storage import one_builder
 from fsd.tasks import get_task
 from fsd.train import evaluate_on_dev, export_student, prepare_outputs
-from fsd.tuning import halving, lock, plan, shared, tracking
+from fsd.tuning import halving, orphans, plan, shared, tracking
 from fsd.tuning.ledger import Ledger, StageRecord
 from fsd.tuning.outbox import Outbox
 from fsd.tuning.plan import seed_list, stage_base, strategy_of, train_rows, trial_budget
@@ -120,7 +121,7 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
     key = shared.stage_key(stage.name, base, grid, strategy_of(spec, grid), seed_list(spec), carried)
     folder = shared.stage_folder(spec.storage, spec.task, stage.name, key)
     record["shared"] = key
-    with lock.held(folder):  # another search of this storage folder may want the same stage
+    with one_builder(folder, f"stage {stage.name}", log):  # a search beside this one may be running it: wait
         done = shared.finished(folder)
         if done is None:
             prepare_outputs(first, log)  # the teacher cache (and memory), once, before trials run in parallel
@@ -192,9 +193,13 @@ def start_search(spec: SearchSpec, schedule: Schedule, ledger: Ledger, log=print
     ledger.data.update(search_run_id=search_run, experiment_id=exp_id)
     ledger.save()
     if not ray.is_initialized():
+        if not spec.address:  # this driver's own cluster: what a killed one left is stopped first
+            orphans.clean_and_mark(spec.folder, log)
         # A local cluster lives on the loopback address: it needs no route to the outside.
         local = {} if spec.address else {"_node_ip_address": "127.0.0.1"}
-        ray.init(address=spec.address, include_dashboard=False, log_to_driver=False,
+        # "local", not None: with None Ray joins the last `ray start` cluster it finds recorded in its temp
+        # folder, a dead one too (a kill -9 leaves the record), where the user asked for a cluster of its own.
+        ray.init(address=spec.address or "local", include_dashboard=False, log_to_driver=False,
                  logging_level=logging.INFO if spec.verbose else logging.ERROR, **local)
     return teacher, MlflowIds(exp_id, search_run, outbox)
 

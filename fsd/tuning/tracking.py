@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from fsd import failpoints
 from fsd.data import source_fingerprint, split_rows
-from fsd.storage import content_key
+from fsd.storage import content_key, one_builder
 from fsd.tasks import get_task
 from fsd.tuning.trainable import expand
 
@@ -30,15 +31,28 @@ def client_for(uri: str) -> MlflowClient:
 
 def experiment_id(uri: str, name: str) -> str:
     """The experiment `name`, created if needed; with a sqlite store its artifacts go beside the database
-    (MLflow's default would be ./mlruns in whatever folder the command was started from)."""
+    (MLflow's default would be ./mlruns in whatever folder the command was started from).
+
+    Two searches may start on one store at once: a new sqlite file is set up by one process at a time (MLflow
+    creates its tables on first use, and two processes doing it together break the migration), and an
+    experiment the other process created meanwhile is taken as it is."""
+    location = None
+    if uri.startswith("sqlite:///"):
+        database = Path(uri[len("sqlite:///"):]).resolve()
+        location = database.parent.joinpath("mlartifacts").as_uri()
+        with one_builder(database, "MLflow store"):
+            client_for(uri).search_experiments(max_results=1)  # the tables, created here if new
     client = client_for(uri)
     exp = client.get_experiment_by_name(name)
     if exp:
         return exp.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):
-        location = Path(uri[len("sqlite:///"):]).resolve().parent.joinpath("mlartifacts").as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        exp = client.get_experiment_by_name(name)  # created by another process in the meantime
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def open_run(uri: str, exp_id: str, run_id: str | None, name: str, parent: str | None,
@@ -238,7 +252,11 @@ def log_stage_model(uri: str, run_id: str, student_dir: str, registered_name: st
             mlflow.log_artifacts(student_dir, artifact_path="student_files")
         # Registered through the client: MLflow's fluent registration prints to the console.
         if not client.search_registered_models(f"name='{registered_name}'"):
-            client.create_registered_model(registered_name)
+            try:
+                client.create_registered_model(registered_name)
+            except MlflowException:  # another search registered it in the meantime
+                if not client.search_registered_models(f"name='{registered_name}'"):
+                    raise
         version = str(client.create_model_version(registered_name, info.model_uri, run_id=run_id,
                                                   model_id=info.model_id).version)
         failpoints.reached("log-model")
