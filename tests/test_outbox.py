@@ -1,60 +1,25 @@
 """A lost tracking server: a real `mlflow server` is stopped while trials report; nothing blocks, the
 records wait on disk in order, and they reach the server (one run per trial, FINISHED) once it is back."""
 
-import socket
-import subprocess
-import sys
 import time
 from types import SimpleNamespace
 
 import pytest
-import raycluster
 from mlflow.tracking import MlflowClient
+from mlflowserver import Server
 
 from fsd.tuning import tracking
-from fsd.tuning.outbox import Outbox, reachable
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, root, port):
-        self.root, self.port, self.proc = root, port, None
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.root}/server.db", "--default-artifact-root",
-             str(self.root / "artifacts"), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env=raycluster.outside_env())
-        for _ in range(120):
-            if reachable(self.uri, timeout=1):
-                return
-            time.sleep(0.5)
-        raise RuntimeError("mlflow server did not start")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(30)
-
-    @property
-    def uri(self):
-        return f"http://127.0.0.1:{self.port}"
+from fsd.tuning.outbox import Outbox
 
 
 @pytest.fixture
 def server(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    s = Server(tmp_path, _free_port())
+    s = Server(tmp_path)
     s.start()
     yield s
-    if s.proc.poll() is None:
-        s.stop()
+    s.stop()
 
 
 def test_records_wait_while_the_server_is_away_and_are_sent_in_order(server, tmp_path):
@@ -101,3 +66,26 @@ def test_records_wait_while_the_server_is_away_and_are_sent_in_order(server, tmp
     with pytest.raises(Exception, match="(?i)run"):
         again.do("close_run", "no-such-run", "FINISHED")
     assert again.pending == 0
+
+
+def test_a_backlog_is_sent_in_slices_while_the_search_runs_and_whole_at_the_end(tmp_path, monkeypatch):
+    """A server back after an outage: each write of the search sends at most SLICE_S seconds of the backlog
+    first (the driver is never held up for all of it), keeps the order, and flush() sends the rest."""
+    import json
+
+    from fsd.tuning import outbox
+
+    monkeypatch.setattr(outbox, "SLICE_S", 1.0)
+    sent = []
+    ops = {"slow": lambda uri, i: (sent.append(i), time.sleep(0.3))[1]}
+    path = tmp_path / "mlflow_outbox.json"
+    path.write_text(json.dumps({"queue": [{"op": "slow", "args": [i], "placeholder": f"queued:{i}"}
+                                          for i in range(10)], "ids": {}}))
+    box = Outbox("sqlite:///unused.db", path, ops)  # a local store is always reachable
+    started = time.monotonic()
+    box.do("slow", 99)
+    assert time.monotonic() - started < 2.5 and 2 <= len(sent) <= 5  # one slice, not the whole backlog
+    assert box.pending == 10 - len(sent) + 1  # the new write waits behind what is left, in order
+    box.do("slow", 100)
+    assert box.flush() == 0
+    assert sent == [*range(10), 99, 100] and box.sent_late == 12

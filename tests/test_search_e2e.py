@@ -5,7 +5,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import raycluster
+from mlflowserver import Server, free_port
 
 from fsd.config import DataSpec
 from fsd.teacher import TeacherSpec, ensure_teacher, teacher_data
@@ -20,12 +20,6 @@ from fsd.tuning import orphans
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -89,29 +83,20 @@ def _check_mlflow(uri, trials=4):
 def uninterrupted(setup):
     """The whole search against a real `mlflow server` and a real Ray head (`ray start --head`)."""
     root = setup[0]
-    port, ray_port = _free_port(), _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{root}/server.db",
-                               "--default-artifact-root", str(root / "artifacts"), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=raycluster.outside_env())
-    subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(ray_port),
-                    "--num-cpus", "2", "--include-dashboard", "false"], check=True, capture_output=True, env=_env())
-    uri = f"http://127.0.0.1:{port}"
+    ray_port = free_port()
+    server = Server(root).start()
+    uri = server.uri
     try:
-        for _ in range(60):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(1)
+        subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(ray_port),
+                        "--num-cpus", "2", "--include-dashboard", "false"], check=True, capture_output=True,
+                       env=_env())
         r = subprocess.run(_args(setup, root / "a", "--mlflow-uri", uri, "--address", f"127.0.0.1:{ray_port}"),
                            capture_output=True, text=True, env=_env())
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         yield root / "a", uri, r.stdout + r.stderr
     finally:
         raycluster.stop()
-        server.terminate()
-        server.wait(30)
+        server.stop()
 
 
 def test_search_through_a_cluster_and_a_tracking_server(uninterrupted):
@@ -131,7 +116,7 @@ def test_the_console_shows_progress_and_none_of_the_libraries_noise(uninterrupte
     _, _, out = uninterrupted
     assert "\r" not in out
     for noise in ("Configuration for experiment", "TensorBoard", "View detailed results", "WARNING", " INFO ",
-                  "Successfully registered", "Created version"):
+                  "Successfully registered", "Created version", "View run", "View experiment"):
         assert noise not in out, noise
     for stage in ("vkd", "pkd"):
         assert f"stage {stage}: 2 trials (grid)" in out
@@ -438,3 +423,131 @@ def test_two_searches_on_one_storage_build_what_they_share_once(setup):
         proc = start(alone, method, *more)
         assert proc.wait(timeout=1800) == 0
         assert winners(shared_storage, method) == winners(alone, method), method
+
+
+# ------------------------------------------------------------------------ MLflow down during a whole search
+OUTAGE_STAGES = ("--method", "fsd", "--stages", "vkd,fsdi,fsdl,fsdil")
+MLFLOW_TIMEOUT_S = 5  # MLFLOW_HTTP_REQUEST_TIMEOUT for these searches: the longest any call may wait
+TIMING_METRICS = ("per_s", "time", "seconds")  # differ from run to run: not compared
+
+
+def _watched_search(args, on_line) -> tuple[int, list[tuple[float, str]]]:
+    """Run a search, timestamping its output lines as they come (a reader thread, so that `on_line`, which
+    may stop or start a server, holds up neither the search nor the clock)."""
+    import queue
+    import threading
+
+    env = {**_env(), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(MLFLOW_TIMEOUT_S)}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put((time.monotonic(), x.rstrip())) for x in proc.stdout])
+    reader.start()
+    seen = []
+    while reader.is_alive() or not lines.empty():
+        try:
+            stamped = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        seen.append(stamped)
+        on_line(stamped[1])
+    return proc.wait(timeout=60), seen
+
+
+def _longest_silence(lines: list[tuple[float, str]]) -> tuple[float, str, str]:
+    """The longest wait between two output lines, and those lines."""
+    return max((b[0] - a[0], a[1], b[1]) for a, b in zip(lines, lines[1:], strict=False))
+
+
+def _store(uri: str, storage: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """Every run of the `rte` experiment as one canonical line (ids, times and paths left out; its parent
+    by name), and every registered model's versions and aliases by the stage their run belongs to."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("rte").experiment_id], max_results=1000)
+    by_id = {r.info.run_id: r for r in runs}
+
+    def plain(value: str) -> str:
+        return value.replace(str(storage), "<storage>")
+
+    def who(run) -> str:  # a stage or search run by its name; a trial by its stage and params
+        if "ray_trial_id" not in run.data.tags:
+            return run.info.run_name
+        return f"trial of {run.data.tags['stage']} " + json.dumps({k: plain(v) for k, v in
+                                                                  sorted(run.data.params.items())})
+
+    lines = []
+    for run in runs:
+        metrics = {k: [(m.step, round(m.value, 6)) for m in client.get_metric_history(run.info.run_id, k)]
+                   for k in sorted(run.data.metrics) if not any(t in k for t in TIMING_METRICS)}
+        parent = by_id.get(run.data.tags.get("mlflow.parentRunId"))
+        tags = {k: plain(v) for k, v in sorted(run.data.tags.items())
+                if not k.startswith("mlflow.") and k not in ("ray_trial_id", "reused_from")}
+        if "best_checkpoint" in tags:  # under a trial folder named by Ray's trial id and start time
+            tags["best_checkpoint"] = Path(tags["best_checkpoint"]).name
+        inputs = sorted((d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs)
+        lines.append(json.dumps([who(run), who(parent) if parent else None, run.info.status, tags, metrics,
+                                 inputs]))
+    models = {}
+    for model in client.search_registered_models():
+        versions = client.search_model_versions(f"name='{model.name}'")
+        stage_of = {v.version: by_id[v.run_id].info.run_name for v in versions}
+        models[model.name] = sorted(stage_of.values()) + sorted(f"@{a}={stage_of[v]}" for a, v in
+                                                                 model.aliases.items())
+    return sorted(lines), models
+
+
+@pytest.mark.long
+def test_mlflow_down_for_two_stages_of_a_search_loses_nothing(setup):
+    """A real `mlflow server` stopped while the second stage's trials run and restarted as the fourth stage
+    starts: the search never waits longer than the HTTP timeout, ends with rc 0, and the server then holds
+    the same runs, params, tags, metric histories, dataset inputs, model versions and aliases as the server of
+    an undisturbed search (compared run by run: nothing missing, nothing twice)."""
+    from collections import Counter
+
+    root = setup[0]
+    calm_server, down_server = Server(root / "calm-server").start(), Server(root / "down-server").start()
+    try:
+        calm = root / "calm"
+        rc, calm_lines = _watched_search(_args(setup, calm, "--mlflow-uri", calm_server.uri, *OUTAGE_STAGES),
+                                         lambda line: None)
+        assert rc == 0, "\n".join(x for _, x in calm_lines[-40:])
+        events = []  # (what, when)
+
+        def outage(line: str) -> None:
+            if line.startswith("stage fsdi: trial ") and not events:
+                events.append(("stopped", time.monotonic()))
+                down_server.stop()  # one fsdi trial reported, the other still to run
+            elif line.startswith("stage fsdil: ") and len(events) == 1:
+                events.append(("restarted", time.monotonic()))
+                down_server.start()
+
+        down = root / "down"
+        rc, down_lines = _watched_search(_args(setup, down, "--mlflow-uri", down_server.uri, *OUTAGE_STAGES),
+                                         outage)
+        out = "\n".join(x for _, x in down_lines)
+        assert rc == 0 and [e for e, _ in events] == ["stopped", "restarted"], out[-4000:]
+        assert "were queued while" in out and "sent later" in out  # the summary says records came late
+        box = json.loads((down / "rte-fsd" / "mlflow_outbox.json").read_text())  # kept for its placeholder ids
+        assert box["queue"] == [] and box["ids"]  # nothing still waiting; runs were created while it was down
+        # While the server is away nothing waits on it for longer than the timeout; once it is back, the
+        # backlog goes out in slices between the search's own writes, and the search as a whole is not slower.
+        (_, stopped), (_, restarted) = events
+        away = [x for x in down_lines if stopped <= x[0] <= restarted]
+        silence, calm_silence = _longest_silence(away), _longest_silence(calm_lines)
+        assert silence[0] <= calm_silence[0] + MLFLOW_TIMEOUT_S, (silence, calm_silence)
+        wall, calm_wall = down_lines[-1][0] - down_lines[0][0], calm_lines[-1][0] - calm_lines[0][0]
+        assert wall <= calm_wall + MLFLOW_TIMEOUT_S + 30, (wall, calm_wall)
+        print(f"outage: {restarted - stopped:.0f} s away; longest silence then {silence[0]:.1f} s (undisturbed "
+              f"{calm_silence[0]:.1f} s); wall {wall:.0f} s (undisturbed {calm_wall:.0f} s)")
+
+        calm_runs, calm_models = _store(calm_server.uri, calm)
+        down_runs, down_models = _store(down_server.uri, down)
+        assert max(Counter(down_runs).values()) == 1 and max(Counter(calm_runs).values()) == 1  # none twice
+        missing, extra = Counter(calm_runs) - Counter(down_runs), Counter(down_runs) - Counter(calm_runs)
+        assert not missing and not extra, (list(missing)[:3], list(extra)[:3])
+        assert len(calm_runs) == 1 + 4 + 8  # the search, four stages, two trials each
+        assert down_models == calm_models and len(down_models["fsd-rte-fsd"]) == 4 + 4
+    finally:
+        calm_server.stop()
+        down_server.stop()

@@ -25,6 +25,7 @@ from fsd.storage import write_text
 log = logging.getLogger("fsd")
 PLACEHOLDER = "queued:"
 RETRY_S = 30.0
+SLICE_S = 3.0  # the most a record written during a search waits for the backlog sent before it
 
 
 def reachable(uri: str, timeout: float = 3.0) -> bool:
@@ -77,7 +78,7 @@ class Outbox:
         """Run `op` now if nothing is queued before it and the server answers; else queue it. Returns the
         operation's result, or a placeholder id for a queued run creation (None for other queued ones)."""
         if self.pending and time.monotonic() >= self.next_try:
-            self.flush()
+            self.flush(budget_s=SLICE_S)
         state = self._load()
         if not state["queue"]:
             args = tuple(self._resolve(list(args), state["ids"]))
@@ -95,15 +96,22 @@ class Outbox:
         self._save(state)
         return placeholder if op in CREATES else None
 
-    def flush(self) -> int:
-        """Send the queue in order while the server answers; returns how many operations are still queued."""
+    def flush(self, budget_s: float | None = None) -> int:
+        """Send the queue in order while the server answers; returns how many operations are still queued.
+
+        With `budget_s`, no operation is started after that many seconds: a long queue sent while trials
+        run goes out in slices, one per later `do`, so the driver never stops for the whole backlog."""
         state = self._load()
         if not state["queue"]:
             return 0
         if not reachable(self.uri):
             self.next_try = time.monotonic() + RETRY_S
             return len(state["queue"])
+        started = time.monotonic()
         while state["queue"]:
+            if budget_s is not None and time.monotonic() - started >= budget_s:
+                self.next_try = time.monotonic()  # the server answers: the next `do` sends the next slice
+                break
             entry = state["queue"][0]
             args = self._resolve(entry["args"], state["ids"])
             try:

@@ -25,6 +25,8 @@ def quiet_services(verbose: bool) -> None:
     if verbose:
         return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0; the new one boxes
+    # A tracking server makes MLflow print two "View run/experiment at" lines for every run it closes.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     # A failing trial's traceback is logged by Ray at ERROR; the line below names it and where it is.
