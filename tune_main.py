@@ -160,6 +160,7 @@ def run(search) -> None:
     from fsd.tuning import lock
     from fsd.tuning.checks import UsageError, check_search_folder
     from fsd.tuning.runner import StageFailed, run_search
+    from fsd.tuning.space import DiskFull
     from fsd.tuning.summary import pointers, summary_table
 
     spec = search.spec
@@ -188,7 +189,7 @@ def run(search) -> None:
             ledger = run_search(spec, search.schedule)
     except (lock.Busy, UsageError) as e:
         fail(str(e))
-    except StageFailed as e:  # not bad input: the search stops; finished stages stay done
+    except (StageFailed, DiskFull) as e:  # not bad input: the search stops; finished stages stay done
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:

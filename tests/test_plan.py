@@ -159,3 +159,13 @@ def test_the_teacher_and_the_trials_read_one_set_of_data_values(tmp_path):
     assert data.holdout_rows == 300 and data.seed == 5 and data.batch_size == 32 and base["batch_size"] == 16
     preset = teacher_spec(SearchSpec(**{**spec.__dict__, "extra": {}}), schedule).data
     assert preset.max_train_samples == 1600  # the cpu preset's rows when --set says nothing
+
+
+def test_an_optuna_stage_keeps_its_journal_in_a_stage_folder_not_made_yet(tmp_path):
+    """The stage's folder exists only once Ray starts its trials; the TPE journal is opened before that."""
+    from fsd.tuning import halving
+
+    folder = tmp_path / "stages" / "rte-vkd-0123"
+    config = halving.tune_config("optuna", str(folder), "rte-vkd", plan.rungs_for(900, 1 / 9, 3.0), "eval/score",
+                                 "max", 1, 4)
+    assert (folder / "optuna.journal").is_file() and config.search_alg is not None

@@ -82,6 +82,13 @@ def test_a_stage_says_what_finished_what_runs_the_best_so_far_and_the_time_left(
     shown.on_trial_error(0, trials, failed)
     assert lines[-1].startswith("stage vkd: trial alpha=0.7 failed: FloatingPointError: non-finite loss at epoch 0 "
                                 f"(traceback: {error}) | 2/4 done, 1 running, 1 stopped early, 1 failed")
+    lost = tmp_path / "lost.txt"
+    lost.write_text("ray.exceptions.ActorDiedError: The actor died unexpectedly\nray.exceptions.NodeDiedError: node "
+                    "died\n")
+    running.error_file, failed.status = str(lost), "ERROR"
+    shown.on_trial_recover(0, trials, running)
+    assert lines[-1].startswith("stage vkd: trial alpha=0.5 lost its worker (ray.exceptions.NodeDiedError: node died); "
+                                "retried from its last checkpoint | 2/4 done, 1 running")
 
 
 def test_a_heartbeat_comes_only_while_trials_run_and_not_before_its_interval():

@@ -179,3 +179,20 @@ def test_the_summary_says_why_a_refine_stage_was_skipped_and_points_to_the_resul
     assert lines[1] == f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db --port 5000"
     assert lines[2].startswith(f"report: python tune_main.py --task rte --storage {tmp_path} --report ")
     assert "wall time 12 min 34 s; students trained on 640 samples" in lines[4]  # the reused stage not counted
+
+
+def test_a_cut_short_ray_experiment_state_is_set_aside_before_a_restore(tmp_path):
+    from fsd.tuning.runner import restorable
+
+    exp = tmp_path / "rte-vkd"
+    exp.mkdir()
+    (exp / "tuner.pkl").write_bytes(b"")  # what Ray's can_restore looks for
+    assert not restorable(str(exp))  # no experiment state: nothing to restore from
+    (exp / "experiment_state-2026-12-01_10-00-00.json").write_text('{"trial_data": []}')
+    (exp / "experiment_state-2026-12-02_10-00-00.json").write_text('{"trial_da')  # the newest, cut short
+    assert restorable(str(exp))  # from the older session's state
+    assert sorted(p.name for p in exp.iterdir()) == ["experiment_state-2026-12-01_10-00-00.json",
+                                                     "experiment_state-2026-12-02_10-00-00.json.unreadable",
+                                                     "tuner.pkl"]
+    (exp / "experiment_state-2026-12-01_10-00-00.json").write_text("")  # empty: the disk was full
+    assert not restorable(str(exp))  # nothing left to restore: the stage starts afresh

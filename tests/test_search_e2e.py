@@ -551,3 +551,170 @@ def test_mlflow_down_for_two_stages_of_a_search_loses_nothing(setup):
     finally:
         calm_server.stop()
         down_server.stop()
+
+
+# ---------------------------------------------------------------------------------------------- a full disk
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of 20 MB at tmp_path/disk (resized with `resize(mb)`); skipped where tmpfs cannot be mounted."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (root needed): {made.stderr.strip()[:200]}")
+
+    def resize(mb: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={mb}m", str(mount)], check=True)
+
+    try:
+        yield mount, resize
+    finally:
+        raycluster.stop()  # a search killed by the test must not keep the mount busy
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _left_half_written(storage: Path) -> list[str]:
+    """Temporaries of fsd.storage's atomic writes left behind, and records of fsd-tune's that do not parse
+    (Ray's own files are Ray's: its experiment state is checked by the resume that reads it)."""
+    # atomic_file writes `.<name>.<random>.tmp`, atomic_folder fills `.<name>.<random>/`
+    bad = [str(p) for p in storage.rglob(".*") if p.name.endswith(".tmp") or p.is_dir()]
+    for path in [*storage.rglob("ledger.json"), *storage.rglob("stage.json"), *storage.rglob("key.json")]:
+        try:
+            json.loads(path.read_text())
+        except (ValueError, OSError):
+            bad.append(str(path))
+    return bad
+
+
+@pytest.mark.long
+def test_a_full_disk_stops_the_search_with_one_line_and_resume_finishes(setup, uninterrupted, small_disk):
+    """Storage on a small tmpfs. Too small for the first stage: refused before the stage with one line
+    naming the folder and the space it needs. Filled up by another writer while the second stage trains: the
+    search stops with one line (the folder, what the rest needs), no traceback, nothing half-written. After
+    space is freed, --resume finishes with the winners of an undisturbed search."""
+    mount, resize = small_disk
+    storage = mount / "search"
+    first = subprocess.run(_args(setup, storage), capture_output=True, text=True, env=_env(), timeout=600)
+    assert first.returncode == 1, first.stdout[-2000:] + first.stderr[-2000:]
+    line = first.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: not enough space in {storage}: ") and "stage vkd needs about" in line
+    assert "Traceback" not in first.stderr and not list(storage.glob("stages/*/*/*/checkpoint_*"))
+
+    resize(200)
+    filler = mount / "someone-elses-file"
+
+    def fill_up(text: str) -> None:
+        if text.startswith("stage pkd: 2 trials") and not filler.exists():
+            free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
+            filler.write_bytes(b"\0" * max(0, free - 4 * 2**20))  # 4 MB left: less than one checkpoint
+
+    rc, lines = _watched_search([*_args(setup, storage), "--resume"], fill_up)
+    out = "\n".join(x for _, x in lines)
+    assert rc == 1 and filler.exists(), out[-3000:]
+    line = out.strip().splitlines()[-1]
+    assert line.startswith(f"error: the disk of {storage} is full (") and "the rest of the search needs about" in line
+    assert "then run again with --resume" in line and "Traceback" not in out
+    assert set(_winners(storage)) == {"vkd"}  # the stage that failed is not recorded, nor a winner picked
+    assert _left_half_written(storage) == []
+
+    filler.unlink()
+    resumed = subprocess.run([*_args(setup, storage), "--resume"], capture_output=True, text=True, env=_env(),
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert _winners(storage) == _winners(uninterrupted[0])
+
+
+# ---------------------------------------------------------------------------------------------- a node lost
+# Trials that train for seconds (a smoke trial's 64 rows take a fraction of one), so the kill lands mid-trial.
+LONGER_TRIALS = ("--set", "max_train_samples=2048", "--set", "eval_every=512")
+LONGER_STEPS = [512, 1024, 1536, 2048]
+
+
+def _cluster_env():
+    # Two raylets on one machine are two nodes to Ray only without the one-machine flag of _env(); they then
+    # use the machine's own address for each other, which is this machine.
+    return {k: v for k, v in _env().items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+
+
+def _raylet_with(resource: str) -> int:
+    """The pid of the raylet of the node that has `resource`, from the raylets' own command lines."""
+    for entry in Path("/proc").iterdir():
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:
+            continue
+        if args and args[0].endswith(b"/raylet") and any(a.startswith(f"--static_resource_list={resource},".encode())
+                                                          for a in args):
+            return int(entry.name)
+    raise LookupError(resource)
+
+
+def _busy_on(raylet: int) -> bool:
+    """A trial runs on that node: a worker the raylet started is executing a Tune trainable."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == raylet \
+                    and (entry / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                return True
+        except (OSError, IndexError, ValueError):
+            continue
+    return False
+
+
+@pytest.mark.long
+def test_a_node_lost_mid_stage_its_trials_retried_from_their_checkpoints(setup):
+    """A two-node Ray cluster on this machine (`ray start --head`, then `ray start --address` with a resource
+    of its own), one CPU each, two trials at a time, four evaluations (and checkpoints) a trial. The second
+    node's raylet is SIGKILLed while a trial of the second stage trains on it. The search finishes; the lost
+    trial is retried from its last checkpoint on the head; the winners equal an undisturbed run's; MLflow has
+    one FINISHED run per trial and no evaluation logged twice."""
+    root = setup[0]
+    env = _cluster_env()
+    port = free_port()
+    subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus",
+                    "1", "--include-dashboard", "false", "--disable-usage-stats"], check=True, capture_output=True,
+                   env=env)
+    try:
+        subprocess.run(["ray", "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
+                        "--num-cpus", "1", "--resources", '{"second_node": 1}', "--disable-usage-stats"],
+                       check=True, capture_output=True, env=env)
+        raylet = _raylet_with("second_node")
+        more = ("--address", f"127.0.0.1:{port}", "--max-concurrent", "2", *LONGER_TRIALS)
+
+        storage = root / "node-lost"
+        proc = subprocess.Popen(_args(setup, storage, *more), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env)
+        deadline = time.time() + 600
+        # Both pkd trials (one a node) have a checkpoint and go on training: the one on the second node dies.
+        while not (len({p.parent for p in storage.glob("stages/rte-pkd-*/rte-pkd/*/checkpoint_*")}) == 2
+                   and _busy_on(raylet)):
+            assert proc.poll() is None and time.time() < deadline, "no pkd trial with a checkpoint on the node"
+            time.sleep(0.2)
+        os.kill(raylet, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, out[-4000:]
+        assert "lost its worker" in out and "retried from its last checkpoint" in out
+    finally:
+        raycluster.stop()
+    client, runs = _runs(f"sqlite:///{storage}/mlflow.db")
+    trial_runs = [r for r in runs if "ray_trial_id" in r.data.tags]
+    assert len(trial_runs) == 4 and len({r.data.tags["ray_trial_id"] for r in trial_runs}) == 4
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for r in trial_runs:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "eval/score")]
+        assert sorted(steps) == LONGER_STEPS, steps  # each evaluation once
+    from ray import tune
+
+    (stage,) = storage.glob("stages/rte-pkd-*/rte-pkd")
+    trials = tune.ExperimentAnalysis(str(stage)).trials
+    assert sum(t.run_metadata.num_failures for t in trials) >= 1, "no trial was lost with the node"
+    for t in trials:  # a trial retried from scratch would report 32 samples twice
+        rows = [json.loads(x) for x in (Path(t.path) / "result.json").read_text().splitlines() if x.strip()]
+        assert [row["progress/samples"] for row in rows] == LONGER_STEPS, t
+
+    alone = root / "node-kept"
+    undisturbed = subprocess.run(_args(setup, alone, "--max-concurrent", "2", *LONGER_TRIALS),
+                                 capture_output=True, text=True, env=_env())
+    assert undisturbed.returncode == 0, undisturbed.stderr[-3000:]
+    assert _winners(storage) == _winners(alone)

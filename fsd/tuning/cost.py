@@ -26,6 +26,7 @@ class StageCost:
     grid_samples: float  # what the grid strategy would process
     evaluations: float  # expected dev rows evaluated
     reused: str | None = None  # the search that ran it (its record), or "this comparison" (a stage met before)
+    runs: int = 0  # Ray trials it runs (points x seeds, or Optuna's samples x seeds; a refine at its largest)
 
 
 @dataclass
@@ -141,7 +142,7 @@ def stage_cost(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str,
     evals = sum(plan.expected_evaluations(share, b, rungs, every) for b in budgets) * dev
     grid_samples = n * spec.seeds * sum(budgets) / len(budgets)
     return StageCost(stage.name, points, strategy, budgets, 0.0 if reused else samples, grid_samples,
-                     0.0 if reused else evals, reused)
+                     0.0 if reused else evals, reused, trials)
 
 
 def _carried_over(record: dict, carried: dict | None) -> dict:

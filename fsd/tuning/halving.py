@@ -100,6 +100,7 @@ def tune_config(strategy: str, folder: str, name: str, rungs: Rungs | None, metr
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
+        os.makedirs(folder, exist_ok=True)  # Ray makes the stage's folder only when its trials start
         journal = JournalStorage(JournalFileBackend(os.path.join(folder, "optuna.journal")))
         # TPE learns from each trial's best evaluation (the winner rule's score; a stopped trial's is its rung's)
         searcher = OptunaSearch(metric="eval/best_score", mode=mode, study_name=name, storage=journal,

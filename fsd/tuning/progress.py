@@ -31,6 +31,8 @@ def quiet_services(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     # A failing trial's traceback is logged by Ray at ERROR; the line below names it and where it is.
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    # MLflow's SQL store logs each database error before it raises it; the search's own line says what failed.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 class StageProgress(Callback):
@@ -62,6 +64,11 @@ class StageProgress(Callback):
         where = trial.error_file or trial.path or "its Ray trial folder"
         self._say(f"trial {self._point(trial)} failed: {_last_line(trial.error_file)} (traceback: {where})", trials,
                   {trial.trial_id: "ERROR"})
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # Its worker died (a lost node, a killed process): Ray starts it again from its last checkpoint.
+        self._say(f"trial {self._point(trial)} lost its worker ({_last_line(trial.error_file)}); retried from its "
+                  "last checkpoint", trials)
 
     def on_step_end(self, iteration, trials, **info):
         if time.monotonic() - self.last >= self.heartbeat_s and any(t.status == "RUNNING" for t in trials):

@@ -3,6 +3,8 @@ through the ledger; MLflow records everything; a killed search resumes where it 
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import signal
@@ -18,7 +20,7 @@ from fsd.config import DistillConfig
 from fsd.storage import one_builder
 from fsd.tasks import get_task
 from fsd.train import evaluate_on_dev, export_student, prepare_outputs
-from fsd.tuning import halving, orphans, plan, shared, tracking
+from fsd.tuning import halving, orphans, plan, shared, space, tracking
 from fsd.tuning.ledger import Ledger, StageRecord
 from fsd.tuning.outbox import Outbox
 from fsd.tuning.plan import seed_list, stage_base, strategy_of, train_rows, trial_budget
@@ -26,6 +28,8 @@ from fsd.tuning.progress import StageProgress, quiet_services
 from fsd.tuning.spec import SearchSpec, identity
 from fsd.tuning.trainable import METRIC, MODE, expand, train_trial
 from search_spaces import Schedule, Stage
+
+logger = logging.getLogger("fsd")
 
 
 class StageFailed(RuntimeError):
@@ -124,6 +128,7 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
     with one_builder(folder, f"stage {stage.name}", log):  # a search beside this one may be running it: wait
         done = shared.finished(folder)
         if done is None:
+            space.check_stage(spec, stage.name, stage_trials(spec, grid), teacher)
             prepare_outputs(first, log)  # the teacher cache (and memory), once, before trials run in parallel
             done = run_trials(spec, stage, grid, base, folder, rows, record["run_id"], mlflow_ids, log)
             done.update(run_id=record["run_id"], search=spec.method)
@@ -217,7 +222,7 @@ def open_tuner(spec: SearchSpec, storage: str, name: str, trainable, param_space
     """The Ray experiment `storage/name`: restored when a killed driver left it (its finished trials are not
     run again, errored ones are), else a new one that keeps each trial's best checkpoint by METRIC."""
     exp_dir = os.path.join(storage, name)
-    if tune.Tuner.can_restore(exp_dir):
+    if restorable(exp_dir):
         return tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
     keep = tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
@@ -227,11 +232,32 @@ def open_tuner(spec: SearchSpec, storage: str, name: str, trainable, param_space
                                                 failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
 
 
+def restorable(exp_dir: str) -> bool:
+    """Whether a killed driver left a Ray experiment in `exp_dir` to restore.
+
+    Ray writes its experiment state in place (`experiment_state-<session>.json`), so a driver that died or
+    met a full disk mid-write can leave one cut short, and Ray restores from the newest. One that does not
+    parse is set aside (renamed `.unreadable`): Ray then restores from an older session's state, or, with
+    none left, the stage starts afresh, its trials' checkpoints being all that the cut file could name."""
+    for state in Path(exp_dir).glob("experiment_state-*.json"):
+        try:
+            json.loads(state.read_text())
+        except (ValueError, UnicodeDecodeError):
+            state.rename(state.with_name(state.name + ".unreadable"))
+            logger.warning("%s does not parse (cut short by a kill or a full disk): set aside", state)
+    return tune.Tuner.can_restore(exp_dir) and any(Path(exp_dir).glob("experiment_state-*.json"))
+
+
 def finished_trials(exp_dir: str) -> int | None:
     """How many trials of an interrupted Ray experiment had finished, or None when there is none to restore."""
-    if not tune.Tuner.can_restore(exp_dir):
+    if not restorable(exp_dir):
         return None
     return sum(1 for t in tune.ExperimentAnalysis(exp_dir).trials if t.status == "TERMINATED")
+
+
+def stage_trials(spec: SearchSpec, grid: dict[str, tuple]) -> int:
+    """How many Ray trials a stage over `grid` runs: its points (or Optuna's samples) times the seeds."""
+    return (strategy_of(spec, grid).get("num_samples") or plan.grid_size(grid)) * spec.seeds
 
 
 def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: dict[str, Any], folder: str,
@@ -251,7 +277,7 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: dic
     tracker = tracking.TrialTracker(spec.mlflow_uri, mlflow_ids.experiment_id, stage_run_id,
                                     {"stage": stage.name, "method": stage.method, "task": spec.task}, base,
                                     mlflow_ids.outbox, tracking.dataset_records(base))
-    total = (how.get("num_samples") or plan.grid_size(grid)) * spec.seeds
+    total = stage_trials(spec, grid)
     log(f"stage {stage.name}: {total} trials ({strategy}), up to {trial_budget(base, grid, rows):,} training "
         f"samples each")
     finished = finished_trials(os.path.join(folder, name))
@@ -264,6 +290,10 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: dic
                        halving.tune_config(strategy, folder, name, rungs, METRIC, MODE, spec.max_concurrent,
                                            how.get("num_samples", 0)), [tracker, shown])
     results = tuner.fit()
+    if any(space.disk_full(r.error) for r in results if r.error):
+        # Not a winner from the trials that happened to fit: the stage stops, and --resume (after space is
+        # freed) runs the failed trials again from their last checkpoint.
+        raise OSError(errno.ENOSPC, f"a trial of stage {stage.name} could not write its checkpoint")
     best = {r.metrics["trial_id"]: ckpt.path for r in results if r.metrics and (ckpt := best_checkpoint(r))}
     mlflow_ids.outbox.do("record_best_checkpoints", mlflow_ids.experiment_id, stage_run_id, best,
                             spec.log_checkpoints == "all")
@@ -325,11 +355,13 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
     new = not ledger.exists
     try:
         teacher, ids = start_search(spec, schedule, ledger, log)
-    except BaseException:
+    except BaseException as e:
         # A new search that failed before its first stage (a teacher that cannot be fetched, Ctrl-C, a server
         # that refuses) leaves no ledger: the corrected command then starts afresh instead of being refused.
         if new and ledger.exists:
             ledger.path.unlink()
+        if isinstance(e, Exception) and space.disk_full(e):
+            raise space.DiskFull(space.full_message(spec, schedule, set(done), None, e)) from None
         raise
     outbox, search_run = ids.outbox, ids.search_run_id
     rows = train_rows(spec, schedule)
@@ -354,6 +386,11 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
     except KeyboardInterrupt:
         interrupted(ledger, ids)
         raise
+    except Exception as e:
+        if not space.disk_full(e):
+            raise
+        finished = {s.name for s in schedule.stages if ledger.done(s.name)}
+        raise space.DiskFull(space.full_message(spec, schedule, finished, teacher, e)) from None
     outbox.do("close_run", search_run, "FINISHED")
     outbox.flush()
     ledger.mlflow_note = outbox.summary()
