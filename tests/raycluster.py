@@ -18,6 +18,21 @@ def outside_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "RAY_TMPDIR"}
 
 
+def processes(title: bytes, root: str | None = None) -> list[int]:
+    """The pids of this session's Ray processes (`RAY_TMPDIR=<root>`) whose command line starts with `title`
+    (a Ray worker names itself by its task: `ray::ImplicitFunc.train` is a Tune trial's)."""
+    mark = f"RAY_TMPDIR={root or os.environ['RAY_TMPDIR']}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(title) \
+                    and mark in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
 def stop(root: str | None = None) -> int:
     """SIGKILL every process started with `RAY_TMPDIR=<root>` (default: this session's); how many there were.
 

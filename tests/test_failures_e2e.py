@@ -31,9 +31,9 @@ def _kill_first_trial_worker_after_its_checkpoint(exp_dir: Path, done: threading
             # The worker writes the folder as it reports; the driver registers the checkpoint a moment later
             # (progress.csv is its mark). Killed in between, the trial would restart from scratch.
             time.sleep(1.0)
-            pids = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout.split()
+            pids = raycluster.processes(b"ray::ImplicitFunc")  # this suite's trial workers only
             for pid in pids:
-                os.kill(int(pid), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
             if pids:
                 return
@@ -81,6 +81,7 @@ def _cmd(backbone, student, glue_dir, storage, *extra):
             "--student-layers", "2", "--storage", str(storage), "--max-concurrent", "1", *extra]
 
 
+@pytest.mark.long
 def test_a_stage_where_every_trial_fails_stops_the_search_and_resumes_after_the_fix(tiny_bert, glue_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     student = tmp_path / "student_backbone"
