@@ -286,7 +286,9 @@ def test_report_is_rebuilt_from_storage_and_mlflow(setup, uninterrupted):
     total = int(dom.body["data-images-total"])
     assert total >= 1 and dom.body["data-images-loaded"] == str(total)
     headers = [h for t in dom.tables for h in t]
-    assert "CKA diagonal" in headers and "restoration f1" in headers and "method" in headers
+    assert "CKA diagonal" in headers and "restoration f1" in headers
+    if (storage / "rte-compare").is_dir():  # the comparison's table, where the -m long test before ran one
+        assert "method" in headers
     from browser import Browser
 
     with Browser(storage / "chromium-shot") as browser:  # what a person sees, kept as a test artifact
