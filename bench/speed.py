@@ -30,7 +30,7 @@ from transformers import AutoConfig
 from fsd.config import DistillConfig
 from fsd.data import cache_key
 from fsd.logs import quiet_libraries
-from fsd.loop import make_batches, make_optimizer, to_device
+from fsd.loop import make_batches, make_optimizer, speed_up, to_device
 from fsd.models import build_student, load_tokenizer, resolve_model_path
 from fsd.objectives import OBJECTIVES, Setup, build_objective
 from fsd.tasks import get_task
@@ -56,6 +56,7 @@ def build_step(config: DistillConfig):
     train, _, _ = make_batches(config.replace(max_eval_samples=16).data, tok, config.storage)
     objective = build_objective(config, task.is_regression)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    speed_up(device)  # as a training run does
     source = TeacherSource.open(config, objective, train, cache_key(task, tok, 128, config.data_dir), device,
                                 say=print)
     attn = "eager" if objective.needs_attentions else "sdpa"

@@ -3,6 +3,8 @@ autocast, the optimiser, the steps of an epoch, prediction, GLUE evaluation and 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import random
@@ -52,10 +54,37 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 
 def speed_up(device: torch.device) -> None:
-    """TF32 for the float32 matmuls left outside bf16 autocast (Ampere and later)."""
+    """TF32 for the float32 matmuls left outside bf16 autocast (Ampere and later); on the CPU, freed blocks kept
+    for reuse (`keep_freed_memory`)."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    else:
+        keep_freed_memory()
+
+
+# glibc's mallopt parameters (malloc.h) and the values set: blocks up to 256 MB come from the heap, and the heap
+# is not given back to the kernel until 1 GB of it is free.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD, TRIM_THRESHOLD = 256 << 20, 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep large freed blocks for reuse instead of unmapping them; whether it took.
+
+    PyTorch's CPU allocator calls malloc and free directly. glibc serves a block over its mmap threshold (at
+    most 32 MB by default) from fresh pages and unmaps it on free, so the tensors a step allocates anew and
+    frees (the word embeddings' gradient, 30522 x d; the student memory's gradient, K x 128 d) are paged in
+    again at every step: a page fault per 4 kB, about 18 ms for the 47 MB embedding gradient on this machine
+    against 1 ms for the same zeros written into kept memory. The peak memory stays what the step needs.
+    A no-op (False) off glibc. PyTorch's tuning guide suggests jemalloc or tcmalloc for the same reason;
+    this needs no preloaded library."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, total_steps: int,

@@ -13,7 +13,7 @@ import torch
 from fsd import failpoints
 from fsd.config import DataSpec
 from fsd.data import source_fingerprint
-from fsd.loop import evaluate, make_batches, make_optimizer, resolve_device, seed_everything, train_epoch
+from fsd.loop import evaluate, make_batches, make_optimizer, resolve_device, seed_everything, speed_up, train_epoch
 from fsd.models import TEACHER_META, load_teacher, load_tokenizer, run_model, teacher_meta, teacher_problem
 from fsd.objectives.kd import label_loss
 from fsd.storage import atomic_folder, content_key, one_builder
@@ -97,6 +97,7 @@ def finetune_teacher(spec: TeacherSpec, storage: str, out_dir: str, device: str 
     """
     seed_everything(spec.data.seed)
     dev_ = resolve_device(device)
+    speed_up(dev_)
     task = get_task(spec.task)
     tokenizer = load_tokenizer(spec.backbone)
     train, dev, _ = make_batches(spec.data, tokenizer, storage)
