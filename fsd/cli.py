@@ -15,6 +15,10 @@ from pathlib import Path
 from fsd.config import ConfigError, DistillConfig
 from fsd.data import DataError
 from fsd.logs import quiet_libraries
+from fsd.storage import absolute
+
+if typing.TYPE_CHECKING:
+    from fsd.teacher import TeacherSpec
 
 HELP = {
     "task": "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli",
@@ -71,19 +75,28 @@ def _fail(message: str) -> typing.NoReturn:
     raise SystemExit(2)
 
 
+def run_specs(args: argparse.Namespace) -> tuple[DistillConfig, TeacherSpec]:
+    """The run's config and its teacher's recipe, with paths spelled as tune_main.py spells them (absolute), so
+    the teacher and the caches this run makes are the ones a search on the same storage reuses."""
+    from fsd.teacher import TeacherSpec, teacher_data
+
+    values = {f.name: getattr(args, f.name) for f in fields(DistillConfig)}
+    values.update({k: absolute(values[k]) for k in ("teacher", "student_init", "data_dir")})
+    config = DistillConfig.from_dict(values)
+    return config, TeacherSpec(config.teacher, teacher_data(config), epochs=args.teacher_epochs, lr=args.teacher_lr)
+
+
 def main(argv: list[str] | None = None) -> None:
-    from fsd.teacher import TeacherSpec, ensure_teacher, teacher_data
+    from fsd.teacher import ensure_teacher
     from fsd.train import distill, export_student
 
     quiet_libraries()
 
     args = build_parser().parse_args(argv)
-    values = {f.name: getattr(args, f.name) for f in fields(DistillConfig)}
     try:
-        config = DistillConfig.from_dict(values)
+        config, spec = run_specs(args)
         if config.data_dir is not None and not Path(config.data_dir).is_dir():
             raise DataError(f"--data-dir {config.data_dir} is not a folder: point it at a GLUE download")
-        spec = TeacherSpec(config.teacher, teacher_data(config), epochs=args.teacher_epochs, lr=args.teacher_lr)
         teacher = ensure_teacher(spec, config.storage, config.device)
         config = config.replace(teacher=teacher, student_init=config.student_init or args.teacher)
         best = float("-inf")

@@ -15,6 +15,16 @@ from pathlib import Path
 from typing import Any
 
 
+def absolute(name: str | None) -> str | None:
+    """A local path made absolute, anything else (a hub id, `packaged-minilm`) as it is: the one spelling of a
+    model or data folder in every key built from it, so `python -m fsd.cli` and `tune_main.py` find the same
+    teacher in one storage, and Ray trials, which run in other folders, find the files."""
+    if name is None:
+        return None
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
 def content_key(value: Any, length: int = 16) -> str:
     """The first `length` hex digits of the SHA-256 of `value`: a string as it is, anything else as its JSON
     with sorted keys (values JSON cannot hold as their `str`)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fsd.config import DistillConfig
+from fsd.storage import absolute
 from fsd.tasks import TASKS, get_task
 from fsd.tuning.spec import FIRST_RUNG, HOLDOUT_ROWS, HOLDOUT_SHARE, REDUCTION_FACTOR, SearchSpec
 from search_spaces import Schedule, get_schedule
@@ -37,7 +38,7 @@ def build_spec(args: argparse.Namespace, schedule: Schedule, stages: tuple[str, 
     return SearchSpec(
         task=schedule.task, method=args.method, storage=str(storage),
         mlflow_uri=args.mlflow_uri or f"sqlite:///{storage}/mlflow.db",
-        teacher=_resolve_path(args.teacher), student_init=_resolve_path(args.student_init),
+        teacher=absolute(args.teacher), student_init=absolute(args.student_init),
         student_layers=args.student_layers,
         data_dir=str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None, preset=args.preset,
         stages=stages, seeds=args.seeds, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
@@ -175,11 +176,3 @@ def parse_grids(args: argparse.Namespace) -> dict[str, tuple]:
             raise UsageError(f"--grid {text!r}: give distinct values after '=', e.g. --grid lr=1e-4,2e-4")
         grids[parsed[0][0]] = values
     return grids
-
-
-def _resolve_path(name: str | None) -> str | None:
-    """A model given as a path becomes absolute (Ray trials run in other folders); hub ids stay as they are."""
-    if name is None:
-        return None
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name
