@@ -196,3 +196,20 @@ def test_a_cut_short_ray_experiment_state_is_set_aside_before_a_restore(tmp_path
                                                      "tuner.pkl"]
     (exp / "experiment_state-2026-12-01_10-00-00.json").write_text("")  # empty: the disk was full
     assert not restorable(str(exp))  # nothing left to restore: the stage starts afresh
+
+
+def test_a_skipped_refine_stage_keeps_the_coarse_winner_and_its_dev_score():
+    """Ranked on a holdout, the coarse stage's winner was measured on dev once; the refine stage that keeps it
+    shows that dev score too (it printed `its dev score -`)."""
+    from fsd.tuning.runner import SearchSpec, kept_winner, stage_line
+
+    coarse = {"status": "done", "score": 0.7083, "dev": {"dev/score": 0.6702}, "winner": {"gamma_g": 0.0},
+              "checkpoint": "/c", "trials": 2, "run_id": "r1"}
+    kept = kept_winner(coarse)
+    assert kept == {"status": "done", "winner": {"gamma_g": 0.0}, "score": 0.7083, "checkpoint": "/c", "trials": 0,
+                    "dev": {"dev/score": 0.6702}}
+    spec = SearchSpec(task="stsb", method="fsd", storage="/s", mlflow_uri="", teacher="t", select_on="holdout",
+                      holdout_rows=500)
+    line = stage_line(spec, "fsdg-refine-g", kept)
+    assert line == "stage fsdg-refine-g: best holdout score 70.83, its dev score 67.02"
+    assert "dev" not in kept_winner({k: v for k, v in coarse.items() if k != "dev"})  # ranked on dev: nothing more

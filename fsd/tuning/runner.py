@@ -116,8 +116,7 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
         empty = ", ".join(k for k, v in grid.items() if not v)
         log(f"stage {stage.name}: skipped: {stage.carry}'s winner has {empty} = 0, nothing to refine around; "
             "its winner stays")
-        record.update(status="done", winner=source["winner"], score=source["score"],
-                      checkpoint=source.get("checkpoint"), trials=0)
+        record.update(kept_winner(source))
         ledger.save()
         outbox.do("close_run", record["run_id"], "FINISHED")
         return
@@ -323,6 +322,16 @@ def _log_winner(spec: SearchSpec, stage: Stage, record: StageRecord, outbox: Out
         metrics, files = analyse_checkpoint(record["checkpoint"], Path(record["checkpoint"]) / "analysis")
         record["analysis"] = metrics
         outbox.do("log_analysis", record["run_id"], metrics, files)
+
+
+def kept_winner(source: StageRecord) -> dict[str, Any]:
+    """A skipped refine stage's record: the coarse stage's winner, its score and checkpoint, no trials, and
+    its dev score where the search ranks on a holdout (measured once, for the coarse stage)."""
+    kept: dict[str, Any] = {"status": "done", "winner": source["winner"], "score": source["score"],
+                            "checkpoint": source.get("checkpoint"), "trials": 0}
+    if "dev" in source:
+        kept["dev"] = source["dev"]
+    return kept
 
 
 def stage_line(spec: SearchSpec, name: str, record: StageRecord) -> str:
