@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
                 best = report.metrics["eval/score"]
                 report.save(args.output_dir)
         if args.output_dir:
-            print(f"best dev score {best:.4f}; student exported to "
+            ranked = "holdout" if config.holdout_rows is not None else "dev"  # what eval/score was measured on
+            print(f"best {ranked} score {best:.4f}; student exported to "
                   f"{export_student(args.output_dir, Path(args.output_dir) / 'student')}")
     except (ConfigError, DataError) as e:
         _fail(str(e))

@@ -56,12 +56,13 @@ def _cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "fsd.cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
-def test_cli_runs_one_distillation(glue_dir, tmp_path):
+@pytest.mark.parametrize("extra,ranked", [([], "dev"), (["--holdout-rows", "16"], "holdout")])
+def test_cli_runs_one_distillation(glue_dir, tmp_path, extra, ranked):
     r = _cli("--task", "wnli", "--data-dir", glue_dir, "--teacher", "packaged-minilm", "--student-layers", "3",
              "--max-train-samples", "64", "--max-eval-samples", "32", "--epochs", "1", "--teacher-epochs", "1",
-             "--storage", str(tmp_path / "runs"), "--output-dir", str(tmp_path / "out"), cwd=tmp_path)
+             "--storage", str(tmp_path / "runs"), "--output-dir", str(tmp_path / "out"), *extra, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "epoch 1:" in r.stdout and "eval/score" in r.stdout
+    assert "epoch 1:" in r.stdout and "eval/score" in r.stdout and f"best {ranked} score" in r.stdout
     assert (tmp_path / "out" / "student" / "config.json").is_file()
     assert (tmp_path / "out" / "checkpoint.pt").is_file()
 
