@@ -124,6 +124,24 @@ def test_the_console_shows_progress_and_none_of_the_libraries_noise(uninterrupte
     assert "best student (stage pkd): models:/fsd-rte-pkd@pkd" in out and "wall time " in out
 
 
+def test_a_compare_of_finished_searches_is_as_quiet_as_a_search(tmp_path, setup, uninterrupted):
+    """--compare starts no search when all are done, so Ray is started by the comparison itself, and quietly:
+    its seed runs and, run again, their restored experiments print no Ray boxes, hints or INFO lines."""
+    import shutil
+
+    storage = tmp_path / "copy"
+    shutil.copytree(uninterrupted[0], storage)
+    for attempt in ("runs the seeds", "restores them"):
+        r = subprocess.run(_args(setup, storage, "--compare", "pkd", "--seeds", "1"), capture_output=True,
+                           text=True, env=_env())
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        out = r.stdout + r.stderr
+        assert "compare: searching" not in out and "| pkd | 1 |" in out, attempt
+        for noise in ("Configuration for experiment", "TensorBoard", "View detailed results", " INFO ",
+                      "WARNING", "(train_trial pid="):
+            assert noise not in out, (attempt, noise)
+
+
 def artifacts() -> Path:
     """Where tests leave what a person should look at (screenshots): $FSD_TEST_ARTIFACTS or test-artifacts/."""
     folder = Path(os.environ.get("FSD_TEST_ARTIFACTS", ROOT / "test-artifacts"))

@@ -29,7 +29,7 @@ from fsd.tuning.ledger import Ledger
 from fsd.tuning.outbox import Outbox
 from fsd.tuning.progress import StageProgress
 from fsd.tuning.report import scatter_plot
-from fsd.tuning.runner import SearchSpec, best_checkpoint, open_tuner, run_search, trainable_for
+from fsd.tuning.runner import SearchSpec, best_checkpoint, open_tuner, run_search, start_services, trainable_for
 from fsd.tuning.spec import method_spec
 from fsd.tuning.summary import PAPER
 from fsd.tuning.trainable import METRIC, MODE
@@ -179,6 +179,8 @@ def run_compare(spec: SearchSpec, methods: list[str], seeds: int, log=print, abl
     folder = Path(compare_folder(spec))
     folder.mkdir(parents=True, exist_ok=True)
     configs = {m: best_config(spec, m, log) for m in methods}
+    # Searches already done start nothing: the seed runs need Ray, as quiet as a search's, all the same.
+    start_services(spec, str(folder), log)
     outbox = Outbox(spec.mlflow_uri, folder / "mlflow_outbox.json", tracking.OPS)
     outbox.flush()
     exp_id = tracking.experiment_id(spec.mlflow_uri, spec.task)

@@ -178,15 +178,7 @@ def start_search(spec: SearchSpec, schedule: Schedule, ledger: Ledger, log=print
     teacher = ensure_teacher(plan.teacher_spec(spec, schedule), spec.storage, log=log)
     ledger.data["teacher"] = teacher
     ledger.data["majority"] = plan.majority_floor(spec, schedule)
-    # A lost server must not stall the driver in HTTP retries: what fails waits in the outbox instead.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    # num_to_keep=1 makes Ray snapshot the experiment before it deletes a trial's older checkpoint, so that a
-    # resume never points at a deleted one; its warning that these snapshots come often is noise here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Ctrl-C must reach the driver as KeyboardInterrupt: Ray's own handler ends a stage's fit as if its grid
-    # were done, and the stage would be recorded with whichever trials happened to have finished.
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    start_services(spec, spec.folder, log)
     outbox = Outbox(spec.mlflow_uri, os.path.join(spec.folder, "mlflow_outbox.json"), tracking.OPS)
     if outbox.pending:
         log(f"MLflow: sending {outbox.pending} record(s) queued while the server was unreachable")
@@ -196,16 +188,32 @@ def start_search(spec: SearchSpec, schedule: Schedule, ledger: Ledger, log=print
                            None, {"method": spec.method, "task": spec.task, "preset": spec.preset})
     ledger.data.update(search_run_id=search_run, experiment_id=exp_id)
     ledger.save()
-    if not ray.is_initialized():
-        if not spec.address:  # this driver's own cluster: what a killed one left is stopped first
-            orphans.clean_and_mark(spec.folder, log)
-        # A local cluster lives on the loopback address: it needs no route to the outside.
-        local = {} if spec.address else {"_node_ip_address": "127.0.0.1"}
-        # "local", not None: with None Ray joins the last `ray start` cluster it finds recorded in its temp
-        # folder, a dead one too (a kill -9 leaves the record), where the user asked for a cluster of its own.
-        ray.init(address=spec.address or "local", include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.INFO if spec.verbose else logging.ERROR, **local)
     return teacher, MlflowIds(exp_id, search_run, outbox)
+
+
+def start_services(spec: SearchSpec, folder: str, log=print) -> None:
+    """How the driver talks to MLflow and Ray, and Ray started (once per process), for a search or a
+    comparison whose records and orphan token live in `folder`."""
+    quiet_services(spec.verbose)
+    # A lost server must not stall the driver in HTTP retries: what fails waits in the outbox instead.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    # num_to_keep=1 makes Ray snapshot the experiment before it deletes a trial's older checkpoint, so that a
+    # resume never points at a deleted one; its warning that these snapshots come often is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ctrl-C must reach the driver as KeyboardInterrupt: Ray's own handler ends a stage's fit as if its grid
+    # were done, and the stage would be recorded with whichever trials happened to have finished.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    if ray.is_initialized():
+        return
+    if not spec.address:  # this driver's own cluster: what a killed one left is stopped first
+        orphans.clean_and_mark(folder, log)
+    # A local cluster lives on the loopback address: it needs no route to the outside.
+    local = {} if spec.address else {"_node_ip_address": "127.0.0.1"}
+    # "local", not None: with None Ray joins the last `ray start` cluster it finds recorded in its temp
+    # folder, a dead one too (a kill -9 leaves the record), where the user asked for a cluster of its own.
+    ray.init(address=spec.address or "local", include_dashboard=False, log_to_driver=False,
+             logging_level=logging.INFO if spec.verbose else logging.ERROR, **local)
 
 
 class MlflowIds(NamedTuple):
