@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
 import json
 import logging
 import sys
@@ -157,14 +159,24 @@ class Holdout:
 
 # ---------------------------------------------------------------------------------------------- tokenising
 def source_fingerprint(task: Task, data_dir: str | None) -> str:
+    """What the task's rows are, for the keys of everything built from them (tokenised data, the teacher,
+    its cache): the local files' contents, so that a copied, moved or re-mounted GLUE folder (new paths
+    and times, the same rows) reuses what was built, and an edited file does not."""
     if data_dir is None:
         return f"hub:{HUB_DATASET}/{task.hub_name}"
     parts = []
     for name in _split_files(task).values():
         p = _local_file(task, data_dir, name)
         st = p.stat()
-        parts.append(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}")
+        parts.append(f"{name}:{_file_digest(str(p.resolve()), st.st_size, st.st_mtime_ns)}")
     return "|".join(parts)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file, read once per process for a given size and time (trials ask for keys often)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

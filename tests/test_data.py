@@ -1,5 +1,6 @@
 """Reading every GLUE task from a local folder, the tokenised cache, and batching."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,26 @@ def test_tokenised_cache_is_reused_and_keyed(glue_dir, minilm_path, tmp_path):
     load_task_data("wnli", tok, 32, glue_dir, str(tmp_path), max_train_samples=2)
     assert len(list(tmp_path.iterdir())) == 2  # another length, another cache
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_the_rows_key_follows_the_files_contents_not_their_place_or_time(glue_dir, tmp_path):
+    """A copied GLUE folder (other path, new times) is the same data; one changed row is not."""
+    import shutil
+
+    from fsd.data import source_fingerprint
+
+    task = get_task("wnli")
+    copy = tmp_path / "copy"
+    shutil.copytree(Path(glue_dir) / task.folder, copy / task.folder)  # copytree's copy2 keeps times: reset
+    for f in (copy / task.folder).iterdir():
+        os.utime(f, ns=(1_000_000_000, 1_000_000_000))
+    assert source_fingerprint(task, str(copy)) == source_fingerprint(task, glue_dir)
+    train = copy / task.folder / "train.tsv"
+    lines = train.read_text().splitlines(keepends=True)
+    train.write_text("".join(lines[:-1]) + lines[-1].replace("\t1", "\t0") if lines[-1].rstrip().endswith("1")
+                     else "".join(lines[:-1]) + lines[-1].replace("\t0", "\t1"))
+    assert train.read_text() != "".join(lines)
+    assert source_fingerprint(task, str(copy)) != source_fingerprint(task, glue_dir)
 
 
 def _split(lengths):
