@@ -128,10 +128,12 @@ def test_the_rows_key_follows_the_files_contents_not_their_place_or_time(glue_di
         os.utime(f, ns=(1_000_000_000, 1_000_000_000))
     assert source_fingerprint(task, str(copy)) == source_fingerprint(task, glue_dir)
     train = copy / task.folder / "train.tsv"
-    lines = train.read_text().splitlines(keepends=True)
-    train.write_text("".join(lines[:-1]) + lines[-1].replace("\t1", "\t0") if lines[-1].rstrip().endswith("1")
-                     else "".join(lines[:-1]) + lines[-1].replace("\t0", "\t1"))
-    assert train.read_text() != "".join(lines)
+    original = train.read_text()
+    lines = original.splitlines(keepends=True)
+    row, label = lines[-1].rstrip("\n").rsplit("\t", 1)
+    lines[-1] = f"{row}\t{1 - int(label)}\n"  # the last row's label flipped
+    train.write_text("".join(lines))
+    assert train.read_text() != original
     assert source_fingerprint(task, str(copy)) != source_fingerprint(task, glue_dir)
 
 

@@ -362,7 +362,6 @@ def build_memory(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: st
 
 def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
     """Run (or resume) the whole staged search; returns the ledger with every stage's winner."""
-    quiet_services(spec.verbose)
     ledger = Ledger(spec.folder)
     done = [s.name for s in schedule.stages if ledger.done(s.name)]
     if ledger.exists:
