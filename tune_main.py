@@ -135,6 +135,7 @@ def dry_run(args: argparse.Namespace) -> None:
     seen: set[str] = set()
     costs = [search_cost(s, sch, seen) for s, sch in pairs]
     print(format_cost(costs))
+    print(disk_peak(spec, schedule, costs))
     if args.compare:
         batch_sizes = check_batch_sizes(args)
         print(format_compare_cost(compare_cost(costs, [sch for _, sch in pairs], args.seeds, args.ablation,
@@ -151,6 +152,15 @@ def dry_run(args: argparse.Namespace) -> None:
             fail(f"--estimate: the models cannot be loaded to time them ({first[:300]}): pass a local --teacher "
                  "folder or packaged-minilm")
         print(format_estimate(costs, schedules, rates))
+
+
+def disk_peak(spec, schedule, costs) -> str:
+    """The line of --dry-run that says how much disk the search will hold at its fullest."""
+    from fsd.tuning.space import peak
+
+    stages = sum(1 for c in costs for s in c.stages if not s.reused and s.trials != 0)
+    found = peak(spec, schedule, stages, costs[0].rows)
+    return found.says() if found else "disk at its peak: not known before the backbone's configuration is downloaded"
 
 
 def run(search) -> None:

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.output_dir:
             ranked = "holdout" if config.holdout_rows is not None else "dev"  # what eval/score was measured on
             print(f"best {ranked} score {best:.4f}; student exported to "
-                  f"{export_student(args.output_dir, Path(args.output_dir) / 'student')}")
+                  f"{export_student(args.output_dir)}")
     except (ConfigError, DataError) as e:
         _fail(str(e))
 

@@ -14,6 +14,12 @@ from typing import Any
 METHODS = ("nokd", "vkd", "pkd", "rkd", "minilm", "fsdi", "fsdl", "fsdg", "fsdil", "fsd")
 
 
+# DistillConfig values that change speed only (results equal up to float rounding), and where files go: two
+# configurations that differ in these alone train the same student.
+SPEED_FIELDS = ("teacher_cache", "cache_budget_gb", "cache_dtype", "compile", "device")
+PLACEMENT_FIELDS = ("storage",)
+
+
 class ConfigError(ValueError):
     """A configuration value or key that cannot run; the message names it and the fix."""
 

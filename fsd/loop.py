@@ -169,14 +169,25 @@ def predict(model: torch.nn.Module, batches: Batches, device: torch.device) -> n
 
 def evaluate(model: torch.nn.Module, dev: dict[str, Batches], task: Task, device: torch.device) -> dict[str, float]:
     """GLUE metrics on each evaluation split: the first as `eval/<metric>` (with `eval/rows`), MNLI
-    mismatched as `eval_mm/..`."""
+    mismatched as `eval_mm/..`; each with `loss`, the labels' cross-entropy (MSE for a regression), which
+    ranks students where the score ties (every student at the majority class early on)."""
     out: dict[str, float] = {}
     for i, batches in enumerate(dev.values()):
         prefix = "eval" if i == 0 else "eval_mm"
-        metrics = glue_metrics(task.name, predict(model, batches, device), batches.labels.numpy())
+        logits = predict(model, batches, device)
+        metrics = glue_metrics(task.name, logits, batches.labels.numpy())
+        metrics["loss"] = label_loss_value(logits, batches.labels, task.is_regression)
         out.update({f"{prefix}/{k}": v for k, v in metrics.items()})
     out["eval/rows"] = float(next(iter(dev.values())).num_examples)
     return out
+
+
+def label_loss_value(logits: np.ndarray, labels: torch.Tensor, regression: bool) -> float:
+    """The mean cross-entropy of `logits [n, c]` to the labels, or the MSE of `logits [n, 1]` to the gold scores."""
+    scores = torch.from_numpy(logits).double()
+    if regression:
+        return float(torch.nn.functional.mse_loss(scores.squeeze(-1), labels.double()))
+    return float(torch.nn.functional.cross_entropy(scores, labels.long()))
 
 
 def make_batches(data: DataSpec, tokenizer, storage: str) -> tuple[Batches, dict[str, Batches], Batches | None]:

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import torch
 
+from fsd.checkpoints import STUDENT, load_checkpoint, save_checkpoint
 from fsd.config import DistillConfig
 from fsd.data import Batches, cache_key
 from fsd.loop import (
@@ -34,11 +35,8 @@ from fsd.models import build_student, load_tokenizer, run_model, teacher_meta
 from fsd.objectives import Objective, Setup, build_objective
 from fsd.progress import Progress
 from fsd.relations import relation_batch
-from fsd.storage import atomic_file
 from fsd.tasks import Task, get_task
 from fsd.teacher_source import TeacherSource
-
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -50,14 +48,12 @@ class Report:
     epoch: int
     metrics: dict[str, float]
     state: Callable[[], dict]
+    student_config: object = None  # the student's transformers config, so its folder loads with from_pretrained
 
     def save(self, directory: str | os.PathLike) -> str:
-        """Write `checkpoint.pt` (student, objective, optimiser, scheduler, position, best score, config, RNG)
-        to a temporary name, then rename it: a killed save never leaves a half-written checkpoint."""
-        path = Path(directory) / CHECKPOINT_FILE
-        with atomic_file(path) as tmp:
-            torch.save(self.state(), tmp)
-        return str(path)
+        """Write a checkpoint (student, objective, optimiser, scheduler, position, best score, config, RNG) as
+        data, each file under a temporary name first (fsd.checkpoints)."""
+        return save_checkpoint(directory, {**self.state(), "metrics": self.metrics}, self.student_config)
 
 
 def student_backbone(config: DistillConfig) -> str:
@@ -66,13 +62,6 @@ def student_backbone(config: DistillConfig) -> str:
         return config.student_init
     meta = teacher_meta(config.teacher)
     return meta["backbone"] if meta else config.teacher
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_FILE
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 class RunInputs(NamedTuple):
@@ -239,7 +228,7 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
                         "rng": {"torch": torch.get_rng_state(),
                                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
 
-            yield Report(epoch + 1, metrics, state)
+            yield Report(epoch + 1, metrics, state, student.config)
             student.train()  # evaluation left it in eval mode
             objective.train()
             interval = Interval()
@@ -248,7 +237,7 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
 
 def load_student(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, DistillConfig]:
     """A checkpoint's student (on the CPU, in eval mode) and the configuration it was trained with."""
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint(checkpoint, resume=False)
     config = DistillConfig.from_dict(state["config"])
     student = build_student(student_backbone(config), config.student_layers, get_task(config.task).num_labels)
     student.load_state_dict(state["student"])
@@ -264,9 +253,14 @@ def evaluate_on_dev(checkpoint: str | os.PathLike) -> dict[str, float]:
     return {k.replace("eval", "dev", 1): v for k, v in metrics.items()}
 
 
-def export_student(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> str:
-    """A plain Hugging Face model folder of a checkpoint's student (no objective state, no memory)."""
+def export_student(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> str:
+    """A plain Hugging Face model folder of a checkpoint's student (no objective state, no memory), with its
+    tokenizer. Without `out_dir`, the checkpoint's own `student/` folder is completed in place (no copy)."""
+    folder = Path(checkpoint) / STUDENT if out_dir is None else Path(out_dir)
+    if out_dir is None and (folder / "tokenizer_config.json").is_file():
+        return str(folder)  # completed before
     student, config = load_student(checkpoint)
-    student.save_pretrained(out_dir)
-    load_tokenizer(config.teacher).save_pretrained(out_dir)
-    return str(out_dir)
+    if out_dir is not None or not (folder / "config.json").is_file():  # an old-format checkpoint has none
+        student.save_pretrained(folder)
+    load_tokenizer(config.teacher).save_pretrained(folder)
+    return str(folder)

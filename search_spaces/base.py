@@ -38,7 +38,14 @@ class Derived:
 
     def values(self, winner: dict[str, Any]) -> tuple:
         values = self._values(winner)
-        return thin(values, self.limit) if self.limit else values
+        if not self.limit:
+            return values
+        if self.kind == "scale" and 1.0 in self.factors:
+            # x1 is the winner's own pair, the point the grid scales around: a thinned grid keeps it.
+            own = values[self.factors.index(1.0)]
+            others = tuple(v for v in values if v != own)
+            return tuple(sorted((own, *thin(others, self.limit - 1)), key=values.index)) if self.limit > 1 else (own,)
+        return thin(values, self.limit)
 
     def _values(self, winner: dict[str, Any]) -> tuple:
         if self.kind == "refine":
@@ -74,8 +81,10 @@ class Stage:
         derived: grids computed from earlier winners.
         inherit: parameter -> stage whose winner supplies it.
         fixed: constant parameters of every trial.
-        carry: the stage whose winner competes with this stage's trials (refine stages: the coarse winner).
-        ours: parameters whose grid is this project's choice (the paper's values were lost).
+        carry: stages whose winners compete with this stage's trials, the best of them carried as a candidate
+            (refine stages: the coarse winner; FSD's last stage: every FSD-family stage before it, [ours]).
+        ours: parameters whose grid is this project's choice (the paper's values were lost); "carry" when
+            the carried competitors are.
         prepare: a driver-side step instead of trials (e.g. "memory": build the teacher memory).
     """
 
@@ -85,7 +94,7 @@ class Stage:
     derived: tuple[Derived, ...] = ()
     inherit: dict[str, str] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)
-    carry: str | None = None
+    carry: tuple[str, ...] = ()
     ours: tuple[str, ...] = ()
     prepare: str | None = None
 
@@ -237,6 +246,10 @@ def format_schedule(schedule: Schedule) -> str:
             lines.append("       from earlier winners: " + ", ".join(f"{k}<-{v}" for k, v in s.inherit.items()))
         if s.fixed:
             lines.append(f"       fixed: {s.fixed}")
+        if s.carry:
+            tag = "  [ours]" if "carry" in s.ours else ""
+            lines.append(f"       competes with: the best winner of {', '.join(s.carry)} (carried, not re-trained)"
+                         + tag)
         total += n or 0
         unknown |= n is None
     more = " + refine stages (8 or 9 trials each, known once their coarse winner is)" if unknown else ""

@@ -15,6 +15,7 @@ COARSE = (0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0)  # [paper] stage 5a
 GAMMA_G = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0)  # [paper] stage 6
 IL_SCALE = (0.1, 1.0, 10.0)  # [paper; the x10 is ours] stage 6, x the best (gamma_i, gamma_l)
 AFTER_VKD = {**INHERIT_VKD, "lr": "vkd"}  # lr from VKD for the FSDG stages: [ours]
+FAMILY = ("fsdi", "fsdl", "fsdil", "fsdil-mix", "fsdg-refine-lam")  # the refine stages carry the coarse winner
 
 
 def stages(task: str) -> tuple[Stage, ...]:
@@ -29,10 +30,12 @@ def stages(task: str) -> tuple[Stage, ...]:
         Stage("memory", "fsdg", prepare="memory", fixed={"memory_iters": 3}),
         Stage("fsdg-coarse", "fsdg", {"gamma_g": COARSE, "lam": COARSE}, inherit=AFTER_VKD, fixed={"beta": 1.0}),
         Stage("fsdg-refine-g", "fsdg", derived=(Derived("refine", "gamma_g", "fsdg-coarse"),),
-              inherit={**AFTER_VKD, "lam": "fsdg-coarse"}, fixed={"beta": 1.0}, carry="fsdg-coarse"),
+              inherit={**AFTER_VKD, "lam": "fsdg-coarse"}, fixed={"beta": 1.0}, carry=("fsdg-coarse",)),
         Stage("fsdg-refine-lam", "fsdg", derived=(Derived("refine", "lam", "fsdg-coarse", bounds=(0.0, 1.0)),),
-              inherit={**AFTER_VKD, "gamma_g": "fsdg-refine-g"}, fixed={"beta": 1.0}, carry="fsdg-refine-g"),
+              inherit={**AFTER_VKD, "gamma_g": "fsdg-refine-g"}, fixed={"beta": 1.0}, carry=("fsdg-refine-g",)),
+        # [ours] The best FSD-family student found so far competes with the last stage's trials (the paper's
+        # grid has no gamma_g = 0 point, so FSD w/o G, which the search holds, could never be its result).
         Stage("fsd", "fsd", {"gamma_g": GAMMA_G},
               derived=(Derived("scale", "gamma_i+gamma_l", "fsdil-mix", IL_SCALE),),
-              inherit={**AFTER_VKD, "lam": "fsdg-refine-lam"}, fixed={"beta": 1.0}),
+              inherit={**AFTER_VKD, "lam": "fsdg-refine-lam"}, fixed={"beta": 1.0}, carry=FAMILY, ours=("carry",)),
     )

@@ -201,15 +201,18 @@ def test_a_cut_short_ray_experiment_state_is_set_aside_before_a_restore(tmp_path
 def test_a_skipped_refine_stage_keeps_the_coarse_winner_and_its_dev_score():
     """Ranked on a holdout, the coarse stage's winner was measured on dev once; the refine stage that keeps it
     shows that dev score too (it printed `its dev score -`)."""
-    from fsd.tuning.runner import SearchSpec, kept_winner, stage_line
+    from fsd.tuning.runner import SearchSpec, stage_line
+    from fsd.tuning.winners import carried, choose, stage_record
 
     coarse = {"status": "done", "score": 0.7083, "dev": {"dev/score": 0.6702}, "winner": {"gamma_g": 0.0},
               "checkpoint": "/c", "trials": 2, "run_id": "r1"}
-    kept = kept_winner(coarse)
-    assert kept == {"status": "done", "winner": {"gamma_g": 0.0}, "score": 0.7083, "checkpoint": "/c", "trials": 0,
-                    "dev": {"dev/score": 0.6702}}
+    refine = get_schedule("fsd", "stsb", "smoke").stage("fsdg-refine-g")
+    kept = stage_record(choose(None, carried({"fsdg-coarse": coarse}, refine, None, {})), "fsdg-refine-g")
+    assert kept == {"status": "done", "winner": {"gamma_g": 0.0}, "score": 0.7083, "checkpoint": "/c",
+                    "dev": {"dev/score": 0.6702}, "carried_from": "fsdg-coarse", "trained_in": "fsdg-coarse"}
     spec = SearchSpec(task="stsb", method="fsd", storage="/s", mlflow_uri="", teacher="t", select_on="holdout",
                       holdout_rows=500)
     line = stage_line(spec, "fsdg-refine-g", kept)
     assert line == "stage fsdg-refine-g: best holdout score 70.83, its dev score 67.02"
-    assert "dev" not in kept_winner({k: v for k, v in coarse.items() if k != "dev"})  # ranked on dev: nothing more
+    without = {k: v for k, v in coarse.items() if k != "dev"}  # ranked on dev: nothing more
+    assert "dev" not in stage_record(choose(None, carried({"fsdg-coarse": without}, refine, None, {})), "x")

@@ -746,3 +746,42 @@ def test_a_node_lost_mid_stage_its_trials_retried_from_their_checkpoints(setup):
                                  capture_output=True, text=True, env=_env())
     assert undisturbed.returncode == 0, undisturbed.stderr[-3000:]
     assert _winners(storage) == _winners(alone)
+
+
+def test_a_finished_search_keeps_one_checkpoint_per_stage_winner_and_no_optimiser_state(setup, uninterrupted):
+    storage = uninterrupted[0]
+    checkpoints = sorted((storage / "stages").glob("*/*/*/checkpoint_*"))
+    ledger = json.loads((storage / "rte-pkd" / "ledger.json").read_text())
+    winners = {str(Path(r["checkpoint"]).resolve()) for r in ledger["stages"].values() if r.get("checkpoint")}
+    assert {str(c.resolve()) for c in checkpoints} == winners  # 4 trials ran: the 2 stage winners stay
+    assert not list((storage / "stages").rglob("resume.*")) and not list(storage.rglob("*.pt"))
+    assert ledger["best"]["stage"] in ("vkd", "pkd")
+
+
+def test_resume_refuses_a_planted_pickle_in_a_checkpoint_before_anything_runs(setup, uninterrupted, tmp_path):
+    """A checkpoint folder is data: a pickle planted there (a shared storage folder) would run code in every
+    trial that resumes from it. --resume stops with one line, exit 2, before Ray starts or the code runs."""
+    import shutil
+
+    import torch
+
+    storage = tmp_path / "copy"
+    shutil.copytree(uninterrupted[0], storage)
+    ledger_path = storage / "rte-pkd" / "ledger.json"
+    ledger = json.loads(ledger_path.read_text())
+    ledger["stages"]["pkd"]["status"] = "running"  # as a killed driver leaves it
+    ledger_path.write_text(json.dumps(ledger))
+    trial = next((storage / "stages").glob(f"rte-pkd-{ledger['stages']['pkd']['shared']}/*/*/"))
+    marker = tmp_path / "the-pickle-ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (trial / "checkpoint_000009").mkdir()
+    torch.save({"student": {}, "config": Exploit()}, trial / "checkpoint_000009" / "checkpoint.pt")
+    r = subprocess.run(_args(setup, storage, "--resume"), capture_output=True, text=True, env=_env())
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "could run code" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and not marker.exists()

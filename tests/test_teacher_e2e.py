@@ -64,7 +64,7 @@ def test_cli_runs_one_distillation(glue_dir, tmp_path, extra, ranked):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "epoch 1:" in r.stdout and "eval/score" in r.stdout and f"best {ranked} score" in r.stdout
     assert (tmp_path / "out" / "student" / "config.json").is_file()
-    assert (tmp_path / "out" / "checkpoint.pt").is_file()
+    assert (tmp_path / "out" / "checkpoint.json").is_file()
 
 
 @pytest.mark.parametrize("args,message", [

@@ -103,7 +103,8 @@ def test_a_trial_run_says_what_it_trained_and_was_ranked_on(tmp_path, glue_dir):
 
 def test_a_stage_model_loads_as_a_pipeline_without_this_project(tmp_path, tiny_bert, glue_dir):
     """The registered student, loaded by `mlflow.transformers.load_model` in a fresh Python process that cannot
-    import fsd, predicts on three RTE dev rows what the student itself does; its files are an artifact too."""
+    import fsd, predicts on three RTE dev rows what the student itself does; it is logged once, and another alias
+    can point at its version."""
     import json
     import os
     import subprocess
@@ -122,7 +123,9 @@ def test_a_stage_model_loads_as_a_pipeline_without_this_project(tmp_path, tiny_b
     version = tracking.log_stage_model(uri, run, str(student), "fsd-rte-vkd", "vkd", labels, max_length=64)
     assert tracking.log_stage_model(uri, run, str(student), "fsd-rte-vkd", "vkd", []) == version  # once per run
     client = MlflowClient(uri)
-    assert "student_files" in [a.path for a in client.list_artifacts(run)]
+    assert "student_files" not in [a.path for a in client.list_artifacts(run)]  # one copy of the student
+    tracking.alias_model(uri, "fsd-rte-vkd", "best", run)  # a carried or best student: the same version
+    assert str(client.get_model_version_by_alias("fsd-rte-vkd", "best").version) == version
 
     rows = [line.split("\t") for line in (Path(glue_dir) / "RTE" / "dev.tsv").read_text().splitlines()[1:4]]
     pairs = [(r[1], r[2]) for r in rows]

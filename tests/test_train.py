@@ -76,7 +76,8 @@ def test_checkpoint_is_one_plain_dict_and_exports_a_plain_student(tiny_bert, glu
     _run(config, save_to=tmp_path / "ck")
     state = load_checkpoint(tmp_path / "ck" / "epoch1")
     assert set(state) == {"student", "objective", "optimizer", "scheduler", "epoch", "step", "samples", "best_score",
-                          "config", "rng"}
+                          "config", "rng", "metrics"}
+    assert state["metrics"]["eval/score"] == state["best_score"]  # the report it was saved with
     assert DistillConfig.from_dict(state["config"]) == config
     assert not list((tmp_path / "ck" / "epoch1").glob("*.tmp"))
     out = export_student(tmp_path / "ck" / "epoch1", tmp_path / "student")

@@ -52,6 +52,8 @@ class Objective(nn.Module):
     needs_values = False
     # What of the teacher's outputs the cache must hold for this objective; None: not cacheable (run live).
     teacher_fields: tuple[str, ...] | None = ("logits",)
+    # The DistillConfig values its loss reads (fsd.objectives.equivalence: other weights cannot matter).
+    reads: tuple[str, ...] = ("alpha", "temperature")
 
     def __init__(self, config: DistillConfig, regression: bool):
         super().__init__()
@@ -95,6 +97,7 @@ class NoKD(Objective):
 
     needs_teacher = False
     teacher_fields = ()
+    reads = ()
 
     def forward(self, s: ModelOutputs, t: ModelOutputs | None, batch: dict) -> tuple[torch.Tensor, Parts]:
         parts = {"ce": label_loss(s.logits, batch["labels"], self.regression)}
@@ -110,6 +113,7 @@ class PKD(Objective):
 
     needs_hidden = True
     teacher_fields = ("logits", "cls")
+    reads = ("alpha", "temperature", "beta")
 
     def extra_parts(self, s: ModelOutputs, t: ModelOutputs, batch: dict) -> Parts:
         k = len(s.cls) - 1
@@ -124,6 +128,7 @@ class RKD(Objective):
 
     needs_hidden = True
     teacher_fields = ("logits", "penultimate")
+    reads = ("alpha", "temperature", "beta", "rkd_distance", "rkd_angle", "structure_mask")
 
     def extra_parts(self, s: ModelOutputs, t: ModelOutputs, batch: dict) -> Parts:
         c, mask = self.config, self.mask(batch)
@@ -141,6 +146,7 @@ class MiniLM(Objective):
     # Attention maps are [h, l, l] per sample, too big to cache: the teacher's last self-attention runs live
     # on the cached penultimate features, its input (fsd/teacher_source.py).
     teacher_fields = ("logits", "penultimate")
+    reads = ("alpha", "temperature", "beta")
 
     def cache_fields(self) -> tuple[str, ...] | None:
         """Cacheable whatever `structure_mask` says: the attention losses always mask PAD queries and keys."""
@@ -158,6 +164,14 @@ class FSD(Objective):
     needs_hidden = True
     teacher_fields = ("logits", "penultimate")
     structures = "ilg"
+    # Each structure's weight, and what else shapes its term (L_G's mix and memory).
+    STRUCTURE_READS = {"i": ("gamma_i",), "l": ("gamma_l",),
+                       "g": ("gamma_g", "lam", "memory_size", "memory_iters", "memory_init")}
+
+    @classmethod
+    def reads_of(cls, structures: str) -> tuple[str, ...]:
+        return ("alpha", "temperature", "beta", "structure_mask",
+                *(k for s in structures for k in cls.STRUCTURE_READS[s]))
 
     def setup(self, ctx: Setup) -> None:
         if "g" not in self.structures:
@@ -187,7 +201,8 @@ class FSD(Objective):
 
 
 def _fsd(structures: str, doc: str) -> type[FSD]:
-    return type(f"FSD_{structures.upper()}", (FSD,), {"structures": structures, "__doc__": doc})
+    return type(f"FSD_{structures.upper()}", (FSD,), {"structures": structures, "__doc__": doc,
+                                                      "reads": FSD.reads_of(structures)})
 
 
 OBJECTIVES: dict[str, type[Objective]] = {

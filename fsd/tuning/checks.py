@@ -289,6 +289,24 @@ def check_search_folder(spec: SearchSpec, resume: bool, locked: bool = False, fl
                              f"{_sets(stored[key])}; use the same --set values or another --storage")
         raise UsageError(f"{flag}: {key} is {current[key]!r} but the stored search{where} used {stored[key]!r}; "
                          "use the same value or another --storage")
+    check_checkpoints(spec, ledger)
+
+
+def check_checkpoints(spec: SearchSpec, ledger: Ledger) -> None:
+    """Every checkpoint a resumed stage may load is data: an old-format file that is more than tensors and
+    plain values (a pickle planted in a shared storage folder would run code in each trial that resumes from
+    it) stops the command before Ray starts."""
+    from fsd.checkpoints import UnsafeCheckpoint, check_readable
+    from fsd.tuning.shared import stage_folder
+
+    for name, record in ledger.records().items():
+        if record.get("status") == "done" or not record.get("shared"):
+            continue
+        for folder in Path(stage_folder(spec.storage, spec.task, name, record["shared"])).glob("*/*/checkpoint_*"):
+            try:
+                check_readable(folder)
+            except UnsafeCheckpoint as e:
+                raise UsageError(str(e)) from None
 
 
 def _sets(values: dict[str, Any]) -> str:

@@ -27,12 +27,12 @@ from fsd.train import evaluate_on_dev
 from fsd.tuning import lock, plan, tables, tracking
 from fsd.tuning.ledger import Ledger
 from fsd.tuning.outbox import Outbox
+from fsd.tuning.plan import METRIC, MODE
 from fsd.tuning.progress import StageProgress
 from fsd.tuning.report import scatter_plot
 from fsd.tuning.runner import SearchSpec, best_checkpoint, open_tuner, run_search, start_services, trainable_for
 from fsd.tuning.spec import method_spec
 from fsd.tuning.summary import PAPER
-from fsd.tuning.trainable import METRIC, MODE
 from search_spaces import get_schedule
 
 
@@ -101,8 +101,7 @@ def seed_runs(spec: SearchSpec, label: str, config: dict[str, Any], seeds: list[
             dev = dev_scores(spec, best.path)
         else:
             top = df.loc[df[METRIC].idxmax()]
-            dev = {k: float(top[k]) for k in df.columns if k.startswith(("eval/", "eval_mm/"))
-                   and k not in ("eval/best_score", "eval/rows")}
+            dev = {k: float(v) for k, v in table_metrics(top.to_dict()).items()}
         cost = {}
         if {"run/student_params", "time/eval_s", "eval/rows", "progress/samples"} <= set(df.columns):  # this version
             cost = {"params": float(df["run/student_params"].iloc[-1]), "train_s": float(df["time/train_s"].sum()),
@@ -120,9 +119,16 @@ def dev_scores(spec: SearchSpec, checkpoint: str) -> dict[str, float]:
     path = Path(compare_folder(spec)) / "dev" / f"{content_key(checkpoint)}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    dev = {k.replace("dev", "eval", 1): v for k, v in evaluate_on_dev(checkpoint).items() if k != "dev/rows"}
+    dev = table_metrics({k.replace("dev", "eval", 1): v for k, v in evaluate_on_dev(checkpoint).items()})
     write_text(path, json.dumps(dev))
     return dev
+
+
+def table_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The GLUE metrics of an evaluation (`eval/<metric>`, `eval_mm/<metric>`), as Table 2/3 shows them: not its
+    loss, row count or running best."""
+    return {k: v for k, v in metrics.items() if k.startswith(("eval/", "eval_mm/"))
+            and k not in ("eval/best_score", "eval/rows") and not k.endswith("/loss")}
 
 
 def table(task: str, runs: dict[str, list[dict[str, float]]], teacher: dict[str, float] | None,

@@ -11,7 +11,9 @@ from pathlib import Path
 from fsd.config import DataSpec
 from fsd.data import split_rows
 from fsd.models import TEACHER_META, teacher_meta
-from fsd.tuning import plan, shared
+from fsd.tuning import folding, plan, shared
+from fsd.tuning import winners as winners_mod
+from fsd.tuning.folding import Folded
 from fsd.tuning.spec import SearchSpec
 from search_spaces import Schedule, Stage
 
@@ -27,6 +29,7 @@ class StageCost:
     evaluations: float  # expected dev rows evaluated
     reused: str | None = None  # the search that ran it (its record), or "this comparison" (a stage met before)
     runs: int = 0  # Ray trials it runs (points x seeds, or Optuna's samples x seeds; a refine at its largest)
+    folded: Folded | None = None  # how its grid folds (None: a refine grid, known once its winner is)
 
 
 @dataclass
@@ -110,29 +113,33 @@ def teacher_folder(spec: SearchSpec, schedule: Schedule) -> tuple[str, bool]:
 def stage_cost(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, done: dict[str, dict],
                rows: int, dev: int, seen: set[str]) -> StageCost:
     """One stage's cost. When the winners it builds on are known (`done`: stage -> record, found in the
-    storage folder), its grid is exact and a finished identical stage is reused; its record then joins `done`."""
-    sources = {*stage.inherit.values(), *(d.source for d in stage.derived), *([stage.carry] if stage.carry else [])}
+    storage folder), its grid is exact and folded as the runner folds it, and a finished identical stage is
+    reused; its record then joins `done`. Else its grid is folded against stand-in winners (what folds
+    whatever they are)."""
+    sources = {*stage.inherit.values(), *(d.source for d in stage.derived), *stage.carry}
     known = sources <= set(done)
     winners = {k: v["winner"] for k, v in done.items()}
-    grid = stage.resolve(winners) if known else dict(stage.grid)
-    base = plan.stage_base(spec, schedule, stage, teacher, winners, rows) if known else None
-    points = stage.trial_count(winners if known else None)
+    base, folded = None, None
+    if known:
+        grid = stage.resolve(winners)
+        base = plan.stage_base(spec, schedule, stage, teacher, winners, rows)
+        if all(grid.values()):
+            folded = folding.fold(grid, base, winners)
+        points = folded.runs if folded is not None else 0
+    else:
+        folded = folding.expected(spec, schedule, stage, teacher)
+        points = folded.runs if folded is not None else stage.trial_count()
     reused = None
-    if known and points:
-        carried = done[stage.carry] if stage.carry else None
-        key = shared.stage_key(stage.name, base, grid, plan.strategy_of(spec, grid), plan.seed_list(spec), carried)
-        record = shared.finished(shared.stage_folder(spec.storage, spec.task, stage.name, key))
-        if record is not None:
-            done[stage.name] = _carried_over(record, carried)
-            reused = f"{record['search']} search"
-        elif key in seen:
-            reused = "this comparison"
-        seen.add(key)
+    if known:
+        carried = winners_mod.carried(done, stage, folded, base)
+        reused = _reuse(spec, stage, base, folded, carried, done, seen) if points else None
+        if not points and carried:
+            done[stage.name] = winners_mod.stage_record(winners_mod.choose(None, carried), stage.name)
     epochs = _epochs(spec, schedule, stage, base)
     budgets = tuple(rows * e for e in epochs)
     n = points if points is not None else min(d.limit or 9 for d in stage.derived)  # a refine: at most 9 points
     strategy = plan.stage_strategy(spec.strategy, n)
-    trials = (plan.optuna_samples(n, spec.num_samples) if strategy == "optuna" else n) * spec.seeds
+    trials = (plan.optuna_samples(n, spec.num_samples) if strategy == "optuna" and n else n) * spec.seeds
     every = (base or {}).get("eval_every") or spec.extra.get("eval_every")
     if every is None:
         every = rows if strategy == "grid" else plan.eval_every(rows, schedule.budget.evals_per_epoch)
@@ -140,16 +147,27 @@ def stage_cost(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str,
     share = trials / len(budgets)
     samples = sum(plan.expected_samples(share, b, rungs, every) for b in budgets)
     evals = sum(plan.expected_evaluations(share, b, rungs, every) for b in budgets) * dev
-    grid_samples = n * spec.seeds * sum(budgets) / len(budgets)
+    grid_samples = (folded.size if folded is not None else n) * spec.seeds * sum(budgets) / len(budgets)
     return StageCost(stage.name, points, strategy, budgets, 0.0 if reused else samples, grid_samples,
-                     0.0 if reused else evals, reused, trials)
+                     0.0 if reused else evals, reused, trials, folded)
 
 
-def _carried_over(record: dict, carried: dict | None) -> dict:
-    """The stage's winner as the search keeps it: a refine stage keeps the coarse winner if that scored more."""
-    if carried is not None and carried["score"] > record["score"]:
-        return carried
-    return record
+def _reuse(spec: SearchSpec, stage: Stage, base: dict, folded, carried: list, done: dict[str, dict],
+           seen: set[str]) -> str | None:
+    """Who ran this exact stage before (a search in the storage folder, or this comparison), recording its
+    winner in `done` as the runner would; None when nobody did."""
+    key = shared.stage_key(stage.name, base, folded.grid, plan.strategy_of(spec, folded.grid), plan.seed_list(spec),
+                           [{"winner": c.winner, "score": c.score} for c in carried] or None)
+    record = shared.finished(shared.stage_folder(spec.storage, spec.task, stage.name, key))
+    reused = None
+    if record is not None:
+        own = winners_mod.Candidate(record["winner"], record["score"], record.get("checkpoint"))
+        done[stage.name] = winners_mod.stage_record(winners_mod.choose(own, carried), stage.name)
+        reused = f"{record['search']} search"
+    elif key in seen:
+        reused = "this comparison"
+    seen.add(key)
+    return reused
 
 
 def _epochs(spec: SearchSpec, schedule: Schedule, stage: Stage, base: dict | None) -> tuple[int, ...]:
@@ -177,9 +195,13 @@ def format_cost(costs: list[SearchCost]) -> str:
              "| search | stage | trials | strategy | samples per trial | training samples | of the grid's | dev rows "
              "evaluated |", "|---|---|---|---|---|---|---|---|"]
     total = evaluations = grid_total = 0.0
+    notes: list[str] = []
     for cost in costs:
         for s in cost.stages:
             trials = f"<= {s.grid_samples / s.samples_per_trial[0]:.0f}" if s.trials is None else str(s.trials)
+            if s.folded is not None and s.folded.folded:
+                trials += f" of {s.folded.size} points"
+                notes.append(f"{s.name}: {s.folded.says()}")
             if s.reused:
                 lines.append(f"| {cost.method} | {s.name} | {trials} | reused ({s.reused}) | | 0 | | 0 |")
                 continue
@@ -205,6 +227,7 @@ def format_cost(costs: list[SearchCost]) -> str:
     if any(s.strategy != "grid" and not s.reused for c in costs for s in c.stages):
         lines.append("halving counts 1 in reduction-factor trials going on at each rung (synchronous successive "
                      "halving); ASHA's asynchronous promotions let a few more through early on")
+    lines.extend(f"folded: {n}" for n in dict.fromkeys(notes))
     lines.append("epochs inherited from a winner not known yet are counted as the largest value of its grid")
     if any(s.trials is None for c in costs for s in c.stages):
         lines.append("refine stages: their grid is known once their coarse winner is (counted at its largest)")

@@ -18,7 +18,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from fsd.storage import write_text
-from fsd.tuning.plan import Rungs
+from fsd.tuning.plan import Rungs, joint_value
 
 TIME_ATTR = "progress/samples"
 
@@ -77,8 +77,7 @@ def param_space(strategy: str, grid: dict[str, tuple], seeds: list[int]) -> dict
     """Grid and halving: every point (x seeds). Optuna: a categorical per parameter (joint values as "a|b",
     since Optuna's categoricals hold plain values only); seeds then repeat each sample."""
     if strategy == "optuna":
-        return {k: tune.choice(["|".join(map(str, x)) if isinstance(x, tuple) else x for x in v])
-                for k, v in grid.items()}
+        return {k: tune.choice([joint_value(x) for x in v]) for k, v in grid.items()}
     space: dict[str, Any] = {k: tune.grid_search(list(v)) for k, v in grid.items()}
     if len(seeds) > 1:
         space["seed"] = tune.grid_search(seeds)

@@ -12,6 +12,7 @@ ASHA's asynchronous promotions let a few more trials through early on; bench/sea
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -19,6 +20,50 @@ from fsd.config import DataSpec, DistillConfig, check_partial
 from fsd.data import split_rows
 from fsd.tuning.spec import SearchSpec
 from search_spaces import Schedule, Stage
+
+METRIC = "eval/score"  # what a stage's winner maximises (on dev, or on the holdout)
+MODE = "max"
+JOINT = "+"  # a joint grid key: "gamma_i+gamma_l" takes one value per name
+OPTUNA_SEP = "|"  # Optuna's categoricals hold plain values: a joint value travels as "a|b"
+
+
+def expand(params: dict[str, Any]) -> dict[str, Any]:
+    """Split joint grid keys: `{"gamma_i+gamma_l": (a, b)}` (or Optuna's `"a|b"`) -> `{"gamma_i": a, "gamma_l": b}`,
+    each value of its DistillConfig field's type."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if JOINT in key:
+            names = key.split(JOINT)
+            parts = [_typed(n, x) for n, x in zip(names, value.split(OPTUNA_SEP), strict=True)] \
+                if isinstance(value, str) else value
+            out.update(zip(names, parts, strict=True))
+        else:
+            out[key] = value
+    return out
+
+
+def joint_value(value: Any) -> Any:
+    """A grid value as Optuna's categorical holds it (a joint value as "a|b")."""
+    return OPTUNA_SEP.join(map(str, value)) if isinstance(value, (tuple, list)) else value
+
+
+def point_value(value: Any) -> Any:
+    """A grid value as a trial's config gives it back, as the grid wrote it: a restored config holds lists for
+    tuples, an Optuna sample "a|b" for a joint value."""
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, str) and OPTUNA_SEP in value:
+        return tuple(float(x) for x in value.split(OPTUNA_SEP))
+    return value
+
+
+def _typed(name: str, text: str) -> Any:
+    hint = typing.get_type_hints(DistillConfig).get(name)
+    kinds = typing.get_args(hint) or (hint,)
+    if int in kinds and float not in kinds:
+        return int(float(text))
+    return float(text)
+
 
 # Defaults measured by bench/search_cost.py on a recorded SST-2 grid (README, "The budgeted search"); the
 # reduction factor and first rung are SearchSpec's defaults.

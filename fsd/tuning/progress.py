@@ -13,7 +13,7 @@ from typing import Any
 from ray.tune import Callback
 
 from fsd.progress import format_duration
-from fsd.tuning.trainable import METRIC, expand
+from fsd.tuning.plan import METRIC, expand
 
 HEARTBEAT_S = 60.0  # a line at least this often while a stage's trials run
 QUIET_LOGGERS = ("ray", "mlflow", "alembic")

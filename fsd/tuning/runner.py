@@ -20,13 +20,14 @@ from fsd.config import DistillConfig
 from fsd.storage import one_builder
 from fsd.tasks import get_task
 from fsd.train import evaluate_on_dev, export_student, prepare_outputs
-from fsd.tuning import halving, orphans, plan, shared, space, tracking
+from fsd.tuning import folding, halving, orphans, plan, retention, shared, space, tracking
+from fsd.tuning import winners as winners_mod
 from fsd.tuning.ledger import Ledger, StageRecord
 from fsd.tuning.outbox import Outbox
-from fsd.tuning.plan import seed_list, stage_base, strategy_of, train_rows, trial_budget
+from fsd.tuning.plan import METRIC, MODE, expand, seed_list, stage_base, strategy_of, train_rows, trial_budget
 from fsd.tuning.progress import StageProgress, quiet_services
 from fsd.tuning.spec import SearchSpec, identity
-from fsd.tuning.trainable import METRIC, MODE, expand, train_trial
+from fsd.tuning.trainable import train_trial
 from search_spaces import Schedule, Stage
 
 logger = logging.getLogger("fsd")
@@ -51,12 +52,8 @@ def best_checkpoint(result):
 
 
 def reached_budget(df) -> bool:
-    """Whether a trial trained to its full budget (a trial stopped at a rung did not; nor did one that
-    reported no progress, which only an old or foreign trial could)."""
-    if "progress/samples" not in df or "progress/budget" not in df:
-        return True  # results of runs that predate rungs: one report per epoch, none stopped
-    last = df.iloc[-1]
-    return float(last["progress/samples"]) >= float(last["progress/budget"])
+    """Whether a trial (its results as a data frame) trained to its full budget: `retention.reached_budget`."""
+    return retention.reached_budget(df.iloc[-1].to_dict()) if len(df) else False
 
 
 def pick_winner(results, grid: dict[str, tuple]) -> tuple[dict[str, Any], float, str | None]:
@@ -71,7 +68,7 @@ def pick_winner(results, grid: dict[str, tuple]) -> tuple[dict[str, Any], float,
         if r.error or df is None or METRIC not in df or not reached_budget(df):
             continue
         # The seed is not part of a point: seeds are averaged. A restored config holds lists for tuples.
-        point = tuple((k, _point_value(r.config[k])) for k in grid)
+        point = tuple((k, plan.point_value(r.config[k])) for k in grid)
         ckpt = best_checkpoint(r)
         rows.setdefault(point, []).append((float(df[METRIC].max()), ckpt.path if ckpt else None))
     if not rows:
@@ -81,14 +78,6 @@ def pick_winner(results, grid: dict[str, tuple]) -> tuple[dict[str, Any], float,
     point, runs = max(rows.items(), key=lambda kv: sum(s for s, _ in kv[1]) / len(kv[1]))
     best_run = max(runs, key=lambda r: r[0])
     return dict(point), sum(s for s, _ in runs) / len(runs), best_run[1]
-
-
-def _point_value(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(value)
-    if isinstance(value, str) and "|" in value:  # an Optuna sample of a joint key: "a|b"
-        return tuple(float(x) for x in value.split("|"))
-    return value
 
 
 def trainable_for(spec: SearchSpec, base: dict[str, Any]):
@@ -104,24 +93,29 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
     grid = stage.resolve(winners)
     base = stage_base(spec, schedule, stage, teacher, winners, rows)
     record = ledger.stage(stage.name)
-    exp_id = mlflow_ids.experiment_id
     outbox = mlflow_ids.outbox
     tags = {"stage": stage.name, "method": stage.method, "task": spec.task}
-    record["run_id"] = outbox.do("open_run", exp_id, record.get("run_id"), stage.name, mlflow_ids.search_run_id,
-                                 tags)
+    record["run_id"] = outbox.do("open_run", mlflow_ids.experiment_id, record.get("run_id"), stage.name,
+                                 mlflow_ids.search_run_id, tags)
     ledger.save()
     first = DistillConfig.from_dict({**base, **expand({k: v[0] for k, v in grid.items() if v})})  # fail before Ray
+    records = ledger.records()
     if any(len(v) == 0 for v in grid.values()):  # a refine around 0: nothing to try, the coarse winner stays
-        source = ledger.records()[stage.carry]
         empty = ", ".join(k for k, v in grid.items() if not v)
-        log(f"stage {stage.name}: skipped: {stage.carry}'s winner has {empty} = 0, nothing to refine around; "
-            "its winner stays")
-        record.update(kept_winner(source))
-        ledger.save()
-        outbox.do("close_run", record["run_id"], "FINISHED")
+        keep(stage, record, winners_mod.carried(records, stage, None, base), ledger, outbox,
+             f"{', '.join(stage.carry)}'s winner has {empty} = 0, nothing to refine around", log)
         return
-    carried = ledger.records()[stage.carry] if stage.carry else None
-    key = shared.stage_key(stage.name, base, grid, strategy_of(spec, grid), seed_list(spec), carried)
+    folded = folding.fold(grid, base, earlier_winners(schedule, stage, records))
+    record["grid"] = {"points": folded.size, "runs": folded.runs, "folded": folded.says()}
+    carried = winners_mod.carried(records, stage, folded, base)
+    if not folded.runs:
+        keep(stage, record, carried, ledger, outbox, f"{folded.says()}: nothing new to train", log)
+        return
+    if folded.folded:
+        log(f"stage {stage.name}: {folded.says()}")
+    grid = folded.grid
+    key = shared.stage_key(stage.name, base, grid, strategy_of(spec, grid), seed_list(spec),
+                           [{"winner": c.winner, "score": c.score} for c in carried] or None)
     folder = shared.stage_folder(spec.storage, spec.task, stage.name, key)
     record["shared"] = key
     with one_builder(folder, f"stage {stage.name}", log):  # a search beside this one may be running it: wait
@@ -137,18 +131,38 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
             record["reused_from"] = done["run_id"]
             outbox.do("log_winner", record["run_id"], "trials", float(done["trials"]),
                       {"reused_from": done["run_id"], "shared_stage": key})
-    winner, score, checkpoint = done["winner"], done["score"], done["checkpoint"]
-    if carried is not None and carried["score"] > score:
-        winner, score, checkpoint = carried["winner"], carried["score"], carried.get("checkpoint")
-    record.update(status="done", winner=winner, score=score, checkpoint=checkpoint, trials=done["trials"],
+    own = winners_mod.Candidate(done["winner"], done["score"], done["checkpoint"])
+    chosen = winners_mod.choose(own, carried)
+    record.update(winners_mod.stage_record(chosen, stage.name), trials=done["trials"],
                   stopped=done.get("stopped", 0), samples=done.get("samples"))
-    if spec.select_on == "holdout" and checkpoint:
+    if spec.select_on == "holdout" and chosen.checkpoint and "dev" not in record:
         # Ranked on the holdout: dev is measured for the winner alone, so the score reported is not the one
         # the stage maximised. A carried winner was measured in its own stage.
-        carried_won = carried is not None and checkpoint == carried.get("checkpoint")
-        record["dev"] = carried["dev"] if carried_won and "dev" in carried else evaluate_on_dev(checkpoint)
+        record["dev"] = evaluate_on_dev(chosen.checkpoint)
         outbox.do("log_analysis", record["run_id"], {f"best/{k}": v for k, v in record["dev"].items()}, [])
-    _log_winner(spec, stage, record, outbox)
+    _log_winner(spec, stage, record, records, outbox)
+    ledger.save()
+    outbox.do("close_run", record["run_id"], "FINISHED")
+
+
+def earlier_winners(schedule: Schedule, stage: Stage, records: dict[str, StageRecord]) -> dict[str, dict]:
+    """The winners of the trial stages done before `stage`, in schedule order (what its grid folds against)."""
+    out = {}
+    for s in schedule.stages:
+        if s.name == stage.name:
+            break
+        r = records.get(s.name, {})
+        if not s.prepare and r.get("status") == "done" and r.get("score") is not None:
+            out[s.name] = r["winner"]
+    return out
+
+
+def keep(stage: Stage, record: StageRecord, carried: list[winners_mod.Candidate], ledger: Ledger, outbox: Outbox,
+         why: str, log=print) -> None:
+    """A stage with nothing to train: the best carried winner stays, with no trials of its own."""
+    chosen = winners_mod.choose(None, carried)
+    log(f"stage {stage.name}: skipped: {why}; {chosen.source}'s winner stays")
+    record.update(winners_mod.stage_record(chosen, stage.name), trials=0, skipped=why)
     ledger.save()
     outbox.do("close_run", record["run_id"], "FINISHED")
 
@@ -292,23 +306,27 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: dic
         log(f"stage {stage.name}: restoring the interrupted stage, {finished} of its {total} trials had finished "
             "(they are not run again)")
     shown = StageProgress(stage.name, total, tuple(grid), halving=strategy != "grid", log=log)
+    kept = retention.KeepWinners(spec.seeds, delete=spec.log_checkpoints != "all")
     tuner = open_tuner(spec, folder, name, trainable_for(spec, base),
                        halving.param_space(strategy, grid, seed_list(spec)),
                        halving.tune_config(strategy, folder, name, rungs, METRIC, MODE, spec.max_concurrent,
-                                           how.get("num_samples", 0)), [tracker, shown])
+                                           how.get("num_samples", 0)), [tracker, shown, kept])
     results = tuner.fit()
     if any(space.disk_full(r.error) for r in results if r.error):
         # Not a winner from the trials that happened to fit: the stage stops, and --resume (after space is
         # freed) runs the failed trials again from their last checkpoint.
         raise OSError(errno.ENOSPC, f"a trial of stage {stage.name} could not write its checkpoint")
-    best = {r.metrics["trial_id"]: ckpt.path for r in results if r.metrics and (ckpt := best_checkpoint(r))}
-    mlflow_ids.outbox.do("record_best_checkpoints", mlflow_ids.experiment_id, stage_run_id, best,
-                            spec.log_checkpoints == "all")
     try:
         point, score, checkpoint = pick_winner(results, grid)
     except StageFailed as e:
         mlflow_ids.outbox.do("close_run", stage_run_id, "FAILED")
         raise StageFailed(f"stage {stage.name}: {e}") from None
+    every = spec.log_checkpoints == "all"
+    best = {r.metrics["trial_id"]: ckpt.path for r in results if r.metrics and (ckpt := best_checkpoint(r))}
+    mlflow_ids.outbox.do("record_best_checkpoints", mlflow_ids.experiment_id, stage_run_id, best, every,
+                         None if every else [checkpoint])
+    if not every:  # only the winner's checkpoint stays (retention); --log-checkpoints all keeps each trial's best
+        retention.keep_only(os.path.join(folder, name), {checkpoint})
     frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None and not r.error]
     stopped = sum(1 for df in frames if len(df) and not reached_budget(df))
     samples = sum(int(df["progress/samples"].max()) for df in frames if "progress/samples" in df)
@@ -316,30 +334,31 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: dic
             "stopped": stopped, "samples": samples}
 
 
-def _log_winner(spec: SearchSpec, stage: Stage, record: StageRecord, outbox: Outbox) -> None:
+def _log_winner(spec: SearchSpec, stage: Stage, record: StageRecord, records: dict[str, StageRecord],
+                outbox: Outbox) -> None:
+    """The stage's winner on its MLflow run, and its student registered under the stage's alias: logged once,
+    by the stage that trained it (a carried winner's alias points at the version already registered)."""
     keys = ("alpha", "temperature", "lr", "epochs", "beta", "gamma_i", "gamma_l", "gamma_g", "lam")
     outbox.do("log_winner", record["run_id"], "best/" + METRIC, record["score"],
               {f"winner.{k}": str(record["winner"].get(k)) for k in keys})
-    if record.get("checkpoint"):
-        student = Path(record["checkpoint"]) / "student"
-        if not student.is_dir():
-            export_student(record["checkpoint"], student)
-        record["model_version"] = outbox.do("log_stage_model", record["run_id"], str(student),
-                                            f"fsd-{spec.task}-{spec.method}", stage.name.replace("-", "_"),
-                                            list(get_task(spec.task).labels), spec.max_seq_len)
-        metrics, files = analyse_checkpoint(record["checkpoint"], Path(record["checkpoint"]) / "analysis")
-        record["analysis"] = metrics
-        outbox.do("log_analysis", record["run_id"], metrics, files)
+    if not record.get("checkpoint"):
+        return
+    model = f"fsd-{spec.task}-{spec.method}"
+    origin = records.get(record.get("trained_in", stage.name), {})
+    if origin is not record and origin.get("run_id"):
+        outbox.do("alias_model", model, alias_of(stage.name), origin["run_id"])
+        return
+    student = export_student(record["checkpoint"])
+    record["model_version"] = outbox.do("log_stage_model", record["run_id"], student, model, alias_of(stage.name),
+                                        list(get_task(spec.task).labels), spec.max_seq_len)
+    metrics, files = analyse_checkpoint(record["checkpoint"], Path(record["checkpoint"]) / "analysis")
+    record["analysis"] = metrics
+    outbox.do("log_analysis", record["run_id"], metrics, files)
 
 
-def kept_winner(source: StageRecord) -> dict[str, Any]:
-    """A skipped refine stage's record: the coarse stage's winner, its score and checkpoint, no trials, and
-    its dev score where the search ranks on a holdout (measured once, for the coarse stage)."""
-    kept: dict[str, Any] = {"status": "done", "winner": source["winner"], "score": source["score"],
-                            "checkpoint": source.get("checkpoint"), "trials": 0}
-    if "dev" in source:
-        kept["dev"] = source["dev"]
-    return kept
+def alias_of(stage: str) -> str:
+    """A stage's registry alias (MLflow aliases take no hyphen)."""
+    return stage.replace("-", "_")
 
 
 def stage_line(spec: SearchSpec, name: str, record: StageRecord) -> str:
@@ -407,7 +426,23 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
             raise
         finished = {s.name for s in schedule.stages if ledger.done(s.name)}
         raise space.DiskFull(space.full_message(spec, schedule, finished, teacher, e)) from None
+    register_best(spec, schedule, ledger, outbox)
     outbox.do("close_run", search_run, "FINISHED")
     outbox.flush()
     ledger.mlflow_note = outbox.summary()
     return ledger
+
+
+def register_best(spec: SearchSpec, schedule: Schedule, ledger: Ledger, outbox: Outbox) -> None:
+    """The search's best student (of every stage it ran) in the ledger and under the registry alias `best`."""
+    found = winners_mod.search_best(ledger.records(), schedule)
+    if found is None:
+        return
+    name, record = found
+    origin = record.get("trained_in", name)
+    ledger.data["best"] = {"stage": origin, "score": record["score"], "winner": record["winner"],
+                           "checkpoint": record.get("checkpoint")}
+    ledger.save()
+    run_id = ledger.records().get(origin, {}).get("run_id")
+    if record.get("checkpoint") and run_id:
+        outbox.do("alias_model", f"fsd-{spec.task}-{spec.method}", "best", run_id)

@@ -1,10 +1,12 @@
-"""Disk space: a stage that cannot fit is not started, and a disk that fills anyway stops the search with one
-line that names the folder and what the rest of the search needs, so that the user frees space and resumes.
+"""Disk space: what a search will hold at its fullest (--dry-run), a stage that cannot fit is not started, and
+a disk that fills anyway stops the search with one line that names the folder and what the rest of the search
+needs, so that the user frees space and resumes.
 
-What a search keeps is mostly trial checkpoints: one per trial (Ray keeps each trial's best), each about
-three copies of the student's weights (weights and AdamW's two moments), plus the winner's exported student
-and its MLflow copy. Their size is measured on the checkpoints already written; before the first one, it is
-bounded by four times the teacher's weights (a student is at most as large as its teacher).
+What a search keeps is bounded by its stages, not its trials (fsd/tuning/retention.py): each done stage keeps
+its winner's checkpoint (the student's weights) and its MLflow copy; a running trial keeps up to two
+checkpoints that can resume (its best and its latest: weights, AdamW's two moments, the student memory); the
+teacher, its output cache and memory are written once. A checkpoint's size is measured on those already
+written; before the first one, it is bounded by four times the teacher's weights.
 """
 
 from __future__ import annotations
@@ -131,3 +133,80 @@ def size(n: float) -> str:
             break
         n /= 1024
     return f"{n:,.0f} B" if unit == "B" else f"{n:,.1f} {unit}"
+
+
+# ---------------------------------------------------------------------------------------------- the peak
+@dataclass(frozen=True)
+class Peak:
+    """What a search holds on disk at its fullest, in bytes (an estimate from the models' shapes)."""
+
+    student: int  # one student's weights (float32)
+    resume: int  # what a resumable checkpoint adds: AdamW's moments, the student memory and its moments
+    running: int  # trials at once
+    stages: int  # trial stages: each keeps its winner's checkpoint and one MLflow copy of it
+    teacher: int  # the fine-tuned teacher's weights
+    cache: int  # at most: the teacher-output cache (float16 features at full length) and the teacher memory
+
+    @property
+    def total(self) -> int:
+        kept = 2 * self.stages * self.student
+        running = self.running * 2 * (self.student + self.resume)
+        leader = self.student  # the stage's best finished trial so far, until the stage ends
+        return kept + running + leader + self.teacher + self.cache
+
+    def says(self) -> str:
+        return (f"disk at its peak: about {size(self.total)} ({self.stages} stage winners kept and registered once "
+                f"in MLflow, {size(2 * self.stages * self.student)}; {self.running} running trial(s) with two "
+                f"resumable checkpoints each, {size(self.running * 2 * (self.student + self.resume))}; the teacher, "
+                f"{size(self.teacher)}; its output cache and memory, at most {size(self.cache)})")
+
+
+def peak(spec: SearchSpec, schedule: Schedule, stages: int, rows: int) -> Peak | None:
+    """The disk `schedule` needs at its fullest with `stages` trial stages to run over `rows` training rows, or
+    None when the backbone's configuration is not on this machine (a hub model not downloaded yet)."""
+    import os
+
+    from fsd.config import DistillConfig
+    from fsd.models import teacher_meta
+    from fsd.tasks import get_task
+
+    task = get_task(spec.task)
+    meta = teacher_meta(spec.teacher) if Path(spec.teacher).is_dir() else None
+    backbone = spec.student_init or (meta or {}).get("backbone") or spec.teacher
+    student = _shape(backbone, spec.student_layers, task.num_labels)
+    teacher = _shape(spec.teacher, None, task.num_labels)
+    if student is None or teacher is None:
+        return None
+    k = schedule.budget.memory_size or spec.extra.get("memory_size") or task.memory_size
+    memory = any(s.method in ("fsdg", "fsd") for s in schedule.stages)
+    s_memory = 3 * 4 * k * spec.max_seq_len * student[1] if memory else 0
+    t_memory = 4 * k * spec.max_seq_len * teacher[1] if memory else 0
+    features = 2 * rows * spec.max_seq_len * teacher[1]
+    cache = min(features, int(spec.extra.get("cache_budget_gb", DistillConfig.cache_budget_gb) * 1e9)) + t_memory
+    cores = os.cpu_count() or 1
+    running = max(1, int(cores // spec.cpus_per_trial))
+    if spec.gpus_per_trial:
+        running = min(running, max(1, int(1 / spec.gpus_per_trial)))
+    if spec.max_concurrent:
+        running = min(running, spec.max_concurrent)
+    return Peak(4 * student[0], 2 * 4 * student[0] + s_memory, running, stages, 4 * teacher[0], cache)
+
+
+def _shape(name: str, layers: int | None, num_labels: int) -> tuple[int, int] | None:
+    """(parameters, hidden size) of a sequence classifier on `name`'s configuration, cut to `layers`, read from
+    this machine only (the hub is not contacted); None when it is not here."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from fsd.models import resolve_model_path
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(name), local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    if layers is not None:
+        config.num_hidden_layers = min(layers, config.num_hidden_layers)
+    config.num_labels = num_labels
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    return sum(p.numel() for p in model.parameters()), config.hidden_size

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from fsd.config import SPEED_FIELDS
+
 STRATEGIES = ("grid", "halving", "optuna")
 SELECT_ON = ("dev", "holdout")
 HOLDOUT_ROWS = 1000  # --select-on holdout: at most this many training rows, and at most HOLDOUT_SHARE of them
@@ -23,7 +25,7 @@ IDENTITY = ("task", "method", "preset", "teacher", "teacher_epochs", "teacher_lr
             "data_dir", "seeds", "max_seq_len", "strategy", "reduction_factor", "first_rung", "num_samples", "extra",
             "grids", "select_on", "holdout_rows")
 # DistillConfig values that change speed only (results equal up to float rounding): free to change on --resume.
-SPEED_KEYS = ("teacher_cache", "cache_budget_gb", "cache_dtype", "compile", "device")
+SPEED_KEYS = SPEED_FIELDS
 
 
 @dataclass

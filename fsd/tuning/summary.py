@@ -48,10 +48,8 @@ def summary_table(ledger: Ledger, schedule: Schedule) -> str:
             status = "memory built" if record.get("status") == "done" else "not run"
             lines.append(f"| {stage.name} | {status} |" + " |" * (head.count("|") - 3))
             continue
-        if stage.carry and record.get("trials") == 0:
-            refined = ", ".join(d.param for d in stage.derived)
-            lines.append(f"| {stage.name} | skipped: {stage.carry}'s winner has {refined} = 0, nothing to refine; "
-                         "its winner kept |" + " |" * (head.count("|") - 3))
+        if record.get("trials") == 0 and (stage.carry or record.get("skipped")):
+            lines.append(f"| {stage.name} | {skipped_text(stage, record)} |" + " |" * (head.count("|") - 3))
             continue
         winner = record["winner"]
         keys = [k for k in SHOWN if k in stage.grid or k in stage.inherit or any(k in d.param for d in stage.derived)]
@@ -63,6 +61,16 @@ def summary_table(ledger: Ledger, schedule: Schedule) -> str:
             score += " | " + ("-" if dev is None else f"{100 * dev:.2f}")
         lines.append(f"| {stage.name} | {shown} | {score} | {paper if paper else '-'} |")
     return "\n".join(lines)
+
+
+def skipped_text(stage, record) -> str:
+    """Why a stage ran no trial, and whose winner it kept."""
+    source = record.get("carried_from") or ", ".join(stage.carry)
+    why = record.get("skipped")
+    if why is None:  # a ledger written before stages said why: a refine stage around 0
+        return (f"skipped: {source}'s winner has {', '.join(d.param for d in stage.derived)} = 0, nothing to "
+                "refine; its winner kept")
+    return f"skipped: {why}; {source}'s winner kept"
 
 
 def pointers(ledger: Ledger, schedule: Schedule, storage: str, mlflow_uri: str, wall_s: float) -> str:

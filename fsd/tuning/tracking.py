@@ -20,7 +20,7 @@ from fsd import failpoints
 from fsd.data import source_fingerprint, split_rows
 from fsd.storage import content_key, one_builder
 from fsd.tasks import get_task
-from fsd.tuning.trainable import expand
+from fsd.tuning.plan import expand
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -203,24 +203,29 @@ class TrialTracker(Callback):
         return state
 
 
+NOT_KEPT = "not kept: a finished stage keeps its winner's checkpoint only (--log-checkpoints all keeps every trial's)"
+
+
 def record_best_checkpoints(uri: str, exp_id: str, stage_run_id: str, best: dict[str, str],
-                            upload: bool = False) -> None:
-    """Tag each trial's run with the path of its best checkpoint (`best`: Ray trial id -> folder), and
-    with `upload` (`--log-checkpoints all`) copy the checkpoint into the run's artifacts."""
+                            upload: bool = False, kept: list[str] | None = None) -> None:
+    """Tag each trial's run with the path of its best checkpoint (`best`: Ray trial id -> folder), or with
+    NOT_KEPT when that folder is not among `kept` (None: all are kept); with `upload` (`--log-checkpoints
+    all`) copy the checkpoint into the run's artifacts."""
     client = client_for(uri)
     runs = client.search_runs([exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{stage_run_id}'", max_results=10000)
     for run in runs:
         path = best.get(run.data.tags.get("ray_trial_id", ""))
-        if path:
-            client.set_tag(run.info.run_id, "best_checkpoint", path)
-            if upload:
-                client.log_artifacts(run.info.run_id, path, artifact_path="best_checkpoint")
+        if not path:
+            continue
+        client.set_tag(run.info.run_id, "best_checkpoint", path if kept is None or path in kept else NOT_KEPT)
+        if upload:
+            client.log_artifacts(run.info.run_id, path, artifact_path="best_checkpoint")
 
 
 def log_stage_model(uri: str, run_id: str, student_dir: str, registered_name: str, alias: str,
                     labels: list[str] | tuple[str, ...] = (), max_length: int = 128) -> str:
     """Log an exported student folder as an MLflow `transformers` text-classification pipeline (model and
-    tokenizer, the task's label names), and the folder itself as the artifact `student_files`; register it and
+    tokenizer, the task's label names), once (the folder is not logged again beside it); register it and
     point `alias` at it. `mlflow.transformers.load_model("models:/<name>@<alias>")` and `mlflow models serve`
     need only MLflow, torch and transformers, not this project. Inputs are cut at `max_length` tokens, the
     length the student was trained at (the served model does it; a loaded pipeline wants `truncation=True`).
@@ -249,7 +254,6 @@ def log_stage_model(uri: str, run_id: str, student_dir: str, registered_name: st
                                                  task="text-classification", model_card=card,
                                                  model_config={"truncation": True},
                                                  pip_requirements=["torch", "transformers"])
-            mlflow.log_artifacts(student_dir, artifact_path="student_files")
         # Registered through the client: MLflow's fluent registration prints to the console.
         if not client.search_registered_models(f"name='{registered_name}'"):
             try:
@@ -262,6 +266,15 @@ def log_stage_model(uri: str, run_id: str, student_dir: str, registered_name: st
         failpoints.reached("log-model")
     client.set_registered_model_alias(registered_name, alias, version)
     return version
+
+
+def alias_model(uri: str, registered_name: str, alias: str, source_run_id: str) -> None:
+    """Point `alias` at the version registered from the stage run `source_run_id` (a student carried into a
+    later stage, or the search's best, is registered once)."""
+    client = client_for(uri)
+    found = client.search_model_versions(f"name='{registered_name}' and run_id='{source_run_id}'")
+    if found:
+        client.set_registered_model_alias(registered_name, alias, str(found[0].version))
 
 
 def log_winner(uri: str, run_id: str, metric: str, score: float, tags: dict[str, str]) -> None:
@@ -282,4 +295,5 @@ def log_analysis(uri: str, run_id: str, metrics: dict[str, float], files: list[s
 # The MLflow writes of a search, by name, so the outbox can queue and replay them (fsd.tuning.outbox).
 OPS = {"open_run": open_run, "close_run": close_run, "trial_run": trial_run, "log_metrics": log_metrics,
        "record_best_checkpoints": record_best_checkpoints, "log_winner": log_winner,
-       "log_stage_model": log_stage_model, "log_analysis": log_analysis, "close_open_children": close_open_children}
+       "log_stage_model": log_stage_model, "log_analysis": log_analysis, "close_open_children": close_open_children,
+       "alias_model": alias_model}

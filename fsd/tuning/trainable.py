@@ -3,39 +3,28 @@
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
 from ray import tune
 
+from fsd.checkpoints import load_checkpoint
 from fsd.config import DistillConfig
-from fsd.train import distill, load_checkpoint
-
-METRIC = "eval/score"
-MODE = "max"
-
-
-def expand(params: dict[str, Any]) -> dict[str, Any]:
-    """Split joint grid keys: `{"gamma_i+gamma_l": (a, b)}` -> `{"gamma_i": a, "gamma_l": b}`."""
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        if "+" in key:
-            parts = [float(x) for x in value.split("|")] if isinstance(value, str) else value  # Optuna: "a|b"
-            out.update(zip(key.split("+"), parts, strict=True))
-        else:
-            out[key] = value
-    return out
+from fsd.train import distill
+from fsd.tuning.plan import expand
 
 
 def train_trial(params: dict[str, Any], base: dict[str, Any]) -> None:
     """One trial. `base` holds what every trial of the stage shares (task, teacher, inherited winners);
     `params` the grid point. Resumes from the trial's last checkpoint after a failure or a restore."""
     config = DistillConfig.from_dict({**base, **expand(params)})
-    checkpoint = tune.get_checkpoint()
-    state = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = load_checkpoint(folder)
+    state = restored_state(tune.get_checkpoint())
+    if state is not None and "optimizer" not in state:
+        # The trial was over (fsd.tuning.retention dropped what resuming needs when it ended): a driver killed
+        # before Ray recorded its end brings it back. Its last result is said again; nothing is retrained.
+        tune.report(state["metrics"])
+        return
     try:
         for report in distill(config, resume_from=state):
             with tempfile.TemporaryDirectory() as folder:
@@ -43,6 +32,14 @@ def train_trial(params: dict[str, Any], base: dict[str, Any]) -> None:
                 tune.report(report.metrics, checkpoint=tune.Checkpoint.from_directory(folder))
     except torch.OutOfMemoryError as e:
         raise TrialOutOfMemory(out_of_memory_message(_gpu_share(), config.batch_size)) from e
+
+
+def restored_state(checkpoint: tune.Checkpoint | None) -> dict | None:
+    """The state to resume from, or None: no checkpoint, or one deleted because its trial could no longer
+    win (a killed driver restarts such a trial; it trains afresh, to the same result)."""
+    if checkpoint is None or not Path(checkpoint.path).is_dir():
+        return None
+    return load_checkpoint(checkpoint.path)
 
 
 class TrialOutOfMemory(RuntimeError):

@@ -1,0 +1,105 @@
+"""Which student a stage hands on, and which the search hands back: never less than was found.
+
+A stage's winner is the best, on the ranking split, of its own trials and of the earlier winners carried
+into it: those its grid would have trained again (`fsd.tuning.folding`) and those its schedule names as
+competitors (`Stage.carry`: a refine stage's coarse winner, the best FSD-family student before FSD's last
+stage). The search's best student is the best of every stage it ran, named with the stage that trained it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fsd.tuning.folding import Folded
+from fsd.tuning.ledger import StageRecord
+from fsd.tuning.plan import expand
+from search_spaces import Schedule, Stage
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A student competing for a stage: its configuration (in this stage's terms), score and checkpoint, and
+    the stage that trained it (None: this stage's own trials)."""
+
+    winner: dict[str, Any]
+    score: float
+    checkpoint: str | None
+    source: str | None = None
+    record: StageRecord | None = None  # the earlier stage's record (its dev score, model, analysis)
+
+
+def carried(records: dict[str, StageRecord], stage: Stage, folded: Folded | None,
+            base: dict[str, Any]) -> list[Candidate]:
+    """The earlier winners that compete in `stage`: those its folded grid equals (each as the stage's own
+    point, so later stages read this stage's values from it: gamma_g = 0, not the VKD winner's defaults),
+    then the stages it names in `carry` that are done."""
+    out = []
+    for c in folded.carried if folded is not None else ():
+        source = records[c.stage]
+        out.append(Candidate({**base, **expand(c.point)}, source["score"], source.get("checkpoint"), c.stage, source))
+    for name in stage.carry:
+        source = records.get(name, {})
+        if source.get("status") == "done" and source.get("score") is not None:
+            out.append(Candidate(dict(source["winner"]), source["score"], source.get("checkpoint"), name, source))
+    return out
+
+
+def choose(own: Candidate | None, others: list[Candidate]) -> Candidate:
+    """The best candidate by score; on a tie the stage's own trials, then the first carried."""
+    pool = ([own] if own is not None else []) + others
+    if not pool:
+        raise ValueError("no candidate")
+    best = pool[0]
+    for c in pool[1:]:
+        if c.score > best.score:
+            best = c
+    return best
+
+
+def trained_in(candidate: Candidate, stage: str) -> str:
+    """The stage whose trial trained `candidate` (following carried records back to their origin)."""
+    if candidate.source is None:
+        return stage
+    return (candidate.record or {}).get("trained_in", candidate.source)
+
+
+def stage_record(candidate: Candidate, stage: str) -> dict[str, Any]:
+    """The ledger fields a stage's chosen candidate sets (its dev score too, when one was measured)."""
+    out: dict[str, Any] = {"status": "done", "winner": candidate.winner, "score": candidate.score,
+                           "checkpoint": candidate.checkpoint, "trained_in": trained_in(candidate, stage)}
+    if candidate.source is not None:
+        out["carried_from"] = candidate.source
+        for key in ("dev", "analysis", "model_version"):
+            if key in (candidate.record or {}):
+                out[key] = candidate.record[key]
+    return out
+
+
+def search_best(records: dict[str, StageRecord], schedule: Schedule) -> tuple[str, StageRecord] | None:
+    """The best stage winner of the search (the earliest stage holding the best score), or None."""
+    best = None
+    for stage in schedule.stages:
+        r = records.get(stage.name, {})
+        if stage.prepare or r.get("status") != "done" or r.get("score") is None:
+            continue
+        if best is None or r["score"] > best[1]["score"]:
+            best = (stage.name, r)
+    return best
+
+
+def not_last_line(records: dict[str, StageRecord], schedule: Schedule, holdout: bool) -> str | None:
+    """One plain line when the best student is not the last stage's winner, else None."""
+    found = search_best(records, schedule)
+    last = [s for s in schedule.stages if not s.prepare and records.get(s.name, {}).get("status") == "done"]
+    if found is None or not last:
+        return None
+    name, best = found
+    end = records[last[-1].name]
+    origin = best.get("trained_in", name)
+    if end.get("trained_in", last[-1].name) == origin and end["score"] == best["score"]:
+        return None
+    split = "holdout" if holdout else "dev"
+    method = best["winner"].get("method", "")
+    return (f"the best student is {origin}'s ({method}, {split} {100 * best['score']:.2f}), not the last stage's "
+            f"({last[-1].name}, {100 * end['score']:.2f}): the terms the later stages add did not help here")
