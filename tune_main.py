@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="halving/optuna: the first rung as a share of a trial's budget (default 1/9, measured)")
     a("--num-samples", type=int, default=None,
       help="optuna: trials per stage with a large grid (default: a third of the grid, measured)")
+    a("--budget", default=None, metavar="AMOUNT",
+      help="halving/optuna: what the search may spend, as training samples (2e6), a share of the grid's samples "
+           "(20%%) or hours on this machine (8h); each stage's trials and first rung are planned to fit, and no "
+           "trial starts that the budget left cannot pay for"),
     a("--preset", choices=["paper", "quick", "cpu", "smoke"], default="paper",
       help="paper: the full schedule; quick: 2 values per parameter, 2 epochs, 2000 rows; cpu: a search that learns "
            "on a 2-core CPU in about 15 minutes (SST-2, 3-layer MiniLM student: 1 epoch of 1600 rows, lr 2e-4); "
@@ -121,8 +125,10 @@ def dry_run(args: argparse.Namespace) -> None:
     """Every stage, its grid and what it will cost (with --estimate, in hours, from steps timed here); nothing
     is written. With --compare, the cost of every method's search, shared stages counted once."""
     from fsd.logs import quiet_libraries
+    from fsd.tuning.budget import format_plan
+    from fsd.tuning.budget import parse as parse_budget
     from fsd.tuning.checks import check_batch_sizes, check_compare, dry_spec
-    from fsd.tuning.cost import compare_cost, format_compare_cost, format_cost, search_cost
+    from fsd.tuning.cost import budget_plan, compare_cost, format_compare_cost, format_cost, search_cost
     from fsd.tuning.spec import method_spec
     from search_spaces import format_schedule, get_schedule
 
@@ -133,7 +139,11 @@ def dry_run(args: argparse.Namespace) -> None:
         methods = check_compare(args)
         pairs = [(method_spec(spec, m), get_schedule(m, spec.task, spec.preset, spec.grids)) for m in methods]
     seen: set[str] = set()
-    costs = [search_cost(s, sch, seen) for s, sch in pairs]
+    plans = [budget_plan(s, sch) if s.budget else None for s, sch in pairs]
+    for (s, _), planned in zip(pairs, plans, strict=True):
+        if planned is not None:
+            print(format_plan(planned, parse_budget(s.budget)))
+    costs = [search_cost(s, sch, seen, planned) for (s, sch), planned in zip(pairs, plans, strict=True)]
     print(format_cost(costs))
     print(disk_peak(spec, schedule, costs))
     if args.compare:

@@ -35,7 +35,8 @@ def test_the_same_stage_has_the_same_key_whatever_the_search_or_speed_settings()
     {"base": {**BASE, "student_layers": 2}},
     {"how": {"strategy": "halving", "reduction_factor": 3.0, "first_rung": 1 / 9}},  # the strategy
     {"seeds": (42, 43)},
-    {"carried": {"winner": {"gamma_g": 1e-4}, "score": 0.6}},
+    {"carried": [{"winner": {"gamma_g": 1e-4}, "score": 0.6}]},  # a refine stage's coarse winner
+    {"carried": [{"winner": {"gamma_g": 1e-4}, "score": 0.6}, {"winner": {"method": "vkd"}, "score": 0.5}]},
     {"name": "vkd-again"},
 ])
 def test_any_difference_in_what_the_trials_run_is_another_stage(change):

@@ -175,6 +175,16 @@ def check_search_numbers(args: argparse.Namespace) -> None:
                                     ("--num-samples", args.num_samples)) if v is not None]
     if args.strategy == "grid" and halving_flags:
         raise UsageError(f"{halving_flags[0]} needs --strategy halving or optuna (the grid runs every trial whole)")
+    if args.budget is not None:
+        from fsd.tuning.budget import parse
+
+        try:
+            parse(args.budget)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if args.strategy == "grid":
+            raise UsageError("--budget plans halving's rungs and Optuna's samples: add --strategy optuna (or halving); "
+                             "the grid runs every trial whole")
     if args.strategy == "halving" and args.num_samples is not None:
         raise UsageError("--num-samples needs --strategy optuna (halving starts every grid point)")
     if args.holdout_rows is not None and args.select_on != "holdout":

@@ -11,7 +11,7 @@ from pathlib import Path
 from fsd.config import DataSpec
 from fsd.data import split_rows
 from fsd.models import TEACHER_META, teacher_meta
-from fsd.tuning import folding, plan, shared
+from fsd.tuning import budget, folding, plan, shared
 from fsd.tuning import winners as winners_mod
 from fsd.tuning.folding import Folded
 from fsd.tuning.spec import SearchSpec
@@ -30,6 +30,7 @@ class StageCost:
     reused: str | None = None  # the search that ran it (its record), or "this comparison" (a stage met before)
     runs: int = 0  # Ray trials it runs (points x seeds, or Optuna's samples x seeds; a refine at its largest)
     folded: Folded | None = None  # how its grid folds (None: a refine grid, known once its winner is)
+    every: int = 0  # training samples between its trials' evaluations
 
 
 @dataclass
@@ -47,9 +48,10 @@ class SearchCost:
         return sum(s.samples for s in self.stages if not s.reused)
 
 
-def search_cost(spec: SearchSpec, schedule: Schedule, seen: set[str] | None = None) -> SearchCost:
-    """The cost of `schedule` under `spec`. `seen` collects the keys of stages already counted (another
-    method of the same --compare): those are reused, not run again."""
+def search_cost(spec: SearchSpec, schedule: Schedule, seen: set[str] | None = None,
+                budget_plan: budget.Plan | None = None) -> SearchCost:
+    """The cost of `schedule` under `spec` (with --budget, as `budget_plan` plans it). `seen` collects the keys of
+    stages already counted (another method of the same --compare): those are reused, not run again."""
     seen = set() if seen is None else seen
     held = spec.holdout.get("holdout_rows", 0)
     data = DataSpec(**plan.data_values(spec, schedule))  # the teacher's rows are the trials'
@@ -61,7 +63,8 @@ def search_cost(spec: SearchSpec, schedule: Schedule, seen: set[str] | None = No
     for stage in schedule.stages:
         if stage.prepare or (spec.stages and stage.name not in spec.stages):
             continue
-        costs.append(stage_cost(spec, schedule, stage, teacher, done, rows, dev, seen))
+        planned = budget_plan.stage(stage.name) if budget_plan else None
+        costs.append(stage_cost(spec, schedule, stage, teacher, done, rows, dev, seen, planned))
     cached = spec.extra.get("teacher_cache", True) and any(s.method != "nokd" for s in schedule.stages)
     return SearchCost(spec.method, costs, rows, dev, spec.teacher_epochs * rows if fine_tune else 0,
                       spec.teacher_epochs * t_dev if fine_tune else 0, rows if cached else 0)
@@ -111,7 +114,7 @@ def teacher_folder(spec: SearchSpec, schedule: Schedule) -> tuple[str, bool]:
 
 
 def stage_cost(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, done: dict[str, dict],
-               rows: int, dev: int, seen: set[str]) -> StageCost:
+               rows: int, dev: int, seen: set[str], planned: budget.StagePlan | None = None) -> StageCost:
     """One stage's cost. When the winners it builds on are known (`done`: stage -> record, found in the
     storage folder), its grid is exact and folded as the runner folds it, and a finished identical stage is
     reused; its record then joins `done`. Else its grid is folded against stand-in winners (what folds
@@ -132,7 +135,7 @@ def stage_cost(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str,
     reused = None
     if known:
         carried = winners_mod.carried(done, stage, folded, base)
-        reused = _reuse(spec, stage, base, folded, carried, done, seen) if points else None
+        reused = _reuse(spec, stage, base, folded, carried, done, seen, planned) if points else None
         if not points and carried:
             done[stage.name] = winners_mod.stage_record(winners_mod.choose(None, carried), stage.name)
     epochs = _epochs(spec, schedule, stage, base)
@@ -140,22 +143,29 @@ def stage_cost(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str,
     n = points if points is not None else min(d.limit or 9 for d in stage.derived)  # a refine: at most 9 points
     strategy = plan.stage_strategy(spec.strategy, n)
     trials = (plan.optuna_samples(n, spec.num_samples) if strategy == "optuna" and n else n) * spec.seeds
+    first_rung = spec.first_rung
+    if planned is not None and n:
+        trials, first_rung = min(planned.trials, n * spec.seeds), planned.first_rung
+        strategy = "optuna" if trials < n * spec.seeds else "halving"
     every = (base or {}).get("eval_every") or spec.extra.get("eval_every")
     if every is None:
         every = rows if strategy == "grid" else plan.eval_every(rows, schedule.budget.evals_per_epoch)
-    rungs = plan.rungs_for(max(budgets), spec.first_rung, spec.reduction_factor) if strategy != "grid" else None
+    rungs = plan.rungs_for(max(budgets), first_rung, spec.reduction_factor) if strategy != "grid" else None
     share = trials / len(budgets)
     samples = sum(plan.expected_samples(share, b, rungs, every) for b in budgets)
     evals = sum(plan.expected_evaluations(share, b, rungs, every) for b in budgets) * dev
     grid_samples = (folded.size if folded is not None else n) * spec.seeds * sum(budgets) / len(budgets)
     return StageCost(stage.name, points, strategy, budgets, 0.0 if reused else samples, grid_samples,
-                     0.0 if reused else evals, reused, trials, folded)
+                     0.0 if reused else evals, reused, trials, folded, every)
 
 
 def _reuse(spec: SearchSpec, stage: Stage, base: dict, folded, carried: list, done: dict[str, dict],
-           seen: set[str]) -> str | None:
+           seen: set[str], planned: budget.StagePlan | None) -> str | None:
     """Who ran this exact stage before (a search in the storage folder, or this comparison), recording its
-    winner in `done` as the runner would; None when nobody did."""
+    winner in `done` as the runner would; None when nobody did (with --budget, a stage's key holds what it may
+    spend, known only while the search runs: such a stage is counted as run)."""
+    if planned is not None:
+        return None
     key = shared.stage_key(stage.name, base, folded.grid, plan.strategy_of(spec, folded.grid), plan.seed_list(spec),
                            [{"winner": c.winner, "score": c.score} for c in carried] or None)
     record = shared.finished(shared.stage_folder(spec.storage, spec.task, stage.name, key))
@@ -233,3 +243,20 @@ def format_cost(costs: list[SearchCost]) -> str:
         lines.append("refine stages: their grid is known once their coarse winner is (counted at its largest)")
     return "\n".join(lines)
 
+
+
+def budget_plan(spec: SearchSpec, schedule: Schedule) -> budget.Plan:
+    """--budget planned over the stages the search will run (reused ones cost nothing; a refine stage counts at
+    its largest grid); a budget in hours is converted with steps timed here (--estimate's)."""
+    wanted = budget.parse(spec.budget)
+    cost = search_cost(spec, schedule)
+    stages = [{"name": s.name, "points": s.trials if s.trials is not None else round(s.grid_samples / max(
+               s.samples_per_trial) / spec.seeds), "per_trial": max(s.samples_per_trial), "every": s.every,
+               "grid": s.grid_samples} for s in cost.stages if not s.reused and s.trials != 0]
+    per_hour = None
+    if wanted.hours is not None:
+        from fsd.tuning.estimate import measure
+
+        per_hour = budget.per_hour(measure(spec, [schedule]), schedule)
+    total = budget.in_samples(wanted, sum(s.grid_samples for s in cost.stages), per_hour)
+    return budget.make_plan(total, stages, spec.strategy, spec.reduction_factor, spec.first_rung, spec.seeds)

@@ -49,7 +49,7 @@ def build_spec(args: argparse.Namespace, schedule: Schedule, stages: tuple[str, 
         teacher_epochs=args.teacher_epochs or schedule.budget.teacher_epochs,
         teacher_lr=schedule.budget.teacher_lr if args.teacher_lr is None else args.teacher_lr,
         log_checkpoints=args.log_checkpoints, address=args.address, extra=extra, grids=parse_grids(args),
-        verbose=args.verbose)
+        verbose=args.verbose, budget=args.budget)
 
 
 def _holdout_rows(args: argparse.Namespace) -> int | None:

@@ -16,11 +16,13 @@ from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import BasicVariantGenerator, SearchAlgorithm
 
 from fsd.storage import write_text
-from fsd.tuning.plan import Rungs, joint_value
+from fsd.tuning.plan import SAMPLES, Rungs, joint_value
 
-TIME_ATTR = "progress/samples"
+TIME_ATTR = SAMPLES
+GATE = "budget_gate.json"
 
 
 class DurableASHA(ASHAScheduler):
@@ -73,6 +75,93 @@ class DurableASHA(ASHAScheduler):
             self._save()
 
 
+class BudgetGate(SearchAlgorithm):
+    """Wraps a stage's search algorithm: a trial is created only when `cap` pays for its whole budget after
+    what every trial so far has spent and what the live ones may still spend. Its count is written to `path`
+    beside the experiment after every change and read back when a restore unpickles it (as DurableASHA's)."""
+
+    def __init__(self, inner: SearchAlgorithm, cap: float, per_trial: int, path: str):
+        self.inner, self.cap, self.per_trial, self._path = inner, cap, per_trial, path
+        self.spent: dict[str, float] = {}  # trial id -> samples it has trained
+        self.live: set[str] = set()
+        self.refused = False
+        self._load()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._load()
+
+    def _load(self) -> None:
+        if Path(self._path).is_file():
+            saved = json.loads(Path(self._path).read_text())
+            self.spent, self.refused, self.live = saved["spent"], saved["refused"], set(saved["live"])
+
+    def _save(self) -> None:
+        write_text(self._path, json.dumps({"spent": self.spent, "refused": self.refused, "live": sorted(self.live),
+                                           "cap": self.cap, "per_trial": self.per_trial}))
+
+    # What Tune asks of a search algorithm, passed on.
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.inner.set_search_properties(metric, mode, config, **spec)
+
+    def add_configurations(self, experiments) -> None:
+        self.inner.add_configurations(experiments)
+
+    @property
+    def total_samples(self) -> int:
+        return self.inner.total_samples
+
+    @property
+    def metric(self):
+        return self.inner.metric
+
+    def is_finished(self) -> bool:
+        return self._finished or self.inner.is_finished()
+
+    def has_checkpoint(self, dirpath: str) -> bool:
+        return self.inner.has_checkpoint(dirpath)
+
+    def save_to_dir(self, dirpath: str, **kwargs) -> None:
+        self.inner.save_to_dir(dirpath, **kwargs)
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        self.inner.restore_from_dir(dirpath)
+
+    def next_trial(self):
+        spent = sum(self.spent.values())
+        if spent + self.per_trial > self.cap:
+            self.refused = True
+            self._save()
+            self.set_finished()  # what is spent only grows: no trial will fit again
+            return None
+        running = sum(self.per_trial - self.spent.get(t, 0.0) for t in self.live)
+        if spent + running + self.per_trial > self.cap:
+            return None  # the running trials may still spend it: asked again when one ends
+        trial = self.inner.next_trial()
+        if trial is not None:
+            self.live.add(trial.trial_id)
+            self._save()
+        return trial
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.spent[trial_id] = float(result.get(TIME_ATTR, 0))
+        self._save()
+        self.inner.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result:
+            self.spent[trial_id] = float(result.get(TIME_ATTR, self.spent.get(trial_id, 0)))
+        self.live.discard(trial_id)
+        self._save()
+        self.inner.on_trial_complete(trial_id, result=result, error=error)
+
+
+def gate_refused(folder: str) -> bool:
+    """Whether a stage's BudgetGate (in `folder`) refused a trial because the budget was spent."""
+    path = Path(folder) / GATE
+    return path.is_file() and json.loads(path.read_text())["refused"]
+
+
 def param_space(strategy: str, grid: dict[str, tuple], seeds: list[int]) -> dict[str, Any]:
     """Grid and halving: every point (x seeds). Optuna: a categorical per parameter (joint values as "a|b",
     since Optuna's categoricals hold plain values only); seeds then repeat each sample."""
@@ -85,9 +174,10 @@ def param_space(strategy: str, grid: dict[str, tuple], seeds: list[int]) -> dict
 
 
 def tune_config(strategy: str, folder: str, name: str, rungs: Rungs | None, metric: str, mode: str,
-                max_concurrent: int, num_samples: int) -> tune.TuneConfig:
-    """The stage's TuneConfig: the scheduler of `rungs` (none for the grid) and, for optuna, TPE."""
-    kwargs: dict[str, Any] = {"max_concurrent_trials": max_concurrent or None}
+                max_concurrent: int, num_samples: int, gate: tuple[float, int] | None = None) -> tune.TuneConfig:
+    """The stage's TuneConfig: the scheduler of `rungs` (none for the grid), for optuna TPE, and with `gate`
+    (what the stage may spend, a trial's whole budget) a `BudgetGate` around the trials' generator."""
+    kwargs: dict[str, Any] = {}
     if rungs is not None:
         kwargs["scheduler"] = DurableASHA(os.path.join(folder, "rungs.json"), rungs, metric, mode)
     else:
@@ -96,7 +186,7 @@ def tune_config(strategy: str, folder: str, name: str, rungs: Rungs | None, metr
         from optuna.samplers import TPESampler
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
-        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search import ConcurrencyLimiter, SearchGenerator
         from ray.tune.search.optuna import OptunaSearch
 
         os.makedirs(folder, exist_ok=True)  # Ray makes the stage's folder only when its trials start
@@ -104,9 +194,11 @@ def tune_config(strategy: str, folder: str, name: str, rungs: Rungs | None, metr
         # TPE learns from each trial's best evaluation (the winner rule's score; a stopped trial's is its rung's)
         searcher = OptunaSearch(metric="eval/best_score", mode=mode, study_name=name, storage=journal,
                                 sampler=TPESampler(seed=0))
-        kwargs["search_alg"] = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent or 2)
-        kwargs["num_samples"] = num_samples
-        kwargs.pop("max_concurrent_trials")
+        generator = SearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent or 2))
+        kwargs.update(num_samples=num_samples)
         kwargs.pop("metric", None)
         kwargs.pop("mode", None)
+    else:
+        generator = BasicVariantGenerator(max_concurrent=max_concurrent or 0)
+    kwargs["search_alg"] = BudgetGate(generator, *gate, os.path.join(folder, GATE)) if gate is not None else generator
     return tune.TuneConfig(**kwargs)

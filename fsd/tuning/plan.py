@@ -23,6 +23,8 @@ from search_spaces import Schedule, Stage
 
 METRIC = "eval/score"  # what a stage's winner maximises (on dev, or on the holdout)
 MODE = "max"
+SAMPLES = "progress/samples"  # training samples a trial has seen: the unit of rungs, budgets and curves
+BUDGET = "progress/budget"  # the training samples of its whole run
 JOINT = "+"  # a joint grid key: "gamma_i+gamma_l" takes one value per name
 OPTUNA_SEP = "|"  # Optuna's categoricals hold plain values: a joint value travels as "a|b"
 
@@ -198,16 +200,29 @@ def grid_size(grid: dict[str, tuple]) -> int:
     return n
 
 
-def strategy_of(spec: SearchSpec, grid: dict[str, tuple]) -> dict[str, Any]:
+def strategy_of(spec: SearchSpec, grid: dict[str, tuple], planned=None, cap: float | None = None) -> dict[str, Any]:
     """How this stage's grid is searched, as recorded in its key: the grid, or halving's rungs (and optuna's
-    number of samples)."""
+    number of samples); with --budget, the stage's plan (`fsd.tuning.budget.StagePlan`) and what it may
+    spend (`cap`, training samples)."""
     strategy = stage_strategy(spec.strategy, grid_size(grid))
+    if planned is not None:  # the budget's plan samples a grid of any size, or none
+        strategy = "optuna" if planned.trials // spec.seeds < grid_size(grid) else "halving"
     if strategy == "grid":
         return {"strategy": "grid"}
-    out = {"strategy": strategy, "reduction_factor": spec.reduction_factor, "first_rung": spec.first_rung}
+    out: dict[str, Any] = {"strategy": strategy, "reduction_factor": spec.reduction_factor,
+                           "first_rung": spec.first_rung if planned is None else planned.first_rung}
     if strategy == "optuna":
-        out["num_samples"] = optuna_samples(grid_size(grid), spec.num_samples)
+        out["num_samples"] = optuna_samples(grid_size(grid), spec.num_samples) if planned is None else \
+            max(1, planned.trials // spec.seeds)
+    if cap is not None:
+        out["cap"] = int(cap)
     return out
+
+
+def stage_trials(spec: SearchSpec, grid: dict[str, tuple], how: dict[str, Any]) -> int:
+    """How many Ray trials a stage over `grid` searched as `how` (`strategy_of`) runs at most: its points (or
+    Optuna's samples) times the seeds."""
+    return (how.get("num_samples") or grid_size(grid)) * spec.seeds
 
 
 def trial_budget(base: dict[str, Any], grid: dict[str, tuple], rows: int) -> int:

@@ -20,11 +20,21 @@ from fsd.config import DistillConfig
 from fsd.storage import one_builder
 from fsd.tasks import get_task
 from fsd.train import evaluate_on_dev, export_student, prepare_outputs
-from fsd.tuning import folding, halving, orphans, plan, retention, shared, space, tracking
+from fsd.tuning import budget, folding, halving, orphans, plan, retention, shared, space, tracking
 from fsd.tuning import winners as winners_mod
 from fsd.tuning.ledger import Ledger, StageRecord
 from fsd.tuning.outbox import Outbox
-from fsd.tuning.plan import METRIC, MODE, expand, seed_list, stage_base, strategy_of, train_rows, trial_budget
+from fsd.tuning.plan import (
+    METRIC,
+    MODE,
+    expand,
+    seed_list,
+    stage_base,
+    stage_trials,
+    strategy_of,
+    train_rows,
+    trial_budget,
+)
 from fsd.tuning.progress import StageProgress, quiet_services
 from fsd.tuning.spec import SearchSpec, identity
 from fsd.tuning.trainable import train_trial
@@ -35,6 +45,10 @@ logger = logging.getLogger("fsd")
 
 class StageFailed(RuntimeError):
     """Every trial of a stage failed: the search stops; the message names the first trial's error."""
+
+
+class BudgetSpent(Exception):
+    """--budget cannot pay for one more trial of the next stage: the search ends with what it found."""
 
 
 def _last_line(error: BaseException) -> str:
@@ -114,16 +128,17 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
     if folded.folded:
         log(f"stage {stage.name}: {folded.says()}")
     grid = folded.grid
-    key = shared.stage_key(stage.name, base, grid, strategy_of(spec, grid), seed_list(spec),
+    how = stage_budget(spec, stage, grid, base, rows, ledger)
+    key = shared.stage_key(stage.name, base, grid, how, seed_list(spec),
                            [{"winner": c.winner, "score": c.score} for c in carried] or None)
     folder = shared.stage_folder(spec.storage, spec.task, stage.name, key)
     record["shared"] = key
     with one_builder(folder, f"stage {stage.name}", log):  # a search beside this one may be running it: wait
         done = shared.finished(folder)
         if done is None:
-            space.check_stage(spec, stage.name, stage_trials(spec, grid), teacher)
+            space.check_stage(spec, stage.name, stage_trials(spec, grid, how), teacher)
             prepare_outputs(first, log)  # the teacher cache (and memory), once, before trials run in parallel
-            done = run_trials(spec, stage, grid, base, folder, rows, record["run_id"], mlflow_ids, log)
+            done = run_trials(spec, stage, grid, how, base, folder, rows, record["run_id"], mlflow_ids, log)
             done.update(run_id=record["run_id"], search=spec.method)
             shared.save(folder, done)
         else:
@@ -134,7 +149,7 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
     own = winners_mod.Candidate(done["winner"], done["score"], done["checkpoint"])
     chosen = winners_mod.choose(own, carried)
     record.update(winners_mod.stage_record(chosen, stage.name), trials=done["trials"],
-                  stopped=done.get("stopped", 0), samples=done.get("samples"))
+                  stopped=done.get("stopped", 0), samples=done.get("samples"), budget_refused=done.get("refused"))
     if spec.select_on == "holdout" and chosen.checkpoint and "dev" not in record:
         # Ranked on the holdout: dev is measured for the winner alone, so the score reported is not the one
         # the stage maximised. A carried winner was measured in its own stage.
@@ -143,6 +158,25 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
     _log_winner(spec, stage, record, records, outbox)
     ledger.save()
     outbox.do("close_run", record["run_id"], "FINISHED")
+
+
+def stage_budget(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: dict[str, Any], rows: int,
+                 ledger: Ledger) -> dict[str, Any]:
+    """How the stage searches its grid (`strategy_of`); with --budget, its plan and what it may spend: the
+    budget less what the search spent so far and what the later stages are planned to spend.
+
+    Raises:
+        BudgetSpent: that does not pay for one whole trial.
+    """
+    if not ledger.data.get("budget"):
+        return strategy_of(spec, grid)
+    plan = budget.Plan.from_json(ledger.data["budget"]["plan"])
+    cap = plan.cap(stage.name, budget.spent_of(ledger.records()))
+    per_trial = trial_budget(base, grid, rows)
+    if cap < per_trial:
+        raise BudgetSpent(f"the budget left for stage {stage.name} ({max(cap, 0):,.0f} training samples, after what "
+                          f"the later stages are planned to spend) does not pay for one trial ({per_trial:,})")
+    return strategy_of(spec, grid, plan.stage(stage.name), cap)
 
 
 def earlier_winners(schedule: Schedule, stage: Stage, records: dict[str, StageRecord]) -> dict[str, dict]:
@@ -192,6 +226,11 @@ def start_search(spec: SearchSpec, schedule: Schedule, ledger: Ledger, log=print
     teacher = ensure_teacher(plan.teacher_spec(spec, schedule), spec.storage, log=log)
     ledger.data["teacher"] = teacher
     ledger.data["majority"] = plan.majority_floor(spec, schedule)
+    if spec.budget and "budget" not in ledger.data:  # planned once: a resumed search keeps its plan
+        from fsd.tuning.cost import budget_plan
+
+        ledger.data["budget"] = {"text": spec.budget, "plan": budget_plan(spec, schedule).to_json()}
+        log(budget.format_plan(budget.Plan.from_json(ledger.data["budget"]["plan"]), budget.parse(spec.budget)))
     start_services(spec, spec.folder, log)
     outbox = Outbox(spec.mlflow_uri, os.path.join(spec.folder, "mlflow_outbox.json"), tracking.OPS)
     if outbox.pending:
@@ -276,29 +315,23 @@ def finished_trials(exp_dir: str) -> int | None:
     return sum(1 for t in tune.ExperimentAnalysis(exp_dir).trials if t.status == "TERMINATED")
 
 
-def stage_trials(spec: SearchSpec, grid: dict[str, tuple]) -> int:
-    """How many Ray trials a stage over `grid` runs: its points (or Optuna's samples) times the seeds."""
-    return (strategy_of(spec, grid).get("num_samples") or plan.grid_size(grid)) * spec.seeds
-
-
-def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: dict[str, Any], folder: str,
-               rows: int, stage_run_id: str, mlflow_ids: MlflowIds, log=print) -> dict[str, Any]:
+def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: dict[str, Any], base: dict[str, Any],
+               folder: str, rows: int, stage_run_id: str, mlflow_ids: MlflowIds, log=print) -> dict[str, Any]:
     """The stage's Ray Tune experiment in `folder` (restored when a killed driver left it unfinished).
 
     Returns:
         The best point's values on top of `base` (`winner`), its `score` and `checkpoint`, the number of
         `trials`, how many were `stopped` at a rung, and the training `samples` they processed.
     """
-    how = strategy_of(spec, grid)
     strategy = how["strategy"]
     name = f"{spec.task}-{stage.name}"
-    rungs = None
+    rungs, per_trial = None, trial_budget(base, grid, rows)
     if strategy != "grid":
-        rungs = plan.rungs_for(trial_budget(base, grid, rows), spec.first_rung, spec.reduction_factor)
+        rungs = plan.rungs_for(per_trial, how["first_rung"], spec.reduction_factor)
     tracker = tracking.TrialTracker(spec.mlflow_uri, mlflow_ids.experiment_id, stage_run_id,
                                     {"stage": stage.name, "method": stage.method, "task": spec.task}, base,
                                     mlflow_ids.outbox, tracking.dataset_records(base))
-    total = stage_trials(spec, grid)
+    total = stage_trials(spec, grid, how)
     log(f"stage {stage.name}: {total} trials ({strategy}), up to {trial_budget(base, grid, rows):,} training "
         f"samples each")
     finished = finished_trials(os.path.join(folder, name))
@@ -310,7 +343,9 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: dic
     tuner = open_tuner(spec, folder, name, trainable_for(spec, base),
                        halving.param_space(strategy, grid, seed_list(spec)),
                        halving.tune_config(strategy, folder, name, rungs, METRIC, MODE, spec.max_concurrent,
-                                           how.get("num_samples", 0)), [tracker, shown, kept])
+                                           how.get("num_samples", 0),
+                                           (how["cap"], per_trial) if "cap" in how else None),
+                       [tracker, shown, kept])
     results = tuner.fit()
     if any(space.disk_full(r.error) for r in results if r.error):
         # Not a winner from the trials that happened to fit: the stage stops, and --resume (after space is
@@ -330,8 +365,9 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: dic
     frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None and not r.error]
     stopped = sum(1 for df in frames if len(df) and not reached_budget(df))
     samples = sum(int(df["progress/samples"].max()) for df in frames if "progress/samples" in df)
+    refused = halving.gate_refused(folder)
     return {"winner": {**base, **expand(point)}, "score": score, "checkpoint": checkpoint, "trials": len(results),
-            "stopped": stopped, "samples": samples}
+            "stopped": stopped, "samples": samples, "refused": refused}
 
 
 def _log_winner(spec: SearchSpec, stage: Stage, record: StageRecord, records: dict[str, StageRecord],
@@ -414,6 +450,12 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
                 run_stage(spec, schedule, stage, teacher, ledger, ids, rows, log)
                 log(stage_line(spec, stage.name, ledger.records()[stage.name]))
             failpoints.reached("between-stages")
+    except BudgetSpent as e:
+        left = [s.name for s in schedule.stages if not ledger.done(s.name) and not s.prepare]
+        for name in left:
+            ledger.stage(name).update(status="not run", skipped="the budget is spent")
+        ledger.save()
+        log(f"budget spent: {e}; not run: {', '.join(left)}")
     except StageFailed:
         outbox.do("close_run", search_run, "FAILED")
         outbox.flush()
@@ -427,6 +469,11 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
         finished = {s.name for s in schedule.stages if ledger.done(s.name)}
         raise space.DiskFull(space.full_message(spec, schedule, finished, teacher, e)) from None
     register_best(spec, schedule, ledger, outbox)
+    if ledger.data.get("budget"):
+        spent = budget.spent_of(ledger.records())
+        ledger.data["budget"]["spent"] = spent
+        ledger.save()
+        log(budget.closing_line(ledger.data["budget"]))
     outbox.do("close_run", search_run, "FINISHED")
     outbox.flush()
     ledger.mlflow_note = outbox.summary()

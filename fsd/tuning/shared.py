@@ -23,7 +23,7 @@ NOT_IN_KEY = (*SPEED_KEYS, "storage")
 
 
 def stage_key(name: str, base: dict[str, Any], grid: dict[str, tuple], strategy: dict[str, Any],
-              seeds: list[int], carried: dict[str, Any] | None) -> str:
+              seeds: list[int], carried: list[dict[str, Any]] | None) -> str:
     """The digest naming a stage's trials.
 
     Args:
@@ -32,13 +32,22 @@ def stage_key(name: str, base: dict[str, Any], grid: dict[str, tuple], strategy:
         grid: the resolved grid (parameter -> values).
         strategy: how the grid is searched (`grid`, or halving's rungs, or optuna's samples as well).
         seeds: the seeds each point runs with.
-        carried: the earlier winner that competes with the stage's own (refine stages), else None.
+        carried: the earlier winners that compete with the stage's own (`winner`, `score` each), else None.
     """
     content = {"name": name, "base": {k: v for k, v in sorted(base.items()) if k not in NOT_IN_KEY},
                "grid": {k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in sorted(grid.items())},
                "strategy": strategy, "seeds": seeds,
-               "carried": None if carried is None else {"winner": carried.get("winner"), "score": carried.get("score")}}
+               "carried": _carried(carried)}
     return content_key(content)
+
+
+def _carried(carried: list[dict[str, Any]] | None) -> Any:
+    """The carried winners as the key holds them: one as a dict (the key of a refine stage before a stage could
+    carry more than one), more as a list."""
+    if not carried:
+        return None
+    out = [{"winner": c.get("winner"), "score": c.get("score")} for c in carried]
+    return out[0] if len(out) == 1 else out
 
 
 def stage_folder(storage: str, task: str, name: str, key: str) -> str:

@@ -23,7 +23,7 @@ FIRST_RUNG = 1 / 9  # of a trial's budget
 # What a resumed search must agree on with the stored one (the rest, e.g. concurrency, may change).
 IDENTITY = ("task", "method", "preset", "teacher", "teacher_epochs", "teacher_lr", "student_init", "student_layers",
             "data_dir", "seeds", "max_seq_len", "strategy", "reduction_factor", "first_rung", "num_samples", "extra",
-            "grids", "select_on", "holdout_rows")
+            "grids", "select_on", "holdout_rows", "budget")
 # DistillConfig values that change speed only (results equal up to float rounding): free to change on --resume.
 SPEED_KEYS = SPEED_FIELDS
 
@@ -52,6 +52,7 @@ class SearchSpec:
     reduction_factor: float = REDUCTION_FACTOR
     first_rung: float = FIRST_RUNG  # of a trial's budget
     num_samples: int | None = None  # optuna: trials per large stage; None: a share of its grid
+    budget: str | None = None  # --budget as written: training samples, a share of the grid's, or hours
     select_on: str = "dev"  # what trials are ranked on: dev (the paper's protocol) or a holdout of training rows
     holdout_rows: int | None = None  # with select_on holdout: its size (resolved from the data by the checks)
     max_seq_len: int = 128

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fsd.models import teacher_meta
 from fsd.tuning.ledger import Ledger
+from fsd.tuning.winners import not_last_line
 from search_spaces import Schedule
 
 # docs/method.md §8, the paper's selection score per task and method (GLUE dev, BERT-base teacher, BERT6 student)
@@ -80,12 +81,20 @@ def pointers(ledger: Ledger, schedule: Schedule, storage: str, mlflow_uri: str, 
 
     task, method = schedule.task, schedule.method
     records = ledger.records()
-    last = [s for s in schedule.stages if records.get(s.name, {}).get("model_version")]
     lines = []
-    if last:
-        stage = last[-1].name
-        lines.append(f"best student (stage {stage}): models:/fsd-{task}-{method}@{stage.replace('-', '_')} "
-                     "(mlflow.transformers.load_model loads it as a text-classification pipeline)")
+    best = ledger.data.get("best")
+    if best and best.get("checkpoint"):
+        holdout = ledger.data.get("search", {}).get("select_on") == "holdout"
+        lines.append(f"best student: trained in stage {best['stage']} ({'holdout' if holdout else 'dev'} score "
+                     f"{100 * best['score']:.2f}), models:/fsd-{task}-{method}@best (mlflow.transformers.load_model "
+                     "loads it as a text-classification pipeline)")
+        lines.extend(filter(None, [not_last_line(records, schedule, holdout)]))
+    else:
+        last = [s for s in schedule.stages if records.get(s.name, {}).get("model_version")]
+        if last:  # a ledger written before the search recorded its best student
+            stage = last[-1].name
+            lines.append(f"best student (stage {stage}): models:/fsd-{task}-{method}@{stage.replace('-', '_')} "
+                         "(mlflow.transformers.load_model loads it as a text-classification pipeline)")
     if mlflow_uri.startswith("sqlite:///"):
         lines.append(f"MLflow UI: mlflow ui --backend-store-uri {mlflow_uri} --port 5000")
     else:
