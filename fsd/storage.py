@@ -32,6 +32,13 @@ def content_key(value: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def created_mode(mode: int) -> int:
+    """`mode` under the process's umask: what `open` or `mkdir` would give a new file or folder."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """A fresh temporary path beside `path` to write; it replaces `path` when the block ends without an error
@@ -39,6 +46,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, created_mode(0o666))  # mkstemp's 0600 would hide the file from colleagues and other nodes
     os.close(fd)
     tmp = Path(name)
     try:
@@ -63,6 +71,7 @@ def atomic_folder(final: str | os.PathLike, replace: bool = False) -> Iterator[P
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp.chmod(created_mode(0o777))
     try:
         yield tmp
         if replace and final.exists():

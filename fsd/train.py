@@ -150,7 +150,8 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
             not a search's trials).
 
     Yields:
-        One `Report` per evaluation; `metrics` has `eval/score` and the task's metrics, `eval/best_score`,
+        One `Report` per evaluation; `metrics` has `eval/score`, `eval/loss` and the task's metrics, their
+        running best `eval/best_score` and `eval/best_loss`,
         the mean of `train/loss` and of each loss part since the last evaluation, `train/samples_per_s`,
         `progress/samples` (training samples seen), `progress/budget` (those of the whole run), `epoch`
         (epochs done, a fraction between evaluations inside an epoch), `run/resumed_from` (the epochs
@@ -178,7 +179,7 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
     rows = train.num_examples
     budget, every = rows * config.epochs, config.eval_every or rows
     # Where training stands: the epoch, the batches done in it, the training samples seen overall.
-    start_epoch, start_step, samples, best = 0, 0, 0, float("-inf")
+    start_epoch, start_step, samples, best, best_loss = 0, 0, 0, float("-inf"), float("inf")
     if resume_from is not None:
         state = resume_from if isinstance(resume_from, dict) else load_checkpoint(resume_from)
         student.load_state_dict(state["student"])
@@ -186,6 +187,7 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, start_step, samples, best = state["epoch"], state["step"], state["samples"], state["best_score"]
+        best_loss = state.get("metrics", {}).get("eval/best_loss", best_loss)
         torch.set_rng_state(state["rng"]["torch"])
         if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -214,9 +216,10 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
             metrics["time/eval_s"] = time.perf_counter() - started
             if tracked is not None:
                 metrics.update(tracked(student))
-            best = max(best, metrics["eval/score"])
-            metrics.update({"epoch": samples / rows, "eval/best_score": best, "run/resumed_from": resumed_from,
-                            "progress/samples": samples, "progress/budget": budget, "run/student_params": size})
+            best, best_loss = max(best, metrics["eval/score"]), min(best_loss, metrics["eval/loss"])
+            metrics.update({"epoch": samples / rows, "eval/best_score": best, "eval/best_loss": best_loss,
+                            "run/resumed_from": resumed_from, "progress/samples": samples, "progress/budget": budget,
+                            "run/student_params": size})
             # The next position: the rest of this epoch, or the start of the next one.
             at = (epoch, step + 1) if step + 1 < len(train) else (epoch + 1, 0)
 

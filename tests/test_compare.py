@@ -67,3 +67,11 @@ def test_table_shows_the_majority_floor_without_testing_it():
     assert [r["method"] for r in rows] == ["majority class", "vkd", "fsd"]
     assert p == pytest.approx(stats.ttest_ind([0.64, 0.66], [0.60, 0.62], equal_var=False,
                                               alternative="greater").pvalue)
+
+
+def test_the_tables_show_glue_metrics_not_losses_or_running_bests():
+    from fsd.tuning.compare import table_metrics
+
+    row = {"eval/score": 0.8, "eval/acc": 0.8, "eval/loss": 0.4, "eval/best_loss": 0.3, "eval/best_score": 0.9,
+           "eval/rows": 872.0, "eval_mm/acc": 0.7, "eval_mm/loss": 0.5, "train/loss": 0.2}
+    assert table_metrics(row) == {"eval/score": 0.8, "eval/acc": 0.8, "eval_mm/acc": 0.7}

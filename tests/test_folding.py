@@ -135,6 +135,9 @@ def test_the_search_hands_back_its_best_stage_and_says_so_when_it_is_not_the_las
     assert line.startswith("the best student is fsdil-mix's (fsdil, holdout 83.00), not the last stage's (fsd, 79.76)")
     records["fsd"] = {**records["fsdil-mix"], "trained_in": "fsdil-mix"}  # the last stage carried it
     assert not_last_line(records, schedule, holdout=True) is None
+    assert search_best(records, schedule)[0] == "fsd"  # a tie: the last stage's, as the paper's schedule
+    records["fsd"] = {"status": "done", "score": 0.83, "winner": {"method": "fsd"}}  # its own, as good
+    assert not_last_line(records, schedule, holdout=False) is None
 
 
 def test_thinning_a_scale_grid_keeps_the_winners_own_pair():

@@ -785,3 +785,22 @@ def test_resume_refuses_a_planted_pickle_in_a_checkpoint_before_anything_runs(se
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "could run code" in lines[0], r.stderr
     assert "Traceback" not in r.stderr and not marker.exists()
+
+
+def test_a_small_budget_stops_starting_trials_when_it_is_spent_and_resume_keeps_it(setup):
+    """--budget 200 with 64-sample trials: the plan gives VKD's two points 96 samples and PKD's 96; VKD may spend
+    200 - 96 = 104, so after one trial (64) the gate refuses the second; PKD gets the rest (136) and runs both.
+    What the search trained stays within the budget, and the search's end says planned against spent."""
+    storage = setup[0] / "budget"
+    r = subprocess.run(_args(setup, storage, "--strategy", "optuna", "--budget", "200"), capture_output=True,
+                       text=True, env=_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ledger = json.loads((storage / "rte-pkd" / "ledger.json").read_text())
+    vkd, pkd = ledger["stages"]["vkd"], ledger["stages"]["pkd"]
+    assert (vkd["trials"], vkd["samples"], vkd["budget_refused"]) == (1, 64, True)
+    assert pkd["trials"] == 2 and pkd["samples"] <= 136
+    assert ledger["budget"]["spent"] == vkd["samples"] + pkd["samples"] <= 200
+    assert "budget 200: 200 training samples, planned 192, spent" in r.stdout
+    again = subprocess.run(_args(setup, storage, "--strategy", "optuna", "--budget", "300", "--resume"),
+                           capture_output=True, text=True, env=_env())
+    assert again.returncode == 2 and "budget is '300' but the stored search used '200'" in again.stderr

@@ -102,3 +102,19 @@ def test_one_builder_that_dies_releases_the_lock_and_leaves_it_for_the_next(tmp_
     with pytest.raises(RuntimeError), one_builder(tmp_path / "other", "other"):
         raise RuntimeError("the build failed")
     assert (tmp_path / "other.lock").exists()  # kept: the next builders queue on this file
+
+
+def test_files_and_folders_written_whole_are_readable_as_the_umask_allows(tmp_path):
+    import os
+
+    from fsd.storage import atomic_folder, write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "report.html", "<html></html>")
+        with atomic_folder(tmp_path / "teacher") as folder:
+            (folder / "config.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0600
+    assert (tmp_path / "teacher").stat().st_mode & 0o777 == 0o755  # mkdtemp alone gives 0700

@@ -128,7 +128,7 @@ def table_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """The GLUE metrics of an evaluation (`eval/<metric>`, `eval_mm/<metric>`), as Table 2/3 shows them: not its
     loss, row count or running best."""
     return {k: v for k, v in metrics.items() if k.startswith(("eval/", "eval_mm/"))
-            and k not in ("eval/best_score", "eval/rows") and not k.endswith("/loss")}
+            and k != "eval/rows" and not k.startswith("eval/best_") and not k.endswith("/loss")}
 
 
 def table(task: str, runs: dict[str, list[dict[str, float]]], teacher: dict[str, float] | None,

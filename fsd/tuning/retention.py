@@ -101,5 +101,10 @@ def keep_only(experiment: str | Path, keep: set[str]) -> int:
     return deleted
 
 
+def drop(checkpoint: str | Path) -> None:
+    """Delete one trial checkpoint folder."""
+    shutil.rmtree(checkpoint, ignore_errors=True)
+
+
 def _checkpoints(trial_path: str | None) -> list[Path]:
     return sorted(Path(trial_path).glob(CHECKPOINTS)) if trial_path else []

@@ -148,6 +148,10 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
                       {"reused_from": done["run_id"], "shared_stage": key})
     own = winners_mod.Candidate(done["winner"], done["score"], done["checkpoint"])
     chosen = winners_mod.choose(own, carried)
+    if chosen is not own and own.checkpoint and spec.log_checkpoints != "all":
+        # A carried student won: the stage's own best can never be handed on (a search that reuses this
+        # stage carries the same winners, its key says so).
+        retention.drop(own.checkpoint)
     record.update(winners_mod.stage_record(chosen, stage.name), trials=done["trials"],
                   stopped=done.get("stopped", 0), samples=done.get("samples"), budget_refused=done.get("refused"))
     if spec.select_on == "holdout" and chosen.checkpoint and "dev" not in record:
@@ -332,8 +336,8 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: dict
                                     {"stage": stage.name, "method": stage.method, "task": spec.task}, base,
                                     mlflow_ids.outbox, tracking.dataset_records(base))
     total = stage_trials(spec, grid, how)
-    log(f"stage {stage.name}: {total} trials ({strategy}), up to {trial_budget(base, grid, rows):,} training "
-        f"samples each")
+    log(f"stage {stage.name}: {total} trial{'' if total == 1 else 's'} ({strategy}), up to "
+        f"{trial_budget(base, grid, rows):,} training samples each")
     finished = finished_trials(os.path.join(folder, name))
     if finished is not None:
         log(f"stage {stage.name}: restoring the interrupted stage, {finished} of its {total} trials had finished "

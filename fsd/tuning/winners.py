@@ -77,13 +77,14 @@ def stage_record(candidate: Candidate, stage: str) -> dict[str, Any]:
 
 
 def search_best(records: dict[str, StageRecord], schedule: Schedule) -> tuple[str, StageRecord] | None:
-    """The best stage winner of the search (the earliest stage holding the best score), or None."""
+    """The best stage winner of the search, or None; on a tie the later stage's (what the paper's schedule
+    hands back, when nothing earlier was better)."""
     best = None
     for stage in schedule.stages:
         r = records.get(stage.name, {})
         if stage.prepare or r.get("status") != "done" or r.get("score") is None:
             continue
-        if best is None or r["score"] > best[1]["score"]:
+        if best is None or r["score"] >= best[1]["score"]:
             best = (stage.name, r)
     return best
 
@@ -96,9 +97,9 @@ def not_last_line(records: dict[str, StageRecord], schedule: Schedule, holdout: 
         return None
     name, best = found
     end = records[last[-1].name]
-    origin = best.get("trained_in", name)
-    if end.get("trained_in", last[-1].name) == origin and end["score"] == best["score"]:
+    if end["score"] >= best["score"]:
         return None
+    origin = best.get("trained_in", name)
     split = "holdout" if holdout else "dev"
     method = best["winner"].get("method", "")
     return (f"the best student is {origin}'s ({method}, {split} {100 * best['score']:.2f}), not the last stage's "
