@@ -16,9 +16,16 @@ import sys
 from typing import NoReturn
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's own errors as every other error of this command: one `error:` line, exit code 2 (not the
+    usage block, which buried the line under twenty more)."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (python tune_main.py --help lists the flags)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tune_main.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="tune_main.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli")
     a("--method", default="fsd",

@@ -58,9 +58,14 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                             help=help_ + ("" if required else f" (default: {default})"))
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one `error:` line, as every other error here
+        _fail(f"{message} (python -m fsd.cli --help lists the flags)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fsd.cli", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="python -m fsd.cli", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_flags(parser)
     parser.add_argument("--teacher-epochs", type=int, default=3, help="teacher fine-tuning epochs (paper: 3)")
     parser.add_argument("--teacher-lr", type=float, default=None,

@@ -119,7 +119,7 @@ def finetune_teacher(spec: TeacherSpec, storage: str, out_dir: str, device: str 
         metrics.update({"epoch": epoch + 1, "time/total_epoch_s": time.perf_counter() - started})
         epochs.append(metrics)
         failpoints.reached("teacher-epoch")
-        log(f"teacher {task.name} epoch {epoch + 1}/{spec.epochs}: dev score {metrics['eval/score']:.4f} "
+        log(f"teacher {task.name} epoch {epoch + 1}/{spec.epochs}: dev score {100 * metrics['eval/score']:.2f} "
             f"({metrics['time/epoch_s']:.0f} s train)")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

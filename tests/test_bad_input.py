@@ -98,6 +98,15 @@ def test_refusals_as_a_real_command(ctx, extra):
     assert refused(ctx, *extra, process=True).startswith("error: --")
 
 
+@pytest.mark.parametrize("extra,message", [(("--preset", "huge"), "argument --preset: invalid choice: 'huge'"),
+                                           (("--bogus",), "unrecognized arguments: --bogus"),
+                                           (("--seeds", "two"), "argument --seeds: invalid int value: 'two'")])
+def test_what_argparse_refuses_is_one_error_line_too(ctx, extra, message):
+    """argparse's own errors printed the whole usage block (21 lines) before their one line."""
+    line = refused(ctx, *extra, process=True)
+    assert message in line and line.endswith("(python tune_main.py --help lists the flags)")
+
+
 # ---------------------------------------------------------------------------------------------- names
 def test_unknown_task(ctx):
     line = refused(ctx, "--task", "squad")

@@ -158,3 +158,24 @@ def test_the_report_shows_each_methods_lowest_seed_heatmap(tmp_path):
     found = first_heatmaps(tmp_path)
     assert {m: (seed, p.parent.name) for m, (seed, p) in found.items()} == {
         "ablation-fsdg": (3, "ablation-fsdg-3-dddd3333"), "fsd": (42, "fsd-42-bbbb1111"), "rkd": (7, "rkd-7-cccc2222")}
+
+
+def test_a_skipped_stage_shows_why_and_whose_winner_it_kept_not_a_score(tmp_path):
+    from fsd.tuning.ledger import Ledger
+    from fsd.tuning.search_report import COLUMNS, stage_rows
+
+    ledger = Ledger(tmp_path / "rte-fsd")
+    ledger.data["search"] = {"task": "rte", "method": "fsd", "preset": "smoke", "select_on": "dev"}
+    winner = {"alpha": 0.5, "gamma_g": 0.0, "lam": 0.0}
+    ledger.data["stages"].update({
+        "fsdg-coarse": {"status": "done", "score": 0.6, "winner": winner, "trials": 1},
+        "fsdg-refine-g": {"status": "done", "score": 0.6, "winner": winner, "trials": 0, "carried_from": "fsdg-coarse",
+                          "skipped": "fsdg-coarse's winner has gamma_g = 0, nothing to refine around"},
+        "fsd": {"status": "not run", "skipped": "the budget is spent"}})
+    rows = {r["stage"]: r for r in stage_rows("fsd", "rte", ledger)}
+    assert rows["fsdg-coarse"]["dev score"] == "60.00"
+    assert "dev score" not in rows["fsdg-refine-g"] and rows["fsdg-refine-g"]["trials"] == 0
+    assert rows["fsdg-refine-g"]["winner"] == ("skipped: fsdg-coarse's winner has gamma_g = 0, nothing to refine "
+                                               "around; fsdg-coarse's winner kept")
+    assert rows["fsd"]["winner"] == "skipped: the budget is spent"
+    assert "restoration precision" in COLUMNS and "CKA diagonal" in COLUMNS  # the columns are defined on the page

@@ -169,7 +169,8 @@ def write_html(path: str | os.PathLike, title: str, sections: Sequence[Section |
 
 # ------------------------------------------------------------------------------------------ plot
 def score_plot(stage_scores: dict[str, Sequence[float]], path: str | os.PathLike, mode: str = "max",
-               title: str = "dev score of every trial per stage", ylabel: str = "dev score") -> str:
+               title: str = "dev score of every trial per stage", ylabel: str = "dev score",
+               lines: dict[str, float] | None = None) -> str:
     """A PNG of every trial's dev score per stage: x the stage (in the dict's order), points jittered
     sideways (a fixed seed, so the same data gives the same picture), each stage's winner marked by a star.
 
@@ -177,6 +178,7 @@ def score_plot(stage_scores: dict[str, Sequence[float]], path: str | os.PathLike
         stage_scores: stage name -> the dev scores of its trials (None / NaN, e.g. a failed trial, skipped).
         path: the PNG to write.
         mode: "max" or "min": how the stage picks its winner.
+        lines: name -> a level drawn across the plot (the teacher's score, the majority class's).
 
     Returns:
         the path written, as a string.
@@ -202,6 +204,9 @@ def score_plot(stage_scores: dict[str, Sequence[float]], path: str | os.PathLike
         ax.scatter(xs, y, s=20, alpha=0.6, color="tab:blue", label=None if labelled else "trial")
         ax.scatter(xs[best], y[best], s=180, marker="*", color="tab:red", edgecolors="black", zorder=3,
                    label=None if labelled else "stage winner")
+        labelled = True
+    for (name, level), color in zip((lines or {}).items(), ("tab:green", "tab:gray", "tab:purple"), strict=False):
+        ax.axhline(level, linestyle="--", linewidth=1.2, color=color, label=f"{name} {level:.2f}")
         labelled = True
     ax.set_xticks(range(len(stages)), labels=stages)
     ax.set_xlim(-0.6, max(len(stages), 1) - 0.4)

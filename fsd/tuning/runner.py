@@ -397,8 +397,8 @@ def _log_winner(spec: SearchSpec, stage: Stage, record: StageRecord, records: di
 
 
 def alias_of(stage: str) -> str:
-    """A stage's registry alias (MLflow aliases take no hyphen)."""
-    return stage.replace("-", "_")
+    """A stage's registry alias: its name (`models:/fsd-sst2-fsd@fsdil-mix`)."""
+    return stage
 
 
 def stage_line(spec: SearchSpec, name: str, record: StageRecord) -> str:

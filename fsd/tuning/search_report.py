@@ -20,6 +20,14 @@ from fsd.tuning.tables import TABLES
 from search_spaces import get_schedule
 
 RESTORATION = ("f1", "precision", "recall", "agreement", "pearson", "spearman")
+COLUMNS = """What the winners' columns mean (docs/method.md §8), each measured on dev against the teacher:
+
+- restoration precision, recall and F1: the student's predictions scored with the teacher's as the truth (macro
+  over classes); agreement: the share of dev rows on which both predict the same class; for STS-B, restoration
+  pearson and spearman: the correlation of the two models' outputs
+- CKA diagonal: the mean of the diagonal of the teacher-vs-student CKA heat map over dev mini-batches (the
+  paper's Table 6; 1 is the teacher's own structure)
+- trials: the stage's own trials (0: skipped, an earlier winner kept)"""
 
 
 def searches(storage: Path, task: str) -> dict[str, Ledger]:
@@ -77,6 +85,12 @@ def stage_rows(method: str, task: str, ledger: Ledger) -> list[dict[str, Any]]:
                      "winner": "the most frequent training label"})
     for stage in stage_order(ledger):
         record = ledger.records()[stage]
+        if record.get("skipped") and (record.get("trials", 0) == 0 or record.get("status") != "done"):
+            # no trial of its own: what it kept, not a score it did not earn
+            kept = record.get("carried_from")
+            rows.append({"stage": stage, "trials": 0, "winner": f"skipped: {record['skipped']}"
+                         + (f"; {kept}'s winner kept" if kept else "")})
+            continue
         if record.get("status") != "done" or record.get("score") is None:
             continue
         analysis = record.get("analysis", {})
@@ -94,6 +108,17 @@ def stage_rows(method: str, task: str, ledger: Ledger) -> list[dict[str, Any]]:
         row["paper"] = PAPER.get(stage, {}).get(task, "-")
         rows.append(row)
     return rows
+
+
+def references(ledger: Ledger) -> dict[str, float]:
+    """The teacher's and the majority class's dev scores x 100, the lines a trial plot is read against."""
+    out = {}
+    meta = teacher_meta(ledger.data["teacher"]) if ledger.data.get("teacher") else None
+    if meta and "eval/score" in meta.get("dev", {}):
+        out["teacher"] = 100 * meta["dev"]["eval/score"]
+    if (ledger.data.get("majority") or {}).get("eval/score") is not None:
+        out["majority class"] = 100 * ledger.data["majority"]["eval/score"]
+    return out
 
 
 def _pct(score: float) -> str:
@@ -188,11 +213,14 @@ def build_report(storage: str, task: str, mlflow_uri: str, out: str | None = Non
         images = []
         scores = trial_scores(mlflow_uri, ledger)
         if scores:
+            lines = references(ledger)
             images.append(Image(score_plot(scores, figures / f"{method}-scores.png", ylabel=f"{ranked} score x 100",
-                                           title=f"{task} / {method}: every trial's {ranked} score x 100, per stage"),
+                                           title=f"{task} / {method}: every trial's {ranked} score x 100, per stage",
+                                           lines=lines),
                                 f"{method}: {ranked} score of every trial per stage",
                                 f"Every trial's best {ranked} score x 100 per stage, in schedule order; a star marks "
-                                "the stage's winner (trials stopped early by halving left out)"))
+                                "the stage's winner (trials stopped early by halving left out); dashed lines: "
+                                + ", ".join(lines) + (" (measured on dev)" if held else "")))
         maps, single = heatmaps(method, ledger)
         text = settings(ledger)
         if single:
@@ -200,6 +228,7 @@ def build_report(storage: str, task: str, mlflow_uri: str, out: str | None = Non
                      "fits in one evaluation mini-batch of 128 rows).")
         units = ("holdout and dev scores" if held else "dev scores") + " x 100; restoration rates and the CKA " \
                 "diagonal as fractions in [0, 1]; paper: its BERT-base figure x 100"
+        text += "\n\n" + COLUMNS
         tables = [Table(stage_rows(method, task, ledger), caption=f"Stage winners in schedule order ({units})")]
         if relation_rows(ledger):
             tables.append(Table(relation_rows(ledger), caption="Relation differences of each stage winner to the "

@@ -23,6 +23,8 @@ from fsd.tasks import get_task
 from fsd.tuning.plan import expand
 
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3's UI opens an experiment of no kind on its GenAI overview; this kind opens it on the runs table.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def client_for(uri: str) -> MlflowClient:
@@ -45,9 +47,11 @@ def experiment_id(uri: str, name: str) -> str:
     client = client_for(uri)
     exp = client.get_experiment_by_name(name)
     if exp:
+        if exp.tags.get(KIND_TAG) != KIND:
+            client.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags={KIND_TAG: KIND})
     except MlflowException:
         exp = client.get_experiment_by_name(name)  # created by another process in the meantime
         if exp is None:
