@@ -9,7 +9,7 @@ in its environment (`FSD_TUNE_RAY=<token>`), every process of the local cluster 
 is written into the search folder. The next start of that search (which holds the search's lock, so no
 live driver owns the token) stops exactly the processes whose environment carries the recorded token.
 
-Linux only (`/proc/<pid>/environ`); elsewhere nothing is found, and the README says so.
+Linux only (`/proc/<pid>/environ`); elsewhere nothing is found, and docs/faults.md says so.
 """
 
 from __future__ import annotations

@@ -67,8 +67,8 @@ def _typed(name: str, text: str) -> Any:
     return float(text)
 
 
-# Defaults measured by bench/search_cost.py on a recorded SST-2 grid (README, "The budgeted search"); the
-# reduction factor and first rung are SearchSpec's defaults.
+# Defaults measured by bench/search_cost.py on a recorded SST-2 grid (docs/results.md, "What halving saves on one
+# stage"); the reduction factor and first rung are SearchSpec's defaults.
 SAMPLE_SHARE = 1 / 3  # --strategy optuna: trials per stage as a share of its grid
 OPTUNA_MIN_GRID = 20  # smaller grids run whole (under halving) even with --strategy optuna
 EVALS_PER_RUN = 4  # evaluations of a --compare seed run: the points of Fig. 6

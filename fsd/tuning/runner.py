@@ -452,7 +452,8 @@ def run_search(spec: SearchSpec, schedule: Schedule, log=print) -> Ledger:
                 build_memory(spec, schedule, stage, teacher, ledger, log)
             else:
                 run_stage(spec, schedule, stage, teacher, ledger, ids, rows, log)
-                log(stage_line(spec, stage.name, ledger.records()[stage.name]))
+                if ledger.records()[stage.name].get("trials"):  # a skipped stage said whose winner it kept
+                    log(stage_line(spec, stage.name, ledger.records()[stage.name]))
             failpoints.reached("between-stages")
     except BudgetSpent as e:
         left = [s.name for s in schedule.stages if not ledger.done(s.name) and not s.prepare]

@@ -16,7 +16,8 @@ STRATEGIES = ("grid", "halving", "optuna")
 SELECT_ON = ("dev", "holdout")
 HOLDOUT_ROWS = 1000  # --select-on holdout: at most this many training rows, and at most HOLDOUT_SHARE of them
 HOLDOUT_SHARE = 0.1
-# Halving's defaults, measured by bench/search_cost.py on a recorded SST-2 grid (README, "The budgeted search").
+# Halving's defaults, measured by bench/search_cost.py on a recorded SST-2 grid (docs/results.md, "What halving
+# saves on one stage").
 REDUCTION_FACTOR = 3.0
 FIRST_RUNG = 1 / 9  # of a trial's budget
 
