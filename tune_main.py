@@ -116,7 +116,10 @@ def fail(message: str) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from fsd.tuning.checks import UsageError, validate
+    from fsd.logs import show_console
+
+    show_console()  # what the search says goes to stdout, line by line
+    from fsd.tuning.command.checks import UsageError, validate
 
     try:
         if args.dry_run or args.estimate:
@@ -132,11 +135,13 @@ def dry_run(args: argparse.Namespace) -> None:
     """Every stage, its grid and what it will cost (with --estimate, in hours, from steps timed here); nothing
     is written. With --compare, the cost of every method's search, shared stages counted once."""
     from fsd.logs import quiet_libraries
-    from fsd.tuning.budget import format_plan
-    from fsd.tuning.budget import parse as parse_budget
-    from fsd.tuning.checks import check_batch_sizes, check_compare, dry_spec
-    from fsd.tuning.cost import budget_plan, compare_cost, format_compare_cost, format_cost, search_cost
-    from fsd.tuning.spec import method_spec
+    from fsd.tuning.command.checks import check_batch_sizes, check_compare, dry_spec
+    from fsd.tuning.cost.dryrun import compare_cost, format_compare_cost, format_cost
+    from fsd.tuning.cost.estimate import samples_per_hour
+    from fsd.tuning.plan.budget import format_plan
+    from fsd.tuning.plan.budget import parse as parse_budget
+    from fsd.tuning.plan.spec import method_spec
+    from fsd.tuning.plan.spend import budget_plan, search_cost
     from search_spaces import format_schedule, get_schedule
 
     spec, schedule = dry_spec(args)
@@ -146,7 +151,8 @@ def dry_run(args: argparse.Namespace) -> None:
         methods = check_compare(args)
         pairs = [(method_spec(spec, m), get_schedule(m, spec.task, spec.preset, spec.grids)) for m in methods]
     seen: set[str] = set()
-    plans = [budget_plan(s, sch) if s.budget else None for s, sch in pairs]
+    plans = [budget_plan(s, sch, samples_per_hour(s, sch) if parse_budget(s.budget).hours else None)
+             if s.budget else None for s, sch in pairs]
     for (s, _), planned in zip(pairs, plans, strict=True):
         if planned is not None:
             print(format_plan(planned, parse_budget(s.budget)))
@@ -158,7 +164,7 @@ def dry_run(args: argparse.Namespace) -> None:
         print(format_compare_cost(compare_cost(costs, [sch for _, sch in pairs], args.seeds, args.ablation,
                                                batch_sizes)))
     if args.estimate:
-        from fsd.tuning.estimate import format_estimate, measure
+        from fsd.tuning.cost.estimate import format_estimate, measure
 
         quiet_libraries()
         schedules = [sch for _, sch in pairs]
@@ -173,7 +179,7 @@ def dry_run(args: argparse.Namespace) -> None:
 
 def disk_peak(spec, schedule, costs) -> str:
     """The line of --dry-run that says how much disk the search will hold at its fullest."""
-    from fsd.tuning.space import peak
+    from fsd.tuning.search.disk import peak
 
     stages = sum(1 for c in costs for s in c.stages if not s.reused and s.trials != 0)
     found = peak(spec, schedule, stages, costs[0].rows)
@@ -184,16 +190,16 @@ def run(search) -> None:
     import time
 
     from fsd.logs import quiet_libraries
-    from fsd.tuning import lock
-    from fsd.tuning.checks import UsageError, check_search_folder
-    from fsd.tuning.runner import StageFailed, run_search
-    from fsd.tuning.space import DiskFull
-    from fsd.tuning.summary import pointers, summary_table
+    from fsd.tuning.command.checks import UsageError, check_search_folder
+    from fsd.tuning.results.summary import pointers, summary_table
+    from fsd.tuning.search import lock
+    from fsd.tuning.search.disk import DiskFull
+    from fsd.tuning.search.runner import StageFailed, run_search
 
     spec = search.spec
     started = time.monotonic()
     if search.report:
-        from fsd.tuning.search_report import build_report
+        from fsd.tuning.results.report import build_report
 
         try:
             print(build_report(spec.storage, spec.task, spec.mlflow_uri))
@@ -202,7 +208,7 @@ def run(search) -> None:
         return
     try:
         if search.compare:
-            from fsd.tuning.compare import compare_folder, run_compare
+            from fsd.tuning.results.compare import compare_folder, run_compare
 
             quiet_libraries()
             with lock.held(compare_folder(spec)):
@@ -213,7 +219,7 @@ def run(search) -> None:
             # Again under the lock: a search that started since the checks would be caught here.
             check_search_folder(spec, search.resume, locked=True)
             quiet_libraries()
-            ledger = run_search(spec, search.schedule)
+            ledger, mlflow_note = run_search(spec, search.schedule)
     except (lock.Busy, UsageError) as e:
         fail(str(e))
     except (StageFailed, DiskFull) as e:  # not bad input: the search stops; finished stages stay done
@@ -223,8 +229,8 @@ def run(search) -> None:
         stop(search)
     print(summary_table(ledger, search.schedule))
     print(pointers(ledger, search.schedule, spec.storage, spec.mlflow_uri, time.monotonic() - started))
-    if ledger.mlflow_note:
-        print(ledger.mlflow_note)
+    if mlflow_note:
+        print(mlflow_note)
 
 
 def stop(search) -> NoReturn:

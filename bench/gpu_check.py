@@ -17,7 +17,6 @@ import json
 import multiprocessing as mp
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
@@ -36,6 +35,7 @@ def trial(args: argparse.Namespace, mode: str, out) -> None:
     import torch
 
     from fsd.config import DistillConfig
+    from fsd.loop import make_optimizer, training_step
     from fsd.models import ModelOutputs, run_model
     from fsd.objectives import Setup, build_objective
 
@@ -53,8 +53,8 @@ def trial(args: argparse.Namespace, mode: str, out) -> None:
     objective = build_objective(config)
     objective.setup(Setup(student, length, torch.randn(100, length * d, device=device)))
     objective.to(device)
-    params = [*student.parameters(), *objective.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    params = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
+    optimizer, scheduler = make_optimizer(params, 1e-5, 0.0, args.warmup + args.steps)
     zeros = torch.zeros(n, length, dtype=torch.long)
     batch = {"input_ids": torch.randint(1000, 30000, (n, length)), "token_type_ids": zeros,
              "attention_mask": torch.ones_like(zeros), "labels": torch.randint(0, 2, (n,))}
@@ -62,21 +62,19 @@ def trial(args: argparse.Namespace, mode: str, out) -> None:
     if device.type == "cuda":
         batch = {k: v.pin_memory() for k, v in batch.items()}
         cached = {k: v.pin_memory() for k, v in cached.items()}
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
-    def step() -> None:
+    def loss_fn(b: dict) -> tuple:
+        if teacher is not None:
+            with torch.no_grad():
+                t = run_model(teacher, b, hidden=True)
+        else:
+            c = {k: v.to(device, non_blocking=True) for k, v in cached.items()}
+            t = ModelOutputs(c["teacher_logits"], penultimate_states=c["teacher_penultimate"].float())
+        return objective(run_model(student, b, hidden=True), t, b)
+
+    def step() -> None:  # the step training takes: autocast, the non-finite check, clipping, AdamW, schedule
         b = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with amp:
-            if teacher is not None:
-                with torch.no_grad():
-                    t = run_model(teacher, b, hidden=True)
-            else:
-                c = {k: v.to(device, non_blocking=True) for k, v in cached.items()}
-                t = ModelOutputs(c["teacher_logits"], penultimate_states=c["teacher_penultimate"].float())
-            loss, _ = objective(run_model(student, b, hidden=True), t, b)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        training_step(b, loss_fn, params, optimizer, scheduler, config.grad_clip, device)
 
     for _ in range(args.warmup):
         step()

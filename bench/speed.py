@@ -29,8 +29,8 @@ from transformers import AutoConfig
 
 from fsd.config import DistillConfig
 from fsd.data import cache_key
-from fsd.logs import quiet_libraries
-from fsd.loop import make_batches, make_optimizer, speed_up, to_device
+from fsd.logs import quiet_libraries, show_console
+from fsd.loop import make_batches, make_optimizer, speed_up, to_device, training_step
 from fsd.models import build_student, load_tokenizer, resolve_model_path
 from fsd.objectives import OBJECTIVES, Setup, build_objective
 from fsd.tasks import get_task
@@ -57,8 +57,7 @@ def build_step(config: DistillConfig):
     objective = build_objective(config, task.is_regression)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     speed_up(device)  # as a training run does
-    source = TeacherSource.open(config, objective, train, cache_key(task, tok, 128, config.data_dir), device,
-                                say=print)
+    source = TeacherSource.open(config, objective, train, cache_key(task, tok, 128, config.data_dir), device)
     attn = "eager" if objective.needs_attentions else "sdpa"
     torch.manual_seed(0)
     student = build_student(config.student_init, config.student_layers, task.num_labels, attn).to(device).train()
@@ -66,25 +65,23 @@ def build_step(config: DistillConfig):
     memory = torch.randn(task.memory_size, 128 * d_t, device=device) if objective.needs_memory else None
     objective.setup(Setup(student, 128, memory))
     objective.to(device)
-    params = [*student.parameters(), *objective.parameters()]
+    params = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
     optimizer, scheduler = make_optimizer(params, 1e-5, 0.0, 10 * len(train))
-    return make_loss_fn(objective, source, student), optimizer, scheduler, train, source.cache is not None, device
+    loss_fn = make_loss_fn(objective, source, student)
+    return loss_fn, params, optimizer, scheduler, train, source.cache is not None, device
 
 
 def stepper(config: DistillConfig):
     """A function timing one training step on batch i (collating and reading cache rows included), and
-    whether the teacher's outputs come from the cache."""
-    loss_fn, optimizer, scheduler, train, cached, device = build_step(config)
+    whether the teacher's outputs come from the cache. The step is training's own (`fsd.loop.training_step`:
+    autocast, the non-finite check, gradient clipping)."""
+    loss_fn, params, optimizer, scheduler, train, cached, device = build_step(config)
     batches = train.batch_rows(0)
 
     def step(i: int) -> float:
         start = time.perf_counter()
         batch = to_device(train.collate(batches[i % len(batches)]), device)
-        loss, _ = loss_fn(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        training_step(batch, loss_fn, params, optimizer, scheduler, config.grad_clip, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -177,7 +174,8 @@ def equivalence(args, storage: str) -> None:
 def stage_wall_time(args, storage: str) -> None:
     import ray
 
-    from fsd.tuning.runner import SearchSpec, run_search
+    from fsd.tuning.plan.spec import SearchSpec
+    from fsd.tuning.search.runner import run_search
     from search_spaces import get_schedule
 
     schedule = get_schedule("vkd", args.task, "quick")
@@ -192,7 +190,7 @@ def stage_wall_time(args, storage: str) -> None:
                           teacher=args.teacher, student_init="packaged-minilm", student_layers=args.student_layers,
                           data_dir=args.data_dir, preset="quick", extra=extra)
         start = time.perf_counter()
-        ledger = run_search(spec, schedule, log=lambda _m: None)
+        ledger = run_search(spec, schedule).ledger
         times[label] = time.perf_counter() - start
         rec = ledger.data["stages"]["vkd"]
         print(f"| {label} | {times[label]:.0f} | {rec['trials']} | {rec['score']:.4f} |")
@@ -216,6 +214,7 @@ def main() -> None:
     p.add_argument("--parts", default="steps,equivalence,stage", help="which of steps, equivalence, stage to run")
     args = p.parse_args()
     quiet_libraries()
+    show_console()
     storage = tempfile.mkdtemp(prefix="fsd-bench-")
     try:
         parts = args.parts.split(",")

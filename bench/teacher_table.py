@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from fsd.config import DataSpec
-from fsd.logs import quiet_libraries
+from fsd.logs import quiet_libraries, show_console
 from fsd.models import TEACHER_META
 from fsd.teacher import TeacherSpec, ensure_teacher, teacher_data
 
@@ -27,6 +27,7 @@ def main() -> None:
     p.add_argument("--max-train-samples", type=int, default=None)
     args = p.parse_args()
     quiet_libraries()
+    show_console()
     rows = []
     for task in args.tasks.split(","):
         data = teacher_data(DataSpec(task, args.data_dir, max_train_samples=args.max_train_samples))

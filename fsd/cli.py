@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fsd.config import ConfigError, DistillConfig
 from fsd.data import DataError
-from fsd.logs import quiet_libraries
+from fsd.logs import quiet_libraries, show_console
 from fsd.storage import absolute
 
 if typing.TYPE_CHECKING:
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     from fsd.train import distill, export_student
 
     quiet_libraries()
+    show_console()
 
     args = build_parser().parse_args(argv)
     try:

@@ -192,7 +192,7 @@ def cache_key(task: Task, tokenizer, max_seq_len: int, data_dir: str | None) -> 
     return f"{task.name}-len{max_seq_len}-{content_key(raw, 12)}"
 
 
-def _tokenise(raw: DatasetDict, tokenizer, max_seq_len: int) -> DatasetDict:
+def tokenise(raw: DatasetDict, tokenizer, max_seq_len: int) -> DatasetDict:
     def encode(batch):
         texts = (batch["text_a"], batch["text_b"]) if "text_b" in batch else (batch["text_a"],)
         enc = tokenizer(*texts, truncation=True, max_length=max_seq_len)
@@ -226,14 +226,14 @@ def load_task_data(
     if cache_dir is not None:
         final = Path(cache_dir) / cache_key(spec, tokenizer, max_seq_len, data_dir)
         if not final.is_dir():
-            with one_builder(final, f"tokenised {spec.name}", log.warning):  # another process may be at it
+            with one_builder(final, f"tokenised {spec.name}"):  # another process may be at it
                 if not final.is_dir():
-                    data = _tokenise(load_raw(spec, data_dir), tokenizer, max_seq_len)
+                    data = tokenise(load_raw(spec, data_dir), tokenizer, max_seq_len)
                     with atomic_folder(final) as tmp:
                         data.save_to_disk(str(tmp))
         data = load_from_disk(str(final))
     else:
-        data = _tokenise(load_raw(spec, data_dir), tokenizer, max_seq_len)
+        data = tokenise(load_raw(spec, data_dir), tokenizer, max_seq_len)
     out = {s: data[s] for s in ("train", *spec.dev_splits)}
     if holdout is not None:
         train, held = holdout.split(data["train"]["label"], spec.is_regression)

@@ -96,10 +96,34 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, weight_decay
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
+def training_step(batch: dict, loss_fn: LossFn, params: list[torch.nn.Parameter], optimizer, scheduler,
+                  grad_clip: float, device: torch.device, where: str = "") -> dict[str, torch.Tensor]:
+    """The one optimisation step that training takes (a search's trials, the teacher's fine-tuning,
+    --estimate and the benchmarks): the loss under autocast, a non-finite loss refused (naming its parts and
+    `where`), backward, gradient clipping at `grad_clip` (0: none), the optimiser's and the scheduler's steps.
+
+    Returns:
+        The detached loss parts, the total as `loss`.
+    """
+    with autocast(device):
+        loss, parts = loss_fn(batch)
+    if not torch.isfinite(loss):
+        bad = [k for k, v in parts.items() if not torch.isfinite(v)]
+        raise FloatingPointError(f"non-finite loss{' at ' + where if where else ''} (parts: {bad or ['total']})")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return {k: v.detach().float() for k, v in {"loss": loss, **parts}.items()}
+
+
 def train_steps(batches: Batches, epoch: int, loss_fn: LossFn, params: list[torch.nn.Parameter], optimizer,
                 scheduler, grad_clip: float, device: torch.device, skip: int = 0
                 ) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
-    """The optimisation steps of one epoch, after its first `skip` batches (a run resumed mid-epoch).
+    """The optimisation steps of one epoch (`training_step`), after its first `skip` batches (a run resumed
+    mid-epoch).
 
     Yields:
         (step, rows in the batch, detached loss parts with the total as `loss`) after each step.
@@ -108,18 +132,9 @@ def train_steps(batches: Batches, epoch: int, loss_fn: LossFn, params: list[torc
         if step < skip:
             continue
         batch = to_device(batches.collate(rows), device)
-        with autocast(device):
-            loss, parts = loss_fn(batch)
-        if not torch.isfinite(loss):
-            bad = [k for k, v in parts.items() if not torch.isfinite(v)]
-            raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step} (parts: {bad or ['total']})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        scheduler.step()
-        yield step, len(rows), {k: v.detach().float() for k, v in {"loss": loss, **parts}.items()}
+        parts = training_step(batch, loss_fn, params, optimizer, scheduler, grad_clip, device,
+                              where=f"epoch {epoch} step {step}")
+        yield step, len(rows), parts
 
 
 class Interval:

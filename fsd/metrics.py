@@ -13,6 +13,19 @@ from fsd.tasks import get_task
 if TYPE_CHECKING:
     from fsd.data import Holdout
 
+# What a run reports at each evaluation, by these names everywhere (the search ranks, stops and counts by them).
+SCORE = "eval/score"  # the task's selection metric on the ranking split (dev, or the holdout)
+SAMPLES = "progress/samples"  # training samples seen: the unit of rungs, budgets and curves
+BUDGET = "progress/budget"  # the training samples of the whole run
+
+
+def reached_budget(result: dict) -> bool:
+    """Whether a run whose last report is `result` trained to its full budget (one stopped at a rung did not;
+    a report from before rungs existed has no progress and counts as whole)."""
+    if SAMPLES not in result or BUDGET not in result:
+        return True
+    return float(result[SAMPLES]) >= float(result[BUDGET])
+
 
 def _as_predictions(predictions: np.ndarray, regression: bool) -> np.ndarray:
     preds = np.asarray(predictions)

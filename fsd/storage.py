@@ -14,6 +14,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from fsd.logs import console
+
 
 def absolute(name: str | None) -> str | None:
     """A local path made absolute, anything else (a hub id, `packaged-minilm`) as it is: the one spelling of a
@@ -86,10 +88,10 @@ def atomic_folder(final: str | os.PathLike, replace: bool = False) -> Iterator[P
 
 
 @contextmanager
-def one_builder(path: str | os.PathLike, what: str, say=None) -> Iterator[None]:
+def one_builder(path: str | os.PathLike, what: str) -> Iterator[None]:
     """Hold an exclusive lock on `<path>.lock` while `path` is built, so processes sharing a storage folder
     (two searches, a search and a comparison) build it once: a second one waits here, saying so through
-    `say`, and then finds it built. The caller checks again inside the block whether `path` is there.
+    the console, and then finds it built. The caller checks again inside the block whether `path` is there.
 
     `flock` belongs to the open file: the kernel releases it when its holder dies, however it dies. After a
     block that ended well the lock file is removed (`path` is there now: whoever still waits on the removed
@@ -102,8 +104,7 @@ def one_builder(path: str | os.PathLike, what: str, say=None) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            if say is not None:
-                say(f"{what}: another process is building it ({path}); waiting for it")
+            console.info(f"{what}: another process is building it ({path}); waiting for it")
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

@@ -13,6 +13,7 @@ import torch
 from fsd import failpoints
 from fsd.config import DataSpec
 from fsd.data import source_fingerprint
+from fsd.logs import console
 from fsd.loop import evaluate, make_batches, make_optimizer, resolve_device, seed_everything, speed_up, train_epoch
 from fsd.models import TEACHER_META, load_teacher, load_tokenizer, run_model, teacher_meta, teacher_problem
 from fsd.objectives.kd import label_loss
@@ -65,7 +66,7 @@ class TeacherSpec:
         return {"backbone": self.backbone, "epochs": self.epochs, "lr": self.lr, **asdict(self.data)}
 
 
-def ensure_teacher(spec: TeacherSpec, storage: str, device: str = "auto", log=print) -> str:
+def ensure_teacher(spec: TeacherSpec, storage: str, device: str = "auto") -> str:
     """Path of a teacher fine-tuned per `spec`: `spec.backbone` itself when it already is one for this
     task, else `storage/teacher/<key>`, fine-tuned now unless a finished one is there.
 
@@ -82,14 +83,14 @@ def ensure_teacher(spec: TeacherSpec, storage: str, device: str = "auto", log=pr
     final = Path(storage) / "teacher" / spec.key()
     if (final / TEACHER_META).is_file():
         return str(final)
-    with one_builder(final, f"teacher {task.name}", log):  # a search beside this one may be fine-tuning it
+    with one_builder(final, f"teacher {task.name}"):  # a search beside this one may be fine-tuning it
         if not (final / TEACHER_META).is_file():
             with atomic_folder(final, replace=True) as tmp:  # a folder left without meta is no teacher: replaced
-                finetune_teacher(spec, storage, str(tmp), device, log)
+                finetune_teacher(spec, storage, str(tmp), device)
     return str(final)
 
 
-def finetune_teacher(spec: TeacherSpec, storage: str, out_dir: str, device: str = "auto", log=print) -> dict:
+def finetune_teacher(spec: TeacherSpec, storage: str, out_dir: str, device: str = "auto") -> dict:
     """Fine-tune `spec.backbone` on the task, save it with its tokenizer and a meta file to `out_dir`.
 
     Returns:
@@ -119,8 +120,8 @@ def finetune_teacher(spec: TeacherSpec, storage: str, out_dir: str, device: str 
         metrics.update({"epoch": epoch + 1, "time/total_epoch_s": time.perf_counter() - started})
         epochs.append(metrics)
         failpoints.reached("teacher-epoch")
-        log(f"teacher {task.name} epoch {epoch + 1}/{spec.epochs}: dev score {100 * metrics['eval/score']:.2f} "
-            f"({metrics['time/epoch_s']:.0f} s train)")
+        console.info(f"teacher {task.name} epoch {epoch + 1}/{spec.epochs}: dev score "
+                     f"{100 * metrics['eval/score']:.2f} ({metrics['time/epoch_s']:.0f} s train)")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     meta = {"task": task.name, "backbone": spec.backbone, "spec": spec.record(), "lr": spec.resolved_lr,

@@ -33,6 +33,7 @@ from transformers import AutoConfig
 
 from fsd import failpoints
 from fsd.data import Batches
+from fsd.logs import console
 from fsd.loop import autocast
 from fsd.models import ModelOutputs, load_teacher, resolve_model_path, run_model
 from fsd.objectives import Objective
@@ -146,12 +147,12 @@ def write_cache(folder: Path, fields: tuple[str, ...], teacher: torch.nn.Module,
 
 
 def open_cache(config, fields: tuple[str, ...] | None, batches: Batches, data_key: str, device: torch.device,
-               num_labels: int, say=log.warning) -> TeacherCache | None:
+               num_labels: int) -> TeacherCache | None:
     """The cache holding `fields` for this run's training rows, written first (by a teacher loaded for that
     pass) if a field is missing.
 
     Returns None (the caller runs the teacher live) when the cache is off, the objective cannot be served
-    from it, or the features exceed `config.cache_budget_gb` (said through `say`).
+    from it, or the features exceed `config.cache_budget_gb` (said on the console).
     """
     if not config.teacher_cache or not fields:
         return None
@@ -159,20 +160,21 @@ def open_cache(config, fields: tuple[str, ...] | None, batches: Batches, data_ke
     need = feature_bytes(fields, batches.lengths, teacher_config.hidden_size, teacher_config.num_hidden_layers,
                          config.cache_dtype)
     if need > config.cache_budget_gb * 1e9:
-        say(f"teacher cache: the {'+'.join(f for f in fields if f in FEATURE_FIELDS)} features of {config.task} need "
-            f"{need / 1e9:.2f} GB, over --cache-budget-gb {config.cache_budget_gb:g}: running the teacher live "
-            f"(raise --cache-budget-gb to {need / 1e9 * 1.05:.1f} to cache them)")
+        features = "+".join(f for f in fields if f in FEATURE_FIELDS)
+        console.info(f"teacher cache: the {features} features of {config.task} need {need / 1e9:.2f} GB, over "
+                     f"--cache-budget-gb {config.cache_budget_gb:g}: running the teacher live (raise "
+                     f"--cache-budget-gb to {need / 1e9 * 1.05:.1f} to cache them)")
         return None
     key = {"task": config.task, "teacher": model_fingerprint(config.teacher), "data": data_key,
            "rows": batches.num_examples, "precision": "bf16" if device.type == "cuda" else "fp32"}
     folder = cache_folder(config.storage, key)
     missing = tuple(f for f in fields if not (folder / _file(f, config.cache_dtype)).is_file())
     if missing:
-        with one_builder(folder, "teacher cache", say):  # another search may be writing the same cache
+        with one_builder(folder, "teacher cache"):  # another search may be writing the same cache
             missing = tuple(f for f in fields if not (folder / _file(f, config.cache_dtype)).is_file())
             if missing:
-                say(f"teacher cache: one teacher pass over {batches.num_examples} rows for {', '.join(missing)} "
-                    f"-> {folder}")
+                console.info(f"teacher cache: one teacher pass over {batches.num_examples} rows for "
+                             f"{', '.join(missing)} -> {folder}")
                 teacher = load_teacher(config.teacher, num_labels).to(device)
                 write_cache(folder, missing, teacher, batches, config.cache_dtype, device)
                 write_text(folder / "key.json", json.dumps(key, indent=1))
@@ -198,6 +200,13 @@ def last_attention(attention: torch.nn.Module, hidden: torch.Tensor, mask: torch
     return (probs,), captured[0].view(n, l, heads, d // heads).transpose(1, 2)
 
 
+def live_attention(teacher: str, num_labels: int, device: torch.device) -> torch.nn.Module:
+    """The teacher's last self-attention module (eager, frozen): what MiniLM's loss runs on the cached
+    penultimate features, its input."""
+    model = load_teacher(teacher, num_labels, "eager")
+    return model.base_model.encoder.layer[-1].attention.self.to(device).eval().requires_grad_(False)
+
+
 class TeacherSource:
     """What a run reads of the frozen teacher. `model` is the live teacher, None when the cache serves the
     training steps (then `attention` is the teacher's last self-attention for MiniLM, else None)."""
@@ -209,21 +218,20 @@ class TeacherSource:
         self.model, self.cache, self.attention = model, cache, attention
 
     @classmethod
-    def open(cls, config, objective: Objective, train: Batches, data_key: str, device: torch.device,
-             say=log.warning) -> TeacherSource:
+    def open(cls, config, objective: Objective, train: Batches, data_key: str,
+             device: torch.device) -> TeacherSource:
         """The cache when the objective can be served from it (written first if missing), else the live
         teacher; neither for an objective without a teacher."""
         num_labels = get_task(config.task).num_labels
         attn = "eager" if objective.needs_attentions else "sdpa"  # sdpa cannot return attention probabilities
         cache = None
         if objective.needs_teacher:
-            cache = open_cache(config, objective.cache_fields(), train, data_key, device, num_labels, say)
+            cache = open_cache(config, objective.cache_fields(), train, data_key, device, num_labels)
         model = attention = None
         if objective.needs_teacher and cache is None:
             model = load_teacher(config.teacher, num_labels, attn).to(device).eval().requires_grad_(False)
         elif cache is not None and objective.needs_attentions:  # MiniLM: the last layer's attention, live
-            teacher = load_teacher(config.teacher, num_labels, attn)
-            attention = teacher.base_model.encoder.layer[-1].attention.self.to(device).eval().requires_grad_(False)
+            attention = live_attention(config.teacher, num_labels, device)
         return cls(config, objective, train, data_key, device, model, cache, attention)
 
     def live_model(self) -> torch.nn.Module:
@@ -279,7 +287,7 @@ class TeacherSource:
                "data": self.data_key, "rows": rows, "seed": MEMORY_SEED}
         path = memory_path(c.storage, key)
         if not path.is_file():
-            with one_builder(path, "teacher memory", log.warning):  # another search may be fitting it
+            with one_builder(path, "teacher memory"):  # another search may be fitting it
                 if not path.is_file():
                     centroids = TeacherMemory.fit(self.features(), k, iters=c.memory_iters, seed=MEMORY_SEED,
                                                   init=c.memory_init, device=self.device)

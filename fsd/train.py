@@ -31,6 +31,7 @@ from fsd.loop import (
     to_device,
     train_steps,
 )
+from fsd.metrics import BUDGET, SAMPLES
 from fsd.models import build_student, load_tokenizer, run_model, teacher_meta
 from fsd.objectives import Objective, Setup, build_objective
 from fsd.progress import Progress
@@ -94,11 +95,11 @@ class Prepared(NamedTuple):
     memory_shape: tuple[int, ...] | None  # the teacher memory's, when the method uses one
 
 
-def prepare_outputs(config: DistillConfig, say: Callable[[str], None] = print) -> Prepared:
+def prepare_outputs(config: DistillConfig) -> Prepared:
     """Write what the trials of `config` read from storage: the tokenised data, the teacher-output cache and
     the teacher memory. A search calls it in its driver, so trials running in parallel only read them."""
     _, device, train, _, _, objective, data_key = load_inputs(config)
-    source = TeacherSource.open(config, objective, train, data_key, device, say)
+    source = TeacherSource.open(config, objective, train, data_key, device)
     if not objective.needs_memory:
         return Prepared(train.num_examples, None)
     return Prepared(train.num_examples, tuple(source.memory().shape))
@@ -218,7 +219,7 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
                 metrics.update(tracked(student))
             best, best_loss = max(best, metrics["eval/score"]), min(best_loss, metrics["eval/loss"])
             metrics.update({"epoch": samples / rows, "eval/best_score": best, "eval/best_loss": best_loss,
-                            "run/resumed_from": resumed_from, "progress/samples": samples, "progress/budget": budget,
+                            "run/resumed_from": resumed_from, SAMPLES: samples, BUDGET: budget,
                             "run/student_params": size})
             # The next position: the rest of this epoch, or the start of the next one.
             at = (epoch, step + 1) if step + 1 < len(train) else (epoch + 1, 0)

@@ -67,3 +67,24 @@ def tiny_bert(tmp_path_factory, minilm_path) -> str:
 @pytest.fixture(scope="session")
 def tiny_bert_regression(tmp_path_factory, minilm_path) -> str:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert_reg"), minilm_path, num_labels=1)
+
+
+@pytest.fixture
+def console_lines():
+    """What the console says (fsd.logs.console: every line a person reads), line by line."""
+    import logging
+
+    from fsd.logs import console
+
+    said: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    handler, level = Keep(), console.level
+    console.addHandler(handler)
+    console.setLevel(logging.INFO)
+    yield said
+    console.removeHandler(handler)
+    console.setLevel(level)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import raycluster
 
-from fsd.tuning.outbox import reachable
+from fsd.tuning.tracking.outbox import reachable
 
 
 def free_port() -> int:

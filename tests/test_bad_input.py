@@ -15,8 +15,8 @@ import pytest
 import torch
 from conftest import make_tiny_bert
 
-from fsd.tuning import lock
-from fsd.tuning.checks import UsageError, parse_set, validate
+from fsd.tuning.command.checks import UsageError, parse_set, validate
+from fsd.tuning.search import lock
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "index\tsentence1\tsentence2\tlabel"
@@ -370,7 +370,7 @@ def test_ray_address_without_a_port(ctx):
 # ---------------------------------------------------------------------------------------------- the good path
 def test_a_good_command_passes_every_check_without_ray_and_writes_nothing(ctx):
     code = ("import sys, tune_main\n"
-            "from fsd.tuning.checks import validate\n"
+            "from fsd.tuning.command.checks import validate\n"
             "s = validate(tune_main.build_parser().parse_args(sys.argv[1:]))\n"
             "print(s.spec.extra, s.spec.gpus_per_trial, s.spec.data_dir, 'ray' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code, *_base(ctx), "--set", "lr=3e-5", "--set", "batch_size=16",
@@ -527,9 +527,9 @@ def test_offline_mode_is_honoured_for_models_and_for_the_glue_data(ctx, monkeypa
 def test_a_search_that_fails_before_its_first_stage_leaves_no_ledger(tmp_path, glue_dir, monkeypatch):
     """The corrected command can then start afresh; a search that was already there keeps its ledger."""
     import fsd.teacher
-    from fsd.tuning.ledger import Ledger
-    from fsd.tuning.runner import run_search
-    from fsd.tuning.spec import SearchSpec, identity
+    from fsd.tuning.plan.ledger import Ledger
+    from fsd.tuning.plan.spec import SearchSpec, identity
+    from fsd.tuning.search.runner import run_search
     from search_spaces import get_schedule
 
     def cannot_fetch(*args, **kwargs):
@@ -540,11 +540,11 @@ def test_a_search_that_fails_before_its_first_stage_leaves_no_ledger(tmp_path, g
                       teacher="packaged-minilm", preset="smoke", data_dir=glue_dir)
     schedule = get_schedule("vkd", "rte", "smoke")
     with pytest.raises(OSError):
-        run_search(spec, schedule, log=lambda _: None)
+        run_search(spec, schedule)
     assert not Ledger(spec.folder).exists
     kept = Ledger(spec.folder)
     kept.data["search"] = identity(spec)
     kept.save()
     with pytest.raises(OSError):
-        run_search(spec, schedule, log=lambda _: None)
+        run_search(spec, schedule)
     assert Ledger(spec.folder).exists

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from fsd.tuning.budget import Plan, StagePlan, in_samples, make_plan, parse
-from fsd.tuning.halving import GATE, BudgetGate, gate_refused
+from fsd.tuning.plan.budget import Plan, StagePlan, in_samples, make_plan, parse
+from fsd.tuning.search.halving import GATE, BudgetGate, gate_refused
 
 
 @pytest.mark.parametrize("text,field,value", [("2e6", "samples", 2e6), ("20%", "share", 0.2), ("8h", "hours", 8.0),

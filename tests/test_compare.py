@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fsd.tuning.compare import experiment_name, majority, table
+from fsd.tuning.results.compare import experiment_name, majority, table
 
 
 def _runs(scores):
@@ -70,7 +70,7 @@ def test_table_shows_the_majority_floor_without_testing_it():
 
 
 def test_the_tables_show_glue_metrics_not_losses_or_running_bests():
-    from fsd.tuning.compare import table_metrics
+    from fsd.tuning.results.compare import table_metrics
 
     row = {"eval/score": 0.8, "eval/acc": 0.8, "eval/loss": 0.4, "eval/best_loss": 0.3, "eval/best_score": 0.9,
            "eval/rows": 872.0, "eval_mm/acc": 0.7, "eval_mm/loss": 0.5, "train/loss": 0.2}

@@ -77,5 +77,43 @@ def test_the_cycle_finder_finds_a_planted_cycle(tmp_path):
 
 def test_no_import_cycle_among_the_modules_of_fsd():
     graph = import_graph(FSD)
-    assert {"fsd.train", "fsd.loop", "fsd.config", "fsd.tuning.runner"} <= set(graph)
+    assert {"fsd.train", "fsd.loop", "fsd.config", "fsd.tuning.search.runner"} <= set(graph)
     assert cycles(graph) == []
+
+
+# The search layer's rooms (fsd/tuning/<room>/) by floor: a room imports only rooms on lower floors, and its own.
+FLOORS = {"plan": 1, "tracking": 2, "cost": 2, "search": 3, "results": 4, "command": 4}
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(importer, imported) pairs of fsd.tuning modules where a room imports a room on its own floor or above."""
+    def room(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[2] if len(parts) > 3 and parts[:2] == ["fsd", "tuning"] else None
+
+    bad = []
+    for source, targets in graph.items():
+        for target in targets:
+            a, b = room(source), room(target)
+            if a and b and a != b and FLOORS[b] >= FLOORS[a]:
+                bad.append((source, target))
+    return sorted(bad)
+
+
+def test_the_search_layer_is_in_rooms_that_import_one_way():
+    graph = import_graph(FSD)
+    rooms = {p.name for p in (FSD / "tuning").iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert rooms == set(FLOORS)
+    loose = [p.name for p in (FSD / "tuning").glob("*.py") if p.name != "__init__.py"]
+    assert loose == [], f"modules outside a room: {loose}"
+    assert upward_imports(graph) == []
+    sizes = {p.relative_to(FSD).as_posix(): len(p.read_text().splitlines()) for p in (FSD / "tuning").rglob("*.py")}
+    assert max(sizes.values()) <= 400, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_an_import_up_a_floor_is_found():
+    graph = {"fsd.tuning.plan.stages": {"fsd.tuning.search.runner"},
+             "fsd.tuning.search.runner": {"fsd.tuning.plan.stages"},
+             "fsd.tuning.results.compare": {"fsd.tuning.command.checks"}}
+    assert upward_imports(graph) == [("fsd.tuning.plan.stages", "fsd.tuning.search.runner"),
+                                     ("fsd.tuning.results.compare", "fsd.tuning.command.checks")]

@@ -16,7 +16,8 @@ import ray
 import raycluster
 from mlflow.tracking import MlflowClient
 
-from fsd.tuning.runner import SearchSpec, run_search
+from fsd.tuning.plan.spec import SearchSpec
+from fsd.tuning.search.runner import run_search
 from search_spaces.base import Budget, Schedule, Stage
 
 pytestmark = pytest.mark.slow
@@ -54,7 +55,7 @@ def test_one_trial_fails_another_is_retried_from_its_checkpoint(tiny_bert, glue_
     watcher = threading.Thread(target=_kill_first_trial_worker_after_its_checkpoint, args=(exp_dir, done, killed))
     watcher.start()
     try:
-        ledger = run_search(spec, schedule, log=lambda _m: None)
+        ledger = run_search(spec, schedule).ledger
     finally:
         done.set()
         watcher.join()

@@ -8,10 +8,10 @@ import torch
 from fsd.config import DistillConfig
 from fsd.objectives.equivalence import effective
 from fsd.train import distill
-from fsd.tuning.folding import fold, points, student_key
-from fsd.tuning.plan import expand, stage_base
-from fsd.tuning.spec import SearchSpec
-from fsd.tuning.winners import Candidate, carried, choose, not_last_line, search_best
+from fsd.tuning.plan.folding import fold, points, student_key
+from fsd.tuning.plan.spec import SearchSpec
+from fsd.tuning.plan.stages import expand, stage_base
+from fsd.tuning.plan.winners import Candidate, carried, choose, not_last_line, search_best
 from search_spaces import get_schedule
 
 BASE = {"task": "rte", "teacher": "/t", "alpha": 0.5, "temperature": 10.0, "lr": 2e-5, "epochs": 3, "beta": 1.0}

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fsd.tuning import lock
-from fsd.tuning.checks import Search
-from fsd.tuning.spec import SearchSpec
+from fsd.tuning.command.checks import Search
+from fsd.tuning.plan.spec import SearchSpec
+from fsd.tuning.search import lock
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
@@ -56,7 +56,7 @@ def test_the_lock_is_exclusive_and_released(tmp_path):
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
-    code = f"from fsd.tuning import lock\nimport time\nwith lock.held({str(tmp_path)!r}):\n    time.sleep(600)\n"
+    code = f"from fsd.tuning.search import lock\nimport time\nwith lock.held({str(tmp_path)!r}):\n    time.sleep(600)\n"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=ENV)
     try:
         deadline = time.time() + 60
@@ -75,7 +75,7 @@ def test_run_holds_the_lock_while_the_search_runs(tmp_path, monkeypatch):
     """tune_main.run takes the lock before run_search and gives it back after (Ray is imported, not started)."""
     import importlib.util
 
-    import fsd.tuning.runner as runner
+    import fsd.tuning.search.runner as runner
 
     loader = importlib.util.spec_from_file_location("tune_main", ROOT / "tune_main.py")
     tune_main = importlib.util.module_from_spec(loader)
@@ -83,7 +83,7 @@ def test_run_holds_the_lock_while_the_search_runs(tmp_path, monkeypatch):
     spec = SearchSpec(task="rte", method="vkd", storage=str(tmp_path), mlflow_uri="", teacher="t")
     seen = []
 
-    def fake_run_search(spec, schedule, log=print):
+    def fake_run_search(spec, schedule):
         seen.append(lock.holder(spec.folder))
         raise RuntimeError("stop here")  # the lock must still be released (Ctrl-C is tune_main.stop's)
 
@@ -96,23 +96,24 @@ def test_run_holds_the_lock_while_the_search_runs(tmp_path, monkeypatch):
 
 def test_compare_holds_a_method_lock_while_it_searches_that_method(tmp_path, monkeypatch):
     """--compare runs a method's missing search under that search's own lock, and refuses a busy one."""
-    import fsd.tuning.compare as compare
-    from fsd.tuning.ledger import Ledger
+    import fsd.tuning.results.compare as compare
+    from fsd.tuning.plan.ledger import Ledger
+    from fsd.tuning.search.runner import Finished
 
     spec = SearchSpec(task="rte", method="fsd", storage=str(tmp_path), mlflow_uri="", teacher="t", preset="smoke",
                       grids={"lr": (1e-4,)})
     folder = tmp_path / "rte-vkd"
     seen = []
 
-    def fake_run_search(mspec, schedule, log=print):
+    def fake_run_search(mspec, schedule):
         assert schedule.stage("vkd").grid["lr"] == (1e-4,)  # the comparison's --grid reaches its searches
         seen.append((mspec.folder, mspec.seeds, lock.holder(mspec.folder)))
         ledger = Ledger(mspec.folder)
         ledger.data.update(teacher="t", stages={"vkd": {"status": "done", "winner": {"alpha": 0.7}}})
-        return ledger
+        return Finished(ledger, None)
 
     monkeypatch.setattr(compare, "run_search", fake_run_search)
-    assert compare.best_config(dataclasses.replace(spec, seeds=5), "vkd", log=lambda _: None) == ({"alpha": 0.7}, "t")
+    assert compare.best_config(dataclasses.replace(spec, seeds=5), "vkd") == ({"alpha": 0.7}, "t")
     assert seen == [(str(folder), 1, os.getpid())]
     assert lock.holder(folder) is None
     with lock.held(folder), pytest.raises(lock.Busy, match="another fsd-tune search is running in"):

@@ -8,8 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflowserver import Server
 
-from fsd.tuning import tracking
-from fsd.tuning.outbox import Outbox
+from fsd.tuning.tracking import records as tracking
+from fsd.tuning.tracking.outbox import Outbox
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_a_backlog_is_sent_in_slices_while_the_search_runs_and_whole_at_the_end(
     first (the driver is never held up for all of it), keeps the order, and flush() sends the rest."""
     import json
 
-    from fsd.tuning import outbox
+    from fsd.tuning.tracking import outbox
 
     monkeypatch.setattr(outbox, "SLICE_S", 1.0)
     sent = []

@@ -4,7 +4,8 @@ import pytest
 import ray
 from ray import tune
 
-from fsd.tuning.runner import SearchSpec, trainable_for
+from fsd.tuning.plan.spec import SearchSpec
+from fsd.tuning.search.services import trainable_for
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fsd.tuning import plan
-from fsd.tuning.cost import search_cost
-from fsd.tuning.spec import SearchSpec
+from fsd.tuning.plan import stages as plan
+from fsd.tuning.plan.spec import SearchSpec
+from fsd.tuning.plan.spend import search_cost
 from search_spaces import get_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def test_a_stage_met_again_in_a_comparison_is_counted_once(glue_dir, tmp_path):
 
 
 def test_a_comparisons_seed_runs_are_counted_by_hand(glue_dir, tmp_path):
-    from fsd.tuning.cost import compare_cost
+    from fsd.tuning.cost.dryrun import compare_cost
 
     spec = SearchSpec(task="rte", method="vkd", storage=str(tmp_path), mlflow_uri="", teacher="packaged-minilm",
                       data_dir=glue_dir, preset="quick")
@@ -128,7 +128,7 @@ def test_estimate_times_steps_prints_hours_and_writes_nothing(tmp_path, glue_dir
 
 
 def test_stage_base_takes_the_presets_batch_size_and_the_holdout(tmp_path):
-    from fsd.tuning.plan import stage_base
+    from fsd.tuning.plan.stages import stage_base
 
     schedule = get_schedule("vkd", "sst2", "cpu")
     spec = SearchSpec(task="sst2", method="vkd", storage=str(tmp_path), mlflow_uri="", teacher="t", preset="cpu",
@@ -144,7 +144,7 @@ def test_the_teacher_and_the_trials_read_one_set_of_data_values(tmp_path):
     """The teacher's rows, length, seed and holdout are the trials' (plan.data_values): a --set row limit
     reaches both; only the teacher's batches are its own (the paper's 32, random order)."""
     from fsd.teacher import TEACHER_BATCHES
-    from fsd.tuning.plan import DATA_FIELDS, stage_base, teacher_spec
+    from fsd.tuning.plan.stages import DATA_FIELDS, stage_base, teacher_spec
 
     schedule = get_schedule("vkd", "sst2", "cpu")
     spec = SearchSpec(task="sst2", method="vkd", storage=str(tmp_path), mlflow_uri="", teacher="t", preset="cpu",
@@ -163,7 +163,7 @@ def test_the_teacher_and_the_trials_read_one_set_of_data_values(tmp_path):
 
 def test_an_optuna_stage_keeps_its_journal_in_a_stage_folder_not_made_yet(tmp_path):
     """The stage's folder exists only once Ray starts its trials; the TPE journal is opened before that."""
-    from fsd.tuning import halving
+    from fsd.tuning.search import halving
 
     folder = tmp_path / "stages" / "rte-vkd-0123"
     config = halving.tune_config("optuna", str(folder), "rte-vkd", plan.rungs_for(900, 1 / 9, 3.0), "eval/score",
@@ -177,8 +177,8 @@ def test_fsd_cli_and_a_search_on_the_same_rows_share_their_teacher(tmp_path, mon
     import importlib.util
 
     from fsd import cli
-    from fsd.tuning.checks import dry_spec
-    from fsd.tuning.plan import teacher_spec
+    from fsd.tuning.command.checks import dry_spec
+    from fsd.tuning.plan.stages import teacher_spec
 
     loader = importlib.util.spec_from_file_location("tune_main", ROOT / "tune_main.py")
     tune_main = importlib.util.module_from_spec(loader)

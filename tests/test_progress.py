@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from fsd.progress import Progress, format_duration
 
 
@@ -61,11 +63,15 @@ def _trial(tid, status, alpha, samples=None, budget=100, best=None, error_file=N
                            metric_analysis=analysis, error_file=error_file, path=f"/runs/{tid}")
 
 
-def test_a_stage_says_what_finished_what_runs_the_best_so_far_and_the_time_left(tmp_path):
-    from fsd.tuning.progress import StageProgress
+@pytest.fixture
+def lines(console_lines):
+    return console_lines
 
-    lines: list[str] = []
-    shown = StageProgress("vkd", 4, ("alpha",), halving=True, log=lines.append, heartbeat_s=3600)
+
+def test_a_stage_says_what_finished_what_runs_the_best_so_far_and_the_time_left(tmp_path, lines):
+    from fsd.tuning.search.stage_progress import StageProgress
+
+    shown = StageProgress("vkd", 4, ("alpha",), halving=True, heartbeat_s=3600)
     shown.start -= 100  # 100 s into the stage
     stopped = _trial("t0", "RUNNING", 0.2, samples=30, best=0.7012)  # Ray marks it TERMINATED after the callback
     running = _trial("t1", "RUNNING", 0.5, samples=50, best=0.7810)
@@ -91,11 +97,10 @@ def test_a_stage_says_what_finished_what_runs_the_best_so_far_and_the_time_left(
                                 "retried from its last checkpoint | 2/4 done, 1 running")
 
 
-def test_a_heartbeat_comes_only_while_trials_run_and_not_before_its_interval():
-    from fsd.tuning.progress import StageProgress
+def test_a_heartbeat_comes_only_while_trials_run_and_not_before_its_interval(lines):
+    from fsd.tuning.search.stage_progress import StageProgress
 
-    lines: list[str] = []
-    shown = StageProgress("fsd", 2, ("alpha",), halving=False, log=lines.append, heartbeat_s=3600)
+    shown = StageProgress("fsd", 2, ("alpha",), halving=False, heartbeat_s=3600)
     trials = [_trial("t0", "RUNNING", 0.2, samples=10)]
     shown.on_step_end(0, trials)
     assert lines == []

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fsd.tuning.report import Image, Section, Table, score_plot, write_html
+from fsd.tuning.results.html import Image, Section, Table, score_plot, write_html
 
 WINNERS = [{"stage": "1-vkd", "score": 0.5523, "alpha": 0.5}, {"stage": "2-fsdi", "score": 0.5812, "beta": 0.01}]
 COMPARISON = [{"method": "vkd", "mean": 0.55, "std": 0.01}, {"method": "fsd", "mean": 0.58, "std": 0.02}]
@@ -122,9 +122,9 @@ def test_paper_tables_render_in_headless_chromium(tmp_path):
     sections: every table's columns and every figure reach the browser."""
     from matplotlib.image import imsave
 
-    from fsd.tuning import tables
-    from fsd.tuning.report import scatter_plot
-    from fsd.tuning.search_report import paper_sections
+    from fsd.tuning.results import tables
+    from fsd.tuning.results.html import scatter_plot
+    from fsd.tuning.results.report import paper_sections
 
     folder = tmp_path / "rte-compare"
     (folder / "analysis" / "fsd-0-abcd1234").mkdir(parents=True)
@@ -150,7 +150,7 @@ def test_paper_tables_render_in_headless_chromium(tmp_path):
 
 
 def test_the_report_shows_each_methods_lowest_seed_heatmap(tmp_path):
-    from fsd.tuning.search_report import first_heatmaps
+    from fsd.tuning.results.report import first_heatmaps
 
     for name in ("fsd-43-aaaa0000", "fsd-42-bbbb1111", "rkd-7-cccc2222", "ablation-fsdg-3-dddd3333", "stray"):
         (tmp_path / "analysis" / name).mkdir(parents=True)
@@ -161,8 +161,8 @@ def test_the_report_shows_each_methods_lowest_seed_heatmap(tmp_path):
 
 
 def test_a_skipped_stage_shows_why_and_whose_winner_it_kept_not_a_score(tmp_path):
-    from fsd.tuning.ledger import Ledger
-    from fsd.tuning.search_report import COLUMNS, stage_rows
+    from fsd.tuning.plan.ledger import Ledger
+    from fsd.tuning.results.report import COLUMNS, stage_rows
 
     ledger = Ledger(tmp_path / "rte-fsd")
     ledger.data["search"] = {"task": "rte", "method": "fsd", "preset": "smoke", "select_on": "dev"}

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import torch
 
 from fsd.checkpoints import RESUME, resumable, save_checkpoint
-from fsd.tuning.retention import KeepWinners, keep_only, losers
+from fsd.tuning.search.retention import KeepWinners, keep_only, losers
 
 
 def _t(i, score, config=None, samples=100, budget=100, over=True):

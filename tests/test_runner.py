@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from fsd.tuning.runner import SearchSpec, StageFailed, pick_winner, stage_base
+from fsd.tuning.plan.spec import SearchSpec
+from fsd.tuning.plan.stages import stage_base
+from fsd.tuning.search.stage import StageFailed, pick_winner
 from search_spaces import get_schedule
 
 
@@ -39,7 +41,7 @@ def test_a_stage_where_every_trial_failed_names_the_cause():
 
 
 def test_out_of_memory_says_how_to_pack_fewer_trials(monkeypatch):
-    from fsd.tuning import trainable
+    from fsd.tuning.search import trainable
 
     assert "--gpus-per-trial 0.5" in trainable.out_of_memory_message(0.25, 32)
     assert "4 trials per GPU" in trainable.out_of_memory_message(0.25, 32)
@@ -139,8 +141,8 @@ def test_summary_shows_teacher_floor_and_both_scores_of_a_holdout_search(tmp_pat
     import json
 
     from fsd.models import TEACHER_META
-    from fsd.tuning.ledger import Ledger
-    from fsd.tuning.summary import summary_table
+    from fsd.tuning.plan.ledger import Ledger
+    from fsd.tuning.results.summary import summary_table
 
     teacher = tmp_path / "teacher" / "sst2-abc"
     teacher.mkdir(parents=True)
@@ -160,8 +162,8 @@ def test_summary_shows_teacher_floor_and_both_scores_of_a_holdout_search(tmp_pat
 
 
 def test_the_summary_says_why_a_refine_stage_was_skipped_and_points_to_the_results(tmp_path):
-    from fsd.tuning.ledger import Ledger
-    from fsd.tuning.summary import pointers, summary_table
+    from fsd.tuning.plan.ledger import Ledger
+    from fsd.tuning.results.summary import pointers, summary_table
 
     schedule = get_schedule("fsd", "rte", "smoke")
     ledger = Ledger(tmp_path / "rte-fsd")
@@ -182,7 +184,7 @@ def test_the_summary_says_why_a_refine_stage_was_skipped_and_points_to_the_resul
 
 
 def test_a_cut_short_ray_experiment_state_is_set_aside_before_a_restore(tmp_path):
-    from fsd.tuning.runner import restorable
+    from fsd.tuning.search.services import restorable
 
     exp = tmp_path / "rte-vkd"
     exp.mkdir()
@@ -201,8 +203,9 @@ def test_a_cut_short_ray_experiment_state_is_set_aside_before_a_restore(tmp_path
 def test_a_skipped_refine_stage_keeps_the_coarse_winner_and_its_dev_score():
     """Ranked on a holdout, the coarse stage's winner was measured on dev once; the refine stage that keeps it
     shows that dev score too (it printed `its dev score -`)."""
-    from fsd.tuning.runner import SearchSpec, stage_line
-    from fsd.tuning.winners import carried, choose, stage_record
+    from fsd.tuning.plan.spec import SearchSpec
+    from fsd.tuning.plan.winners import carried, choose, stage_record
+    from fsd.tuning.search.stage import stage_line
 
     coarse = {"status": "done", "score": 0.7083, "dev": {"dev/score": 0.6702}, "winner": {"gamma_g": 0.0},
               "checkpoint": "/c", "trials": 2, "run_id": "r1"}

@@ -4,13 +4,14 @@ import pickle
 
 import pytest
 
-from fsd.tuning.shared import finished, save, stage_folder, stage_key
+from fsd.tuning.plan.shared import finished, save, stage_folder, stage_key
+from fsd.tuning.plan.stages import Strategy
 
 BASE = {"task": "rte", "teacher": "/runs/teacher/rte-abc", "student_init": None, "student_layers": 3,
         "method": "vkd", "data_dir": "/glue", "storage": "/runs", "max_seq_len": 128, "seed": 42, "epochs": 2,
         "max_train_samples": 2000, "max_eval_samples": 1000, "cache_budget_gb": 10.0, "compile": False}
 GRID = {"alpha": (0.2, 0.7), "lr": (1e-5, 5e-5)}
-GRID_HOW = {"strategy": "grid"}
+GRID_HOW = Strategy("grid")
 
 
 def _key(base=BASE, grid=GRID, how=GRID_HOW, seeds=(42,), carried=None, name="vkd"):
@@ -33,7 +34,8 @@ def test_the_same_stage_has_the_same_key_whatever_the_search_or_speed_settings()
     {"base": {**BASE, "max_train_samples": 4000}},  # the budget
     {"base": {**BASE, "epochs": 3}},
     {"base": {**BASE, "student_layers": 2}},
-    {"how": {"strategy": "halving", "reduction_factor": 3.0, "first_rung": 1 / 9}},  # the strategy
+    {"how": Strategy("halving", 3.0, 1 / 9)},  # the strategy
+    {"how": Strategy("halving", 3.0, 1 / 9, cap=64_000)},  # what a budget lets it spend
     {"seeds": (42, 43)},
     {"carried": [{"winner": {"gamma_g": 1e-4}, "score": 0.6}]},  # a refine stage's coarse winner
     {"carried": [{"winner": {"gamma_g": 1e-4}, "score": 0.6}, {"winner": {"method": "vkd"}, "score": 0.5}]},
@@ -51,7 +53,7 @@ def test_the_record_is_written_whole_and_read_back(tmp_path):
 
 
 def _asha(path, rungs):
-    from fsd.tuning.halving import DurableASHA
+    from fsd.tuning.search.halving import DurableASHA
 
     return DurableASHA(str(path), rungs, "eval/score", "max")
 
@@ -62,7 +64,7 @@ def test_asha_rungs_and_stops_survive_a_restore(tmp_path):
     before the kill stays stopped."""
     from types import SimpleNamespace
 
-    from fsd.tuning.plan import rungs_for
+    from fsd.tuning.plan.stages import rungs_for
 
     rungs = rungs_for(900, 1 / 9, 3.0)  # rungs at 100, 300
     path = tmp_path / "rungs.json"

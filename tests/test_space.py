@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from fsd.tuning import space
-from fsd.tuning.spec import SearchSpec
+from fsd.tuning.plan.spec import SearchSpec
+from fsd.tuning.search import disk as space
 
 
 def test_a_full_disk_is_recognised_however_it_is_wrapped():

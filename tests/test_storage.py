@@ -49,9 +49,11 @@ def test_a_folder_appears_whole_and_a_finished_one_is_kept_unless_replaced(tmp_p
 _BUILDER = """
 import sys, time
 from pathlib import Path
+from fsd.logs import show_console
 from fsd.storage import one_builder
+show_console()
 target = Path(sys.argv[1])
-with one_builder(target, "thing", print):
+with one_builder(target, "thing"):
     print("inside", flush=True)
     if not target.exists():
         Path(sys.argv[2]).touch()  # this process is the builder
@@ -95,9 +97,22 @@ def test_one_builder_that_dies_releases_the_lock_and_leaves_it_for_the_next(tmp_
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert (tmp_path / "thing.lock").exists() and not (tmp_path / "thing").exists()
-    said = []
-    with one_builder(tmp_path / "thing", "thing", said.append):  # at once: the kernel dropped the dead one's lock
-        (tmp_path / "thing").write_text("built")
+    import logging
+
+    from fsd.logs import console
+
+    said: list[str] = []
+    keep = logging.Handler()
+    keep.emit = lambda record: said.append(record.getMessage())
+    console.addHandler(keep)
+    level = console.level
+    console.setLevel(logging.INFO)
+    try:
+        with one_builder(tmp_path / "thing", "thing"):  # at once: the kernel dropped the dead one's lock
+            (tmp_path / "thing").write_text("built")
+    finally:
+        console.removeHandler(keep)
+        console.setLevel(level)
     assert said == [] and not (tmp_path / "thing.lock").exists()
     with pytest.raises(RuntimeError), one_builder(tmp_path / "other", "other"):
         raise RuntimeError("the build failed")

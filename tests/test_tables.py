@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from fsd.tuning import tables
+from fsd.tuning.results import tables
 
 
 def test_ablation_differences_and_p_values_by_hand():

@@ -100,7 +100,7 @@ def test_distill_with_and_without_cache_gives_the_same_run(tiny_bert, glue_dir, 
     assert sorted(p.name for p in folder.iterdir()) == ["key.json", "logits.npy", "penultimate-float32.npy"]
 
 
-def _open(config, say=print):
+def _open(config):
     task = get_task(config.task)
     tok = load_tokenizer(config.teacher)
     train, _, _ = make_batches(config.data, tok, config.storage)
@@ -114,7 +114,7 @@ def _open(config, say=print):
     key = cache_key(task, tok, config.max_seq_len, config.data_dir)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(teacher_source, "load_teacher", load)
-        cache = open_cache(config, ("logits", "penultimate"), train, key, torch.device("cpu"), task.num_labels, say)
+        cache = open_cache(config, ("logits", "penultimate"), train, key, torch.device("cpu"), task.num_labels)
     return cache, len(passes)
 
 
@@ -154,10 +154,10 @@ def test_half_written_files_are_never_read(tiny_bert, glue_dir, tmp_path):
     assert again.arrays["penultimate"].shape == cache.arrays["penultimate"].shape
 
 
-def test_over_budget_falls_back_to_the_live_teacher_with_a_message(tiny_bert, glue_dir, tmp_path):
-    said = []
+def test_over_budget_falls_back_to_the_live_teacher_with_a_message(tiny_bert, glue_dir, tmp_path, console_lines):
+    said = console_lines
     config = _config(tiny_bert, glue_dir, tmp_path, method="fsd", cache_budget_gb=1e-6)
-    cache, passes = _open(config, said.append)
+    cache, passes = _open(config)
     assert cache is None and passes == 0
     (message,) = said
     assert "over --cache-budget-gb" in message and "running the teacher live" in message

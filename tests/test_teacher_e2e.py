@@ -22,7 +22,7 @@ def rte_teacher(glue_dir, minilm_path, tmp_path_factory):
     storage = tmp_path_factory.mktemp("storage")
     spec = TeacherSpec(minilm_path, teacher_data(DataSpec("rte", glue_dir, max_train_samples=160, max_eval_samples=64)),
                        epochs=1)
-    return ensure_teacher(spec, str(storage), log=lambda *_: None), spec, str(storage)
+    return ensure_teacher(spec, str(storage)), spec, str(storage)
 
 
 def test_teacher_is_fine_tuned_once_and_reused(rte_teacher):
@@ -31,7 +31,7 @@ def test_teacher_is_fine_tuned_once_and_reused(rte_teacher):
     assert meta["task"] == "rte" and meta["lr"] == 2e-5 and len(meta["epochs"]) == 1
     assert 0.0 <= meta["dev"]["eval/score"] <= 1.0
     stamp = os.stat(Path(path) / TEACHER_META).st_mtime_ns
-    assert ensure_teacher(spec, storage, log=lambda *_: None) == path
+    assert ensure_teacher(spec, storage) == path
     assert os.stat(Path(path) / TEACHER_META).st_mtime_ns == stamp  # not trained again
     assert ensure_teacher(TeacherSpec(path, DataSpec("rte")), storage) == path  # a fine-tuned teacher is used as is
     with pytest.raises(ValueError, match="fine-tuned on rte, not mrpc"):

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fsd.tuning import tracking
+from fsd.tuning.tracking import records as tracking
 
 
 def test_trial_runs_are_nested_and_found_again_after_a_restore(tmp_path):

@@ -2,7 +2,7 @@
 and sent when the server answers again (tried at most every `RETRY_S` seconds, at the end of the search,
 and on --resume). Trials never wait for the server: the driver only appends to the queue.
 
-Each write is a named operation of `fsd.tuning.tracking.OPS` with JSON arguments. An operation that
+Each write is a named operation of `fsd.tuning.tracking.records.OPS` with JSON arguments. An operation that
 creates a run while the server is away returns a placeholder id (`queued:<uuid>`) that later operations use;
 the real id replaces it when the queue is sent, and the placeholder -> id map stays in the queue file so a
 ledger holding a placeholder still finds its run after a restart.

@@ -29,7 +29,7 @@ IDENTITY = ("task", "method", "preset", "teacher", "teacher_epochs", "teacher_lr
 SPEED_KEYS = SPEED_FIELDS
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchSpec:
     """Everything tune_main.py resolved from the command line."""
 
@@ -49,7 +49,7 @@ class SearchSpec:
     cpus_per_trial: float = 1.0
     max_concurrent: int = 0
     max_failures: int = 1
-    strategy: str = "grid"  # grid (the paper's), halving or optuna: see fsd.tuning.plan
+    strategy: str = "grid"  # grid (the paper's), halving or optuna: see fsd.tuning.plan.stages
     reduction_factor: float = REDUCTION_FACTOR
     first_rung: float = FIRST_RUNG  # of a trial's budget
     num_samples: int | None = None  # optuna: trials per large stage; None: a share of its grid

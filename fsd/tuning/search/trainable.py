@@ -12,7 +12,7 @@ from ray import tune
 from fsd.checkpoints import load_checkpoint
 from fsd.config import DistillConfig
 from fsd.train import distill
-from fsd.tuning.plan import expand
+from fsd.tuning.plan.stages import expand
 
 
 def train_trial(params: dict[str, Any], base: dict[str, Any]) -> None:
@@ -21,7 +21,7 @@ def train_trial(params: dict[str, Any], base: dict[str, Any]) -> None:
     config = DistillConfig.from_dict({**base, **expand(params)})
     state = restored_state(tune.get_checkpoint())
     if state is not None and "optimizer" not in state:
-        # The trial was over (fsd.tuning.retention dropped what resuming needs when it ended): a driver killed
+        # The trial was over (fsd.tuning.search.retention dropped what resuming needs when it ended): a driver killed
         # before Ray recorded its end brings it back. Its last result is said again; nothing is retrained.
         tune.report(state["metrics"])
         return

@@ -20,7 +20,7 @@ from fsd import failpoints
 from fsd.data import source_fingerprint, split_rows
 from fsd.storage import content_key, one_builder
 from fsd.tasks import get_task
-from fsd.tuning.plan import expand
+from fsd.tuning.plan.stages import SAMPLES, expand, reached_budget
 
 PARENT_TAG = "mlflow.parentRunId"
 # MLflow 3's UI opens an experiment of no kind on its GenAI overview; this kind opens it on the runs table.
@@ -178,7 +178,7 @@ class TrialTracker(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         # Steps count training samples (several evaluations per epoch under halving); old results count epochs.
-        step = int(result.get("progress/samples", result.get("epoch", result.get("training_iteration", 0))))
+        step = int(result.get(SAMPLES, result.get("epoch", result.get("training_iteration", 0))))
         run_id = self.run_for(trial)
         if step in self._logged[trial.trial_id]:
             # A trial restarted after the driver died before Ray recorded this epoch: the run has it already.
@@ -192,10 +192,10 @@ class TrialTracker(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_for(trial)
         last = getattr(trial, "last_result", None) or {}
-        if "progress/samples" in last and last["progress/samples"] < last.get("progress/budget", 0):
+        if not reached_budget(last):
             # Stopped by halving at a rung: finished as a run, but never a candidate winner.
-            self._do("log_winner", run_id, "stopped_at_samples", float(last["progress/samples"]),
-                     {"early_stopped": "true", "stopped_at_samples": str(int(last["progress/samples"]))})
+            self._do("log_winner", run_id, "stopped_at_samples", float(last[SAMPLES]),
+                     {"early_stopped": "true", "stopped_at_samples": str(int(last[SAMPLES]))})
         self._do("close_run", run_id, "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -296,7 +296,7 @@ def log_analysis(uri: str, run_id: str, metrics: dict[str, float], files: list[s
         client.log_artifact(run_id, f, artifact_path="analysis")
 
 
-# The MLflow writes of a search, by name, so the outbox can queue and replay them (fsd.tuning.outbox).
+# The MLflow writes of a search, by name, so the outbox can queue and replay them (fsd.tuning.tracking.outbox).
 OPS = {"open_run": open_run, "close_run": close_run, "trial_run": trial_run, "log_metrics": log_metrics,
        "record_best_checkpoints": record_best_checkpoints, "log_winner": log_winner,
        "log_stage_model": log_stage_model, "log_analysis": log_analysis, "close_open_children": close_open_children,

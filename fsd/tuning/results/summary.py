@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fsd.models import teacher_meta
-from fsd.tuning.ledger import Ledger
-from fsd.tuning.winners import not_last_line
+from fsd.tuning.plan.ledger import Ledger
+from fsd.tuning.plan.winners import not_last_line
 from search_spaces import Schedule
 
 # docs/method.md §8, the paper's selection score per task and method (GLUE dev, BERT-base teacher, BERT6 student)

@@ -20,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+from fsd.logs import console
 from fsd.storage import write_text
 
 ENV = "FSD_TUNE_RAY"
@@ -69,7 +70,7 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def clean_and_mark(folder: str | os.PathLike, log=print) -> str:
+def clean_and_mark(folder: str | os.PathLike) -> str:
     """Stop what an earlier driver of the search in `folder` left running, then mark this driver's cluster.
 
     Call it with the search's lock held, just before `ray.init` starts a local cluster.
@@ -82,7 +83,7 @@ def clean_and_mark(folder: str | os.PathLike, log=print) -> str:
         old = record.read_text().strip()
         pids = marked(old) if old else []
         if pids:
-            log(f"stopping {len(pids)} Ray process(es) that a killed driver of this search left running "
+            console.info(f"stopping {len(pids)} Ray process(es) that a killed driver of this search left running "
                 f"(pids {', '.join(map(str, sorted(pids)))})")
             stop(pids)
     token = uuid.uuid4().hex

@@ -16,7 +16,7 @@ from typing import Any
 from fsd.config import DistillConfig
 from fsd.objectives.equivalence import effective
 from fsd.storage import content_key
-from fsd.tuning.plan import JOINT, expand, stage_base
+from fsd.tuning.plan.stages import JOINT, expand, stage_base
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from fsd.storage import content_key, write_text
-from fsd.tuning.spec import SPEED_KEYS
+from fsd.tuning.plan.spec import SPEED_KEYS
+from fsd.tuning.plan.stages import Strategy
 
 RECORD = "stage.json"
 # Values that do not change what the trials compute: a stage run with another of them is the same stage.
 NOT_IN_KEY = (*SPEED_KEYS, "storage")
 
 
-def stage_key(name: str, base: dict[str, Any], grid: dict[str, tuple], strategy: dict[str, Any],
+def stage_key(name: str, base: dict[str, Any], grid: dict[str, tuple], strategy: Strategy,
               seeds: list[int], carried: list[dict[str, Any]] | None) -> str:
     """The digest naming a stage's trials.
 
@@ -36,7 +37,7 @@ def stage_key(name: str, base: dict[str, Any], grid: dict[str, tuple], strategy:
     """
     content = {"name": name, "base": {k: v for k, v in sorted(base.items()) if k not in NOT_IN_KEY},
                "grid": {k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in sorted(grid.items())},
-               "strategy": strategy, "seeds": seeds,
+               "strategy": strategy.key(), "seeds": seeds,
                "carried": _carried(carried)}
     return content_key(content)
 

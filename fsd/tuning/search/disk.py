@@ -2,7 +2,7 @@
 a disk that fills anyway stops the search with one line that names the folder and what the rest of the search
 needs, so that the user frees space and resumes.
 
-What a search keeps is bounded by its stages, not its trials (fsd/tuning/retention.py): each done stage keeps
+What a search keeps is bounded by its stages, not its trials (fsd/tuning/search/retention.py): each done stage keeps
 its winner's checkpoint (the student's weights) and its MLflow copy; a running trial keeps up to two
 checkpoints that can resume (its best and its latest: weights, AdamW's two moments, the student memory); the
 teacher, its output cache and memory are written once. A checkpoint's size is measured on those already
@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from fsd.tuning.spec import SearchSpec
+from fsd.tuning.plan.spec import SearchSpec
 from search_spaces import Schedule
 
 FULL_TEXTS = ("No space left on device", "database or disk is full", "Disk quota exceeded")
@@ -78,7 +78,7 @@ def per_trial_bytes(storage: str, teacher: str | None) -> tuple[int, bool] | Non
 def need(spec: SearchSpec, schedule: Schedule, done: set[str], teacher: str | None) -> Need | None:
     """What the stages of `schedule` not in `done` will keep on disk (shared stages already run elsewhere
     count as nothing), or None when a checkpoint's size cannot be told yet."""
-    from fsd.tuning.cost import search_cost
+    from fsd.tuning.plan.spend import search_cost
 
     per = per_trial_bytes(spec.storage, teacher)
     if per is None:

@@ -12,11 +12,11 @@ from typing import Any
 from fsd.analysis import HEATMAP_FILE, METRICS_FILE
 from fsd.data import split_rows
 from fsd.models import teacher_meta
-from fsd.tuning import tracking
-from fsd.tuning.ledger import LEDGER, Ledger
-from fsd.tuning.report import Image, Section, Table, score_plot, write_html
-from fsd.tuning.summary import PAPER, SHOWN
-from fsd.tuning.tables import TABLES
+from fsd.tuning.plan.ledger import LEDGER, Ledger
+from fsd.tuning.results.html import Image, Section, Table, score_plot, write_html
+from fsd.tuning.results.summary import PAPER, SHOWN
+from fsd.tuning.results.tables import TABLES
+from fsd.tuning.tracking import records as tracking
 from search_spaces import get_schedule
 
 RESTORATION = ("f1", "precision", "recall", "agreement", "pearson", "spearman")

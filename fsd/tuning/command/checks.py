@@ -7,6 +7,7 @@ Nothing here writes, and Ray is not imported: a bad command fails in seconds and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import socket
 import urllib.error
@@ -17,9 +18,7 @@ from typing import Any
 
 from fsd.config import ConfigError, DistillConfig
 from fsd.tasks import TASKS, get_task
-from fsd.tuning import lock
-from fsd.tuning.check_inputs import check_data, check_models
-from fsd.tuning.flags import (
+from fsd.tuning.command.flags import (
     UsageError,
     build_spec,
     check_batch_sizes,
@@ -29,13 +28,15 @@ from fsd.tuning.flags import (
     parse_grids,
     parse_set,
 )
-from fsd.tuning.ledger import LEDGER, Ledger
-from fsd.tuning.spec import (
+from fsd.tuning.command.inputs import check_data, check_models
+from fsd.tuning.plan.ledger import LEDGER, Ledger
+from fsd.tuning.plan.spec import (
     IDENTITY,
     SearchSpec,
     identity,
     method_spec,
 )
+from fsd.tuning.search import lock
 from search_spaces import Schedule
 from search_spaces.base import METHODS
 
@@ -94,7 +95,8 @@ def validate(args: argparse.Namespace) -> Search:
         check_search_folder(spec, args.resume)
     check_mlflow(spec.mlflow_uri)
     check_address(spec.address)
-    spec.gpus_per_trial = check_gpus(args.gpus_per_trial, args.address)
+    # The GPU share last of the quick checks: it imports torch to count the GPUs.
+    spec = dataclasses.replace(spec, gpus_per_trial=check_gpus(args.gpus_per_trial, args.address))
     check_values(args, schedule, extra)
     from fsd.logs import quiet_libraries
 
@@ -113,8 +115,7 @@ def dry_spec(args: argparse.Namespace) -> tuple[SearchSpec, Schedule]:
         raise UsageError(f"--data-dir {args.data_dir} is not a folder: point it at a GLUE download")
     _, stages = check_names(args)
     extra = parse_extra(args)
-    spec = build_spec(args, schedule, stages, extra, storage)
-    spec.gpus_per_trial = check_gpus(args.gpus_per_trial, args.address)
+    spec = build_spec(args, schedule, stages, extra, storage, check_gpus(args.gpus_per_trial, args.address))
     if args.compare:
         check_compare(args)
     from fsd.logs import quiet_libraries
@@ -176,7 +177,7 @@ def check_search_numbers(args: argparse.Namespace) -> None:
     if args.strategy == "grid" and halving_flags:
         raise UsageError(f"{halving_flags[0]} needs --strategy halving or optuna (the grid runs every trial whole)")
     if args.budget is not None:
-        from fsd.tuning.budget import parse
+        from fsd.tuning.plan.budget import parse
 
         try:
             parse(args.budget)
@@ -307,7 +308,7 @@ def check_checkpoints(spec: SearchSpec, ledger: Ledger) -> None:
     plain values (a pickle planted in a shared storage folder would run code in each trial that resumes from
     it) stops the command before Ray starts."""
     from fsd.checkpoints import UnsafeCheckpoint, check_readable
-    from fsd.tuning.shared import stage_folder
+    from fsd.tuning.plan.shared import stage_folder
 
     for name, record in ledger.records().items():
         if record.get("status") == "done" or not record.get("shared"):

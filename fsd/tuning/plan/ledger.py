@@ -39,7 +39,6 @@ class Ledger:
         self.path = Path(folder) / LEDGER
         self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.data.setdefault("stages", {})
-        self.mlflow_note: str | None = None  # what the MLflow outbox has to say at the end (not saved)
 
     @property
     def exists(self) -> bool:

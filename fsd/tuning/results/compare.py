@@ -3,7 +3,7 @@ if it has not finished), re-run with N seeds, and the paper's Table 2/3 for the 
 of every dev metric, the one-sided p-value of FSD against the best baseline, the teacher's and the
 majority class's rows and the paper's figures beside them; then Tables 6-8 from the same runs (structure
 kept, cost), and on request Table 4 (`--ablation`) and Table 5 (`--batch-sizes`), which re-run FSD's winner
-(fsd/tuning/tables.py). Each is written as Markdown and CSV, logged to MLflow, printed.
+(fsd/tuning/results/tables.py). Each is written as Markdown and CSV, logged to MLflow, printed.
 """
 
 from __future__ import annotations
@@ -20,19 +20,24 @@ from scipy import stats
 
 from fsd.analysis import analyse_checkpoint
 from fsd.config import DistillConfig
+from fsd.logs import console
 from fsd.metrics import majority
 from fsd.models import teacher_meta
 from fsd.storage import content_key, write_text
 from fsd.train import evaluate_on_dev
-from fsd.tuning import lock, plan, tables, tracking
-from fsd.tuning.ledger import Ledger
-from fsd.tuning.outbox import Outbox
-from fsd.tuning.plan import METRIC, MODE
-from fsd.tuning.progress import StageProgress
-from fsd.tuning.report import scatter_plot
-from fsd.tuning.runner import SearchSpec, best_checkpoint, open_tuner, run_search, start_services, trainable_for
-from fsd.tuning.spec import method_spec
-from fsd.tuning.summary import PAPER
+from fsd.tuning.plan import stages as plan
+from fsd.tuning.plan.ledger import Ledger
+from fsd.tuning.plan.spec import SearchSpec, method_spec
+from fsd.tuning.plan.stages import METRIC, MODE, SAMPLES
+from fsd.tuning.results import tables
+from fsd.tuning.results.html import scatter_plot
+from fsd.tuning.results.summary import PAPER
+from fsd.tuning.search import lock
+from fsd.tuning.search.runner import run_search
+from fsd.tuning.search.services import best_checkpoint, open_tuner, start_services, trainable_for
+from fsd.tuning.search.stage_progress import StageProgress
+from fsd.tuning.tracking import records as tracking
+from fsd.tuning.tracking.outbox import Outbox
 from search_spaces import get_schedule
 
 
@@ -40,7 +45,7 @@ def compare_folder(spec: SearchSpec) -> str:
     return os.path.join(spec.storage, f"{spec.task}-compare")
 
 
-def best_config(spec: SearchSpec, method: str, log=print) -> tuple[dict[str, Any], str]:
+def best_config(spec: SearchSpec, method: str) -> tuple[dict[str, Any], str]:
     """The winner of `method`'s last stage (searching first when needed) and the teacher it used.
 
     Raises:
@@ -52,8 +57,8 @@ def best_config(spec: SearchSpec, method: str, log=print) -> tuple[dict[str, Any
     with lock.held(mspec.folder):  # the same lock a plain search of that method takes
         ledger = Ledger(mspec.folder)
         if not ledger.done(last):
-            log(f"compare: searching {method} first ({mspec.folder})")
-            ledger = run_search(mspec, schedule, log)
+            console.info(f"compare: searching {method} first ({mspec.folder})")
+            ledger = run_search(mspec, schedule).ledger
     return dict(ledger.records()[last]["winner"]), ledger.data["teacher"]
 
 
@@ -103,12 +108,12 @@ def seed_runs(spec: SearchSpec, label: str, config: dict[str, Any], seeds: list[
             top = df.loc[df[METRIC].idxmax()]
             dev = {k: float(v) for k, v in table_metrics(top.to_dict()).items()}
         cost = {}
-        if {"run/student_params", "time/eval_s", "eval/rows", "progress/samples"} <= set(df.columns):  # this version
+        if {"run/student_params", "time/eval_s", "eval/rows", SAMPLES} <= set(df.columns):  # this version
             cost = {"params": float(df["run/student_params"].iloc[-1]), "train_s": float(df["time/train_s"].sum()),
-                    "samples": float(df["progress/samples"].max()), "eval_s": float(df["time/eval_s"].sum()),
+                    "samples": float(df[SAMPLES].max()), "eval_s": float(df["time/eval_s"].sum()),
                     "eval_rows": float(df["eval/rows"].sum())}
         tracked = [k for k in df.columns if k.startswith("relations/")]
-        curve = df[["progress/samples", *tracked]].to_dict("records") if tracked else []
+        curve = df[[SAMPLES, *tracked]].to_dict("records") if tracked else []
         runs.append(SeedRun(dev, best.path if best else None, cost, curve, int(result.config["seed"])))
     return runs
 
@@ -178,15 +183,15 @@ def _p_value(runs: dict[str, list[dict[str, float]]]) -> tuple[float | None, str
     return float(result.pvalue), best
 
 
-def run_compare(spec: SearchSpec, methods: list[str], seeds: int, log=print, ablation: bool = False,
+def run_compare(spec: SearchSpec, methods: list[str], seeds: int, ablation: bool = False,
                 batch_sizes: tuple[int, ...] = ()) -> str:
     """Search (when needed) and re-run each method with `seeds` seeds; write Table 2/3 and Tables 6-8 (with
     `ablation`, Table 4; with `batch_sizes`, Table 5: both re-run FSD's winner); returns them as Markdown."""
     folder = Path(compare_folder(spec))
     folder.mkdir(parents=True, exist_ok=True)
-    configs = {m: best_config(spec, m, log) for m in methods}
+    configs = {m: best_config(spec, m) for m in methods}
     # Searches already done start nothing: the seed runs need Ray, as quiet as a search's, all the same.
-    start_services(spec, str(folder), log)
+    start_services(spec, str(folder))
     outbox = Outbox(spec.mlflow_uri, folder / "mlflow_outbox.json", tracking.OPS)
     outbox.flush()
     exp_id = tracking.experiment_id(spec.mlflow_uri, spec.task)
@@ -297,7 +302,7 @@ def relation_plot(curves: dict[str, list[list[dict[str, float]]]], path: Path) -
         ax = fig.add_subplot(2, 2, i + 1)
         for method, runs in curves.items():
             points = min(len(run) for run in runs)
-            x = [np.mean([run[j]["progress/samples"] for run in runs]) for j in range(points)]
+            x = [np.mean([run[j][SAMPLES] for run in runs]) for j in range(points)]
             y = [np.nanmean([run[j].get(key, np.nan) for run in runs]) for j in range(points)]
             ax.plot(x, y, marker="o", label=method)
         ax.set_title(key[len("relations/"):].replace("_", ", "))

@@ -7,13 +7,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
+from fsd.logs import console
 from fsd.progress import format_duration
-from fsd.tuning.plan import METRIC, expand
+from fsd.tuning.plan.stages import BUDGET, METRIC, SAMPLES, expand, reached_budget
 
 HEARTBEAT_S = 60.0  # a line at least this often while a stage's trials run
 QUIET_LOGGERS = ("ray", "mlflow", "alembic")
@@ -43,9 +44,9 @@ class StageProgress(Callback):
     """
 
     def __init__(self, stage: str, total: int, params: tuple[str, ...], halving: bool,
-                 log: Callable[[str], None] = print, heartbeat_s: float = HEARTBEAT_S):
+                 heartbeat_s: float = HEARTBEAT_S):
         self.stage, self.total, self.params, self.halving = stage, total, params, halving
-        self.log, self.heartbeat_s = log, heartbeat_s
+        self.heartbeat_s = heartbeat_s
         self.start = self.last = time.monotonic()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -54,7 +55,7 @@ class StageProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         result = trial.last_result or {}
-        samples, budget = result.get("progress/samples"), result.get("progress/budget")
+        samples, budget = result.get(SAMPLES), result.get(BUDGET)
         how = ""
         if samples is not None and budget and samples < budget:
             how = f", stopped early at {int(samples):,} of {int(budget):,} samples"
@@ -101,12 +102,12 @@ class StageProgress(Callback):
         """Seconds left if every trial not yet ended runs to its budget at the rate seen so far (halving stops
         some early: then an upper bound)."""
         results = [t.last_result or {} for t in trials]
-        budget = max((float(r.get("progress/budget", 0.0)) for r in results), default=0.0)
-        done = sum(float(r.get("progress/samples", 0.0)) for r in results)
+        budget = max((float(r.get(BUDGET, 0.0)) for r in results), default=0.0)
+        done = sum(float(r.get(SAMPLES, 0.0)) for r in results)
         if not budget or done <= 0 or elapsed <= 0:
             return None
         open_ = [r for t, r in zip(trials, results, strict=True) if states[t.trial_id] not in ("TERMINATED", "ERROR")]
-        remaining = sum(budget - float(r.get("progress/samples", 0.0)) for r in open_)
+        remaining = sum(budget - float(r.get(SAMPLES, 0.0)) for r in open_)
         remaining += max(0, self.total - len(trials)) * budget
         return remaining / (done / elapsed)
 
@@ -117,7 +118,7 @@ class StageProgress(Callback):
     def _say(self, event: str, trials: list, ended: dict[str, str] | None = None) -> None:
         self.last = time.monotonic()
         head = f"stage {self.stage}: " + (f"{event} | " if event else "")
-        self.log(head + self.status(trials, ended))
+        console.info(head + self.status(trials, ended))
 
 
 def _best(trial) -> float | None:
@@ -127,7 +128,7 @@ def _best(trial) -> float | None:
 
 def _stopped_early(trial) -> bool:
     result = trial.last_result or {}
-    return bool(result.get("progress/budget")) and result.get("progress/samples", 0) < result["progress/budget"]
+    return bool(result.get(BUDGET)) and not reached_budget(result)
 
 
 def _score(value: float | None) -> str:
@@ -138,10 +139,16 @@ def _short(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def last_line(text: str, fallback: str, limit: int = 300) -> str:
+    """The line of an error's text that says what went wrong (its last), or `fallback`."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:limit] if lines else fallback
+
+
 def _last_line(path: str | None) -> str:
     """The line of a trial's error file that says what went wrong."""
     try:
-        lines = [ln.strip() for ln in open(path).read().splitlines() if ln.strip()] if path else []  # noqa: SIM115
+        text = Path(path).read_text() if path else ""
     except OSError:
-        lines = []
-    return lines[-1][:300] if lines else "no error text"
+        text = ""
+    return last_line(text, "no error text")

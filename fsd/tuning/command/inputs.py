@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fsd.tasks import Task
-from fsd.tuning.flags import UsageError
+from fsd.tuning.command.flags import UsageError
 from search_spaces import Schedule
 
 HUB_TIMEOUT_S = 5.0  # the hub's API answers in well under a second when it is there

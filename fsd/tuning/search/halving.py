@@ -19,7 +19,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm
 
 from fsd.storage import write_text
-from fsd.tuning.plan import SAMPLES, Rungs, joint_value
+from fsd.tuning.plan.stages import BUDGET, SAMPLES, Rungs, joint_value
 
 TIME_ATTR = SAMPLES
 GATE = "budget_gate.json"
@@ -63,7 +63,7 @@ class DurableASHA(ASHAScheduler):
         if trial.trial_id in self._stopped:
             return TrialScheduler.STOP
         action = super().on_trial_result(tune_controller, trial, result)
-        budget = result.get("progress/budget", self._max_t)
+        budget = result.get(BUDGET, self._max_t)
         if action == TrialScheduler.STOP and result.get(TIME_ATTR, 0) < budget:
             self._stopped[trial.trial_id] = result[TIME_ATTR]
         self._save()

@@ -18,13 +18,12 @@ from typing import Any
 
 from fsd.config import DataSpec, DistillConfig, check_partial
 from fsd.data import split_rows
-from fsd.tuning.spec import SearchSpec
+from fsd.metrics import BUDGET, SAMPLES, SCORE, reached_budget  # noqa: F401 - the search's names for them
+from fsd.tuning.plan.spec import SearchSpec
 from search_spaces import Schedule, Stage
 
-METRIC = "eval/score"  # what a stage's winner maximises (on dev, or on the holdout)
+METRIC = SCORE  # what a stage's winner maximises (on dev, or on the holdout)
 MODE = "max"
-SAMPLES = "progress/samples"  # training samples a trial has seen: the unit of rungs, budgets and curves
-BUDGET = "progress/budget"  # the training samples of its whole run
 JOINT = "+"  # a joint grid key: "gamma_i+gamma_l" takes one value per name
 OPTUNA_SEP = "|"  # Optuna's categoricals hold plain values: a joint value travels as "a|b"
 
@@ -34,11 +33,9 @@ def expand(params: dict[str, Any]) -> dict[str, Any]:
     each value of its DistillConfig field's type."""
     out: dict[str, Any] = {}
     for key, value in params.items():
+        value = point_value(key, value)
         if JOINT in key:
-            names = key.split(JOINT)
-            parts = [_typed(n, x) for n, x in zip(names, value.split(OPTUNA_SEP), strict=True)] \
-                if isinstance(value, str) else value
-            out.update(zip(names, parts, strict=True))
+            out.update(zip(key.split(JOINT), value, strict=True))
         else:
             out[key] = value
     return out
@@ -49,13 +46,13 @@ def joint_value(value: Any) -> Any:
     return OPTUNA_SEP.join(map(str, value)) if isinstance(value, (tuple, list)) else value
 
 
-def point_value(value: Any) -> Any:
-    """A grid value as a trial's config gives it back, as the grid wrote it: a restored config holds lists for
-    tuples, an Optuna sample "a|b" for a joint value."""
+def point_value(key: str, value: Any) -> Any:
+    """The value of grid key `key` as the grid wrote it, from a trial's config: a restored config holds lists
+    for tuples, an Optuna sample "a|b" for a joint value (each part of its field's type)."""
     if isinstance(value, list):
         return tuple(value)
-    if isinstance(value, str) and OPTUNA_SEP in value:
-        return tuple(float(x) for x in value.split(OPTUNA_SEP))
+    if isinstance(value, str) and JOINT in key:
+        return tuple(_typed(n, x) for n, x in zip(key.split(JOINT), value.split(OPTUNA_SEP), strict=True))
     return value
 
 
@@ -200,29 +197,46 @@ def grid_size(grid: dict[str, tuple]) -> int:
     return n
 
 
-def strategy_of(spec: SearchSpec, grid: dict[str, tuple], planned=None, cap: float | None = None) -> dict[str, Any]:
-    """How this stage's grid is searched, as recorded in its key: the grid, or halving's rungs (and optuna's
-    number of samples); with --budget, the stage's plan (`fsd.tuning.budget.StagePlan`) and what it may
-    spend (`cap`, training samples)."""
-    strategy = stage_strategy(spec.strategy, grid_size(grid))
+@dataclass(frozen=True)
+class Strategy:
+    """How a stage's grid is searched: `kind` grid, halving or optuna; halving's rungs; Optuna's samples; with
+    --budget, what the stage may spend (`cap`, training samples)."""
+
+    kind: str
+    reduction_factor: float | None = None
+    first_rung: float | None = None
+    num_samples: int | None = None
+    cap: int | None = None
+
+    def key(self) -> dict[str, Any]:
+        """As a stage's key records it (the values that are set)."""
+        out: dict[str, Any] = {"strategy": self.kind}
+        for name in ("reduction_factor", "first_rung", "num_samples", "cap"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+
+def strategy_of(spec: SearchSpec, grid: dict[str, tuple], planned=None, cap: float | None = None) -> Strategy:
+    """How this stage's grid is searched: the grid, or halving's rungs (and optuna's number of samples); with
+    --budget, the stage's plan (`fsd.tuning.plan.budget.StagePlan`) and what it may spend (`cap`)."""
+    kind = stage_strategy(spec.strategy, grid_size(grid))
     if planned is not None:  # the budget's plan samples a grid of any size, or none
-        strategy = "optuna" if planned.trials // spec.seeds < grid_size(grid) else "halving"
-    if strategy == "grid":
-        return {"strategy": "grid"}
-    out: dict[str, Any] = {"strategy": strategy, "reduction_factor": spec.reduction_factor,
-                           "first_rung": spec.first_rung if planned is None else planned.first_rung}
-    if strategy == "optuna":
-        out["num_samples"] = optuna_samples(grid_size(grid), spec.num_samples) if planned is None else \
+        kind = "optuna" if planned.trials // spec.seeds < grid_size(grid) else "halving"
+    if kind == "grid":
+        return Strategy("grid")
+    samples = None
+    if kind == "optuna":
+        samples = optuna_samples(grid_size(grid), spec.num_samples) if planned is None else \
             max(1, planned.trials // spec.seeds)
-    if cap is not None:
-        out["cap"] = int(cap)
-    return out
+    return Strategy(kind, spec.reduction_factor, spec.first_rung if planned is None else planned.first_rung,
+                    samples, None if cap is None else int(cap))
 
 
-def stage_trials(spec: SearchSpec, grid: dict[str, tuple], how: dict[str, Any]) -> int:
-    """How many Ray trials a stage over `grid` searched as `how` (`strategy_of`) runs at most: its points (or
-    Optuna's samples) times the seeds."""
-    return (how.get("num_samples") or grid_size(grid)) * spec.seeds
+def stage_trials(spec: SearchSpec, grid: dict[str, tuple], how: Strategy) -> int:
+    """How many Ray trials a stage over `grid` searched as `how` runs at most: its points (or Optuna's
+    samples) times the seeds."""
+    return (how.num_samples or grid_size(grid)) * spec.seeds
 
 
 def trial_budget(base: dict[str, Any], grid: dict[str, tuple], rows: int) -> int:

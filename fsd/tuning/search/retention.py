@@ -16,17 +16,9 @@ from typing import Any
 from ray.tune import Callback
 
 from fsd.checkpoints import drop_resume_state
-from fsd.tuning.plan import METRIC
+from fsd.tuning.plan.stages import METRIC, reached_budget
 
 CHECKPOINTS = "checkpoint_*"
-
-
-def reached_budget(result: dict[str, Any]) -> bool:
-    """Whether a trial whose last result is `result` trained to its full budget (one stopped at a rung did not;
-    results from before rungs existed have no progress and count as whole)."""
-    if "progress/samples" not in result or "progress/budget" not in result:
-        return True
-    return float(result["progress/samples"]) >= float(result["progress/budget"])
 
 
 def point_of(config: dict[str, Any]) -> tuple:

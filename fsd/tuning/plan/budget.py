@@ -4,19 +4,18 @@ A budget is training samples (`2e6`), a share of the grid's samples (`20%`: what
 the grid strategy's count) or hours on this machine (`8h`, converted with --estimate's timed steps). The plan
 gives each stage a share of it in proportion to what the grid would spend there, and picks per stage the
 plan that fits: the most trials (Optuna's TPE samples, on a large grid), then the latest first rung of
-halving. While a stage runs, `fsd.tuning.halving.BudgetGate` starts a trial only when what is left pays for
+halving. While a stage runs, `fsd.tuning.search.halving.BudgetGate` starts a trial only when what is left pays for
 its whole budget, after what the running trials may still spend and what the later stages are planned to
 spend: the samples a search trains never exceed the budget.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fsd.tuning import plan as planning
+from fsd.tuning.plan import stages as planning
 
 MIN_TRIALS = 3  # TPE needs a few trials to learn from; fewer are not worth a stage
 
@@ -167,14 +166,6 @@ def format_plan(plan: Plan, budget: Budget) -> str:
 def spent_of(records: dict[str, dict[str, Any]]) -> float:
     """Training samples the search's own stages spent so far (stages reused from another search cost nothing)."""
     return float(sum(r.get("samples") or 0 for r in records.values() if not r.get("reused_from")))
-
-
-def per_hour(rates, schedule) -> float:
-    """Training samples an hour on this machine, averaged over the schedule's trial stages (`rates` from
-    --estimate's timed steps: each method's samples/s of one trial, trials at once)."""
-    methods = [s.method for s in schedule.stages if not s.prepare]
-    seconds = sum(1 / rates.student[m] for m in methods) / len(methods)  # per sample, stages weighed alike
-    return 3600 * rates.parallel / seconds if math.isfinite(seconds) and seconds > 0 else 0.0
 
 
 def closing_line(record: dict[str, Any]) -> str:

@@ -18,17 +18,17 @@ import torch
 from datasets import Dataset, DatasetDict
 
 from fsd.config import DistillConfig
-from fsd.data import Batches, _tokenise, load_raw
-from fsd.loop import autocast, make_optimizer, resolve_device, to_device
+from fsd.data import Batches, load_raw, tokenise
+from fsd.loop import autocast, make_optimizer, resolve_device, to_device, training_step
 from fsd.models import build_student, load_teacher, load_tokenizer, run_model
 from fsd.objectives import Setup, build_objective
 from fsd.objectives.kd import label_loss
 from fsd.objectives.teacher_memory import memory_k
 from fsd.tasks import get_task
-from fsd.teacher_source import last_attention
-from fsd.train import student_backbone
-from fsd.tuning.cost import SearchCost
-from fsd.tuning.spec import SearchSpec
+from fsd.teacher_source import TeacherSource, live_attention
+from fsd.train import make_loss_fn, student_backbone
+from fsd.tuning.plan.spec import SearchSpec
+from fsd.tuning.plan.spend import SearchCost
 from search_spaces import Schedule
 
 STEPS, WARMUP = 3, 1
@@ -52,7 +52,7 @@ def sample_batches(spec: SearchSpec, tokenizer, batch_size: int) -> Batches:
     n = batch_size * (STEPS + WARMUP)
     if spec.data_dir is not None:
         raw = load_raw(task, spec.data_dir)["train"].select(range(n))
-        data = _tokenise(DatasetDict({"train": raw}), tokenizer, spec.max_seq_len)["train"]
+        data = tokenise(DatasetDict({"train": raw}), tokenizer, spec.max_seq_len)["train"]
     else:
         ids = [[tokenizer.cls_token_id] + [1000] * (spec.max_seq_len - 2) + [tokenizer.sep_token_id]] * n
         data = Dataset.from_dict({"input_ids": ids, "token_type_ids": [[0] * len(ids[0])] * n, "label": [0] * n})
@@ -89,8 +89,8 @@ def measure(spec: SearchSpec, schedules: list[Schedule]) -> Rates:
     teacher = load_teacher(spec.teacher, task.num_labels).to(device)
     teacher.train()
     t_train = _timed(_training_step([p for p in teacher.parameters() if p.requires_grad],
-                                    lambda b: label_loss(run_model(teacher, b).logits, b["labels"], task.is_regression),
-                                    device), batches)
+                                    lambda b: (label_loss(run_model(teacher, b).logits, b["labels"],
+                                                          task.is_regression), {}), device), batches)
     teacher.eval()
     t_forward = _timed(lambda b: _no_grad(teacher, b, device), batches)
 
@@ -108,24 +108,27 @@ def _no_grad(model, batch, device):
         run_model(model, batch)
 
 
-def _training_step(params, loss_of, device):
-    """One optimisation step of `loss_of(batch)` over `params`, as the training loop takes it."""
+def _training_step(params, loss_fn, device):
+    """One step of `loss_fn(batch) -> (loss, parts)` over `params`: the step training takes
+    (`fsd.loop.training_step`, gradient clipping included)."""
     optimizer, scheduler = make_optimizer(params, 1e-5, 0.0, 100)
+    return lambda batch: training_step(batch, loss_fn, params, optimizer, scheduler, DistillConfig.grad_clip, device)
 
-    def step(batch):
-        with autocast(device):
-            loss = loss_of(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
 
-    return step
+class _Precomputed:
+    """The teacher's outputs of each timed batch, computed beforehand: what the cache serves a trial."""
+
+    def __init__(self, outputs: dict[int, object]):
+        self._outputs = outputs
+
+    def outputs(self, batch: dict) -> object:
+        return self._outputs[id(batch["input_ids"])]
 
 
 def _student_rate(spec: SearchSpec, method: str, backbone: str, teacher, batches: list[dict], device) -> float:
-    """One trial's samples/s for `method`: the teacher's outputs of each batch computed beforehand (what the
-    cache serves); for MiniLM, its last self-attention runs in each step as under the cache."""
+    """One trial's samples/s for `method`: the training's own loss function over a teacher source that serves
+    the teacher's outputs computed beforehand (as the cache does; for MiniLM its last self-attention runs in
+    each step, wired as a run wires it)."""
     task = get_task(spec.task)
     config = DistillConfig(task=spec.task, teacher=spec.teacher, method=method, max_seq_len=spec.max_seq_len)
     objective = build_objective(config, task.is_regression).to(device)
@@ -135,27 +138,16 @@ def _student_rate(spec: SearchSpec, method: str, backbone: str, teacher, batches
     width = spec.max_seq_len * teacher.config.hidden_size
     memory = torch.randn(k, width, device=device) if objective.needs_memory else None
     objective.setup(Setup(student, spec.max_seq_len, memory))
-    needs = (objective.needs_hidden, objective.needs_attentions, objective.needs_values)
     cached = (objective.needs_hidden or objective.needs_attentions, False, False)
-    outputs = {}
+    precomputed = None
     if objective.needs_teacher:
         with torch.no_grad():
-            outputs = {id(b): run_model(teacher, b, *cached) for b in batches}
-    attention = None
-    if objective.needs_attentions:
-        eager = load_teacher(spec.teacher, task.num_labels, "eager")
-        attention = eager.base_model.encoder.layer[-1].attention.self.to(device).eval().requires_grad_(False)
-
-    def loss_of(batch):
-        t_out = outputs.get(id(batch))
-        if attention is not None:
-            with torch.no_grad():
-                t_out.attentions, t_out.values = last_attention(attention, t_out.penultimate, batch["attention_mask"])
-        return objective(run_model(student, batch, *needs), t_out, batch)[0]
-
+            precomputed = _Precomputed({id(b["input_ids"]): run_model(teacher, b, *cached) for b in batches})
+    attention = live_attention(spec.teacher, task.num_labels, device) if objective.needs_attentions else None
+    source = TeacherSource(config, objective, None, "", device, None, precomputed, attention)
     params = [p for p in [*student.parameters(), *objective.parameters()] if p.requires_grad]
     student.train()
-    return _timed(_training_step(params, loss_of, device), batches)
+    return _timed(_training_step(params, make_loss_fn(objective, source, student), device), batches)
 
 
 def format_estimate(costs: list[SearchCost], schedules: list[Schedule], rates: Rates) -> str:
@@ -185,3 +177,12 @@ def format_estimate(costs: list[SearchCost], schedules: list[Schedule], rates: R
         lines.append(f"| teacher-output cache pass | {rates.teacher_forward:,.1f} | {hours:,.2f} |")
     lines.append(f"total: about {total:,.1f} hours")
     return "\n".join(lines)
+
+
+def samples_per_hour(spec: SearchSpec, schedule: Schedule) -> float:
+    """Training samples an hour on this machine for `schedule` (what `--budget 8h` is worth): each method's
+    timed samples/s of one trial, trials at once, the stages weighed alike."""
+    rates = measure(spec, [schedule])
+    methods = [s.method for s in schedule.stages if not s.prepare]
+    seconds = sum(1 / rates.student[m] for m in methods) / len(methods)  # per sample
+    return 3600 * rates.parallel / seconds

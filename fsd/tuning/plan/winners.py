@@ -1,7 +1,7 @@
 """Which student a stage hands on, and which the search hands back: never less than was found.
 
 A stage's winner is the best, on the ranking split, of its own trials and of the earlier winners carried
-into it: those its grid would have trained again (`fsd.tuning.folding`) and those its schedule names as
+into it: those its grid would have trained again (`fsd.tuning.plan.folding`) and those its schedule names as
 competitors (`Stage.carry`: a refine stage's coarse winner, the best FSD-family student before FSD's last
 stage). The search's best student is the best of every stage it ran, named with the stage that trained it.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fsd.tuning.folding import Folded
-from fsd.tuning.ledger import StageRecord
-from fsd.tuning.plan import expand
+from fsd.tuning.plan.folding import Folded
+from fsd.tuning.plan.ledger import StageRecord
+from fsd.tuning.plan.stages import expand
 from search_spaces import Schedule, Stage
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from fsd.config import DistillConfig
 from fsd.storage import absolute
 from fsd.tasks import TASKS, get_task
-from fsd.tuning.spec import FIRST_RUNG, HOLDOUT_ROWS, HOLDOUT_SHARE, REDUCTION_FACTOR, SearchSpec
+from fsd.tuning.plan.spec import FIRST_RUNG, HOLDOUT_ROWS, HOLDOUT_SHARE, REDUCTION_FACTOR, SearchSpec
 from search_spaces import Schedule, get_schedule
 from search_spaces.base import METHODS
 
@@ -33,8 +33,8 @@ class UsageError(Exception):
 
 
 def build_spec(args: argparse.Namespace, schedule: Schedule, stages: tuple[str, ...], extra: dict[str, Any],
-               storage: Path) -> SearchSpec:
-    """The SearchSpec of checked flags (paths made absolute; the GPU share is resolved later)."""
+               storage: Path, gpus_per_trial: float = 0.0) -> SearchSpec:
+    """The SearchSpec of checked flags (paths made absolute; the GPU share as `check_gpus` resolved it)."""
     return SearchSpec(
         task=schedule.task, method=args.method, storage=str(storage),
         mlflow_uri=args.mlflow_uri or f"sqlite:///{storage}/mlflow.db",
@@ -42,6 +42,7 @@ def build_spec(args: argparse.Namespace, schedule: Schedule, stages: tuple[str, 
         student_layers=args.student_layers,
         data_dir=str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None, preset=args.preset,
         stages=stages, seeds=args.seeds, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures, strategy=args.strategy,
         reduction_factor=REDUCTION_FACTOR if args.reduction_factor is None else args.reduction_factor,
         first_rung=FIRST_RUNG if args.first_rung is None else args.first_rung, num_samples=args.num_samples,

@@ -1,0 +1,161 @@
+"""run_search(): the teacher, then one Ray Tune experiment per stage of the schedule (stage.py), chained
+greedily through the ledger; MLflow records everything; a killed search resumes where it stopped."""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from fsd import failpoints
+from fsd.config import DistillConfig
+from fsd.logs import console
+from fsd.train import prepare_outputs
+from fsd.tuning.plan import budget
+from fsd.tuning.plan import stages as plan
+from fsd.tuning.plan import winners as winners_mod
+from fsd.tuning.plan.ledger import Ledger
+from fsd.tuning.plan.spec import SearchSpec, identity
+from fsd.tuning.plan.stages import stage_base, train_rows
+from fsd.tuning.search import disk as space
+from fsd.tuning.search.services import MlflowIds, interrupted, start_services
+from fsd.tuning.search.stage import BudgetSpent, StageFailed, run_stage, stage_line
+from fsd.tuning.tracking import records as tracking
+from fsd.tuning.tracking.outbox import Outbox
+from search_spaces import Schedule, Stage
+
+
+def start_search(spec: SearchSpec, schedule: Schedule, ledger: Ledger) -> tuple[str, MlflowIds]:
+    """What the stages need before the first one: the teacher (fine-tuned once), the majority-class floor, the
+    MLflow experiment and search run (queued records sent first), and Ray."""
+    from fsd.teacher import ensure_teacher
+
+    ledger.data["search"] = identity(spec)
+    ledger.save()
+    teacher = ensure_teacher(plan.teacher_spec(spec, schedule), spec.storage)
+    ledger.data["teacher"] = teacher
+    ledger.data["majority"] = plan.majority_floor(spec, schedule)
+    if spec.budget and "budget" not in ledger.data:  # planned once: a resumed search keeps its plan
+        from fsd.tuning.cost.estimate import samples_per_hour
+        from fsd.tuning.plan.spend import budget_plan
+
+        per_hour = samples_per_hour(spec, schedule) if budget.parse(spec.budget).hours is not None else None
+        ledger.data["budget"] = {"text": spec.budget, "plan": budget_plan(spec, schedule, per_hour).to_json()}
+        planned = budget.Plan.from_json(ledger.data["budget"]["plan"])
+        console.info(budget.format_plan(planned, budget.parse(spec.budget)))
+    start_services(spec, spec.folder)
+    outbox = Outbox(spec.mlflow_uri, os.path.join(spec.folder, "mlflow_outbox.json"), tracking.OPS)
+    if outbox.pending:
+        console.info(f"MLflow: sending {outbox.pending} record(s) queued while the server was unreachable")
+        outbox.flush()
+    exp_id = tracking.experiment_id(spec.mlflow_uri, spec.task)
+    search_run = outbox.do("open_run", exp_id, ledger.data.get("search_run_id"), f"{spec.method}-{spec.preset}",
+                           None, {"method": spec.method, "task": spec.task, "preset": spec.preset})
+    ledger.data.update(search_run_id=search_run, experiment_id=exp_id)
+    ledger.save()
+    return teacher, MlflowIds(exp_id, search_run, outbox)
+
+
+def build_memory(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, ledger: Ledger) -> None:
+    """The teacher memory, once, in the driver: trials that run in parallel must not all fit it."""
+    config = DistillConfig.from_dict(stage_base(spec, schedule, stage, teacher, ledger.winners()))
+    shape = prepare_outputs(config).memory_shape
+    record = ledger.stage(stage.name)
+    record.update(status="done", winner={}, score=None, memory_shape=list(shape or ()))
+    ledger.save()
+
+
+class Finished(NamedTuple):
+    """A search that ran to its end: its ledger, and what MLflow's outbox has to say (None: all was sent)."""
+
+    ledger: Ledger
+    mlflow_note: str | None
+
+
+def run_search(spec: SearchSpec, schedule: Schedule) -> Finished:
+    """Run (or resume) the whole staged search; returns its ledger with every stage's winner."""
+    ledger = Ledger(spec.folder)
+    done = [s.name for s in schedule.stages if ledger.done(s.name)]
+    if ledger.exists:
+        left = [s.name for s in schedule.stages if s.name not in done and (not spec.stages or s.name in spec.stages)]
+        console.info(f"resuming {spec.task} / {spec.method}: {len(done)} stage(s) done ({', '.join(done) or 'none'}); "
+                     f"next: {', '.join(left) or 'nothing, the search is complete'}")
+    new = not ledger.exists
+    try:
+        teacher, ids = start_search(spec, schedule, ledger)
+    except BaseException as e:
+        # A new search that failed before its first stage (a teacher that cannot be fetched, Ctrl-C, a server
+        # that refuses) leaves no ledger: the corrected command then starts afresh instead of being refused.
+        if new and ledger.exists:
+            ledger.path.unlink()
+        if isinstance(e, Exception) and space.disk_full(e):
+            raise space.DiskFull(space.full_message(spec, schedule, set(done), None, e)) from None
+        raise
+    try:
+        run_stages(spec, schedule, teacher, ledger, ids)
+    except StageFailed:
+        ids.outbox.do("close_run", ids.search_run_id, "FAILED")
+        ids.outbox.flush()
+        raise
+    except KeyboardInterrupt:
+        interrupted(ledger, ids)
+        raise
+    except Exception as e:
+        if not space.disk_full(e):
+            raise
+        finished = {s.name for s in schedule.stages if ledger.done(s.name)}
+        raise space.DiskFull(space.full_message(spec, schedule, finished, teacher, e)) from None
+    return finish(spec, schedule, ledger, ids)
+
+
+def run_stages(spec: SearchSpec, schedule: Schedule, teacher: str, ledger: Ledger, ids: MlflowIds) -> None:
+    """Each stage of the schedule not done before, in order; a budget that cannot pay for the next stage
+    ends the search there."""
+    rows = train_rows(spec, schedule)
+    try:
+        for stage in schedule.stages:
+            if spec.stages and stage.name not in spec.stages:
+                continue
+            if ledger.done(stage.name):
+                console.info(f"stage {stage.name}: done before, winner kept")
+                continue
+            if stage.prepare == "memory":
+                console.info(f"stage {stage.name}: building the teacher memory")
+                build_memory(spec, schedule, stage, teacher, ledger)
+            else:
+                run_stage(spec, schedule, stage, teacher, ledger, ids, rows)
+                if ledger.records()[stage.name].get("trials"):  # a skipped stage said whose winner it kept
+                    console.info(stage_line(spec, stage.name, ledger.records()[stage.name]))
+            failpoints.reached("between-stages")
+    except BudgetSpent as e:
+        left = [s.name for s in schedule.stages if not ledger.done(s.name) and not s.prepare]
+        for name in left:
+            ledger.stage(name).update(status="not run", skipped="the budget is spent")
+        ledger.save()
+        console.info(f"budget spent: {e}; not run: {', '.join(left)}")
+
+
+def finish(spec: SearchSpec, schedule: Schedule, ledger: Ledger, ids: MlflowIds) -> Finished:
+    """The search's best student registered, its budget's account, its MLflow run closed."""
+    register_best(spec, schedule, ledger, ids.outbox)
+    if ledger.data.get("budget"):
+        ledger.data["budget"]["spent"] = budget.spent_of(ledger.records())
+        ledger.save()
+        console.info(budget.closing_line(ledger.data["budget"]))
+    ids.outbox.do("close_run", ids.search_run_id, "FINISHED")
+    ids.outbox.flush()
+    return Finished(ledger, ids.outbox.summary())
+
+
+def register_best(spec: SearchSpec, schedule: Schedule, ledger: Ledger, outbox: Outbox) -> None:
+    """The search's best student (of every stage it ran) in the ledger and under the registry alias `best`."""
+    found = winners_mod.search_best(ledger.records(), schedule)
+    if found is None:
+        return
+    name, record = found
+    origin = record.get("trained_in", name)
+    ledger.data["best"] = {"stage": origin, "score": record["score"], "winner": record["winner"],
+                           "checkpoint": record.get("checkpoint")}
+    ledger.save()
+    run_id = ledger.records().get(origin, {}).get("run_id")
+    if record.get("checkpoint") and run_id:
+        outbox.do("alias_model", f"fsd-{spec.task}-{spec.method}", "best", run_id)
