@@ -219,3 +219,25 @@ def test_a_skipped_refine_stage_keeps_the_coarse_winner_and_its_dev_score():
     assert line == "stage fsdg-refine-g: best holdout score 70.83, its dev score 67.02"
     without = {k: v for k, v in coarse.items() if k != "dev"}  # ranked on dev: nothing more
     assert "dev" not in stage_record(choose(None, carried({"fsdg-coarse": without}, refine, None, {})), "x")
+
+
+def test_an_experiment_pickled_by_an_earlier_version_is_set_aside_and_the_stage_runs_afresh(tmp_path,
+                                                                                                console_lines):
+    """Ray pickles an experiment's scheduler and callbacks by module path; after fsd-tune's modules moved, a
+    stage interrupted under the old layout cannot be restored: it is set aside with one line, not a crash."""
+    from ray import tune
+
+    from fsd.tuning.plan.spec import SearchSpec
+    from fsd.tuning.search.services import open_tuner
+
+    exp = tmp_path / "rte-vkd"
+    exp.mkdir()
+    (exp / "tuner.pkl").write_bytes(b"cfsd.tuning.halving\nDurableASHA\n.")  # a class of the old flat layout
+    (exp / "experiment_state-2026-12-01_10-00-00.json").write_text('{"trial_data": []}')
+    spec = SearchSpec(task="rte", method="vkd", storage=str(tmp_path), mlflow_uri="", teacher="t")
+    tuner = open_tuner(spec, str(tmp_path), "rte-vkd", lambda config: None, {"x": tune.grid_search([1])},
+                       tune.TuneConfig(), [])
+    assert isinstance(tuner, tune.Tuner)
+    (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("rte-vkd.unrestorable-")]
+    assert (aside / "tuner.pkl").is_file() and not list(exp.glob("experiment_state-*.json"))  # a fresh one
+    assert "cannot be restored by this version of fsd-tune (ModuleNotFoundError" in console_lines[-1]

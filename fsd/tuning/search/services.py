@@ -8,12 +8,14 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import ray
 from ray import tune
 
+from fsd.logs import console
 from fsd.tuning.plan.ledger import Ledger
 from fsd.tuning.plan.spec import SearchSpec
 from fsd.tuning.plan.stages import METRIC, MODE
@@ -64,7 +66,15 @@ def open_tuner(spec: SearchSpec, storage: str, name: str, trainable, param_space
     run again, errored ones are), else a new one that keeps each trial's best checkpoint by METRIC."""
     exp_dir = os.path.join(storage, name)
     if restorable(exp_dir):
-        return tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
+        try:
+            return tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
+        except (ImportError, AttributeError) as e:
+            # Ray pickled the experiment's scheduler and callbacks by module path: a stage interrupted under an
+            # earlier fsd-tune whose modules moved cannot be restored. It is set aside and runs afresh.
+            aside = f"{exp_dir}.unrestorable-{int(time.time())}"
+            os.rename(exp_dir, aside)
+            console.info(f"{name}: the interrupted experiment cannot be restored by this version of fsd-tune "
+                         f"({type(e).__name__}: {e}); it is kept in {aside} and the stage runs afresh")
     keep = tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                       run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks,
