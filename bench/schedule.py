@@ -3,6 +3,7 @@ grid, halving and Optuna: what each hands back and what it spends.
 
     # 1. run a strategy (from a clone at a fixed commit, in the background; one CPU-heavy job at a time)
     python bench/schedule.py run grid --storage /work/runs/paper-grid > grid.console.txt 2>&1
+    python bench/schedule.py run optuna --storage /work/runs/paper-optuna --budget 20%
     # 2. record every trial's curve of the grid run (score and loss at each evaluation), per stage
     python bench/schedule.py record /work/runs/paper-grid --out bench/results/sst2-paper-schedule/curves.json
     # 3. the rank correlation of the score and of the loss at each rung with the final score
@@ -33,17 +34,18 @@ BUDGET = ["--task", "sst2", "--method", "fsd", "--preset", "paper", "--teacher",
           "--select-on", "holdout", "--teacher-epochs", "1", "--teacher-lr", "1e-4"]
 
 
-def command(strategy: str, storage: str, extra: list[str]) -> list[str]:
+def command(strategy: str, storage: str, data_dir: str, extra: list[str]) -> list[str]:
     how = [] if strategy == "grid" else ["--strategy", strategy]
-    return [sys.executable, str(ROOT / "tune_main.py"), *BUDGET, *how, "--data-dir", str(GLUE),
-            "--storage", storage, *extra]
+    return [sys.executable, str(ROOT / "tune_main.py"), *BUDGET, *how, "--data-dir", data_dir, "--storage", storage,
+            *extra]
 
 
 def run(args: argparse.Namespace) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     resume = ["--resume"] if (Path(args.storage) / "sst2-fsd" / "ledger.json").is_file() else []
-    print(" ".join(command(args.strategy, args.storage, [*args.extra, *resume])), flush=True)
-    subprocess.run(command(args.strategy, args.storage, [*args.extra, *resume]), check=True, env=env)
+    cmd = command(args.strategy, args.storage, args.data_dir, [*args.extra, *resume])
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env=env)
 
 
 # ---------------------------------------------------------------------------------------------- curves
@@ -171,7 +173,7 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("strategy", choices=["grid", "halving", "optuna"])
     r.add_argument("--storage", required=True)
-    r.add_argument("extra", nargs="*", help="more tune_main.py flags (after --)")
+    r.add_argument("--data-dir", default=str(GLUE))
     c = sub.add_parser("record")
     c.add_argument("storage")
     c.add_argument("--out", required=True)
@@ -179,7 +181,10 @@ def main() -> None:
     g.add_argument("curves")
     t = sub.add_parser("table")
     t.add_argument("storages", nargs="+")
-    args = p.parse_args()
+    args, extra = p.parse_known_args()  # run: the flags it does not know go to tune_main.py (e.g. --budget 20%)
+    if extra and args.what != "run":
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     {"run": run, "record": record, "rungs": rungs, "table": table}[args.what](args)
 
 

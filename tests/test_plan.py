@@ -166,8 +166,7 @@ def test_an_optuna_stage_keeps_its_journal_in_a_stage_folder_not_made_yet(tmp_pa
     from fsd.tuning.search import halving
 
     folder = tmp_path / "stages" / "rte-vkd-0123"
-    config = halving.tune_config("optuna", str(folder), "rte-vkd", plan.rungs_for(900, 1 / 9, 3.0), "eval/score",
-                                 "max", 1, 4)
+    config = halving.tune_config("optuna", str(folder), "rte-vkd", plan.rungs_for(900, 1 / 9, 3.0), 1, 4)
     assert (folder / "optuna.journal").is_file() and config.search_alg is not None
 
 

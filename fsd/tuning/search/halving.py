@@ -19,7 +19,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm
 
 from fsd.storage import write_text
-from fsd.tuning.plan.stages import BUDGET, SAMPLES, Rungs, joint_value
+from fsd.tuning.plan.stages import BUDGET, METRIC, MODE, RUNG_BEST, RUNG_METRIC, RUNG_MODE, SAMPLES, Rungs, joint_value
 
 TIME_ATTR = SAMPLES
 GATE = "budget_gate.json"
@@ -173,15 +173,16 @@ def param_space(strategy: str, grid: dict[str, tuple], seeds: list[int]) -> dict
     return space
 
 
-def tune_config(strategy: str, folder: str, name: str, rungs: Rungs | None, metric: str, mode: str,
-                max_concurrent: int, num_samples: int, gate: tuple[float, int] | None = None) -> tune.TuneConfig:
-    """The stage's TuneConfig: the scheduler of `rungs` (none for the grid), for optuna TPE, and with `gate`
-    (what the stage may spend, a trial's whole budget) a `BudgetGate` around the trials' generator."""
+def tune_config(strategy: str, folder: str, name: str, rungs: Rungs | None, max_concurrent: int,
+                num_samples: int, gate: tuple[float, int] | None = None) -> tune.TuneConfig:
+    """The stage's TuneConfig: the scheduler of `rungs` (none for the grid) ranking rungs by RUNG_METRIC, for
+    optuna TPE learning from RUNG_BEST, and with `gate` (what the stage may spend, a trial's whole budget) a
+    `BudgetGate` around the trials' generator."""
     kwargs: dict[str, Any] = {}
     if rungs is not None:
-        kwargs["scheduler"] = DurableASHA(os.path.join(folder, "rungs.json"), rungs, metric, mode)
+        kwargs["scheduler"] = DurableASHA(os.path.join(folder, "rungs.json"), rungs, RUNG_METRIC, RUNG_MODE)
     else:
-        kwargs.update(metric=metric, mode=mode)
+        kwargs.update(metric=METRIC, mode=MODE)
     if strategy == "optuna":
         from optuna.samplers import TPESampler
         from optuna.storages import JournalStorage
@@ -191,8 +192,8 @@ def tune_config(strategy: str, folder: str, name: str, rungs: Rungs | None, metr
 
         os.makedirs(folder, exist_ok=True)  # Ray makes the stage's folder only when its trials start
         journal = JournalStorage(JournalFileBackend(os.path.join(folder, "optuna.journal")))
-        # TPE learns from each trial's best evaluation (the winner rule's score; a stopped trial's is its rung's)
-        searcher = OptunaSearch(metric="eval/best_score", mode=mode, study_name=name, storage=journal,
+        # TPE learns from each trial's best evaluation (a stopped trial's is its rung's)
+        searcher = OptunaSearch(metric=RUNG_BEST, mode=RUNG_MODE, study_name=name, storage=journal,
                                 sampler=TPESampler(seed=0))
         generator = SearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent or 2))
         kwargs.update(num_samples=num_samples)

@@ -22,7 +22,6 @@ from fsd.tuning.plan.ledger import Ledger, StageRecord
 from fsd.tuning.plan.spec import SearchSpec
 from fsd.tuning.plan.stages import (
     METRIC,
-    MODE,
     Strategy,
     expand,
     seed_list,
@@ -224,7 +223,7 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Stra
     kept = retention.KeepWinners(spec.seeds, delete=spec.log_checkpoints != "all")
     tuner = open_tuner(spec, folder, name, trainable_for(spec, base),
                        halving.param_space(strategy, grid, seed_list(spec)),
-                       halving.tune_config(strategy, folder, name, rungs, METRIC, MODE, spec.max_concurrent,
+                       halving.tune_config(strategy, folder, name, rungs, spec.max_concurrent,
                                            how.num_samples or 0,
                                            (how.cap, per_trial) if how.cap is not None else None),
                        [tracker, shown, kept])
