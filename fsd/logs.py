@@ -29,8 +29,10 @@ def show_console() -> None:
 def quiet_libraries() -> None:
     """Progress bars and load reports of datasets/transformers drown the per-epoch lines of a CLI."""
     import datasets
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
     datasets.disable_progress_bars()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    hub_logging.set_verbosity_error()  # its download retries ("Trying to resume download...") would spoil a line

@@ -10,8 +10,9 @@ class Task:
     """One GLUE task as this project reads, trains and scores it.
 
     `text_columns` are the hub (`nyu-mll/glue`) names; `local_columns` the GLUE-download TSV header
-    names of the same fields (CoLA has no header: integer positions). `labels` is the hub's label order,
-    so a teacher trained on hub data and one trained on a local folder agree on what class 0 means.
+    names of the same fields (CoLA has no header: integer positions). `labels` are the GLUE download's label
+    values in the hub's label order, so a teacher trained on hub data and one trained on a local folder agree
+    on what class 0 means; `label_names` are the hub's names of those classes (what a served student says).
     """
 
     name: str
@@ -21,6 +22,7 @@ class Task:
     local_columns: tuple[str | int, ...]
     local_label: str | int
     labels: tuple[str, ...]  # () for regression
+    label_names: tuple[str, ...]  # the hub's ClassLabel names, in the same order (() for regression)
     metrics: tuple[str, ...]
     score: str  # name of the primary selection metric, computed by fsd.metrics
     teacher_lr: float
@@ -58,30 +60,31 @@ ROWS = {"cola": (8551, 1043), "sst2": (67349, 872), "mrpc": (3668, 408), "stsb":
         "wnli": (635, 71)}
 _BIN = ("0", "1")
 _ENT = ("entailment", "not_entailment")
+_MNLI = ("entailment", "neutral", "contradiction")
 
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        Task("cola", "cola", "CoLA", ("sentence",), (3,), 1, _BIN, ("mcc", "accuracy"), "mcc",
-             2e-5, 100, has_header=False),
-        Task("sst2", "sst2", "SST-2", ("sentence",), ("sentence",), "label", _BIN, ("accuracy",),
-             "accuracy", 2e-5, 100),
+        Task("cola", "cola", "CoLA", ("sentence",), (3,), 1, _BIN, ("unacceptable", "acceptable"),
+             ("mcc", "accuracy"), "mcc", 2e-5, 100, has_header=False),
+        Task("sst2", "sst2", "SST-2", ("sentence",), ("sentence",), "label", _BIN, ("negative", "positive"),
+             ("accuracy",), "accuracy", 2e-5, 100),
         Task("mrpc", "mrpc", "MRPC", ("sentence1", "sentence2"), ("#1 String", "#2 String"),
-             "Quality", _BIN, ("f1", "accuracy"), "f1_acc", 2e-5, 100),
+             "Quality", _BIN, ("not_equivalent", "equivalent"), ("f1", "accuracy"), "f1_acc", 2e-5, 100),
         Task("stsb", "stsb", "STS-B", ("sentence1", "sentence2"), ("sentence1", "sentence2"),
-             "score", (), ("pearson", "spearman"), "pearson_spearman", 5e-5, 100),
+             "score", (), (), ("pearson", "spearman"), "pearson_spearman", 5e-5, 100),
         Task("qqp", "qqp", "QQP", ("question1", "question2"), ("question1", "question2"),
-             "is_duplicate", _BIN, ("f1", "accuracy"), "f1_acc", 2e-5, 300),
+             "is_duplicate", _BIN, ("not_duplicate", "duplicate"), ("f1", "accuracy"), "f1_acc", 2e-5, 300),
         Task("mnli", "mnli", "MNLI", ("premise", "hypothesis"), ("sentence1", "sentence2"),
-             "gold_label", ("entailment", "neutral", "contradiction"), ("accuracy",), "accuracy",
+             "gold_label", _MNLI, _MNLI, ("accuracy",), "accuracy",
              2e-5, 300, dev_splits=("validation_matched", "validation_mismatched"),
              local_dev_files=("dev_matched", "dev_mismatched")),
         Task("qnli", "qnli", "QNLI", ("question", "sentence"), ("question", "sentence"), "label",
-             _ENT, ("accuracy",), "accuracy", 2e-5, 100),
+             _ENT, _ENT, ("accuracy",), "accuracy", 2e-5, 100),
         Task("rte", "rte", "RTE", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "label",
-             _ENT, ("accuracy",), "accuracy", 2e-5, 100),
+             _ENT, _ENT, ("accuracy",), "accuracy", 2e-5, 100),
         Task("wnli", "wnli", "WNLI", ("sentence1", "sentence2"), ("sentence1", "sentence2"),
-             "label", _BIN, ("accuracy",), "accuracy", 5e-5, 100),
+             "label", _BIN, ("not_entailment", "entailment"), ("accuracy",), "accuracy", 5e-5, 100),
     )
 }
 

@@ -36,6 +36,7 @@ def check_data(task: Task, data_dir: str | None, schedule: Schedule, stages: tup
         if problem is not None:
             raise UsageError(f"no --data-dir, so the GLUE data must come from the Hugging Face hub, but {problem}: "
                              "pass --data-dir with a GLUE download folder (e.g. --data-dir ../shared/glue_data)")
+        fetch_data(task)
         return
     from fsd.data import DataError, Holdout, load_raw
 
@@ -75,16 +76,14 @@ def check_models(task: Task, teacher: str, student_init: str | None, student_lay
     its own backbone; the sequence length fits both. Hub ids not cached here are checked on download."""
     from fsd.models import teacher_meta, teacher_problem
 
-    t_config = _model_config(teacher, "--teacher")
-    _hub_model(t_config, teacher, "--teacher")
+    t_config = _model_config(teacher, "--teacher") or _hub_model(teacher, "--teacher")
     meta = teacher_meta(teacher)
     problem = teacher_problem(teacher, task.name, task.num_labels, t_config)
     if problem is not None:
         raise UsageError(f"--teacher {problem}")
     backbone = student_init or (meta["backbone"] if meta else teacher)
     flag = "--student-init" if student_init else "the backbone of --teacher"
-    s_config = t_config if backbone == teacher else _model_config(backbone, flag)
-    _hub_model(s_config, backbone, flag)
+    s_config = t_config if backbone == teacher else _model_config(backbone, flag) or _hub_model(backbone, flag)
     for config, what, fix in ((t_config, f"teacher {teacher}", "a deeper --teacher"),
                               (s_config, f"student backbone {backbone}", "a deeper --student-init")):
         if config is None:
@@ -99,14 +98,51 @@ def check_models(task: Task, teacher: str, student_init: str | None, student_lay
                              f"choose at most {positions}")
 
 
-def _hub_model(config, name: str, flag: str) -> None:
-    """A model that is neither a folder nor in the local cache must be downloadable: refused now otherwise."""
-    if config is not None:
-        return
+MODEL_FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]  # config, tokenizer, weights: not other frameworks' files
+
+
+def _hub_model(name: str, flag: str):
+    """A model that is neither a folder nor in the local cache, downloaded now through the Hugging Face client
+    (config, tokenizer and weights, into its cache): a model the hub does not have, or a download that breaks
+    off, is refused before anything is written. Returns its config."""
     problem = hub_problem("model", name)
     if problem is not None:
         raise UsageError(f"{flag} {name} is not in the local Hugging Face cache and {problem}: pass a local model "
                          "folder, or --teacher packaged-minilm to work offline")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        folder = Path(snapshot_download(name, allow_patterns=MODEL_FILES))
+        if not any(folder.glob("*.safetensors")):  # an older repository: PyTorch's own weights
+            snapshot_download(name, allow_patterns=["pytorch_model*.bin"])
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise UsageError(f"{flag} {name}: the hub ({endpoint}) has no such model: check the id, or pass a local "
+                         "model folder") from None
+    except Exception as e:  # noqa: BLE001 - a broken download surfaces as the HTTP stack's errors, of many kinds
+        raise UsageError(f"{flag} {name}: its download from {endpoint} failed ({_first(e)}): check the connection "
+                         "and run again (what was downloaded is kept in the Hugging Face cache)") from None
+    return _model_config(name, flag)
+
+
+def fetch_data(task: Task) -> None:
+    """The task's GLUE data downloaded now through `datasets` (into its cache, where the run reads it): a
+    download that fails is refused before anything is written."""
+    from fsd.data import HUB_DATASET, load_raw
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        load_raw(task, None)
+    except Exception as e:  # noqa: BLE001 - the hub's and the HTTP stack's errors, of many kinds
+        raise UsageError(f"no --data-dir, and {HUB_DATASET} ({task.hub_name}) could not be downloaded from "
+                         f"{endpoint} ({_first(e)}): check the connection and run again, or pass --data-dir with a "
+                         "GLUE download folder") from None
+
+
+def _first(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:200]
 
 
 def hub_problem(kind: str, repo: str) -> str | None:

@@ -267,7 +267,7 @@ def _log_winner(spec: SearchSpec, stage: Stage, record: StageRecord, records: di
         return
     student = export_student(record["checkpoint"])
     record["model_version"] = outbox.do("log_stage_model", record["run_id"], student, model, alias_of(stage.name),
-                                        list(get_task(spec.task).labels), spec.max_seq_len)
+                                        list(get_task(spec.task).label_names), spec.max_seq_len)
     metrics, files = analyse_checkpoint(record["checkpoint"], Path(record["checkpoint"]) / "analysis")
     record["analysis"] = metrics
     outbox.do("log_analysis", record["run_id"], metrics, files)
