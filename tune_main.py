@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--grid", dest="grids", action="append", metavar="KEY=V1,V2,...",
       help="replace the values of a searched parameter in every stage that searches it, repeatable (e.g. --grid "
            "lr=1e-4,2e-4 for a small backbone); refine and mix rules stay")
-    a("--cache-budget-gb", type=float, default=10.0,
-      help="disk allowed for the cached teacher features (default 10); 0: no feature cache, the teacher runs live")
+    a("--cache-budget-gb", type=float, default=None,
+      help="disk allowed for the cached teacher features (default: at most half the storage folder's free disk); "
+           "0: no feature cache, the teacher runs live")
     a("--compile", action="store_true", help="torch.compile the students (CUDA; pays off on long runs)")
     a("--compare", default=None, metavar="METHODS",
       help="e.g. vkd,pkd,rkd,minilm,fsd: each method's best configuration (searched first if needed) re-run "
@@ -136,7 +137,7 @@ def dry_run(args: argparse.Namespace) -> None:
     is written. With --compare, the cost of every method's search, shared stages counted once."""
     from fsd.logs import quiet_libraries
     from fsd.tuning.command.checks import check_batch_sizes, check_compare, dry_spec
-    from fsd.tuning.cost.dryrun import compare_cost, format_compare_cost, format_cost
+    from fsd.tuning.cost.dryrun import cache_line, compare_cost, format_compare_cost, format_cost
     from fsd.tuning.cost.estimate import samples_per_hour
     from fsd.tuning.plan.budget import format_plan
     from fsd.tuning.plan.budget import parse as parse_budget
@@ -158,7 +159,9 @@ def dry_run(args: argparse.Namespace) -> None:
             print(format_plan(planned, parse_budget(s.budget)))
     costs = [search_cost(s, sch, seen, planned) for (s, sch), planned in zip(pairs, plans, strict=True)]
     print(format_cost(costs))
-    print(disk_peak(spec, schedule, costs))
+    line, cache_bytes = cache_line(spec, schedule, costs[0].rows)
+    print(line)
+    print(disk_peak(spec, schedule, costs, cache_bytes))
     if args.compare:
         batch_sizes = check_batch_sizes(args)
         print(format_compare_cost(compare_cost(costs, [sch for _, sch in pairs], args.seeds, args.ablation,
@@ -177,12 +180,12 @@ def dry_run(args: argparse.Namespace) -> None:
         print(format_estimate(costs, schedules, rates))
 
 
-def disk_peak(spec, schedule, costs) -> str:
+def disk_peak(spec, schedule, costs, cache_bytes: float | None) -> str:
     """The line of --dry-run that says how much disk the search will hold at its fullest."""
     from fsd.tuning.search.disk import peak
 
     stages = sum(1 for c in costs for s in c.stages if not s.reused and s.trials != 0)
-    found = peak(spec, schedule, stages, costs[0].rows)
+    found = peak(spec, schedule, stages, costs[0].rows, cache_bytes)
     return found.says() if found else "disk at its peak: not known before the backbone's configuration is downloaded"
 
 

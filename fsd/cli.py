@@ -37,7 +37,7 @@ HELP = {
     "device": "auto, cpu or cuda[:N]",
     "group_by_length": "training batches of similar lengths (less padding; off with --pad-to-max)",
     "teacher_cache": "read the teacher's outputs from a cache in the storage folder (one teacher pass)",
-    "cache_budget_gb": "disk for the cached teacher features; over it the teacher runs live",
+    "cache_budget_gb": "disk for the cached teacher features (default: half the free disk); over it: the live teacher",
     "cache_dtype": "cached features: float16 or float32",
     "compile": "torch.compile the student",
 }

@@ -95,7 +95,9 @@ class DistillConfig(DataSpec):
     device: str = "auto"
     # speed (results do not depend on these beyond float rounding)
     teacher_cache: bool = True  # read the teacher's outputs from the storage cache instead of running it
-    cache_budget_gb: float = 10.0  # disk for cached teacher features; over it: the live teacher
+    # Disk for cached teacher features (GB); over it: the live teacher. None: at most CACHE_DISK_SHARE of the
+    # storage folder's free disk (fsd.teacher_source.cache_decision).
+    cache_budget_gb: float | None = None
     cache_dtype: str = "float16"  # cached features: float16 (half the disk) or float32 (exact)
     compile: bool = False  # torch.compile the student (CUDA; pays off on long runs)
 
@@ -130,7 +132,7 @@ class DistillConfig(DataSpec):
                 raise ConfigError(f"{name} must be > 0 (or unset), got {getattr(self, name)}")
         if self.memory_init not in ("kmeans++", "reference"):
             raise ConfigError(f"memory_init must be 'kmeans++' or 'reference', got {self.memory_init!r}")
-        if self.cache_budget_gb < 0:
+        if self.cache_budget_gb is not None and self.cache_budget_gb < 0:
             raise ConfigError(f"cache_budget_gb must be >= 0 (0: no feature cache), got {self.cache_budget_gb}")
         if self.cache_dtype not in ("float16", "float32"):
             raise ConfigError(f"cache_dtype must be 'float16' or 'float32', got {self.cache_dtype!r}")

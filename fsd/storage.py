@@ -27,6 +27,14 @@ def absolute(name: str | None) -> str | None:
     return str(path.resolve()) if path.exists() else name
 
 
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free bytes of the disk `path` is on (its nearest existing parent, for a folder not made yet)."""
+    folder = Path(path)
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
 def content_key(value: Any, length: int = 16) -> str:
     """The first `length` hex digits of the SHA-256 of `value`: a string as it is, anything else as its JSON
     with sorted keys (values JSON cannot hold as their `str`)."""

@@ -40,7 +40,7 @@ from fsd.objectives import Objective
 from fsd.objectives.structure import flatten_padded
 from fsd.objectives.teacher_memory import TeacherMemory, memory_k, memory_rows_problem
 from fsd.progress import Progress
-from fsd.storage import atomic_file, content_key, one_builder, write_text
+from fsd.storage import atomic_file, content_key, free_bytes, one_builder, write_text
 from fsd.tasks import get_task
 
 log = logging.getLogger("fsd")
@@ -146,24 +146,43 @@ def write_cache(folder: Path, fields: tuple[str, ...], teacher: torch.nn.Module,
         del out
 
 
+CACHE_DISK_SHARE = 0.5  # without --cache-budget-gb: the cache may take at most this share of the free disk
+
+
+def cache_decision(need: float, budget_gb: float | None, storage: str) -> tuple[bool, str]:
+    """Whether a cache of `need` bytes is written, and why, in words: within `budget_gb` when the user gave one,
+    else within CACHE_DISK_SHARE of the storage folder's free disk (a cache that fits trains every FSD trial
+    without the teacher; one that does not would fill the disk the checkpoints need)."""
+    if budget_gb is not None:
+        if need <= budget_gb * 1e9:
+            return True, f"cached (--cache-budget-gb {budget_gb:g})"
+        return False, (f"over --cache-budget-gb {budget_gb:g}: running the teacher live (raise --cache-budget-gb to "
+                       f"{need / 1e9 * 1.05:.1f} to cache them)")
+    free = free_bytes(storage)
+    if need <= CACHE_DISK_SHARE * free:
+        return True, f"cached ({free / 1e9:.1f} GB free in {storage})"
+    return False, (f"more than {CACHE_DISK_SHARE:.0%} of the {free / 1e9:.1f} GB free in {storage}: running the "
+                   f"teacher live (free disk there, or --cache-budget-gb {need / 1e9 * 1.05:.1f} to cache them)")
+
+
 def open_cache(config, fields: tuple[str, ...] | None, batches: Batches, data_key: str, device: torch.device,
                num_labels: int) -> TeacherCache | None:
     """The cache holding `fields` for this run's training rows, written first (by a teacher loaded for that
     pass) if a field is missing.
 
     Returns None (the caller runs the teacher live) when the cache is off, the objective cannot be served
-    from it, or the features exceed `config.cache_budget_gb` (said on the console).
+    from it, or the features do not fit (`cache_decision`, said on the console).
     """
     if not config.teacher_cache or not fields:
         return None
     teacher_config = AutoConfig.from_pretrained(resolve_model_path(config.teacher))
     need = feature_bytes(fields, batches.lengths, teacher_config.hidden_size, teacher_config.num_hidden_layers,
                          config.cache_dtype)
-    if need > config.cache_budget_gb * 1e9:
-        features = "+".join(f for f in fields if f in FEATURE_FIELDS)
-        console.info(f"teacher cache: the {features} features of {config.task} need {need / 1e9:.2f} GB, over "
-                     f"--cache-budget-gb {config.cache_budget_gb:g}: running the teacher live (raise "
-                     f"--cache-budget-gb to {need / 1e9 * 1.05:.1f} to cache them)")
+    cached, why = cache_decision(need, config.cache_budget_gb, config.storage)
+    features = "+".join(f for f in fields if f in FEATURE_FIELDS)
+    if features:
+        console.info(f"teacher cache: the {features} features of {config.task} need {need / 1e9:.2f} GB; {why}")
+    if not cached:
         return None
     key = {"task": config.task, "teacher": model_fingerprint(config.teacher), "data": data_key,
            "rows": batches.num_examples, "precision": "bf16" if device.type == "cuda" else "fp32"}

@@ -188,3 +188,16 @@ def test_cached_rows_match_the_batch_layout(tiny_bert, glue_dir, tmp_path):
         torch.testing.assert_close(out.penultimate[mask], live.penultimate[mask], rtol=1e-5, atol=1e-5)
         assert out.penultimate[~mask].abs().sum() == 0
         torch.testing.assert_close(out.logits, live.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_without_a_budget_the_cache_takes_at_most_half_the_free_disk(monkeypatch, tmp_path):
+    """The default: a cache that fits in half the storage folder's free disk is written; one that does not runs
+    the teacher live and says what to do; a budget the user gave decides alone."""
+    from fsd import teacher_source
+
+    monkeypatch.setattr(teacher_source, "free_bytes", lambda storage: 40e9)
+    assert teacher_source.cache_decision(17e9, None, str(tmp_path)) == (True, f"cached (40.0 GB free in {tmp_path})")
+    cached, why = teacher_source.cache_decision(25e9, None, str(tmp_path))
+    assert not cached and why.startswith("more than 50% of the 40.0 GB free in") and "--cache-budget-gb 26.2" in why
+    assert teacher_source.cache_decision(25e9, 30.0, str(tmp_path))[0]  # the user's budget, whatever is free
+    assert not teacher_source.cache_decision(25e9, 10.0, str(tmp_path))[0]

@@ -88,3 +88,48 @@ def format_cost(costs: list[SearchCost]) -> str:
     if any(s.trials is None for c in costs for s in c.stages):
         lines.append("refine stages: their grid is known once their coarse winner is (counted at its largest)")
     return "\n".join(lines)
+
+
+SAMPLE_ROWS = 2000  # training rows tokenised to measure the mean length a cache is sized with
+
+
+def cache_line(spec, schedule: Schedule, rows: int) -> tuple[str, float | None]:
+    """What --dry-run says of the teacher-output cache: its size (the features the schedule's objectives read,
+    at the mean length of a sample of the training rows) and whether the run will write it or run the teacher
+    live (`fsd.teacher_source.cache_decision`). Read from this machine only: a hub model or hub data not here
+    leaves the size unknown. Returns the line and the bytes the run will write (None: not known)."""
+    import numpy as np
+    from transformers import AutoConfig
+
+    from fsd.config import DistillConfig
+    from fsd.data import load_raw, tokenise
+    from fsd.models import resolve_model_path
+    from fsd.objectives import build_objective
+    from fsd.teacher_source import cache_decision, feature_bytes
+
+    fields = {f for s in schedule.stages if not s.prepare for f in (build_objective(DistillConfig(
+        task=spec.task, teacher=spec.teacher, method=s.method)).cache_fields() or ())}
+    features = tuple(f for f in ("penultimate", "cls") if f in fields)
+    if not features or not spec.extra.get("teacher_cache", True):
+        return ("teacher-output cache: logits only (a few MB)" if fields else "teacher-output cache: none"), 0.0
+    try:
+        if spec.data_dir is None:
+            raise OSError("the data comes from the hub")
+        config = AutoConfig.from_pretrained(resolve_model_path(spec.teacher), local_files_only=True)
+        from fsd.models import load_tokenizer
+
+        tokenizer = load_tokenizer(spec.teacher)
+        raw = load_raw(spec.task, spec.data_dir)["train"]
+    except (OSError, ValueError) as e:
+        return f"teacher-output cache: its size is not known before the run ({str(e).splitlines()[0][:120]})", None
+    from datasets import DatasetDict
+
+    sample = raw.select(range(min(SAMPLE_ROWS, len(raw))))
+    lengths = [len(ids) for ids in tokenise(DatasetDict({"train": sample}), tokenizer, spec.max_seq_len)["train"]
+               ["input_ids"]]
+    dtype = spec.extra.get("cache_dtype", "float16")
+    need = feature_bytes(features, lengths, config.hidden_size, config.num_hidden_layers, dtype) * rows / len(lengths)
+    cached, why = cache_decision(need, spec.extra.get("cache_budget_gb"), spec.storage)
+    return (f"teacher-output cache: the {'+'.join(features)} features need about {need / 1e9:.2f} GB ({rows:,} rows x "
+            f"{np.mean(lengths):.1f} tokens on average (measured on {len(lengths):,} rows) x {config.hidden_size} "
+            f"values x {np.dtype(dtype).itemsize} bytes); {why}"), need if cached else 0.0

@@ -12,10 +12,11 @@ written; before the first one, it is bounded by four times the teacher's weights
 from __future__ import annotations
 
 import errno
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from fsd.storage import free_bytes
+from fsd.teacher_source import CACHE_DISK_SHARE
 from fsd.tuning.plan.spec import SearchSpec
 from search_spaces import Schedule
 
@@ -87,13 +88,6 @@ def need(spec: SearchSpec, schedule: Schedule, done: set[str], teacher: str | No
     return Need(per[0], per[1], sum(c.runs for c in left), len(left))
 
 
-def free_bytes(storage: str) -> int:
-    folder = Path(storage)
-    while not folder.exists():  # a storage folder not created yet: its nearest existing parent's disk
-        folder = folder.parent
-    return shutil.disk_usage(folder).free
-
-
 def check_stage(spec: SearchSpec, stage: str, trials: int, teacher: str | None) -> None:
     """Stop before a stage whose trials' checkpoints cannot fit in the free space of the storage folder."""
     per = per_trial_bytes(spec.storage, teacher)
@@ -158,15 +152,15 @@ class Peak:
         return (f"disk at its peak: about {size(self.total)} ({self.stages} stage winners kept and registered once "
                 f"in MLflow, {size(2 * self.stages * self.student)}; {self.running} running trial(s) with two "
                 f"resumable checkpoints each, {size(self.running * 2 * (self.student + self.resume))}; the teacher, "
-                f"{size(self.teacher)}; its output cache and memory, at most {size(self.cache)})")
+                f"{size(self.teacher)}; its output cache and memory, {size(self.cache)})")
 
 
-def peak(spec: SearchSpec, schedule: Schedule, stages: int, rows: int) -> Peak | None:
-    """The disk `schedule` needs at its fullest with `stages` trial stages to run over `rows` training rows, or
-    None when the backbone's configuration is not on this machine (a hub model not downloaded yet)."""
+def peak(spec: SearchSpec, schedule: Schedule, stages: int, rows: int, cache_bytes: float | None = None) -> Peak | None:
+    """The disk `schedule` needs at its fullest with `stages` trial stages to run over `rows` training rows (the
+    teacher-output cache `cache_bytes` when measured, else at most full-length features), or None when the
+    backbone's configuration is not on this machine (a hub model not downloaded yet)."""
     import os
 
-    from fsd.config import DistillConfig
     from fsd.models import teacher_meta
     from fsd.tasks import get_task
 
@@ -182,7 +176,9 @@ def peak(spec: SearchSpec, schedule: Schedule, stages: int, rows: int) -> Peak |
     s_memory = 3 * 4 * k * spec.max_seq_len * student[1] if memory else 0
     t_memory = 4 * k * spec.max_seq_len * teacher[1] if memory else 0
     features = 2 * rows * spec.max_seq_len * teacher[1]
-    cache = min(features, int(spec.extra.get("cache_budget_gb", DistillConfig.cache_budget_gb) * 1e9)) + t_memory
+    budget = spec.extra.get("cache_budget_gb")
+    limit = budget * 1e9 if budget is not None else CACHE_DISK_SHARE * free_bytes(spec.storage)
+    cache = int(min(features, limit) if cache_bytes is None else cache_bytes) + t_memory
     cores = os.cpu_count() or 1
     running = max(1, int(cores // spec.cpus_per_trial))
     if spec.gpus_per_trial:
