@@ -151,6 +151,9 @@ def summary(storage: Path) -> dict:
 
 
 def table(args: argparse.Namespace) -> None:
+    """Per search: each stage's points, trials, stops, samples, scores and winner; then one line per search
+    (the first is the reference whose samples the others' are a share of)."""
+    rows = []
     for storage in args.storages:
         s = summary(Path(storage))
         print(f"\n{storage}")
@@ -160,7 +163,19 @@ def table(args: argparse.Namespace) -> None:
             won = "carried from " + r["carried_from"] if r["carried_from"] else ""
             print(f"| {r['stage']} | {r['points']} | {r['trials']} | {r['stopped']} | {r['samples']:,} | "
                   f"{_pct(r['holdout'])} | {_pct(r['dev'])} | {won or r['skipped'] or ''} |")
-        print(f"samples: {sum(r['samples'] for r in s['stages']):,}; best: {s['best']['stage'] if s['best'] else '-'}")
+        st = s["stages"]
+        rows.append({"search": Path(storage).name, "trials": sum(r["trials"] or 0 for r in st),
+                     "stopped": sum(r["stopped"] or 0 for r in st),
+                     "folded": sum((r["points"] or 0) - (r["runs"] or 0) for r in st if r["points"] is not None),
+                     "skipped": sum(1 for r in st if r["skipped"]), "samples": sum(r["samples"] for r in st),
+                     "best": s["best"]})
+    print("\n| search | trials run | stopped at a rung | points folded away | stages skipped | training samples | "
+          "share of the first's | best student (stage, holdout) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        best = f"{r['best']['stage']}, {_pct(r['best']['score'])}" if r["best"] else "-"
+        print(f"| {r['search']} | {r['trials']} | {r['stopped']} | {r['folded']} | {r['skipped']} | {r['samples']:,} | "
+              f"{r['samples'] / rows[0]['samples']:.1%} | {best} |")
 
 
 def _pct(x: float | None) -> str:

@@ -64,3 +64,25 @@ def test_free_space_of_a_storage_folder_not_made_yet_is_its_parents(tmp_path):
 
     assert space.free_bytes(str(tmp_path / "not" / "yet")) == pytest.approx(shutil.disk_usage(tmp_path).free,
                                                                              rel=0.01)
+
+
+def test_the_peak_is_counted_from_the_models_shapes(minilm_path, tmp_path):
+    """--dry-run's disk at its peak, by hand: a 3-layer MiniLM student has 17,390,594 parameters (4 bytes each);
+    each stage keeps its winner and one MLflow copy, each running trial two resumable checkpoints (weights,
+    AdamW's two moments, and for FSDG the student memory, 100 x 128 x 384, with its two moments)."""
+    from fsd.tuning.plan.spec import SearchSpec
+    from fsd.tuning.search.disk import peak
+    from search_spaces import get_schedule
+
+    spec = SearchSpec(task="sst2", method="fsd", storage=str(tmp_path), mlflow_uri="", teacher="packaged-minilm",
+                      student_layers=3, max_concurrent=2)
+    found = peak(spec, get_schedule("fsd", "sst2", "cpu"), stages=9, rows=1600, cache_bytes=1e6)
+    student = 4 * 17_390_594
+    memory = 3 * 4 * 100 * 128 * 384
+    assert found.student == student and found.resume == 2 * student + memory and found.running == 2
+    assert found.total == 2 * 9 * student + 2 * 2 * (student + found.resume) + student + found.teacher + found.cache
+    assert found.cache == int(1e6) + 4 * 100 * 128 * 384  # the cache as measured, and the teacher memory
+    assert "disk at its peak: about" in found.says() and "9 stage winners" in found.says()
+    assert peak(spec, get_schedule("fsd", "sst2", "cpu"), 9, 1600) is not None  # unmeasured: bounded
+    hub = SearchSpec(task="sst2", method="fsd", storage=str(tmp_path), mlflow_uri="", teacher="nobody/not-here")
+    assert peak(hub, get_schedule("fsd", "sst2", "cpu"), 9, 1600) is None  # a config not on this machine
