@@ -52,9 +52,7 @@ def summary_table(ledger: Ledger, schedule: Schedule) -> str:
         if record.get("trials") == 0 and (stage.carry or record.get("skipped")):
             lines.append(f"| {stage.name} | {skipped_text(stage, record)} |" + " |" * (head.count("|") - 3))
             continue
-        winner = record["winner"]
-        keys = [k for k in SHOWN if k in stage.grid or k in stage.inherit or any(k in d.param for d in stage.derived)]
-        shown = ", ".join(f"{k}={winner.get(k)}" for k in keys)
+        shown = winner_text(schedule, stage, record)
         paper = PAPER.get(stage.method, {}).get(task)
         score = f"{100 * record['score']:.2f}"
         if holdout:
@@ -62,6 +60,18 @@ def summary_table(ledger: Ledger, schedule: Schedule) -> str:
             score += " | " + ("-" if dev is None else f"{100 * dev:.2f}")
         lines.append(f"| {stage.name} | {shown} | {score} | {paper if paper else '-'} |")
     return "\n".join(lines)
+
+
+def winner_text(schedule: Schedule, stage, record) -> str:
+    """A stage winner's searched and inherited values; a winner trained in another stage (carried in) with
+    that stage's values, and says so."""
+    origin = record.get("trained_in", stage.name)
+    where = schedule.stage(origin) if origin in {s.name for s in schedule.stages} else stage
+    winner = record["winner"]
+    keys = [k for k in SHOWN if k in where.grid or k in where.inherit or any(k in d.param for d in where.derived)
+            or (k in where.fixed and k != "beta")]
+    shown = ", ".join(f"{k}={winner.get(k)}" for k in keys if k in winner)
+    return shown if where is stage else f"{origin}'s winner, carried: {shown}"
 
 
 def skipped_text(stage, record) -> str:
