@@ -103,3 +103,12 @@ def test_the_gate_starts_no_trial_the_budget_left_cannot_pay_for(tmp_path):
     assert gate_refused(str(tmp_path))  # what the runner reads once the stage is over
     restored = BudgetGate(_Inner(10), cap=350, per_trial=100, path=str(tmp_path / GATE))
     assert sum(restored.spent.values()) == 330 and restored.refused  # a restored stage goes on counting
+
+
+def test_a_stage_whose_points_all_ran_is_not_cut_by_the_budget(tmp_path):
+    """Two points, 128 of a 136 cap spent: no third trial fits, but there is none to start either."""
+    gate = BudgetGate(_Inner(2), cap=136, per_trial=64, path=str(tmp_path / GATE))
+    assert [gate.next_trial().trial_id for _ in range(2)] == ["t1", "t2"]
+    for t in ("t1", "t2"):
+        gate.on_trial_complete(t, {"progress/samples": 64})
+    assert gate.next_trial() is None and not gate_refused(str(tmp_path))

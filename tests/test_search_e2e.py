@@ -15,6 +15,7 @@ import pytest
 import raycluster
 from mlflowserver import Server, free_port
 
+from fsd.checkpoints import resumable
 from fsd.config import DataSpec
 from fsd.teacher import TeacherSpec, ensure_teacher, teacher_data
 from fsd.tuning.search import orphans
@@ -275,6 +276,8 @@ def test_compare_reuses_a_search_runs_the_other_and_reruns_seeds(setup, uninterr
     assert "stage vkd: reused, its trials were run by the pkd search" in r.stdout
     assert "| vkd | 2 |" in r.stdout and "| pkd | 2 |" in r.stdout and "| teacher | 1 |" in r.stdout
     assert (storage / "rte-compare" / "compare.csv").is_file()
+    seed_checkpoints = list((storage / "rte-compare" / "ray").glob("*/*/checkpoint_*"))
+    assert seed_checkpoints and not [c for c in seed_checkpoints if resumable(c)]  # students kept, no AdamW state
     client, runs = _runs(uri)
     (compare,) = [x for x in runs if x.info.run_name == "compare"]
     assert compare.info.status == "FINISHED" and "compare/pkd/eval_score_mean" in compare.data.metrics
@@ -803,6 +806,8 @@ def test_a_small_budget_stops_starting_trials_when_it_is_spent_and_resume_keeps_
     assert pkd["trials"] == 2 and pkd["samples"] <= 136
     assert ledger["budget"]["spent"] == vkd["samples"] + pkd["samples"] <= 200
     assert "budget 200: 200 training samples, planned 192, spent" in r.stdout
+    assert "stage vkd: best dev score" in r.stdout and "; the budget left paid for 1 trial(s)" in r.stdout
+    assert "stage pkd: best dev score" in r.stdout and r.stdout.count("the budget left paid for") == 1
     again = subprocess.run(_args(setup, storage, "--strategy", "optuna", "--budget", "300", "--resume"),
                            capture_output=True, text=True, env=_env())
     assert again.returncode == 2 and "budget is '300' but the stored search used '200'" in again.stderr

@@ -32,7 +32,7 @@ from fsd.tuning.plan.stages import METRIC, MODE, SAMPLES
 from fsd.tuning.results import tables
 from fsd.tuning.results.html import scatter_plot
 from fsd.tuning.results.summary import PAPER
-from fsd.tuning.search import lock
+from fsd.tuning.search import lock, retention
 from fsd.tuning.search.runner import run_search
 from fsd.tuning.search.services import best_checkpoint, open_tuner, start_services, trainable_for
 from fsd.tuning.search.stage_progress import StageProgress
@@ -93,7 +93,9 @@ def seed_runs(spec: SearchSpec, label: str, config: dict[str, Any], seeds: list[
                                     tracking.dataset_records(base))
     tuner = open_tuner(spec, storage, name, trainable_for(spec, base), {"seed": tune.grid_search(seeds)},
                        tune.TuneConfig(metric=METRIC, mode=MODE, max_concurrent_trials=spec.max_concurrent or None),
-                       [tracker, StageProgress(f"compare {label}", len(seeds), ("seed",), halving=False)])
+                       [tracker, StageProgress(f"compare {label}", len(seeds), ("seed",), halving=False),
+                        # every seed run's checkpoints stay (the analyses read its best), its optimizer state goes
+                        retention.KeepWinners(len(seeds), delete=False)])
     runs = []
     for result in tuner.fit():
         df = result.metrics_dataframe

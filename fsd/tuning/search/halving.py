@@ -130,9 +130,11 @@ class BudgetGate(SearchAlgorithm):
     def next_trial(self):
         spent = sum(self.spent.values())
         if spent + self.per_trial > self.cap:
-            self.refused = True
-            self._save()
-            self.set_finished()  # what is spent only grows: no trial will fit again
+            # Refused only if the stage had another trial to start: a stage whose points all ran is not cut.
+            if self.inner.next_trial() is not None:
+                self.refused = True
+                self._save()
+                self.set_finished()  # what is spent only grows: no trial will fit again
             return None
         running = sum(self.per_trial - self.spent.get(t, 0.0) for t in self.live)
         if spent + running + self.per_trial > self.cap:

@@ -280,8 +280,10 @@ def alias_of(stage: str) -> str:
 
 def stage_line(spec: SearchSpec, name: str, record: StageRecord) -> str:
     """What a finished stage prints: its winner's score (on the holdout and on dev when ranked on a holdout)."""
+    # A stage the budget cut short says so: its trial count line said what was planned, not what ran.
+    cut = f"; the budget left paid for {record['trials']} trial(s)" if record.get("budget_refused") else ""
     if spec.select_on == "holdout":
         dev = record.get("dev", {}).get("dev/score")
         shown = "-" if dev is None else f"{100 * dev:.2f}"
-        return f"stage {name}: best holdout score {100 * record['score']:.2f}, its dev score {shown}"
-    return f"stage {name}: best dev score {100 * record['score']:.2f}"
+        return f"stage {name}: best holdout score {100 * record['score']:.2f}, its dev score {shown}{cut}"
+    return f"stage {name}: best dev score {100 * record['score']:.2f}{cut}"
