@@ -180,9 +180,10 @@ def open_cache(config, fields: tuple[str, ...] | None, batches: Batches, data_ke
                          config.cache_dtype)
     cached, why = cache_decision(need, config.cache_budget_gb, config.storage)
     features = "+".join(f for f in fields if f in FEATURE_FIELDS)
-    if features:
-        console.info(f"teacher cache: the {features} features of {config.task} need {need / 1e9:.2f} GB; {why}")
+    said = f"teacher cache: the {features} features of {config.task} need {need / 1e9:.2f} GB; {why}"
     if not cached:
+        if features:
+            console.info(said)  # every time: each run pays for the live teacher
         return None
     key = {"task": config.task, "teacher": model_fingerprint(config.teacher), "data": data_key,
            "rows": batches.num_examples, "precision": "bf16" if device.type == "cuda" else "fp32"}
@@ -192,6 +193,8 @@ def open_cache(config, fields: tuple[str, ...] | None, batches: Batches, data_ke
         with one_builder(folder, "teacher cache"):  # another search may be writing the same cache
             missing = tuple(f for f in fields if not (folder / _file(f, config.cache_dtype)).is_file())
             if missing:
+                if features:
+                    console.info(said)  # once, when the features are written: a stage reading them is quiet
                 console.info(f"teacher cache: one teacher pass over {batches.num_examples} rows for "
                              f"{', '.join(missing)} -> {folder}")
                 teacher = load_teacher(config.teacher, num_labels).to(device)

@@ -167,6 +167,17 @@ def test_over_budget_falls_back_to_the_live_teacher_with_a_message(tiny_bert, gl
     assert np.isfinite(report.metrics["train/loss"])
 
 
+def test_the_size_and_decision_are_said_when_the_features_are_written_not_at_every_read(tiny_bert, glue_dir,
+                                                                                       tmp_path, console_lines):
+    config = _config(tiny_bert, glue_dir, tmp_path, method="fsd")
+    _open(config)
+    decided = [ln for ln in console_lines if "features of rte need" in ln]
+    assert len(decided) == 1 and "; cached (" in decided[0]
+    console_lines.clear()
+    _open(config)  # a later stage reading the same cache
+    assert not [ln for ln in console_lines if "features of rte need" in ln]
+
+
 def test_cached_rows_match_the_batch_layout(tiny_bert, glue_dir, tmp_path):
     """Each row's cached features sit at its real tokens, zeros at PAD, whatever the batch padding."""
     config = _config(tiny_bert, glue_dir, tmp_path, method="rkd", cache_dtype="float32")
