@@ -34,10 +34,6 @@ BUDGET = ["--task", "sst2", "--method", "fsd", "--preset", "paper", "--teacher",
           "--select-on", "holdout", "--teacher-epochs", "1", "--teacher-lr", "1e-4"]
 
 
-ORDER = ("vkd", "fsdi", "fsdl", "fsdil", "fsdil-mix", "memory", "fsdg-coarse", "fsdg-refine-g", "fsdg-refine-lam",
-         "fsd")  # the schedule's stages, in order
-
-
 def command(strategy: str, storage: str, data_dir: str, extra: list[str]) -> list[str]:
     how = [] if strategy == "grid" else ["--strategy", strategy]
     return [sys.executable, str(ROOT / "tune_main.py"), *BUDGET, *how, "--data-dir", data_dir, "--storage", storage,
@@ -139,8 +135,10 @@ def rungs(args: argparse.Namespace) -> None:
 def summary(storage: Path) -> dict:
     """What a finished search ran and spent, per stage and in total, from its ledger and stage records."""
     ledger = json.loads((storage / "sst2-fsd" / "ledger.json").read_text())
+    from search_spaces import get_schedule
+
     rows, folders = [], stage_folders(storage)
-    for name in ORDER:
+    for name in (s.name for s in get_schedule("fsd", "sst2").stages):  # the schedule's order
         r = ledger["stages"].get(name)
         if r is None or name == "memory":
             continue
