@@ -292,11 +292,13 @@ class Batches:
             rows.extend(chunk[i:i + size] for i in range(0, len(chunk), size))
         return [rows[i] for i in torch.randperm(len(rows), generator=g).tolist()]
 
-    def in_row_order(self) -> Iterator[list[int]]:
-        """The rows in their stored order, a batch at a time (passes over the data that must not shuffle)."""
-        n = len(self.labels)
-        for start in range(0, n, self.batch_size):
-            yield list(range(start, min(start + self.batch_size, n)))
+    def by_length(self) -> Iterator[list[int]]:
+        """Every row once, a batch at a time: the stored order cut into windows of `GROUP_WINDOW` batches, each
+        sorted by length (a pass over the data that pads little, and writes near where it reads)."""
+        n, window = len(self.labels), self.batch_size * self.GROUP_WINDOW
+        for start in range(0, n, window):
+            chunk = sorted(range(start, min(start + window, n)), key=lambda i: len(self.input_ids[i]))
+            yield from (chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
 
     def epoch(self, epoch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         for rows in self.batch_rows(epoch):

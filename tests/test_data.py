@@ -191,6 +191,24 @@ def test_length_grouped_batches_cover_every_row_once_and_pad_less():
     assert widths != sorted(widths, reverse=True)
 
 
+def test_a_pass_by_length_sees_every_row_once_window_by_window():
+    import random
+
+    rng = random.Random(1)
+    lengths = [rng.randint(3, 120) for _ in range(1000)]
+    b = Batches(_split(lengths), 16, pad_id=0)
+    rows = list(b.by_length())
+    flat = sum(rows, [])
+    assert sorted(flat) == list(range(1000))
+    window = 16 * Batches.GROUP_WINDOW
+    for start in range(0, 1000, window):  # each window holds its own rows, shortest first
+        part = flat[start:start + window]
+        assert sorted(part) == list(range(start, min(start + window, 1000)))
+        assert [lengths[i] for i in part] == sorted(lengths[i] for i in part)
+    in_order = sum(len(r) * max(lengths[i] for i in r) for r in b.batch_rows())
+    assert sum(len(r) * max(lengths[i] for i in r) for r in rows) < 0.7 * in_order
+
+
 # ---------------------------------------------------------------------------------------------- the holdout
 def test_holdout_is_disjoint_fixed_by_its_seed_and_stratified(glue_dir):
     labels = load_raw("mrpc", glue_dir)["train"]["label"]

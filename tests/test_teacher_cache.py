@@ -201,6 +201,32 @@ def test_cached_rows_match_the_batch_layout(tiny_bert, glue_dir, tmp_path):
         torch.testing.assert_close(out.logits, live.logits, rtol=1e-5, atol=1e-5)
 
 
+def test_a_pass_in_length_sorted_windows_puts_every_row_at_its_place(tiny_bert, glue_dir, tmp_path, monkeypatch):
+    """The cache pass runs rows out of order (sorted by length, window by window): each row's logits, [CLS]
+    vectors and real-token features land where row i is read, as the teacher gives them for row i alone."""
+    from fsd.data import Batches
+    from fsd.models import load_teacher, run_model
+
+    monkeypatch.setattr(Batches, "GROUP_WINDOW", 3)  # 6 rows a window: 24 rows cross 4 windows
+    tok = load_tokenizer(tiny_bert)
+    data = load_task_data("rte", tok, 64, glue_dir, None, 24, 16)
+    batches = Batches(data["train"], 2, tok.pad_token_id)
+    assert [r for r in batches.by_length()] != [r for r in batches.batch_rows()]
+    teacher = load_teacher(tiny_bert, 2).eval()
+    fields = ("logits", "penultimate", "cls")
+    teacher_source.write_cache(tmp_path, fields, teacher, batches, "float32", torch.device("cpu"))
+    cache = teacher_source.TeacherCache(tmp_path, fields, "float32", batches.lengths)
+    for i in range(batches.num_examples):
+        alone = batches.collate([i])
+        with torch.no_grad():
+            live = run_model(teacher, alone, hidden=True)
+        out = cache.outputs(alone)
+        torch.testing.assert_close(out.logits, live.logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.penultimate, live.penultimate, rtol=1e-5, atol=1e-5)
+        for got, want in zip(out.cls_states, live.cls, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_without_a_budget_the_cache_takes_at_most_half_the_free_disk(monkeypatch, tmp_path):
     """The default: a cache that fits in half the storage folder's free disk is written; one that does not runs
     the teacher live and says what to do; a budget the user gave decides alone."""

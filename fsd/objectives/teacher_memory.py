@@ -137,9 +137,14 @@ class TeacherMemory:
         obj = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
         return obj["centroids"], obj["meta"]
 
-def _sq_dist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """`[b, k]` squared Euclidean distances between rows of `x [b, D]` and `c [k, D]`, clamped at 0."""
-    return (x.pow(2).sum(dim=1, keepdim=True) - 2 * x @ c.T + c.pow(2).sum(dim=1)).clamp(min=0)
+def _sq_dist(x: torch.Tensor, c: torch.Tensor, x_sq: torch.Tensor | None = None,
+             c_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """`[b, k]` squared Euclidean distances between rows of `x [b, D]` and `c [k, D]`, clamped at 0. `x_sq`
+    `[b]` and `c_sq` `[k]`, the rows' squared norms, when the caller has them: at D = 49,152 recomputing the
+    norms of a fixed set at every call costs as much as the distances themselves."""
+    x_sq = x.pow(2).sum(dim=1) if x_sq is None else x_sq
+    c_sq = c.pow(2).sum(dim=1) if c_sq is None else c_sq
+    return torch.addmm(c_sq, x, c.T, alpha=-2).add_(x_sq[:, None]).clamp_(min=0)
 
 
 def _rows(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -190,14 +195,16 @@ def _kmeanspp(sample: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tenso
     r = sample.shape[0]
     trials = 2 + int(math.log(k))
     chosen = [int(torch.randint(r, (1,), generator=gen))]
-    closest = _sq_dist(sample, sample[chosen]).squeeze(1)
+    norms = sample.pow(2).sum(dim=1)
+    closest = _sq_dist(sample, sample[chosen], norms, norms[chosen]).squeeze(1)
     for _ in range(1, k):
         weights = closest.double().cpu()
         if weights.sum() > 0:
             cand = torch.multinomial(weights, trials, replacement=True, generator=gen)
         else:  # every sampled row sits on a centre already: duplicates; Lloyd re-seeds them if it can
             cand = torch.randint(r, (trials,), generator=gen)
-        pot = torch.minimum(closest[:, None], _sq_dist(sample, sample[cand.to(sample.device)]))
+        cand = cand.to(sample.device)
+        pot = torch.minimum(closest[:, None], _sq_dist(sample, sample[cand], norms, norms[cand]))
         best = int(pot.sum(dim=0).argmin())
         chosen.append(int(cand[best]))
         closest = pot[:, best]
@@ -214,9 +221,10 @@ def _lloyd_pass(features: Iterable[torch.Tensor], centroids: torch.Tensor, shift
     far_d = torch.empty(0, device=device)
     far_x = torch.empty(0, dim, device=device)
     far_label = torch.empty(0, dtype=torch.long, device=device)
+    c_sq = centroids.pow(2).sum(dim=1)
     for batch in features:
         x = _rows(batch, device) - shift
-        dist, label = _sq_dist(x, centroids).min(dim=1)
+        dist, label = _sq_dist(x, centroids, c_sq=c_sq).min(dim=1)
         # A one-hot matmul instead of index_add_: CUDA's index_add_ uses float atomics, whose order (and
         # so the rounding) changes from run to run, and k-means must be reproducible for a seed.
         sums.addmm_(F.one_hot(label, k).to(x.dtype).T, x)
