@@ -20,6 +20,15 @@ folder per size, each stage reading what the one before wrote, as a search's dri
   dry-run    `tune_main.py --dry-run` (the paper's FSD schedule on the folder);
   estimate   `tune_main.py --estimate`.
 Teacher: the packaged MiniLM (6 layers, hidden 384; its classifier head is random, which changes no cost).
+
+`bert-base` is the cache decision at the paper's size: a BERT-base-sized teacher (12 layers, hidden 768, random
+weights from `BertConfig()`, saved with the MiniLM's bert-base vocabulary to `<out>/bert-base-random`) writes
+the FSD cache of the first --rows training rows of the full-size folder (time, size on disk, bytes per token),
+and `--dry-run` at full size says the cache's size and the decision:
+
+    python bench/qqp_scale.py bert-base --root /tmp/qqp-scale --rows 2000 --out bench/results/qqp-scale/bert-base.json
+
+Its step time, cache against the live teacher, is bench/speed.py's (docs/speed.md).
 """
 
 from __future__ import annotations
@@ -147,17 +156,34 @@ def stage(name: str, data_dir: str, storage: str) -> dict:
     return {"rows": prepared.rows, "memory_shape": prepared.memory_shape}
 
 
+def anon_kb(pid: int) -> int:
+    """The process's anonymous resident memory (heap, tensors), in kB; 0 once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return int(re.search(r"RssAnon:\s+(\d+)", text).group(1))
+
+
 def run_child(cmd: list[str], log: Path) -> dict:
-    """Run `cmd`, output appended to `log`; its wall time, peak resident memory and exit status."""
+    """Run `cmd`, output appended to `log`; its wall time, exit status and peak memory: `peak_rss_gb` (the
+    kernel's high-water mark, which counts the pages of memory-mapped files it has touched, the cache's
+    among them: the kernel takes those back when it needs them) and `peak_anon_gb` (anonymous memory only,
+    sampled every 0.2 s)."""
     with open(log, "a") as out:
         out.write(f"\n$ {' '.join(cmd)}\n")
         out.flush()
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        peak_anon = 0
+        # WNOWAIT: the ended child stays to be reaped by wait4, which gives its resource usage.
+        while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            peak_anon = max(peak_anon, anon_kb(proc.pid))
+            time.sleep(0.2)
         _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        code = os.waitstatus_to_exitcode(status)
     return {"seconds": round(time.perf_counter() - start, 1), "peak_rss_gb": round(usage.ru_maxrss / 1e6, 3),
-            "rc": proc.returncode}
+            "peak_anon_gb": round(peak_anon / 1e6, 3), "rc": code}
 
 
 def folder_gb(path: Path) -> float:
@@ -187,6 +213,44 @@ def measure(args: argparse.Namespace) -> None:
             shutil.rmtree(storage, ignore_errors=True)
 
 
+def bert_base(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from fsd.models import resolve_model_path
+    from fsd.train import prepare_outputs
+
+    root, full = Path(args.root), max(SIZES)
+    teacher = root / "bert-base-random"
+    if not teacher.is_dir():
+        torch.manual_seed(0)
+        BertForSequenceClassification(BertConfig(num_labels=2)).save_pretrained(teacher)
+        AutoTokenizer.from_pretrained(resolve_model_path("packaged-minilm")).save_pretrained(teacher)
+    data_dir, storage = root / f"rows-{full}", root / "storage-bert-base"
+    c = config(str(data_dir), str(storage), "fsdil").replace(teacher=str(teacher), max_train_samples=args.rows)
+    start = time.perf_counter()
+    prepare_outputs(c)
+    seconds = time.perf_counter() - start
+    files = {p.name: p.stat().st_size for p in (storage / "cache").rglob("*.npy")}
+    tokens = json.loads(Path(args.scale).read_text())[str(full)]["tokenise"]["tokens"] if args.scale else None
+    feature = np.load(next((storage / "cache").rglob("penultimate-float16.npy")), mmap_mode="r")
+    cmd = [sys.executable, "tune_main.py", "--task", "qqp", "--data-dir", str(data_dir), "--teacher", str(teacher),
+           "--storage", str(storage), "--dry-run"]
+    dry = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    said = [line for line in (dry.stdout + dry.stderr).splitlines() if "teacher cache" in line]
+    result = {"rows": args.rows, "seconds": round(seconds, 1), "rows_per_s": round(args.rows / seconds, 1),
+              "files": files, "tokens": feature.shape[0], "bytes_per_token": feature.shape[1] * feature.itemsize,
+              "full_rows": full, "full_tokens": tokens,
+              "dry_run_rc": dry.returncode, "dry_run_says": said}
+    if tokens:
+        per_row = files["logits.npy"] / args.rows  # float32 logits (+ the file's header, negligible)
+        result["full_cache_gb"] = round((tokens * result["bytes_per_token"] + full * per_row) / 1e9, 2)
+        result["full_pass_hours"] = round(full / (args.rows / seconds) / 3600, 2)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -200,6 +264,11 @@ def main() -> None:
     m.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     m.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     m.add_argument("--clean", action="store_true", help="delete a smaller size's storage once measured")
+    bb = sub.add_parser("bert-base")
+    bb.add_argument("--root", required=True, help="the folder `build` wrote")
+    bb.add_argument("--rows", type=int, default=2000)
+    bb.add_argument("--scale", help="`measure`'s JSON: the full size's token count, for the full cache's size")
+    bb.add_argument("--out", required=True)
     s = sub.add_parser("stage")
     s.add_argument("name", choices=STAGES[:3])
     s.add_argument("--data-dir", required=True)
@@ -209,6 +278,8 @@ def main() -> None:
         build(args)
     elif args.command == "measure":
         measure(args)
+    elif args.command == "bert-base":
+        bert_base(args)
     else:
         result = stage(args.name, args.data_dir, args.storage)
         print(json.dumps(result))

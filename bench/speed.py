@@ -11,8 +11,8 @@
     python bench/speed.py --data-dir ../shared/glue_data --task rte --teacher <teacher fine-tuned on RTE>
 
 Teacher: a folder fine-tuned on the task (or `packaged-minilm`, whose head is then random); student: the
-first --student-layers layers of the packaged MiniLM. The FSDG memory is random here (its values do not
-change the cost). One step = (teacher forward | cache read) + student forward/backward + AdamW step.
+first --student-layers layers of --student-init (default: the packaged MiniLM). The FSDG memory is random here
+(its values do not change the cost). One step = (teacher forward | cache read) + student forward/backward + AdamW step.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ LAYOUTS = {"len 128": {"pad_to_max": True}, "dynamic": {"pad_to_max": False, "gr
 
 def config_for(args, storage: str, method: str, **kw) -> DistillConfig:
     return DistillConfig.from_dict({
-        "task": args.task, "teacher": args.teacher, "student_init": "packaged-minilm", "method": method,
+        "task": args.task, "teacher": args.teacher, "student_init": args.student_init, "method": method,
         "student_layers": args.student_layers, "max_seq_len": 128, "batch_size": args.batch_size,
         "max_train_samples": args.steps * args.batch_size, "data_dir": args.data_dir, "storage": storage,
         "device": "cpu" if not torch.cuda.is_available() else "auto", **kw})
@@ -130,7 +130,8 @@ def step_table(args, storage: str) -> None:
     what = "plain fine-tuning step (CE only" if baseline == "nokd" else f"{baseline} step (teacher cache on"
     print(f"\n## step time / {what}, same student, same batches)\n{args.task}, batch "
           f"{args.batch_size}, medians of {steps} steps alternated with {baseline} steps, teacher "
-          f"{args.teacher}, student {args.student_layers} layers, {torch.get_num_threads()} threads, "
+          f"{args.teacher}, student {args.student_layers} layers of {args.student_init}, "
+          f"{torch.get_num_threads()} threads, "
           f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
     print("| method | len 128 live | len 128 cache | dynamic live | dynamic cache | paper (vs VKD) "
           "| s/step dynamic, best |")
@@ -187,7 +188,7 @@ def stage_wall_time(args, storage: str) -> None:
     for label, extra in (("live teacher", {"teacher_cache": False}), ("cache", {})):
         root = Path(storage) / label.replace(" ", "-")
         spec = SearchSpec(task=args.task, method="vkd", storage=str(root), mlflow_uri=f"sqlite:///{root}/mlflow.db",
-                          teacher=args.teacher, student_init="packaged-minilm", student_layers=args.student_layers,
+                          teacher=args.teacher, student_init=args.student_init, student_layers=args.student_layers,
                           data_dir=args.data_dir, preset="quick", extra=extra)
         start = time.perf_counter()
         ledger = run_search(spec, schedule).ledger
@@ -204,6 +205,7 @@ def main() -> None:
     p.add_argument("--task", default="rte")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--teacher", default="packaged-minilm")
+    p.add_argument("--student-init", default="packaged-minilm", help="the student's backbone (its first layers)")
     p.add_argument("--student-layers", type=int, default=3)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=32)

@@ -16,3 +16,25 @@ def test_gpu_check_runs_and_reports_rate_and_memory_per_trial():
     assert [(r["mode"], r["trials"]) for r in rows] == [("cache", 1), ("cache", 2)]
     assert all(r["per_trial"] > 0 and abs(r["total"] - r["per_trial"] * r["trials"]) < 1e-6 for r in rows)
     assert "| cache | 2 |" in out
+
+
+def test_the_qqp_scale_folders_are_qqp_files_that_load_as_qqp(glue_dir, tmp_path):
+    """bench/qqp_scale.py's folders: QQP's columns, the asked number of training rows (a smaller folder is the
+    first rows of a larger one), QQP's 40,430 dev rows, duplicates at QQP's share, each a reworded question."""
+    from fsd.data import load_raw
+
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "qqp_scale.py"), "build", "--glue-dir", glue_dir,
+                          "--out", str(tmp_path), "--sizes", "300", "3000"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    said = json.loads(out.strip().splitlines()[-1])
+    assert said["train"] == 3000 and said["dev"] == 40_430 and 20 < said["mean_tokens_per_pair"] < 45
+    small, large = (load_raw("qqp", str(tmp_path / f"rows-{n}")) for n in (300, 3000))
+    assert (small.num_rows["train"], large.num_rows["train"]) == (300, 3000)
+    assert small.num_rows["validation"] == large.num_rows["validation"] == 40_430
+    assert small["train"][:] == large["train"][:300]
+    rows = large["train"]
+    assert 0.32 < sum(rows["label"]) / len(rows) < 0.42
+    for a, b, label in zip(rows["text_a"], rows["text_b"], rows["label"], strict=True):
+        assert a.endswith("?") and b.endswith("?")
+        if label == 1:  # one word dropped, the rest the same words
+            assert len(b.split()) == len(a.split()) - 1 and set(b[:-1].split()) <= set(a[:-1].split())
