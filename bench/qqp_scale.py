@@ -162,7 +162,8 @@ def anon_kb(pid: int) -> int:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0
-    return int(re.search(r"RssAnon:\s+(\d+)", text).group(1))
+    found = re.search(r"RssAnon:\s+(\d+)", text)  # an ended process not yet reaped has none
+    return int(found.group(1)) if found else 0
 
 
 def run_child(cmd: list[str], log: Path) -> dict:
