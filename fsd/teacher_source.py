@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -83,13 +84,48 @@ def feature_bytes(fields: tuple[str, ...], lengths: list[int], hidden: int, laye
     return total
 
 
+class NpyRows:
+    """Rows of a `.npy` file, read with `os.preadv` rather than memory-mapped: every page of a mapped file that a
+    process touches counts in its resident memory, up to the whole cache (8.4 GB for QQP's MiniLM features) in
+    each trial and in the driver's memory fit, while pages read this way stay in the kernel's page cache,
+    shared by all readers and given back when memory runs short."""
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            self.start = f.tell()
+        if fortran:
+            raise ValueError(f"{path}: not a C-ordered array")
+        self.path, self.shape, self.dtype = path, shape, dtype
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def ranges(self, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+        """Rows `starts[j]:stops[j]` for every j, one after the other: `[sum(stops - starts), *shape[1:]]`."""
+        out = np.empty((int((stops - starts).sum()), *self.shape[1:]), dtype=self.dtype)
+        view, at = memoryview(out.reshape(-1).view(np.uint8)), 0
+        for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+            size = (b - a) * self.row_bytes
+            if os.preadv(self.fd, [view[at:at + size]], self.start + a * self.row_bytes) != size:
+                raise ValueError(f"{self.path} is shorter than its header says; delete its folder")
+            at += size
+        return out
+
+    def __del__(self):
+        if hasattr(self, "fd"):
+            os.close(self.fd)
+
+
 class TeacherCache:
     """Read side: `outputs(batch)` gathers the cached outputs of the batch's rows (`batch["index"]`), the
     features padded like the batch with zeros at PAD positions, on the batch's device."""
 
     def __init__(self, folder: Path, fields: tuple[str, ...], dtype: str, lengths: list[int]):
         self.folder, self.fields, self.dtype = Path(folder), fields, dtype
-        self.arrays = {f: np.load(self.folder / _file(f, dtype), mmap_mode="r") for f in fields}
+        self.arrays = {f: NpyRows(self.folder / _file(f, dtype)) for f in fields}
         self.offsets = np.concatenate([[0], np.cumsum(lengths)])
         if "penultimate" in fields and self.arrays["penultimate"].shape[0] != self.offsets[-1]:
             raise ValueError(f"{self.folder}: cached features do not match the data's token count; delete the folder")
@@ -97,18 +133,17 @@ class TeacherCache:
     def penultimate(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """`[n, l, d]` in the cache's dtype: the rows' real tokens where the batch's mask is 1, else zeros."""
         feats, mask = self.arrays["penultimate"], batch["attention_mask"].bool().cpu()
-        rows = batch["index"].tolist()
+        rows = batch["index"].cpu().numpy()
         out = torch.zeros((*mask.shape, feats.shape[1]), dtype=getattr(torch, self.dtype))
-        tokens = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in rows])
-        out[mask] = torch.from_numpy(feats[tokens])  # real tokens in row-major order, as written
+        out[mask] = torch.from_numpy(feats.ranges(self.offsets[rows], self.offsets[rows + 1]))  # row-major, as written
         return out.to(batch["attention_mask"].device)
 
     def outputs(self, batch: dict[str, torch.Tensor]) -> ModelOutputs:
         rows, device = batch["index"].cpu().numpy(), batch["attention_mask"].device
         cls = None
         if "cls" in self.fields:
-            cls = tuple(torch.from_numpy(self.arrays["cls"][rows]).to(device).float().unbind(1))
-        return ModelOutputs(torch.from_numpy(self.arrays["logits"][rows]).to(device),
+            cls = tuple(torch.from_numpy(self.arrays["cls"].ranges(rows, rows + 1)).to(device).float().unbind(1))
+        return ModelOutputs(torch.from_numpy(self.arrays["logits"].ranges(rows, rows + 1)).to(device),
                             penultimate_states=self.penultimate(batch).float() if "penultimate" in self.fields
                             else None, cls_states=cls)
 
@@ -129,7 +164,11 @@ def write_cache(folder: Path, fields: tuple[str, ...], teacher: torch.nn.Module,
                for f in fields}
         teacher.eval()
         bar = Progress(n, f"teacher cache ({', '.join(fields)})", unit="row")
-        for rows in batches.by_length():
+        for count, rows in enumerate(batches.by_length(), start=1):
+            if count % batches.GROUP_WINDOW == 0:  # a window written: unmapped, so the pass holds one window's pages
+                for f in fields:
+                    out[f].flush()
+                out = {f: np.load(tmp[f], mmap_mode="r+") for f in fields}
             batch = {k: v.to(device) for k, v in batches.collate(rows).items()}
             with autocast(device):
                 t = run_model(teacher, batch, hidden=any(f in fields for f in FEATURE_FIELDS))

@@ -3,6 +3,7 @@ and a clear fall-back to the live teacher when it does not fit the disk budget."
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,7 +132,7 @@ def test_cache_is_written_once_and_a_changed_teacher_or_tokenisation_invalidates
     longer, passes = _open(config.replace(max_seq_len=48))  # another tokenisation: other rows, other cache
     assert passes == 1 and longer.folder != first.folder
 
-    logits_before = np.array(first.arrays["logits"])
+    logits_before = np.load(first.folder / "logits.npy")
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(teacher)
@@ -140,7 +141,7 @@ def test_cache_is_written_once_and_a_changed_teacher_or_tokenisation_invalidates
     model.save_pretrained(teacher)
     changed, passes = _open(config)
     assert passes == 1 and changed.folder != first.folder
-    assert not np.allclose(np.array(changed.arrays["logits"]), logits_before)
+    assert not np.allclose(np.load(changed.folder / "logits.npy"), logits_before)
 
 
 def test_half_written_files_are_never_read(tiny_bert, glue_dir, tmp_path):
@@ -225,6 +226,27 @@ def test_a_pass_in_length_sorted_windows_puts_every_row_at_its_place(tiny_bert, 
         torch.testing.assert_close(out.penultimate, live.penultimate, rtol=1e-5, atol=1e-5)
         for got, want in zip(out.cls_states, live.cls, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_rows_are_read_from_the_file_as_numpy_stores_them_without_mapping_it(tmp_path):
+    """NpyRows gives the rows np.load gives (float16 and float32, 2-d and 3-d, both .npy header versions), and
+    reading leaves no mapping of the file in the process (the pages stay in the kernel's cache)."""
+    rng = np.random.default_rng(0)
+    for dtype, shape, version in (("float16", (500, 7), (1, 0)), ("float32", (300, 3, 5), (2, 0))):
+        path = tmp_path / f"{dtype}.npy"
+        want = rng.standard_normal(shape).astype(dtype)
+        with open(path, "wb") as f:
+            np.lib.format.write_array(f, want, version=version)
+        rows = teacher_source.NpyRows(path)
+        starts = rng.integers(0, shape[0] - 20, size=12)
+        stops = starts + rng.integers(0, 20, size=12)
+        got = rows.ranges(starts, stops)
+        np.testing.assert_array_equal(got, np.concatenate([want[a:b] for a, b in zip(starts, stops, strict=True)]))
+        assert str(path) not in Path("/proc/self/maps").read_text()
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 10)
+    with pytest.raises(ValueError, match="shorter than its header"):
+        teacher_source.NpyRows(path).ranges(np.array([shape[0] - 1]), np.array([shape[0]]))
 
 
 def test_without_a_budget_the_cache_takes_at_most_half_the_free_disk(monkeypatch, tmp_path):

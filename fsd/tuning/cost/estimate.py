@@ -83,7 +83,12 @@ def measure(spec: SearchSpec, schedules: list[Schedule]) -> Rates:
     backbone = student_backbone(DistillConfig(task=spec.task, teacher=spec.teacher, student_init=spec.student_init))
     tokenizer = load_tokenizer(spec.teacher)
     batch_size = spec.extra.get("batch_size", DistillConfig.batch_size)
-    batches = [to_device(b, device) for b in sample_batches(spec, tokenizer, batch_size).epoch(0)]
+    sample = sample_batches(spec, tokenizer, batch_size)
+    batches = [to_device(b, device) for b in sample.epoch(0)]  # random batches: the teacher's fine-tuning, evaluation
+    # The cache pass and the trials' training batches hold rows of similar lengths (`Batches.by_length`, and
+    # `group_by_length` unless --set turns it off): timed on the sample's rows sorted by length.
+    by_length = [to_device(sample.collate(rows), device) for rows in sample.by_length()]
+    grouped = spec.extra.get("group_by_length", True) and not spec.extra.get("pad_to_max", False)
 
     torch.set_num_threads(cores)  # the teacher is fine-tuned and cached by the driver alone
     teacher = load_teacher(spec.teacher, task.num_labels).to(device)
@@ -92,12 +97,13 @@ def measure(spec: SearchSpec, schedules: list[Schedule]) -> Rates:
                                     lambda b: (label_loss(run_model(teacher, b).logits, b["labels"],
                                                           task.is_regression), {}), device), batches)
     teacher.eval()
-    t_forward = _timed(lambda b: _no_grad(teacher, b, device), batches)
+    t_forward = _timed(lambda b: _no_grad(teacher, b, device), by_length)
 
     torch.set_num_threads(max(1, int(spec.cpus_per_trial)) if device.type == "cpu" else cores)
     student_rates = {}
     for method in dict.fromkeys(s.method for schedule in schedules for s in schedule.stages if not s.prepare):
-        student_rates[method] = _student_rate(spec, method, backbone, teacher, batches, device)
+        student_rates[method] = _student_rate(spec, method, backbone, teacher, by_length if grouped else batches,
+                                              device)
     student = build_student(backbone, spec.student_layers, task.num_labels).to(device).eval()
     evaluation = _timed(lambda b: _no_grad(student, b, device), batches)
     return Rates(device.type, parallel, student_rates, evaluation, t_train, t_forward)
