@@ -3,6 +3,7 @@ pipeline that grows with the training rows, at several sizes.
 
     python bench/qqp_scale.py build --glue-dir ../shared/glue_data --out /tmp/qqp-scale     # folders per size
     python bench/qqp_scale.py measure --root /tmp/qqp-scale --out bench/results/qqp-scale/scale.json
+    python bench/qqp_scale.py table bench/results/qqp-scale/scale.json
 
 `build` writes `<out>/rows-<N>/QQP/{train,dev}.tsv` for each --sizes N (default 10000, 50000, 363846): QQP's
 header and columns (id, qid1, qid2, question1, question2, is_duplicate), N training rows (the first N of the
@@ -252,6 +253,33 @@ def bert_base(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=1))
 
 
+def table(args: argparse.Namespace) -> None:
+    """The scale table: each stage's time and peak memory at each size, and whether it grows linearly (an
+    affine cost a + b * rows: the cost per 1,000 more rows between the two smaller sizes against the one
+    between the two larger)."""
+    results = json.loads(Path(args.scale).read_text())
+    sizes = sorted(int(n) for n in results)
+    print("| stage | " + " | ".join(f"{n:,} rows: s, GB (anon / high-water)" for n in sizes)
+          + " | s per 1,000 more rows (small; large) | GB per 100,000 more rows, anon (small; large) |")
+    print("|---|" + "---|" * (len(sizes) + 2))
+    for name in STAGES:
+        rows = [results[str(n)].get(name) for n in sizes]
+        if any(r is None for r in rows):
+            continue
+        cells = [f"{r['seconds']:,.0f}, {r['peak_anon_gb']:.2f} / {r['peak_rss_gb']:.2f}" for r in rows]
+        pairs = range(len(sizes) - 1)
+        slopes = [1000 * (rows[i + 1]["seconds"] - rows[i]["seconds"]) / (sizes[i + 1] - sizes[i]) for i in pairs]
+        memory = [1e5 * (rows[i + 1]["peak_anon_gb"] - rows[i]["peak_anon_gb"]) / (sizes[i + 1] - sizes[i])
+                  for i in pairs]
+        print(f"| {name} | {' | '.join(cells)} | {'; '.join(f'{x:.2f}' for x in slopes)} | "
+              f"{'; '.join(f'{x:.2f}' for x in memory)} |")
+    full = results[str(sizes[-1])]
+    print(f"\nat {sizes[-1]:,} rows: {full['tokenise']['tokens']:,} training tokens; storage "
+          + ", ".join(f"{k} {v:.2f} GB" for k, v in full[STAGES[-1]]["storage_gb"].items())
+          + f"; the driver's peak (the largest of its stages): {max(r['peak_anon_gb'] for r in full.values()):.2f} "
+          f"GB anonymous, {max(r['peak_rss_gb'] for r in full.values()):.2f} GB high-water")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -270,6 +298,8 @@ def main() -> None:
     bb.add_argument("--rows", type=int, default=2000)
     bb.add_argument("--scale", help="`measure`'s JSON: the full size's token count, for the full cache's size")
     bb.add_argument("--out", required=True)
+    t = sub.add_parser("table")
+    t.add_argument("scale", help="`measure`'s JSON")
     s = sub.add_parser("stage")
     s.add_argument("name", choices=STAGES[:3])
     s.add_argument("--data-dir", required=True)
@@ -281,6 +311,8 @@ def main() -> None:
         measure(args)
     elif args.command == "bert-base":
         bert_base(args)
+    elif args.command == "table":
+        table(args)
     else:
         result = stage(args.name, args.data_dir, args.storage)
         print(json.dumps(result))

@@ -2,8 +2,9 @@
 teacher for a batch, from the live model or from the teacher-output cache, and `memory()` the teacher
 memory of FSDG (k-means centroids of its flattened penultimate features, docs/method.md §4).
 
-The cache is one pass of the teacher over the training rows, kept as memory-mapped `.npy` files in the
-storage folder and read by every trial instead of running the teacher. It keeps what the objectives read
+The cache is one pass of the teacher over the training rows, kept as `.npy` files in the storage folder
+(written through a memory map, read row ranges at a time with `preadv`: `NpyRows`) and read by every trial
+instead of running the teacher. It keeps what the objectives read
 (`Objective.cache_fields`):
   - `logits`       `[N, C]` float32, always;
   - `penultimate`  the penultimate layer's features of the *real* tokens only, `[sum of lengths, d]` in

@@ -24,6 +24,12 @@ def test_the_same_stage_has_the_same_key_whatever_the_search_or_speed_settings()
     assert _key(base={**BASE, "compile": True, "cache_budget_gb": 0.0, "storage": "/elsewhere"}) == _key()
     assert _key(grid={"lr": (1e-5, 5e-5), "alpha": (0.2, 0.7)}) == _key()  # key order
     assert _key(grid={"alpha": [0.2, 0.7], "lr": [1e-5, 5e-5]}) == _key()  # as JSON reads tuples back
+    # a carried winner is a whole trial's config (a folded point's): its speed settings do not count either
+    winner = {**BASE, "alpha": 0.7, "lr": 3e-4}
+    carried = [{"winner": winner, "score": 0.77}]
+    assert _key(carried=carried) == _key(carried=[{"winner": {**winner, "cache_budget_gb": None, "compile": True,
+                                                               "storage": "/elsewhere"}, "score": 0.77}])
+    assert _key(carried=carried) != _key(carried=[{"winner": {**winner, "alpha": 0.2}, "score": 0.77}])
 
 
 @pytest.mark.parametrize("change", [

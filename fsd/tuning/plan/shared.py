@@ -44,11 +44,19 @@ def stage_key(name: str, base: dict[str, Any], grid: dict[str, tuple], strategy:
 
 def _carried(carried: list[dict[str, Any]] | None) -> Any:
     """The carried winners as the key holds them: one as a dict (the key of a refine stage before a stage could
-    carry more than one), more as a list."""
+    carry more than one), more as a list; of each winner's values, those NOT_IN_KEY left out, as in `base` (a
+    folded point's winner is a whole trial's config: with its cache budget in the key, a search run with another
+    one re-trained every stage after a fold, 2026-12-06)."""
     if not carried:
         return None
-    out = [{"winner": c.get("winner"), "score": c.get("score")} for c in carried]
+    out = [{"winner": _without_speed(c.get("winner")), "score": c.get("score")} for c in carried]
     return out[0] if len(out) == 1 else out
+
+
+def _without_speed(winner: Any) -> Any:
+    if not isinstance(winner, dict):
+        return winner
+    return {k: v for k, v in winner.items() if k not in NOT_IN_KEY}
 
 
 def stage_folder(storage: str, task: str, name: str, key: str) -> str:
