@@ -149,7 +149,7 @@ def stage(name: str, data_dir: str, storage: str) -> dict:
         c = config(data_dir, storage, "vkd")
         train, dev, _ = make_batches(c.data, load_tokenizer(c.teacher), storage)
         return {"train_rows": train.num_examples, "dev_rows": sum(b.num_examples for b in dev.values()),
-                "tokens": sum(train.lengths)}
+                "tokens": int(train.lengths.sum())}
     from fsd.train import prepare_outputs
 
     method = {"cache": "fsdil", "memory": "fsd"}[name]
@@ -205,8 +205,12 @@ def measure(args: argparse.Namespace) -> None:
                 cmd = [sys.executable, "tune_main.py", "--task", "qqp", "--data-dir", str(data_dir), "--teacher",
                        "packaged-minilm", "--student-layers", "3", "--storage", str(storage), f"--{name}"]
             else:
-                cmd = [sys.executable, __file__, "stage", name, "--data-dir", str(data_dir), "--storage", str(storage)]
+                cmd = [sys.executable, __file__, "stage", name, "--data-dir", str(data_dir), "--storage", str(storage),
+                       "--result", str(out.with_suffix(".stage.json"))]
+            out.with_suffix(".stage.json").unlink(missing_ok=True)
             row = run_child(cmd, out.with_suffix(".log"))
+            if out.with_suffix(".stage.json").is_file():  # what the stage counted: rows, tokens, the memory's shape
+                row.update(json.loads(out.with_suffix(".stage.json").read_text()))
             row["storage_gb"] = {k: folder_gb(storage / k) for k in ("data_cache", "cache", "memory")}
             results.setdefault(str(n), {})[name] = row
             out.write_text(json.dumps(results, indent=1))
@@ -220,7 +224,8 @@ def bert_base(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from fsd.models import resolve_model_path
+    from fsd.loop import make_batches
+    from fsd.models import load_tokenizer, resolve_model_path
     from fsd.train import prepare_outputs
 
     root, full = Path(args.root), max(SIZES)
@@ -235,7 +240,8 @@ def bert_base(args: argparse.Namespace) -> None:
     prepare_outputs(c)
     seconds = time.perf_counter() - start
     files = {p.name: p.stat().st_size for p in (storage / "cache").rglob("*.npy")}
-    tokens = json.loads(Path(args.scale).read_text())[str(full)]["tokenise"]["tokens"] if args.scale else None
+    train, _, _ = make_batches(c.replace(max_train_samples=None).data, load_tokenizer(str(teacher)), str(storage))
+    tokens = int(train.lengths.sum())  # the full size's training tokens
     feature = np.load(next((storage / "cache").rglob("penultimate-float16.npy")), mmap_mode="r")
     cmd = [sys.executable, "tune_main.py", "--task", "qqp", "--data-dir", str(data_dir), "--teacher", str(teacher),
            "--storage", str(storage), "--dry-run"]
@@ -296,7 +302,6 @@ def main() -> None:
     bb = sub.add_parser("bert-base")
     bb.add_argument("--root", required=True, help="the folder `build` wrote")
     bb.add_argument("--rows", type=int, default=2000)
-    bb.add_argument("--scale", help="`measure`'s JSON: the full size's token count, for the full cache's size")
     bb.add_argument("--out", required=True)
     t = sub.add_parser("table")
     t.add_argument("scale", help="`measure`'s JSON")
@@ -304,6 +309,7 @@ def main() -> None:
     s.add_argument("name", choices=STAGES[:3])
     s.add_argument("--data-dir", required=True)
     s.add_argument("--storage", required=True)
+    s.add_argument("--result", help="write what the stage counted to this JSON file")
     args = p.parse_args()
     if args.command == "build":
         build(args)
@@ -316,6 +322,8 @@ def main() -> None:
     else:
         result = stage(args.name, args.data_dir, args.storage)
         print(json.dumps(result))
+        if args.result:
+            Path(args.result).write_text(json.dumps(result))
 
 
 if __name__ == "__main__":

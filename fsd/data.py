@@ -12,6 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from sklearn.model_selection import train_test_split
@@ -244,6 +247,15 @@ def load_task_data(
 
 
 # ---------------------------------------------------------------------------------------------- batching
+def token_column(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A column of token lists as one flat int32 array and the rows' offsets (row i is
+    `values[offsets[i]:offsets[i + 1]]`)."""
+    column = table.column(name).combine_chunks()
+    values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int32)  # a copy: writable
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    return values, np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+
+
 class Batches:
     """Mini-batches of a tokenised split, padded per batch (or to `pad_to`), reproducible per epoch.
 
@@ -258,9 +270,15 @@ class Batches:
     def __init__(self, split: Dataset, batch_size: int, pad_id: int, shuffle: bool = False,
                  seed: int = 0, pad_to: int | None = None, regression: bool = False,
                  group_by_length: bool = False):
-        self.input_ids: list[list[int]] = split["input_ids"]
-        self.token_type_ids: list[list[int]] = split["token_type_ids"]
-        self.labels = torch.tensor(split["label"], dtype=torch.float32 if regression else torch.long)
+        # Read from Arrow once, as arrays: `split["input_ids"][i]` reads row i from Arrow at every index, 320 us
+        # a row at QQP's 363,846 rows (73 us at 10,000), 30 ms of every 32-row batch.
+        table = split.with_format("arrow")[:]  # the split's rows, a selection applied
+        self.ids, self.offsets = token_column(table, "input_ids")
+        self.types, _ = token_column(table, "token_type_ids")
+        self.lengths = np.diff(self.offsets)  # tokens per row
+        self._length = self.lengths.tolist()  # for sort keys: a list reads faster than an array, one at a time
+        labels = table.column("label").to_numpy()
+        self.labels = torch.tensor(labels, dtype=torch.float32 if regression else torch.long)
         self.batch_size, self.pad_id, self.shuffle, self.seed, self.pad_to = (
             batch_size, pad_id, shuffle, seed, pad_to)
         self.group_by_length = group_by_length
@@ -271,10 +289,6 @@ class Batches:
     @property
     def num_examples(self) -> int:
         return len(self.labels)
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(ids) for ids in self.input_ids]
 
     def batch_rows(self, epoch: int = 0) -> list[list[int]]:
         """The row indices of every batch of `epoch`, in order."""
@@ -288,7 +302,7 @@ class Batches:
         window = size * self.GROUP_WINDOW
         rows: list[list[int]] = []
         for start in range(0, n, window):
-            chunk = sorted(order[start:start + window], key=lambda i: -len(self.input_ids[i]))
+            chunk = sorted(order[start:start + window], key=lambda i: -self._length[i])
             rows.extend(chunk[i:i + size] for i in range(0, len(chunk), size))
         return [rows[i] for i in torch.randperm(len(rows), generator=g).tolist()]
 
@@ -297,7 +311,7 @@ class Batches:
         sorted by length (a pass over the data that pads little, and writes near where it reads)."""
         n, window = len(self.labels), self.batch_size * self.GROUP_WINDOW
         for start in range(0, n, window):
-            chunk = sorted(range(start, min(start + window, n)), key=lambda i: len(self.input_ids[i]))
+            chunk = sorted(range(start, min(start + window, n)), key=self._length.__getitem__)
             yield from (chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
 
     def epoch(self, epoch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
@@ -305,14 +319,15 @@ class Batches:
             yield self.collate(rows)
 
     def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        width = self.pad_to or max(len(self.input_ids[i]) for i in idx)
+        width = self.pad_to or max(self._length[i] for i in idx)
         ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
         types = torch.zeros((len(idx), width), dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
         for row, i in enumerate(idx):
-            n = len(self.input_ids[i])
-            ids[row, :n] = torch.tensor(self.input_ids[i])
-            types[row, :n] = torch.tensor(self.token_type_ids[i])
+            a, b = self.offsets[i], self.offsets[i + 1]
+            n = b - a
+            ids[row, :n] = torch.from_numpy(self.ids[a:b])
+            types[row, :n] = torch.from_numpy(self.types[a:b])
             mask[row, :n] = 1
         return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
                 "labels": self.labels[idx], "index": torch.tensor(idx)}  # index: the rows, for the teacher cache

@@ -74,12 +74,12 @@ def _file(field: str, dtype: str) -> str:
     return "logits.npy" if field == "logits" else f"{field}-{dtype}.npy"
 
 
-def feature_bytes(fields: tuple[str, ...], lengths: list[int], hidden: int, layers: int, dtype: str) -> int:
+def feature_bytes(fields: tuple[str, ...], lengths: np.ndarray, hidden: int, layers: int, dtype: str) -> int:
     """Disk needed by the feature fields (logits are negligible)."""
     size = np.dtype(dtype).itemsize
     total = 0
     if "penultimate" in fields:
-        total += sum(lengths) * hidden * size
+        total += int(np.sum(lengths)) * hidden * size
     if "cls" in fields:
         total += len(lengths) * (layers + 1) * hidden * size
     return total
@@ -124,7 +124,7 @@ class TeacherCache:
     """Read side: `outputs(batch)` gathers the cached outputs of the batch's rows (`batch["index"]`), the
     features padded like the batch with zeros at PAD positions, on the batch's device."""
 
-    def __init__(self, folder: Path, fields: tuple[str, ...], dtype: str, lengths: list[int]):
+    def __init__(self, folder: Path, fields: tuple[str, ...], dtype: str, lengths: np.ndarray):
         self.folder, self.fields, self.dtype = Path(folder), fields, dtype
         self.arrays = {f: NpyRows(self.folder / _file(f, dtype)) for f in fields}
         self.offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -154,11 +154,10 @@ def write_cache(folder: Path, fields: tuple[str, ...], teacher: torch.nn.Module,
                 device: torch.device) -> None:
     """One teacher pass over `batches` writing each of `fields` to `folder`, row i of each at its place (the
     rows run in length-sorted windows: half the padding of the stored order on QQP's lengths)."""
-    n, lengths = batches.num_examples, batches.lengths
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    n, lengths, offsets = batches.num_examples, batches.lengths, batches.offsets
     hidden, layers = teacher.config.hidden_size, teacher.config.num_hidden_layers
     shapes = {"logits": ((n, teacher.config.num_labels), "float32"),
-              "penultimate": ((sum(lengths), hidden), dtype), "cls": ((n, layers + 1, hidden), dtype)}
+              "penultimate": ((int(np.sum(lengths)), hidden), dtype), "cls": ((n, layers + 1, hidden), dtype)}
     with ExitStack() as files:  # each field's file appears whole when the pass ends, or not at all
         tmp = {f: files.enter_context(atomic_file(folder / _file(f, dtype))) for f in fields}
         out = {f: np.lib.format.open_memmap(tmp[f], mode="w+", dtype=shapes[f][1], shape=shapes[f][0])
