@@ -4,6 +4,7 @@ pipeline that grows with the training rows, at several sizes.
     python bench/qqp_scale.py build --glue-dir ../shared/glue_data --out /tmp/qqp-scale     # folders per size
     python bench/qqp_scale.py measure --root /tmp/qqp-scale --out bench/results/qqp-scale/scale.json
     python bench/qqp_scale.py table bench/results/qqp-scale/scale.json
+    python bench/qqp_scale.py rows --root /tmp/qqp-scale       # reading a row: datasets' lazy column vs Batches
 
 `build` writes `<out>/rows-<N>/QQP/{train,dev}.tsv` for each --sizes N (default 10000, 50000, 363846): QQP's
 header and columns (id, qid1, qid2, question1, question2, is_duplicate), N training rows (the first N of the
@@ -13,8 +14,9 @@ into a question ("...?"); a pair is a duplicate (36.9% of rows, as in QQP) when 
 with one word dropped and two neighbouring words swapped, else two different questions. Lengths, not meaning,
 are what the costs depend on: `build` prints the pairs' mean token count (real QQP: about 30).
 
-`measure` runs each stage in its own process (its time and peak resident memory, from wait4) in one storage
-folder per size, each stage reading what the one before wrote, as a search's driver does:
+`measure` runs each stage in its own process (its time, its peak anonymous memory sampled every 0.2 s, and the
+kernel's high-water mark of its resident memory from wait4) in one storage folder per size, each stage
+reading what the one before wrote, as a search's driver does:
   tokenise   the tokenised splits written to storage, and the training batches built (fsd.loop.make_batches);
   cache      the teacher-output cache of the FSD family (penultimate features; fsd.train.prepare_outputs);
   memory     FSDG's teacher memory (K = 300 for QQP) fitted on the cached features (prepare_outputs);
@@ -259,6 +261,34 @@ def bert_base(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=1))
 
 
+def row_access(args: argparse.Namespace) -> None:
+    """Microseconds to read one row's token ids from each size's tokenised training split: through `datasets`'
+    lazy column (`split["input_ids"][i]`, what `Batches` did before 2026-12-06) and from `Batches`' arrays."""
+    import glob
+
+    from datasets import load_from_disk
+
+    from fsd.data import Batches
+
+    out = {}
+    for n in args.sizes:
+        split = load_from_disk(glob.glob(str(Path(args.root) / f"storage-{n}" / "data_cache" / "*"))[0])["train"]
+        rows = list(range(0, n, max(1, n // 2000)))[:2000]
+        column = split["input_ids"]
+        start = time.perf_counter()
+        for i in rows:
+            column[i]
+        lazy = (time.perf_counter() - start) / len(rows) * 1e6
+        batches = Batches(split, 32, pad_id=0)
+        start = time.perf_counter()
+        for i in rows:
+            batches.ids[batches.offsets[i]:batches.offsets[i + 1]]
+        flat = (time.perf_counter() - start) / len(rows) * 1e6
+        out[n] = {"column_us_per_row": round(lazy, 1), "batches_us_per_row": round(flat, 2)}
+        print(n, out[n], flush=True)
+    print(json.dumps(out))
+
+
 def table(args: argparse.Namespace) -> None:
     """The scale table: each stage's time and peak memory at each size, and whether it grows linearly (an
     affine cost a + b * rows: the cost per 1,000 more rows between the two smaller sizes against the one
@@ -303,6 +333,9 @@ def main() -> None:
     bb.add_argument("--root", required=True, help="the folder `build` wrote")
     bb.add_argument("--rows", type=int, default=2000)
     bb.add_argument("--out", required=True)
+    r = sub.add_parser("rows")
+    r.add_argument("--root", required=True, help="the folder `measure` used (its tokenised splits)")
+    r.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     t = sub.add_parser("table")
     t.add_argument("scale", help="`measure`'s JSON")
     s = sub.add_parser("stage")
@@ -319,6 +352,8 @@ def main() -> None:
         bert_base(args)
     elif args.command == "table":
         table(args)
+    elif args.command == "rows":
+        row_access(args)
     else:
         result = stage(args.name, args.data_dir, args.storage)
         print(json.dumps(result))

@@ -87,7 +87,7 @@ def feature_bytes(fields: tuple[str, ...], lengths: np.ndarray, hidden: int, lay
 
 class NpyRows:
     """Rows of a `.npy` file, read with `os.preadv` rather than memory-mapped: every page of a mapped file that a
-    process touches counts in its resident memory, up to the whole cache (8.4 GB for QQP's MiniLM features) in
+    process touches counts in its resident memory, up to the whole cache (9 GB for QQP's MiniLM features) in
     each trial and in the driver's memory fit, while pages read this way stay in the kernel's page cache,
     shared by all readers and given back when memory runs short."""
 

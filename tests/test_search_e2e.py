@@ -792,6 +792,7 @@ def test_resume_refuses_a_planted_pickle_in_a_checkpoint_before_anything_runs(se
     assert "Traceback" not in r.stderr and not marker.exists()
 
 
+@pytest.mark.long  # the gate and the plan are unit-tested in test_budget.py; CI keeps under 20 minutes
 def test_a_small_budget_stops_starting_trials_when_it_is_spent_and_resume_keeps_it(setup):
     """--budget 200 with 64-sample trials: the plan gives VKD's two points 96 samples and PKD's 96; VKD may spend
     200 - 96 = 104, so after one trial (64) the gate refuses the second; PKD gets the rest (136) and runs both.
