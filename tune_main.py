@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-concurrent", type=int, default=0, help="at most this many trials at once (0: as resources allow)")
     a("--seeds", type=int, default=1, help="run every grid point with this many seeds and rank by their mean")
     a("--seed", type=int, default=42, help="first seed")
+    a("--confirm-top", type=int, default=None, metavar="K",
+      help="before a stage names its winner, train its K leading points on --confirm-seeds more seeds and compare "
+           "them paired by seed (0: name the best single run, as the paper; default: the preset's, 3 for paper, "
+           "2 for cpu, 0 for smoke)")
+    a("--confirm-seeds", type=int, default=None, metavar="R",
+      help="seeds each of a stage's --confirm-top leading points is trained on more (default: the preset's, 2 "
+           "for paper, 1 for cpu, 0 for smoke)")
     a("--strategy", choices=["grid", "halving", "optuna"], default="grid",
       help="grid: every grid point to the full budget (the paper); halving: every point, most stopped at an early "
            "rung (ASHA on training samples); optuna: TPE samples of the large grids, halved the same way")
@@ -159,6 +166,7 @@ def dry_run(args: argparse.Namespace) -> None:
             print(format_plan(planned, parse_budget(s.budget)))
     costs = [search_cost(s, sch, seen, planned) for (s, sch), planned in zip(pairs, plans, strict=True)]
     print(format_cost(costs))
+    print(ranking_line(spec, costs[0].dev_rows))
     line, cache_bytes = cache_line(spec, schedule, costs[0].rows)
     print(line)
     print(disk_peak(spec, schedule, costs, cache_bytes))
@@ -180,6 +188,19 @@ def dry_run(args: argparse.Namespace) -> None:
         print(format_estimate(costs, schedules, rates))
 
 
+def ranking_line(spec, rows: int) -> str:
+    """The line of --dry-run that says how finely one trial's score on the ranking split can rank."""
+    from fsd.tuning.plan.evidence import binomial_error, split_error_line
+    from fsd.tuning.plan.stages import score_kind
+
+    kind = score_kind(spec.task)
+    line = split_error_line(kind, "holdout" if spec.select_on == "holdout" else "dev", rows, None)
+    if kind == "accuracy":
+        line += (f": two single runs closer than about {200 * binomial_error(0.5, rows):.1f} points cannot be told "
+                 "apart by this split alone (more rows: --holdout-rows; more seeds: --confirm-top/--confirm-seeds)")
+    return line
+
+
 def disk_peak(spec, schedule, costs, cache_bytes: float | None) -> str:
     """The line of --dry-run that says how much disk the search will hold at its fullest."""
     from fsd.tuning.search.disk import peak
@@ -194,7 +215,7 @@ def run(search) -> None:
 
     from fsd.logs import quiet_libraries
     from fsd.tuning.command.checks import UsageError, check_search_folder
-    from fsd.tuning.results.summary import pointers, summary_table
+    from fsd.tuning.results.summary import noise_lines, pointers, summary_table
     from fsd.tuning.search import lock
     from fsd.tuning.search.disk import DiskFull
     from fsd.tuning.search.runner import StageFailed, run_search
@@ -231,6 +252,8 @@ def run(search) -> None:
     except KeyboardInterrupt:
         stop(search)
     print(summary_table(ledger, search.schedule))
+    for line in noise_lines(ledger):
+        print(line)
     print(pointers(ledger, search.schedule, spec.storage, spec.mlflow_uri, time.monotonic() - started))
     if mlflow_note:
         print(mlflow_note)

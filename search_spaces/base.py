@@ -132,6 +132,10 @@ class Budget:
     batch_size: int | None = None  # None: DistillConfig's (32, the paper's)
     teacher_epochs: int = 3  # [paper] unless --teacher-epochs says otherwise
     teacher_lr: float | None = None  # None: the task's paper value, unless --teacher-lr says otherwise
+    # [ours] Before a stage names its winner, its `confirm_top` leading points are trained on `confirm_seeds`
+    # more seeds (the paper trains each point once; docs/search.md, "Seeds and ties"). 0: no confirmation.
+    confirm_top: int = 3
+    confirm_seeds: int = 2
 
 
 @dataclass(frozen=True)
@@ -183,9 +187,11 @@ BUDGETS = {"paper": Budget(), "quick": Budget(epochs=2, max_train_samples=2000, 
            # 78.6 dev accuracy after one epoch at 1e-4, 78.2 at 5e-5). In batches of 32 (63 steps of 2,000
            # rows) a VKD student stayed at the majority class at lr 2e-4; in batches of 16 it reached 79.9.
            "cpu": Budget(epochs=1, max_train_samples=1600, evals_per_epoch=2, batch_size=16, teacher_epochs=1,
-                         teacher_lr=1e-4),
+                         teacher_lr=1e-4, confirm_top=2, confirm_seeds=1),
+           # Nothing learns on 64 rows: confirming its ties would only cost the tests time (their own flags turn
+           # it on where they test it).
            "smoke": Budget(epochs=1, max_train_samples=64, max_eval_samples=64, memory_size=8,
-                          evals_per_epoch=2)}
+                          evals_per_epoch=2, confirm_top=0, confirm_seeds=0)}
 # [ours] Learning rates a preset searches instead of the paper's, which suit BERT-base: a 3-layer student of the
 # packaged MiniLM learns fastest at 2e-4 of {5e-5, 1e-4, 2e-4} on SST-2 (bench/results/sst2-vkd-curves.json:
 # 74.9-76.9 dev accuracy after 2,264 samples at 2e-4, 50.9-68.9 at 1e-4, the majority class at 5e-5; one

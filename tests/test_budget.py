@@ -62,6 +62,24 @@ def test_a_stage_that_cannot_go_below_its_share_leaves_the_rest_to_the_others():
     assert _hand_cost(large.trials) <= 20_000 - 2400 < _hand_cost(large.trials + 1)
 
 
+def test_confirmation_trials_are_paid_first_and_the_rest_is_shared_as_before():
+    """A stage's confirmation (its leaders on more seeds) is set aside from the budget before the stages'
+    shares are made, and counted in its expected spend, so the later stages' caps leave room for it."""
+    plain = [{"name": "a", "points": 27, "per_trial": 1600, "every": 400, "grid": 27 * 1600},
+             {"name": "b", "points": 9, "per_trial": 1600, "every": 400, "grid": 9 * 1600}]
+    confirming = [{**s, "confirm": 4 * 1600} for s in plain]
+    total = 0.2 * 36 * 1600 + 8 * 1600
+    with_confirm = make_plan(total, confirming, "optuna", 3.0, 1 / 9, seeds=1)
+    without = make_plan(total - 8 * 1600, plain, "optuna", 3.0, 1 / 9, seeds=1)
+    for c, p in zip(with_confirm.stages, without.stages, strict=True):
+        assert c.trials == p.trials and c.first_rung == p.first_rung  # the same plan of its own trials
+        assert c.confirm == 4 * 1600 and c.expected == pytest.approx(p.expected + 4 * 1600)
+    assert with_confirm.cap("a", 0) == pytest.approx(total - with_confirm.stages[1].expected)
+    assert Plan.from_json(with_confirm.to_json()) == with_confirm
+    assert Plan.from_json({"samples": 1, "stages": [{k: v for k, v in with_confirm.to_json()["stages"][0].items()
+                                                     if k != "confirm"}]}).stages[0].confirm == 0  # an old plan
+
+
 def test_what_a_stage_may_spend_leaves_the_later_stages_their_plan():
     plan = Plan(10_000, (StagePlan("a", 9, 9, 1 / 9, 1600, 3000, 0), StagePlan("b", 9, 9, 1 / 9, 1600, 4000, 0)))
     assert plan.cap("a", 0) == 6000

@@ -122,7 +122,13 @@ def test_the_last_stage_carries_the_best_fsd_family_student_and_never_hands_back
     own = Candidate({"method": "fsd"}, 0.7976, "/fsd")
     chosen = choose(own, competitors)
     assert chosen.source == "fsdil-mix" and chosen.checkpoint == "/fsdil-mix"  # reused, not re-trained
-    assert choose(Candidate({}, 0.83, "/own"), competitors).source is None  # a tie goes to the stage's own
+    # An exact tie goes to the candidate nearest the previous stage's winner, not to whoever came first.
+    tied = Candidate({"method": "fsd", "beta": 10.0}, 0.83, "/own")
+    records["fsdil-mix"]["winner"] = {"method": "fsdil-mix", "beta": 1.0}
+    competitors = carried(records, last, None, {})
+    assert choose(tied, competitors, reference={"beta": 1.0}).source == "fsdil-mix"
+    assert choose(tied, competitors, reference={"beta": 10.0}).source is None
+    assert choose(tied, competitors[::-1], reference={"beta": 10.0}).source is None
 
 
 def test_the_search_hands_back_its_best_stage_and_says_so_when_it_is_not_the_last():

@@ -101,13 +101,15 @@ def test_set_values_reach_every_trial_but_grid_winners_and_fixed_values_win():
     assert later["batch_size"] == 16 and later["max_train_samples"] == 64  # the rest: --set, then the budget
 
 
-def test_ties_go_to_the_first_grid_point_whatever_the_order_of_results():
+def test_ties_go_by_the_rule_not_by_the_order_of_results():
+    """Equal means: the point nearest the previous stage's winner, then the values' order; a restored
+    experiment may list its trials in another order, and the grid's first point has no say."""
     a = _result({"alpha": 0.2}, [0.5])
     b = _result({"alpha": 0.7}, [0.5])
     a.metrics, b.metrics = {"trial_id": "ab12c_00000"}, {"trial_id": "ab12c_00001"}
-    for order in ([a, b], [b, a]):  # a restored experiment may list its trials in another order
-        point, _, _ = pick_winner(order, {"alpha": (0.2, 0.7)})
-        assert point == {"alpha": 0.2}
+    for order in ([a, b], [b, a]):
+        assert pick_winner(order, {"alpha": (0.2, 0.7)})[0] == {"alpha": 0.2}
+        assert pick_winner(order, {"alpha": (0.2, 0.7)}, reference={"alpha": 0.6})[0] == {"alpha": 0.7}
 
 
 def _rung_result(config, samples, scores, budget=400, trial_id="t"):

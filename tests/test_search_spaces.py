@@ -81,7 +81,7 @@ def test_dry_run_lists_the_grids_and_writes_nothing(tmp_path):
     assert "fsdg-coarse [fsdg]: 81 trials" in r.stdout
     assert "total: 228 trials" in r.stdout
     # The cost counts the folded grid: gamma_g = 0 trains the VKD winner, carried instead of run nine times.
-    assert "| fsd | fsdg-coarse | 72 of 81 points | grid |" in r.stdout
+    assert "| fsd | fsdg-coarse | 72 of 81 points + 6 confirming | grid |" in r.stdout
     assert "competes with: the best winner of fsdi, fsdl, fsdil, fsdil-mix, fsdg-refine-lam" in r.stdout
     assert "(carried, not re-trained)  [ours]" in r.stdout
     assert r.stdout.startswith(format_schedule(get_schedule("fsd", "qqp", "paper")) + "\n")  # then the cost

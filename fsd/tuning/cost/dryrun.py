@@ -58,6 +58,8 @@ def format_cost(costs: list[SearchCost]) -> str:
             if s.folded is not None and s.folded.folded:
                 trials += f" of {s.folded.size} points"
                 notes.append(f"{s.name}: {s.folded.says()}")
+            if s.confirm:
+                trials += f" + {s.confirm} confirming"
             if s.reused:
                 lines.append(f"| {cost.method} | {s.name} | {trials} | reused ({s.reused}) | | 0 | | 0 |")
                 continue

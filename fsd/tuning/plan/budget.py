@@ -59,8 +59,9 @@ class StagePlan:
     trials: int  # trials it starts (x seeds)
     first_rung: float  # halving's first rung, a share of a trial's budget
     per_trial: int  # training samples of a whole trial
-    expected: float  # training samples it is expected to spend
+    expected: float  # training samples it is expected to spend (its confirmation trials included)
     grid: float  # what the grid strategy would spend on it
+    confirm: float = 0.0  # of `expected`, what its confirmation trials spend (paid before its own trials)
 
 
 @dataclass(frozen=True)
@@ -109,16 +110,18 @@ def make_plan(total: float, stages: list[dict[str, Any]], strategy: str, reducti
 
     Args:
         stages: per stage `name`, `points` (after folding), `per_trial` (samples of a whole trial), `every`
-            (samples between evaluations), `grid` (samples the grid strategy would spend).
+            (samples between evaluations), `grid` (samples the grid strategy would spend), and `confirm`
+            (samples of its confirmation trials: set aside before the shares are made).
         strategy: "halving" (every point starts, the first rung is planned) or "optuna" (TPE samples as few
             as MIN_TRIALS points of a stage, and the first rung).
     """
     options = {s["name"]: _options(s, strategy, reduction_factor, first_rung, seeds) for s in stages}
     cheapest = {name: min(opts) for name, opts in options.items()}
+    reserved = sum(s.get("confirm", 0.0) for s in stages)
     forced: dict[str, tuple] = {}
     while True:
         free = [s for s in stages if s["name"] not in forced]
-        left = total - sum(o[0] for o in forced.values())
+        left = total - reserved - sum(o[0] for o in forced.values())
         weight = sum(s["grid"] for s in free) or 1.0
         over = [s["name"] for s in free if cheapest[s["name"]][0] > left * s["grid"] / weight]
         if not over:
@@ -132,7 +135,8 @@ def make_plan(total: float, stages: list[dict[str, Any]], strategy: str, reducti
         else:
             share = left * s["grid"] / weight
             cost, n, r = max((o for o in options[name] if o[0] <= share), key=lambda o: (o[1], o[2]))
-        out.append(StagePlan(name, s["points"], n * seeds, r, s["per_trial"], cost, s["grid"]))
+        confirm = s.get("confirm", 0.0)
+        out.append(StagePlan(name, s["points"], n * seeds, r, s["per_trial"], cost + confirm, s["grid"], confirm))
     return Plan(total, tuple(out))
 
 

@@ -23,8 +23,8 @@ FIRST_RUNG = 1 / 9  # of a trial's budget
 
 # What a resumed search must agree on with the stored one (the rest, e.g. concurrency, may change).
 IDENTITY = ("task", "method", "preset", "teacher", "teacher_epochs", "teacher_lr", "student_init", "student_layers",
-            "data_dir", "seeds", "max_seq_len", "strategy", "reduction_factor", "first_rung", "num_samples", "extra",
-            "grids", "select_on", "holdout_rows", "budget")
+            "data_dir", "seeds", "confirm_top", "confirm_seeds", "max_seq_len", "strategy", "reduction_factor",
+            "first_rung", "num_samples", "extra", "grids", "select_on", "holdout_rows", "budget")
 # DistillConfig values that change speed only (results equal up to float rounding): free to change on --resume.
 SPEED_KEYS = SPEED_FIELDS
 
@@ -45,6 +45,8 @@ class SearchSpec:
     stages: tuple[str, ...] = ()  # empty: all
     seeds: int = 1
     seed: int = 42
+    confirm_top: int = 0  # a stage's leading points trained on more seeds before it names its winner (0: none)
+    confirm_seeds: int = 0  # the seeds each of them gets, after the `seeds` every point runs
     gpus_per_trial: float = 0.0
     cpus_per_trial: float = 1.0
     max_concurrent: int = 0

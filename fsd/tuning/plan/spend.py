@@ -5,6 +5,7 @@ Nothing is written: the data files are read to count rows, earlier stages' recor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class StageCost:
     runs: int = 0  # Ray trials it runs (points x seeds, or Optuna's samples x seeds; a refine at its largest)
     folded: Folded | None = None  # how its grid folds (None: a refine grid, known once its winner is)
     every: int = 0  # training samples between its trials' evaluations
+    confirm: int = 0  # of `runs`, the trials that train its leading points on more seeds (their samples counted)
 
 
 @dataclass
@@ -120,9 +122,12 @@ def stage_cost(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str,
     share = trials / len(budgets)
     samples = sum(plan.expected_samples(share, b, rungs, every) for b in budgets)
     evals = sum(plan.expected_evaluations(share, b, rungs, every) for b in budgets) * dev
+    confirm = plan.confirm_runs(spec, n)  # on the longest budget: a leader may be any point
+    samples += confirm * max(budgets)
+    evals += confirm * math.ceil(max(budgets) / every) * dev
     grid_samples = (folded.size if folded is not None else n) * spec.seeds * sum(budgets) / len(budgets)
     return StageCost(stage.name, points, strategy, budgets, 0.0 if reused else samples, grid_samples,
-                     0.0 if reused else evals, reused, trials, folded, every)
+                     0.0 if reused else evals, reused, trials + confirm, folded, every, confirm)
 
 
 def _reuse(spec: SearchSpec, stage: Stage, base: dict, folded, carried: list, done: dict[str, dict],
@@ -173,6 +178,7 @@ def budget_plan(spec: SearchSpec, schedule: Schedule, samples_per_hour: float | 
     cost = search_cost(spec, schedule)
     stages = [{"name": s.name, "points": s.trials if s.trials is not None else round(s.grid_samples / max(
                s.samples_per_trial) / spec.seeds), "per_trial": max(s.samples_per_trial), "every": s.every,
-               "grid": s.grid_samples} for s in cost.stages if not s.reused and s.trials != 0]
+               "grid": s.grid_samples, "confirm": s.confirm * max(s.samples_per_trial)}
+              for s in cost.stages if not s.reused and s.trials != 0]
     total = budget.in_samples(wanted, sum(s.grid_samples for s in cost.stages), samples_per_hour)
     return budget.make_plan(total, stages, spec.strategy, spec.reduction_factor, spec.first_rung, spec.seeds)

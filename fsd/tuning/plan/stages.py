@@ -213,13 +213,14 @@ class Strategy:
     first_rung: float | None = None
     num_samples: int | None = None
     cap: int | None = None
+    confirm: tuple[int, int] | None = None  # (leading points, more seeds each) confirmed before a winner is named
 
     def key(self) -> dict[str, Any]:
         """As a stage's key records it (the values that are set)."""
         out: dict[str, Any] = {"strategy": self.kind}
-        for name in ("reduction_factor", "first_rung", "num_samples", "cap"):
+        for name in ("reduction_factor", "first_rung", "num_samples", "cap", "confirm"):
             if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
+                out[name] = list(self.confirm) if name == "confirm" else getattr(self, name)
         return out
 
 
@@ -229,14 +230,31 @@ def strategy_of(spec: SearchSpec, grid: dict[str, tuple], planned=None, cap: flo
     kind = stage_strategy(spec.strategy, grid_size(grid))
     if planned is not None:  # the budget's plan samples a grid of any size, or none
         kind = "optuna" if planned.trials // spec.seeds < grid_size(grid) else "halving"
+    confirm = (spec.confirm_top, spec.confirm_seeds) if confirms(spec) else None
     if kind == "grid":
-        return Strategy("grid")
+        return Strategy("grid", confirm=confirm)
     samples = None
     if kind == "optuna":
         samples = optuna_samples(grid_size(grid), spec.num_samples) if planned is None else \
             max(1, planned.trials // spec.seeds)
     return Strategy(kind, spec.reduction_factor, spec.first_rung if planned is None else planned.first_rung,
-                    samples, None if cap is None else int(cap))
+                    samples, None if cap is None else int(cap), confirm)
+
+
+def confirms(spec: SearchSpec) -> bool:
+    """Whether a stage trains its leading points on more seeds before it names a winner."""
+    return spec.confirm_top > 0 and spec.confirm_seeds > 0
+
+
+def confirm_runs(spec: SearchSpec, points: int) -> int:
+    """The confirmation trials of a stage whose grid has `points` points that can reach the end (a stage
+    with a single point has nothing to confirm it against)."""
+    return min(spec.confirm_top, points) * spec.confirm_seeds if confirms(spec) and points > 1 else 0
+
+
+def confirm_seed_list(spec: SearchSpec) -> list[int]:
+    """The seeds of the confirmation trials: the next ones after the `seeds` every point runs."""
+    return [spec.seed + spec.seeds + i for i in range(spec.confirm_seeds)]
 
 
 def stage_trials(spec: SearchSpec, grid: dict[str, tuple], how: Strategy) -> int:
@@ -259,6 +277,23 @@ def majority_floor(spec: SearchSpec, schedule: Schedule) -> dict[str, float] | N
     data = DataSpec(**data_values(spec, schedule))
     holdout = Holdout(spec.holdout_rows, spec.seed) if spec.select_on == "holdout" else None
     return majority(spec.task, spec.data_dir, data.max_train_samples, data.max_eval_samples, holdout)
+
+
+def ranking_split(spec: SearchSpec, schedule: Schedule) -> dict[str, Any]:
+    """What the search's trials are ranked on: the split, its rows and the kind of score (accuracy, mcc, f1_acc,
+    pearson_spearman): the size that bounds how finely one trial's score can rank."""
+    data = DataSpec(**data_values(spec, schedule))
+    held = spec.holdout.get("holdout_rows", 0)
+    dev = split_rows(spec.task, spec.data_dir, data.max_train_samples, data.max_eval_samples, held)[1]
+    return {"split": "holdout" if held else "dev", "rows": held or dev, "score": score_kind(spec.task)}
+
+
+def score_kind(task: str) -> str:
+    """The kind of a task's selection score: accuracy, mcc, f1_acc, or pearson_spearman (STS-B)."""
+    from fsd.tasks import get_task
+
+    found = get_task(task)
+    return "pearson_spearman" if found.is_regression else found.score
 
 
 def seed_list(spec: SearchSpec) -> list[int]:

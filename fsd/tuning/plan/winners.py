@@ -8,9 +8,10 @@ stage). The search's best student is the best of every stage it ran, named with 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from fsd.tuning.plan import evidence
 from fsd.tuning.plan.folding import Folded
 from fsd.tuning.plan.ledger import StageRecord
 from fsd.tuning.plan.stages import expand
@@ -27,6 +28,15 @@ class Candidate:
     checkpoint: str | None
     source: str | None = None
     record: StageRecord | None = None  # the earlier stage's record (its dev score, model, analysis)
+    seeds: dict[int, float] = field(default_factory=dict)  # its score per seed (empty: not recorded)
+
+    def entry(self) -> evidence.Entry:
+        return evidence.Entry(self.winner, self.seeds, self.score)
+
+
+def seeds_of(recorded: dict | None) -> dict[int, float]:
+    """Scores per seed as a record holds them (JSON: the seeds as text)."""
+    return {int(k): float(v) for k, v in (recorded or {}).items()}
 
 
 def carried(records: dict[str, StageRecord], stage: Stage, folded: Folded | None,
@@ -37,24 +47,48 @@ def carried(records: dict[str, StageRecord], stage: Stage, folded: Folded | None
     out = []
     for c in folded.carried if folded is not None else ():
         source = records[c.stage]
-        out.append(Candidate({**base, **expand(c.point)}, source["score"], source.get("checkpoint"), c.stage, source))
+        out.append(Candidate({**base, **expand(c.point)}, source["score"], source.get("checkpoint"), c.stage, source,
+                             seeds_of(source.get("seed_scores"))))
     for name in stage.carry:
         source = records.get(name, {})
         if source.get("status") == "done" and source.get("score") is not None:
-            out.append(Candidate(dict(source["winner"]), source["score"], source.get("checkpoint"), name, source))
+            out.append(Candidate(dict(source["winner"]), source["score"], source.get("checkpoint"), name, source,
+                                 seeds_of(source.get("seed_scores"))))
     return out
 
 
-def choose(own: Candidate | None, others: list[Candidate]) -> Candidate:
-    """The best candidate by score; on a tie the stage's own trials, then the first carried."""
-    pool = ([own] if own is not None else []) + others
-    if not pool:
-        raise ValueError("no candidate")
-    best = pool[0]
-    for c in pool[1:]:
-        if c.score > best.score:
-            best = c
-    return best
+def decide(own: list[Candidate], others: list[Candidate],
+           reference: dict[str, Any] | None = None) -> tuple[Candidate, evidence.Decision]:
+    """The stage's winner among its own candidates and the carried ones, by the rule of
+    `fsd.tuning.plan.evidence` (the best seed mean, then the nearest to `reference`, the previous stage's
+    winner, then the values' order), with the evidence against the others."""
+    pool = list(own) + list(others)
+    decision = evidence.decide([c.entry() for c in pool], reference)
+    return pool[decision.winner], decision
+
+
+def choose(own: Candidate | None, others: list[Candidate], reference: dict[str, Any] | None = None) -> Candidate:
+    """The winner of `decide` among `own` (None: the stage trained nothing) and `others`."""
+    return decide([own] if own is not None else [], others, reference)[0]
+
+
+def earlier_winners(schedule: Schedule, stage: Stage, records: dict[str, StageRecord]) -> dict[str, dict]:
+    """The winners of the trial stages done before `stage`, in schedule order (what its grid folds against)."""
+    out = {}
+    for s in schedule.stages:
+        if s.name == stage.name:
+            break
+        r = records.get(s.name, {})
+        if not s.prepare and r.get("status") == "done" and r.get("score") is not None:
+            out[s.name] = r["winner"]
+    return out
+
+
+def previous_winner(schedule: Schedule, stage: Stage, records: dict[str, StageRecord]) -> dict[str, Any] | None:
+    """The winner of the last trial stage done before `stage` (a tie's first tie-break looks for the point
+    nearest it), or None."""
+    found = earlier_winners(schedule, stage, records)
+    return list(found.values())[-1] if found else None
 
 
 def trained_in(candidate: Candidate, stage: str) -> str:
@@ -64,10 +98,15 @@ def trained_in(candidate: Candidate, stage: str) -> str:
     return (candidate.record or {}).get("trained_in", candidate.source)
 
 
-def stage_record(candidate: Candidate, stage: str) -> dict[str, Any]:
-    """The ledger fields a stage's chosen candidate sets (its dev score too, when one was measured)."""
-    out: dict[str, Any] = {"status": "done", "winner": candidate.winner, "score": candidate.score,
+def stage_record(candidate: Candidate, stage: str, decision: evidence.Decision | None = None) -> dict[str, Any]:
+    """The ledger fields a stage's chosen candidate sets: its seed mean and scores per seed, the evidence it was
+    chosen on, and its dev score too, when one was measured."""
+    out: dict[str, Any] = {"status": "done", "winner": candidate.winner, "score": candidate.entry().mean,
                            "checkpoint": candidate.checkpoint, "trained_in": trained_in(candidate, stage)}
+    if candidate.seeds:
+        out["seed_scores"] = {str(k): v for k, v in sorted(candidate.seeds.items())}
+    if decision is not None:
+        out["evidence"] = decision.to_json()
     if candidate.source is not None:
         out["carried_from"] = candidate.source
         for key in ("dev", "analysis", "model_version"):

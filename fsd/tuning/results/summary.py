@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fsd.models import teacher_meta
+from fsd.tuning.plan.evidence import split_error_line
 from fsd.tuning.plan.ledger import Ledger
 from fsd.tuning.plan.winners import not_last_line
 from search_spaces import Schedule
@@ -31,18 +32,21 @@ def summary_table(ledger: Ledger, schedule: Schedule) -> str:
     task = schedule.task
     holdout = ledger.data.get("search", {}).get("select_on") == "holdout"
     scores = "holdout score | dev score" if holdout else "dev score"
-    head = f"| stage | winner | {scores} | paper |"
+    # A search whose stages named their winners with evidence shows it (docs/search.md, "Seeds and ties").
+    noisy = any(r.get("evidence") for r in ledger.records().values())
+    head = f"| stage | winner | {scores} |{EVIDENCE_HEAD if noisy else ''} paper |"
     lines = [f"search {task} / {schedule.method} / {schedule.preset}", head, "|---" * (head.count("|") - 1) + "|"]
     blank = " - |" if holdout else ""  # the teacher and the floor are not ranked on the holdout
+    none = " |" * EVIDENCE_HEAD.count("|") if noisy else ""
     meta = teacher_meta(ledger.data["teacher"]) if ledger.data.get("teacher") else None
     if meta and "eval/score" in meta.get("dev", {}):
         name = Path(ledger.data["teacher"]).name
         score = 100 * meta["dev"]["eval/score"]
-        lines.append(f"| teacher | {name} |{blank} {score:.2f} | {PAPER['teacher'].get(task, '-')} |")
+        lines.append(f"| teacher | {name} |{blank} {score:.2f} |{none} {PAPER['teacher'].get(task, '-')} |")
     floor = ledger.data.get("majority")
     if floor:
         lines.append(f"| majority class | the most frequent training label |{blank} {100 * floor['eval/score']:.2f} "
-                     "| - |")
+                     f"|{none} - |")
     for stage in schedule.stages:
         record = ledger.records().get(stage.name, {})
         if record.get("status") != "done" or stage.prepare:
@@ -58,8 +62,30 @@ def summary_table(ledger: Ledger, schedule: Schedule) -> str:
         if holdout:
             dev = record.get("dev", {}).get("dev/score")
             score += " | " + ("-" if dev is None else f"{100 * dev:.2f}")
-        lines.append(f"| {stage.name} | {shown} | {score} | {paper if paper else '-'} |")
+        shown_evidence = evidence_cells(record.get("evidence")) if noisy else ""
+        lines.append(f"| {stage.name} | {shown} | {score} |{shown_evidence} {paper if paper else '-'} |")
     return "\n".join(lines)
+
+
+EVIDENCE_HEAD = " seeds | sd | vs runner-up [95%] | tied |"
+
+
+def evidence_cells(found: dict | None) -> str:
+    """A stage's evidence as the table's cells: its winner's seeds and sd, the paired difference to the
+    runner-up with its interval, and the candidates tied with it."""
+    if not found:
+        return " |" * EVIDENCE_HEAD.count("|")
+    sd = "-" if found.get("sd") is None else f"{100 * found['sd']:.2f}"
+    d = found.get("diff")
+    if not d:
+        diff = "-"
+    elif d.get("lo") is None:
+        diff = f"{100 * d['diff']:+.2f} (1 seed)"
+    else:
+        diff = f"{100 * d['diff']:+.2f} [{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}]"
+    others = found["candidates"] - 1
+    tied = f"{found['tied']} of {others}" if others else "-"
+    return f" {found['n']} | {sd} | {diff} | {tied} |"
 
 
 def winner_text(schedule: Schedule, stage, record) -> str:
@@ -116,3 +142,25 @@ def pointers(ledger: Ledger, schedule: Schedule, storage: str, mlflow_uri: str, 
     lines.append(f"wall time {format_duration(wall_s)}; students trained on {samples:,} samples in this search's "
                  "stages (stages reused from another search not counted)")
     return "\n".join(lines)
+
+
+def noise_lines(ledger: Ledger) -> list[str]:
+    """How finely the search could rank: the ranking split's sampling error beside the stages' leads over their
+    runner-ups (a lead smaller than it is within what the split's size alone can move)."""
+    ranking = ledger.data.get("ranking")
+    if not ranking:
+        return []
+    best = (ledger.data.get("best") or {}).get("score")
+    line = split_error_line(ranking["score"], ranking["split"], ranking["rows"], best)
+    if ranking["score"] != "accuracy":
+        return [line]
+    from fsd.tuning.plan.evidence import binomial_error
+
+    error = binomial_error(0.5 if best is None else best, ranking["rows"])
+    leads = [r["evidence"]["diff"]["diff"] for r in ledger.records().values()
+             if (r.get("evidence") or {}).get("diff") and not r.get("carried_from")]
+    if leads:
+        small = sum(1 for d in leads if abs(d) < error)
+        line += (f"; {small} of the {len(leads)} stage winners that trained their own lead their runner-up by less "
+                 "than that")
+    return [line]

@@ -26,14 +26,15 @@ def point_of(config: dict[str, Any]) -> tuple:
     return tuple(sorted((k, str(v)) for k, v in config.items() if k != "seed"))
 
 
-def losers(trials: list[dict[str, Any]], seeds: int) -> list[str]:
+def losers(trials: list[dict[str, Any]], seeds: int, top: int = 1) -> list[str]:
     """The over trials that can no longer be the stage's winner, by id: stopped at a rung, or run to the end at
-    a point all of whose `seeds` runs finished with a lower mean than the best such point (ties are kept, as
-    the winner rule breaks them later); within the best point, all but its best run.
+    a point all of whose `seeds` runs finished with a lower mean than the `top` best such points (ties are
+    kept, as the winner rule breaks them later); within a kept point, all but its best run.
 
     Args:
         trials: `{"id", "config", "result", "over"}` per trial (`result`: its last result).
         seeds: the runs of each point.
+        top: the points kept (a stage that confirms its leading points on more seeds keeps them all).
     """
     out, points = [], {}
     for t in trials:
@@ -48,7 +49,7 @@ def losers(trials: list[dict[str, Any]], seeds: int) -> list[str]:
     if not complete:
         return out
     mean = {p: sum(s for s, _ in runs) / len(runs) for p, runs in complete.items()}
-    best = max(mean.values())
+    best = sorted(mean.values(), reverse=True)[min(top, len(mean)) - 1]
     for p, runs in complete.items():
         if mean[p] < best:
             out.extend(i for _, i in runs)
@@ -62,8 +63,11 @@ class KeepWinners(Callback):
     """Prunes a stage's trials as they end (see the module docstring). With `delete` False (every trial's
     checkpoint is uploaded to MLflow after the stage: --log-checkpoints all) only the resume state goes."""
 
-    def __init__(self, seeds: int, delete: bool = True):
-        self.seeds, self.delete = seeds, delete
+    def __init__(self, seeds: int, delete: bool = True, top: int = 1):
+        self.seeds, self.delete, self.top = seeds, delete, top
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"top": 1, **state})  # pickled before it kept more than one point
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         for folder in _checkpoints(trial.path):
@@ -72,7 +76,7 @@ class KeepWinners(Callback):
             return
         over = [{"id": t.trial_id, "config": t.config, "result": t.last_result or {},
                  "over": t.status == "TERMINATED" or t is trial} for t in trials]
-        lost = set(losers(over, self.seeds))
+        lost = set(losers(over, self.seeds, self.top))
         for t in trials:
             if t.trial_id in lost:
                 for folder in _checkpoints(t.path):

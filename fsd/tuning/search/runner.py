@@ -34,6 +34,7 @@ def start_search(spec: SearchSpec, schedule: Schedule, ledger: Ledger) -> tuple[
     teacher = ensure_teacher(plan.teacher_spec(spec, schedule), spec.storage)
     ledger.data["teacher"] = teacher
     ledger.data["majority"] = plan.majority_floor(spec, schedule)
+    ledger.data["ranking"] = plan.ranking_split(spec, schedule)
     if spec.budget and "budget" not in ledger.data:  # planned once: a resumed search keeps its plan
         from fsd.tuning.cost.estimate import samples_per_hour
         from fsd.tuning.plan.spend import budget_plan

@@ -15,7 +15,7 @@ from fsd.logs import console
 from fsd.storage import one_builder
 from fsd.tasks import get_task
 from fsd.train import evaluate_on_dev, export_student, prepare_outputs
-from fsd.tuning.plan import budget, folding, shared
+from fsd.tuning.plan import budget, evidence, folding, shared
 from fsd.tuning.plan import stages as plan
 from fsd.tuning.plan import winners as winners_mod
 from fsd.tuning.plan.ledger import Ledger, StageRecord
@@ -23,15 +23,17 @@ from fsd.tuning.plan.spec import SearchSpec
 from fsd.tuning.plan.stages import (
     METRIC,
     Strategy,
+    confirm_runs,
     expand,
+    grid_size,
     seed_list,
     stage_base,
     stage_trials,
     strategy_of,
     trial_budget,
 )
+from fsd.tuning.search import confirm, halving, retention
 from fsd.tuning.search import disk as space
-from fsd.tuning.search import halving, retention
 from fsd.tuning.search.services import MlflowIds, best_checkpoint, finished_trials, open_tuner, trainable_for
 from fsd.tuning.search.stage_progress import StageProgress, last_line
 from fsd.tuning.tracking import records as tracking
@@ -47,33 +49,28 @@ class BudgetSpent(Exception):
     """--budget cannot pay for one more trial of the next stage: the search ends with what it found."""
 
 
-def reached_budget(df) -> bool:
-    """Whether a trial (its results as a data frame) trained to its full budget (`fsd.metrics.reached_budget`)."""
-    return plan.reached_budget(df.iloc[-1].to_dict()) if len(df) else False
+def pick_winner(results, grid: dict[str, tuple], seed: int = 0,
+                reference: dict[str, Any] | None = None) -> tuple[dict[str, Any], float, str | None]:
+    """The grid point named by the stage's rule (`fsd.tuning.plan.evidence`: the best mean over seeds of each
+    trial's best evaluation, ties settled by the point nearest `reference`, then by the values, never by
+    trial order) among the trials that reached their full budget: a trial stopped at a low rung never wins.
+    Returns its grid values, its mean score and its best run's checkpoint."""
+    points = confirm.runs_of(results, seed)
+    if not points:
+        raise StageFailed(no_winner(results))
+    (best,) = confirm.leading(points, 1, reference)
+    expanded = best.values
+    point = {k: plan.point_value(k, tuple(expanded[n] for n in k.split(plan.JOINT)) if plan.JOINT in k
+                                 else expanded[k]) for k in grid}
+    return point, best.entry().mean, max(best.checkpoints.items(), key=lambda sc: best.seeds[sc[0]])[1]
 
 
-def pick_winner(results, grid: dict[str, tuple]) -> tuple[dict[str, Any], float, str | None]:
-    """The grid point with the best dev score (best evaluation of each trial), averaged over seeds, among the
-    trials that reached their full budget: a trial stopped at a low rung never wins."""
-    rows: dict[tuple, list] = {}
+def no_winner(results) -> str:
+    """Why a stage has no winner: the first failed trial's error, in one line."""
     errors = [last_line(str(r.error), type(r.error).__name__, 500) for r in results if r.error]
-    # Grid order (trial ids number the grid points), whatever order a restored experiment lists them in:
-    # ties then go to the same point in a resumed search as in an uninterrupted one.
-    for r in sorted(results, key=lambda r: str((getattr(r, "metrics", None) or {}).get("trial_id", ""))):
-        df = r.metrics_dataframe
-        if r.error or df is None or METRIC not in df or not reached_budget(df):
-            continue
-        # The seed is not part of a point: seeds are averaged. A restored config holds lists for tuples.
-        point = tuple((k, plan.point_value(k, r.config[k])) for k in grid)
-        ckpt = best_checkpoint(r)
-        rows.setdefault(point, []).append((float(df[METRIC].max()), ckpt.path if ckpt else None))
-    if not rows:
-        cause = errors[0] if errors else "no trial reported a dev score at its full budget"
-        raise StageFailed(f"all {len(results)} trial(s) of the stage failed; first error: {cause} (full tracebacks "
-                          "in the Ray trial folders); fix the cause, then run again with --resume")
-    point, runs = max(rows.items(), key=lambda kv: sum(s for s, _ in kv[1]) / len(kv[1]))
-    best_run = max(runs, key=lambda r: r[0])
-    return dict(point), sum(s for s, _ in runs) / len(runs), best_run[1]
+    cause = errors[0] if errors else "no trial reported a dev score at its full budget"
+    return (f"all {len(results)} trial(s) of the stage failed; first error: {cause} (full tracebacks in the Ray "
+            "trial folders); fix the cause, then run again with --resume")
 
 
 def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, ledger: Ledger,
@@ -94,7 +91,7 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
         keep(stage, record, winners_mod.carried(records, stage, None, base), ledger, outbox,
              f"{', '.join(stage.carry)}'s winner has {empty} = 0, nothing to refine around")
         return
-    folded = folding.fold(grid, base, earlier_winners(schedule, stage, records))
+    folded = folding.fold(grid, base, winners_mod.earlier_winners(schedule, stage, records))
     record["grid"] = {"points": folded.size, "runs": folded.runs, "folded": folded.says()}
     carried = winners_mod.carried(records, stage, folded, base)
     if not folded.runs:
@@ -108,23 +105,25 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
                            [{"winner": c.winner, "score": c.score} for c in carried] or None)
     folder = shared.stage_folder(spec.storage, spec.task, stage.name, key)
     record["shared"] = key
-    done = trials_of(spec, stage, grid, how, base, first, folder, key, record, mlflow_ids, rows, teacher)
-    hand_on(spec, stage, done, carried, record, records, outbox)
+    reference = winners_mod.previous_winner(schedule, stage, records)
+    done = trials_of(spec, stage, grid, how, base, first, folder, key, record, mlflow_ids, rows, teacher, reference)
+    hand_on(spec, stage, done, carried, record, records, outbox, reference)
     ledger.save()
     outbox.do("close_run", record["run_id"], "FINISHED")
 
 
 def trials_of(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Strategy, base: dict[str, Any],
               first: DistillConfig, folder: str, key: str, record: StageRecord, mlflow_ids: MlflowIds, rows: int,
-              teacher: str) -> dict[str, Any]:
+              teacher: str, reference: dict[str, Any] | None) -> dict[str, Any]:
     """The stage's trials as `shared.save` records them: run now, or reused from the search that ran this same
     stage (a search beside this one may be running it: this one waits)."""
     with one_builder(folder, f"stage {stage.name}"):
         done = shared.finished(folder)
         if done is None:
-            space.check_stage(spec, stage.name, stage_trials(spec, grid, how), teacher)
+            space.check_stage(spec, stage.name, stage_trials(spec, grid, how) + confirm_runs(spec, grid_size(grid)),
+                              teacher)
             prepare_outputs(first)  # the teacher cache (and memory), once, before trials run in parallel
-            done = run_trials(spec, stage, grid, how, base, folder, rows, record["run_id"], mlflow_ids)
+            done = run_trials(spec, stage, grid, how, base, folder, rows, record["run_id"], mlflow_ids, reference)
             done.update(run_id=record["run_id"], search=spec.method)
             shared.save(folder, done)
             return done
@@ -136,23 +135,38 @@ def trials_of(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Strat
 
 
 def hand_on(spec: SearchSpec, stage: Stage, done: dict[str, Any], carried: list[winners_mod.Candidate],
-            record: StageRecord, records: dict[str, StageRecord], outbox: Outbox) -> None:
-    """The stage's winner, of its own trials and the winners carried into it, in its record: measured on dev
-    when trials are ranked on a holdout, analysed and registered."""
-    own = winners_mod.Candidate(done["winner"], done["score"], done["checkpoint"])
-    chosen = winners_mod.choose(own, carried)
-    if chosen is not own and own.checkpoint and spec.log_checkpoints != "all":
+            record: StageRecord, records: dict[str, StageRecord], outbox: Outbox,
+            reference: dict[str, Any] | None = None) -> None:
+    """The stage's winner, of its own candidates and the winners carried into it, named with its evidence in
+    its record: measured on dev when trials are ranked on a holdout, analysed and registered."""
+    own = own_candidates(done)
+    chosen, decision = winners_mod.decide(own, carried, reference)
+    if chosen.source is not None and done["checkpoint"] and spec.log_checkpoints != "all":
         # A carried student won: the stage's own best can never be handed on (a search that reuses this
         # stage carries the same winners, its key says so).
-        retention.drop(own.checkpoint)
-    record.update(winners_mod.stage_record(chosen, stage.name), trials=done["trials"],
-                  stopped=done.get("stopped", 0), samples=done.get("samples"), budget_refused=done.get("refused"))
+        retention.drop(done["checkpoint"])
+    record.update(winners_mod.stage_record(chosen, stage.name, decision), trials=done["trials"],
+                  confirm_trials=done.get("confirm_trials", 0), stopped=done.get("stopped", 0),
+                  samples=done.get("samples"), budget_refused=done.get("refused"))
     if spec.select_on == "holdout" and chosen.checkpoint and "dev" not in record:
         # Ranked on the holdout: dev is measured for the winner alone, so the score reported is not the one
         # the stage maximised. A carried winner was measured in its own stage.
         record["dev"] = evaluate_on_dev(chosen.checkpoint)
         outbox.do("log_analysis", record["run_id"], {f"best/{k}": v for k, v in record["dev"].items()}, [])
     _log_winner(spec, stage, record, records, outbox)
+
+
+def own_candidates(done: dict[str, Any]) -> list[winners_mod.Candidate]:
+    """A stage's own candidates as its record keeps them (one, its winner, in a record written before stages
+    kept their candidates' seeds)."""
+    if "candidates" not in done:
+        return [winners_mod.Candidate(done["winner"], done["score"], done["checkpoint"])]
+    out = []
+    for c in done["candidates"]:
+        seeds = winners_mod.seeds_of(c["seeds"])
+        checkpoint = done["checkpoint"] if c["winner"] == done["winner"] else c.get("checkpoint")
+        out.append(winners_mod.Candidate(c["winner"], sum(seeds.values()) / len(seeds), checkpoint, seeds=seeds))
+    return out
 
 
 def stage_budget(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: dict[str, Any], rows: int,
@@ -166,43 +180,35 @@ def stage_budget(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: d
     if not ledger.data.get("budget"):
         return strategy_of(spec, grid)
     planned = budget.Plan.from_json(ledger.data["budget"]["plan"])
-    cap = planned.cap(stage.name, budget.spent_of(ledger.records()))
     per_trial = trial_budget(base, grid, rows)
+    # The confirmation trials are paid first: the stage's own trials may spend what is left.
+    cap = planned.cap(stage.name, budget.spent_of(ledger.records())) - confirm_runs(spec, grid_size(grid)) * per_trial
     if cap < per_trial:
         raise BudgetSpent(f"the budget left for stage {stage.name} ({max(cap, 0):,.0f} training samples, after what "
                           f"the later stages are planned to spend) does not pay for one trial ({per_trial:,})")
     return strategy_of(spec, grid, planned.stage(stage.name), cap)
 
 
-def earlier_winners(schedule: Schedule, stage: Stage, records: dict[str, StageRecord]) -> dict[str, dict]:
-    """The winners of the trial stages done before `stage`, in schedule order (what its grid folds against)."""
-    out = {}
-    for s in schedule.stages:
-        if s.name == stage.name:
-            break
-        r = records.get(s.name, {})
-        if not s.prepare and r.get("status") == "done" and r.get("score") is not None:
-            out[s.name] = r["winner"]
-    return out
-
-
 def keep(stage: Stage, record: StageRecord, carried: list[winners_mod.Candidate], ledger: Ledger, outbox: Outbox,
          why: str) -> None:
     """A stage with nothing to train: the best carried winner stays, with no trials of its own."""
-    chosen = winners_mod.choose(None, carried)
+    chosen, decision = winners_mod.decide([], carried)
     console.info(f"stage {stage.name}: skipped: {why}; {chosen.source}'s winner stays")
-    record.update(winners_mod.stage_record(chosen, stage.name), trials=0, skipped=why)
+    record.update(winners_mod.stage_record(chosen, stage.name, decision), trials=0, skipped=why)
     ledger.save()
     outbox.do("close_run", record["run_id"], "FINISHED")
 
 
 def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Strategy, base: dict[str, Any],
-               folder: str, rows: int, stage_run_id: str, mlflow_ids: MlflowIds) -> dict[str, Any]:
-    """The stage's Ray Tune experiment in `folder` (restored when a killed driver left it unfinished).
+               folder: str, rows: int, stage_run_id: str, mlflow_ids: MlflowIds,
+               reference: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The stage's Ray Tune experiment in `folder` (restored when a killed driver left it unfinished), then
+    its leading points on more seeds (`how.confirm`), and the winner among them by the stage's rule.
 
     Returns:
-        The best point's values on top of `base` (`winner`), its `score` and `checkpoint`, the number of
-        `trials`, how many were `stopped` at a rung, and the training `samples` they processed.
+        The winner's values on top of `base` (`winner`), its seed mean (`score`) and `checkpoint`, the
+        `candidates` (values and scores per seed), the number of `trials` (`confirm_trials` of them confirming),
+        how many were `stopped` at a rung, and the training `samples` they processed.
     """
     strategy = how.kind
     name = f"{spec.task}-{stage.name}"
@@ -220,35 +226,52 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Stra
         console.info(f"stage {stage.name}: restoring the interrupted stage, {finished} of its {total} trials had "
                      "finished (they are not run again)")
     shown = StageProgress(stage.name, total, tuple(grid), halving=strategy != "grid")
-    kept = retention.KeepWinners(spec.seeds, delete=spec.log_checkpoints != "all")
+    # The leading points' checkpoints stay until the confirmation has named the winner among them.
+    kept = retention.KeepWinners(spec.seeds, delete=spec.log_checkpoints != "all",
+                                 top=spec.confirm_top if how.confirm else 1)
     tuner = open_tuner(spec, folder, name, trainable_for(spec, base),
                        halving.param_space(strategy, grid, seed_list(spec)),
                        halving.tune_config(strategy, folder, name, rungs, spec.max_concurrent,
                                            how.num_samples or 0,
                                            (how.cap, per_trial) if how.cap is not None else None),
                        [tracker, shown, kept])
-    results = tuner.fit()
+    results = list(tuner.fit())
+    _check_disk(stage, results)
+    points = confirm.runs_of(results, base["seed"])
+    if not points:
+        mlflow_ids.outbox.do("close_run", stage_run_id, "FAILED")
+        raise StageFailed(f"stage {stage.name}: {no_winner(results)}")
+    candidates, more = list(points.values()), []
+    if how.confirm and len(points) > 1:
+        candidates = confirm.leading(points, spec.confirm_top, reference)
+        more = confirm.run_confirmation(spec, stage, candidates, base, folder, stage_run_id, mlflow_ids)
+        _check_disk(stage, more)
+        confirm.runs_of(more, base["seed"], into=points)  # the leaders' runs gain the confirmation seeds
+    decision = evidence.decide([c.entry() for c in candidates], reference)
+    checkpoint = candidates[decision.winner].best_checkpoint()
+    every = spec.log_checkpoints == "all"
+    best = {r.metrics["trial_id"]: ckpt.path for r in results + more if r.metrics and (ckpt := best_checkpoint(r))}
+    mlflow_ids.outbox.do("record_best_checkpoints", mlflow_ids.experiment_id, stage_run_id, best, every,
+                         None if every else [checkpoint])
+    if not every:  # only the winner's checkpoint stays (retention); --log-checkpoints all keeps each trial's best
+        for experiment in (name, name + confirm.SUFFIX):
+            retention.keep_only(os.path.join(folder, experiment), {checkpoint})
+    frames = [r.metrics_dataframe for r in results + more if r.metrics_dataframe is not None and not r.error]
+    stopped = sum(1 for df in frames if len(df) and not plan.reached_budget(df.iloc[-1].to_dict()))
+    samples = sum(int(df[plan.SAMPLES].max()) for df in frames if plan.SAMPLES in df)
+    winner = candidates[decision.winner]
+    return {"winner": {**base, **winner.values}, "score": winner.entry().mean, "checkpoint": checkpoint,
+            "candidates": [{"winner": {**base, **c.values}, "seeds": {str(k): v for k, v in sorted(c.seeds.items())},
+                            "checkpoint": None} for c in candidates],
+            "trials": len(results) + len(more), "confirm_trials": len(more), "stopped": stopped, "samples": samples,
+            "refused": halving.gate_refused(folder)}
+
+
+def _check_disk(stage: Stage, results: list) -> None:
     if any(space.disk_full(r.error) for r in results if r.error):
         # Not a winner from the trials that happened to fit: the stage stops, and --resume (after space is
         # freed) runs the failed trials again from their last checkpoint.
         raise OSError(errno.ENOSPC, f"a trial of stage {stage.name} could not write its checkpoint")
-    try:
-        point, score, checkpoint = pick_winner(results, grid)
-    except StageFailed as e:
-        mlflow_ids.outbox.do("close_run", stage_run_id, "FAILED")
-        raise StageFailed(f"stage {stage.name}: {e}") from None
-    every = spec.log_checkpoints == "all"
-    best = {r.metrics["trial_id"]: ckpt.path for r in results if r.metrics and (ckpt := best_checkpoint(r))}
-    mlflow_ids.outbox.do("record_best_checkpoints", mlflow_ids.experiment_id, stage_run_id, best, every,
-                         None if every else [checkpoint])
-    if not every:  # only the winner's checkpoint stays (retention); --log-checkpoints all keeps each trial's best
-        retention.keep_only(os.path.join(folder, name), {checkpoint})
-    frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None and not r.error]
-    stopped = sum(1 for df in frames if len(df) and not reached_budget(df))
-    samples = sum(int(df[plan.SAMPLES].max()) for df in frames if plan.SAMPLES in df)
-    refused = halving.gate_refused(folder)
-    return {"winner": {**base, **expand(point)}, "score": score, "checkpoint": checkpoint, "trials": len(results),
-            "stopped": stopped, "samples": samples, "refused": refused}
 
 
 def _log_winner(spec: SearchSpec, stage: Stage, record: StageRecord, records: dict[str, StageRecord],
@@ -282,8 +305,12 @@ def stage_line(spec: SearchSpec, name: str, record: StageRecord) -> str:
     """What a finished stage prints: its winner's score (on the holdout and on dev when ranked on a holdout)."""
     # A stage the budget cut short says so: its trial count line said what was planned, not what ran.
     cut = f"; the budget left paid for {record['trials']} trial(s)" if record.get("budget_refused") else ""
+    split = "holdout" if spec.select_on == "holdout" else "dev"
+    line = f"stage {name}: best {split} score {100 * record['score']:.2f}"
     if spec.select_on == "holdout":
         dev = record.get("dev", {}).get("dev/score")
-        shown = "-" if dev is None else f"{100 * dev:.2f}"
-        return f"stage {name}: best holdout score {100 * record['score']:.2f}, its dev score {shown}{cut}"
-    return f"stage {name}: best dev score {100 * record['score']:.2f}{cut}"
+        line += ", its dev score " + ("-" if dev is None else f"{100 * dev:.2f}")
+    line += cut
+    if record.get("evidence"):  # the winner's seeds against the runner-up's, and the ties
+        line += f"\nstage {name}: {evidence.said(record['evidence'], split)}"
+    return line

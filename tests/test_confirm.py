@@ -1,0 +1,121 @@
+"""A stage that confirms its leading points on more seeds, end to end on real Ray and MLflow: the confirmation
+trials are ordinary trials (nested under their stage, one MLflow run each, counted by --dry-run), the winner
+is named with its evidence, and a driver killed during the confirmation resumes to the same answer."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fsd.config import DataSpec
+from fsd.teacher import TeacherSpec, ensure_teacher, teacher_data
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+CONFIRM = ("--confirm-top", "2", "--confirm-seeds", "2")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_bert, glue_dir):
+    root = tmp_path_factory.mktemp("confirm")
+    data = teacher_data(DataSpec("rte", glue_dir, max_train_samples=64, max_eval_samples=64))
+    teacher = ensure_teacher(TeacherSpec(tiny_bert, data, epochs=1), str(root / "shared"))
+    return root, teacher, tiny_bert, glue_dir
+
+
+def _args(setup, storage, *extra):
+    root, teacher, backbone, glue_dir = setup
+    return [sys.executable, str(ROOT / "tune_main.py"), "--task", "rte", "--method", "vkd", "--preset", "smoke",
+            "--data-dir", glue_dir, "--teacher", teacher, "--student-init", backbone, "--student-layers", "2",
+            "--storage", str(storage), *CONFIRM, *extra]
+
+
+def _env(**more):
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **more}
+
+
+def _stage(storage):
+    return json.loads((Path(storage) / "rte-vkd" / "ledger.json").read_text())["stages"]["vkd"]
+
+
+def _trial_runs(storage):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{storage}/mlflow.db")
+    exp = client.get_experiment_by_name("rte")
+    return [r for r in client.search_runs([exp.experiment_id], max_results=1000) if "ray_trial_id" in r.data.tags]
+
+
+@pytest.fixture(scope="module")
+def confirmed(setup):
+    storage = setup[0] / "a"
+    r = subprocess.run(_args(setup, storage), capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return storage, r.stdout + r.stderr
+
+
+def test_dry_run_counts_the_confirmation_trials(setup, tmp_path):
+    r = subprocess.run(_args(setup, tmp_path / "dry", "--dry-run"), capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| vkd | vkd | 2 + 4 confirming | grid | 64 | 384 |" in r.stdout  # 2 points + 2 leaders x 2 seeds
+    assert "ranking split: dev, 64 rows" in r.stdout
+
+
+def test_a_confirmed_stage_names_its_winner_with_its_evidence(confirmed):
+    storage, out = confirmed
+    record = _stage(storage)
+    assert record["trials"] == 6 and record["confirm_trials"] == 4
+    assert sorted(record["seed_scores"]) == ["42", "43", "44"]  # the search's seed, then two more
+    assert record["score"] == pytest.approx(sum(record["seed_scores"].values()) / 3)
+    evidence = record["evidence"]
+    assert evidence["n"] == 3 and evidence["candidates"] == 2 and evidence["diff"]["n"] == 3
+    assert evidence["rule"] in ("clear", "tie settled by the higher seed mean",
+                                "tie settled by the point nearest the previous stage's winner",
+                                "tie settled by the values' sort order")
+    assert "stage vkd: confirming its 2 leading points on 2 more seeds (43, 44): 4 trials" in out
+    assert "stage vkd: dev " in out and "runner-up" in out and "paired difference" in out
+    assert "| stage | winner | dev score | seeds | sd | vs runner-up [95%] | tied | paper |" in out
+    # One MLflow run per trial, the confirmation's tagged, all nested under the stage's run.
+    runs = _trial_runs(storage)
+    assert len(runs) == 6 and len({r.data.tags["ray_trial_id"] for r in runs}) == 6
+    assert sum(r.data.tags.get("confirm") == "true" for r in runs) == 4
+    assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1
+    seeds = sorted(int(r.data.params["seed"]) for r in runs if r.data.tags.get("confirm") == "true")
+    assert seeds == [43, 43, 44, 44]
+    # What stays on disk: the winner's checkpoint alone, in whichever experiment trained it.
+    kept = list((storage / "stages").glob("*/rte-vkd*/*/checkpoint_*"))
+    assert [str(k) for k in kept] == [record["checkpoint"]]
+
+
+def test_the_confirmation_seeds_are_ordinary_trials_whose_scores_match_their_runs(confirmed):
+    storage, _ = confirmed
+    record = _stage(storage)
+    winner_alpha = record["winner"]["alpha"]
+    by_seed = {int(r.data.params["seed"]): r.data.metrics["eval/score"] for r in _trial_runs(storage)
+               if float(r.data.params["alpha"]) == winner_alpha}
+    assert {str(k): v for k, v in by_seed.items()} == pytest.approx(record["seed_scores"])
+
+
+@pytest.mark.long
+def test_killed_during_the_confirmation_resumes_to_the_same_answer(setup, confirmed):
+    storage = setup[0] / "b"
+    # mid-stage: the driver dies at the third trial result, the first of the confirmation (2 points ran first).
+    killed = subprocess.run(_args(setup, storage), capture_output=True, text=True,
+                            env=_env(FSD_KILL_AT="mid-stage:3", RAY_DEDUP_LOGS="0"))
+    assert killed.returncode == -signal.SIGKILL
+    assert "confirming its 2 leading points" in killed.stdout + killed.stderr
+    resumed = subprocess.run(_args(setup, storage, "--resume"), capture_output=True, text=True, env=_env())
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    first, again = _stage(confirmed[0]), _stage(storage)
+    assert again["seed_scores"] == pytest.approx(first["seed_scores"])
+    for key in ("mean", "sd", "n", "candidates", "tied", "rule"):
+        assert again["evidence"][key] == pytest.approx(first["evidence"][key])
+    assert again["evidence"]["diff"] == pytest.approx(first["evidence"]["diff"])
+    assert {k: v for k, v in again["winner"].items() if k != "storage"} == \
+        {k: v for k, v in first["winner"].items() if k != "storage"}
+    runs = _trial_runs(storage)
+    assert len(runs) == 6 and len({r.data.tags["ray_trial_id"] for r in runs}) == 6  # nothing ran twice

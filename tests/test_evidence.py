@@ -1,0 +1,91 @@
+"""The rule a stage names its winner by, and the evidence it gives: paired intervals checked against scipy's
+paired t-test and a hand formula, ties of copies settled by the rule and never by order."""
+
+import itertools
+import math
+
+import pytest
+from scipy import stats
+
+from fsd.tuning.plan.evidence import Entry, binomial_error, decide, distance, paired, said, split_error_line
+
+
+def test_the_paired_interval_is_the_t_interval_of_the_per_seed_differences():
+    a = {1: 0.80, 2: 0.78, 3: 0.83, 4: 0.79}
+    b = {1: 0.77, 2: 0.76, 3: 0.80, 4: 0.775, 9: 0.99}  # seed 9 is not shared: left out
+    p = paired(a, b)
+    d = [a[s] - b[s] for s in (1, 2, 3, 4)]
+    mean = sum(d) / 4
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 3)
+    half = 3.182446305284263 * sd / 2  # t(0.975, df 3) from a table, se = sd / sqrt(4)
+    assert p.n == 4 and p.diff == pytest.approx(mean)
+    assert (p.lo, p.hi) == pytest.approx((mean - half, mean + half))
+    assert p.p == pytest.approx(stats.ttest_rel([a[s] for s in (1, 2, 3, 4)], [b[s] for s in (1, 2, 3, 4)]).pvalue)
+    assert p.tied is False and p.p < 0.05  # the interval clears 0
+    close = paired(a, {1: 0.77, 2: 0.76, 3: 0.80, 4: 0.79})
+    assert close.tied is True and close.p == pytest.approx(0.0663, abs=1e-3)  # the same leader, one seed closer
+
+
+def test_an_interval_that_holds_zero_is_a_tie_and_one_shared_seed_cannot_tell():
+    assert paired({1: 0.8, 2: 0.7}, {1: 0.7, 2: 0.8}).tied is True
+    one = paired({1: 0.8}, {1: 0.7})
+    assert one.n == 1 and one.lo is None and one.tied is None
+    assert paired({1: 0.8}, {1: 0.8}).tied is True  # an exact equality is a tie even on one seed
+    assert paired({1: 0.8}, {2: 0.8}) is None
+    same_lead = paired({1: 0.8, 2: 0.9}, {1: 0.7, 2: 0.8})  # the same difference on every seed: no spread
+    assert same_lead.tied is False and same_lead.lo == pytest.approx(0.1) and same_lead.p == 0.0
+
+
+def test_copies_tie_and_the_tie_goes_to_the_point_nearest_the_previous_winner_in_any_order():
+    """Two points that train the same student (deterministic: the same scores on every seed) are a tie, said
+    as one, and settled by the documented rule: the order the candidates come in has no say."""
+    scores = {42: 0.768, 43: 0.752, 44: 0.771}
+    t10 = Entry({"alpha": 0.2, "temperature": 10.0}, dict(scores), 0.0)
+    t20 = Entry({"alpha": 0.2, "temperature": 20.0}, dict(scores), 0.0)
+    worse = Entry({"alpha": 0.7, "temperature": 10.0}, {42: 0.70, 43: 0.69, 44: 0.71}, 0.0)
+    for reference, expected in (({"temperature": 20.0}, t20), ({"temperature": 10.0}, t10), (None, t10)):
+        for pool in itertools.permutations([t10, t20, worse]):
+            d = decide(list(pool), reference)
+            assert d.entries[d.winner] is expected
+            assert d.tied == 1 and d.against[0].diff == 0
+    d = decide([t20, t10, worse], {"temperature": 20.0})
+    assert d.rule == "tie settled by the point nearest the previous stage's winner"
+    assert decide([t20, t10], None).rule == "tie settled by the values' sort order"
+
+
+def test_a_clear_winner_is_named_with_its_interval_and_a_close_one_as_a_tie():
+    best = Entry({"beta": 10.0}, {42: 0.80, 43: 0.81, 44: 0.82}, 0.0)
+    far = Entry({"beta": 1.0}, {42: 0.70, 43: 0.70, 44: 0.71}, 0.0)
+    near = Entry({"beta": 100.0}, {42: 0.81, 43: 0.79, 44: 0.815}, 0.0)
+    d = decide([far, best], None)
+    assert d.entries[d.winner] is best and d.rule == "clear" and d.tied == 0
+    evidence = d.to_json()
+    assert evidence["n"] == 3 and evidence["mean"] == pytest.approx(0.81)
+    assert evidence["runner_up"]["values"] == {"beta": 1.0}
+    assert evidence["diff"]["lo"] > 0
+    assert "ahead of every other candidate" in said(evidence, "dev")
+    d = decide([near, far, best], None)
+    assert d.entries[d.winner] is best and d.tied == 1 and d.rule == "tie settled by the higher seed mean"
+    text = said(d.to_json(), "dev")
+    assert text.startswith("dev 81.00 (1.00) on 3 seeds; runner-up 80.50") and "tied with 1 of 2" in text
+
+
+def test_single_runs_say_that_the_search_cannot_tell():
+    d = decide([Entry({"a": 1}, {42: 0.7}, 0.0), Entry({"a": 2}, {42: 0.69}, 0.0)], None)
+    assert d.untested == 1 and d.tied == 0
+    assert "one seed each: the search cannot tell its candidates apart" in said(d.to_json(), "dev")
+    alone = decide([Entry({"a": 1}, {}, 0.75)], None)  # a record without seeds: its score
+    assert alone.rule == "alone" and alone.to_json()["mean"] == 0.75 and "no other candidate" in said(
+        alone.to_json(), "dev")
+
+
+def test_distance_counts_decades_for_positive_values_and_plain_gaps_otherwise():
+    assert distance({"lr": 2e-4, "gamma_g": 0.0, "method": "fsd"}, {"lr": 2e-5, "gamma_g": 0.5, "method": "vkd"}) \
+        == pytest.approx(1.5)
+    assert distance({"lr": 2e-4}, None) == 0.0
+
+
+def test_the_ranking_split_error_is_the_binomial_one_for_accuracy():
+    assert binomial_error(0.8, 1000) == pytest.approx(0.012649, rel=1e-4)  # SEARCH_NOISE.md: 1.26 points
+    assert "1.26 points (binomial, at 80.0)" in split_error_line("accuracy", "holdout", 1000, 0.8)
+    assert "bootstrap" in split_error_line("mcc", "dev", 1043, None)
