@@ -390,6 +390,8 @@ def test_optuna_samples_a_large_grid_and_halves_it(setup):
     assert len(trials) == 9 and {x.info.status for x in runs} == {"FINISHED"}
     stopped = [x for x in trials if x.data.tags.get("early_stopped") == "true"]
     assert record["stopped"] == len(stopped)
+    points = {tuple(x.data.params[k] for k in ("alpha", "temperature", "lr")) for x in trials}
+    assert len(points) == 9  # no point trained twice (fsd.tuning.search.no_repeats)
 
 
 @pytest.mark.results

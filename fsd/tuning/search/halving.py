@@ -20,6 +20,7 @@ from ray.tune.search import BasicVariantGenerator, SearchAlgorithm
 
 from fsd.storage import write_text
 from fsd.tuning.plan.stages import BUDGET, METRIC, MODE, RUNG_BEST, RUNG_METRIC, RUNG_MODE, SAMPLES, Rungs, joint_value
+from fsd.tuning.search.no_repeats import NoRepeats
 
 TIME_ATTR = SAMPLES
 GATE = "budget_gate.json"
@@ -197,7 +198,8 @@ def tune_config(strategy: str, folder: str, name: str, rungs: Rungs | None, max_
         # TPE learns from each trial's best evaluation (a stopped trial's is its rung's)
         searcher = OptunaSearch(metric=RUNG_BEST, mode=RUNG_MODE, study_name=name, storage=journal,
                                 sampler=TPESampler(seed=0))
-        generator = SearchGenerator(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent or 2))
+        # NoRepeats: TPE samples the finite grid with replacement; a point is trained once per stage.
+        generator = SearchGenerator(ConcurrencyLimiter(NoRepeats(searcher), max_concurrent=max_concurrent or 2))
         kwargs.update(num_samples=num_samples)
         kwargs.pop("metric", None)
         kwargs.pop("mode", None)
