@@ -1,5 +1,6 @@
-"""The comparison table: mean (std) x 100 per metric and method, the teacher row, the paper's figure,
-and the one-sided Welch p-value of FSD over the best baseline, checked against direct numpy/scipy."""
+"""The comparison table: mean (std) x 100 per metric and method, the teacher row, the paper's figure, and
+FSD's one-sided tests against every baseline (paired by seed when the seeds match, Holm-corrected), checked
+against direct numpy/scipy."""
 
 from collections import Counter
 from pathlib import Path
@@ -24,14 +25,40 @@ def test_table_means_stds_teacher_and_p_value():
     assert by["teacher"]["eval/score mean"] == pytest.approx(70.0) and by["teacher"]["paper"] == 66.79
     assert by["vkd"]["paper"] == 65.40
     expected = stats.ttest_ind([0.64, 0.66, 0.65], [0.60, 0.62, 0.61], equal_var=False, alternative="greater")
-    assert p == pytest.approx(expected.pvalue)  # against vkd, the best baseline, not pkd
+    # Both baselines tested; pkd's p (far smaller, doubled by Holm) stays below vkd's, the largest
+    assert p == pytest.approx(expected.pvalue)
     assert "| fsd | 3 | 65.00 (1.00) | 65.00 (1.00) | 66.61 |" in markdown
     assert "fsd > vkd" in markdown and f"p = {expected.pvalue:.4f}" in markdown
+
+
+def test_fsd_is_tested_against_every_baseline_paired_by_seed_and_corrected():
+    """Not only against the baseline with the best mean: pkd's mean is lower than vkd's, but its seeds vary
+    with fsd's less, so its corrected p is the largest and answers "fsd beats every baseline"."""
+    seeds = [42, 43, 44, 45]
+    fsd, vkd, pkd = [0.70, 0.76, 0.72, 0.78], [0.62, 0.74, 0.66, 0.76], [0.69, 0.71, 0.71, 0.70]
+    runs = {"vkd": _runs(vkd), "pkd": _runs(pkd), "fsd": _runs(fsd)}
+    markdown, _, p = table("rte", runs, None, None, {m: seeds for m in runs})
+    p_vkd = stats.ttest_rel(fsd, vkd, alternative="greater").pvalue
+    p_pkd = stats.ttest_rel(fsd, pkd, alternative="greater").pvalue
+    assert p_vkd < p_pkd  # so the largest corrected p is pkd's: max(2 * p_vkd, p_pkd)
+    holm_vkd, holm_pkd = min(1, 2 * p_vkd), max(min(1, 2 * p_vkd), p_pkd)
+    assert p == pytest.approx(holm_pkd)
+    assert "paired by seed where both ran the same seeds (else Welch), Holm-corrected" in markdown
+    assert f"- fsd > vkd: paired t over 4 seeds, p = {holm_vkd:.4f} (uncorrected {p_vkd:.4f})" in markdown
+    assert f"- fsd > pkd: paired t over 4 seeds, p = {holm_pkd:.4f} (uncorrected {p_pkd:.4f})" in markdown
+    assert f"fsd better than every baseline: p = {holm_pkd:.4f} (the largest corrected p)" in markdown
+    # A seed of pkd's lost (its run failed): pkd's scores are no longer paired, vkd's still are.
+    lost = table("rte", {**runs, "pkd": _runs(pkd[:3])}, None, None, {**{m: seeds for m in runs}, "pkd": seeds[:3]})
+    assert "- fsd > pkd: Welch t, p = " in lost[0] and "- fsd > vkd: paired t over 4 seeds" in lost[0]
 
 
 def test_no_p_value_without_fsd_or_with_one_seed():
     assert table("rte", {"vkd": _runs([0.6, 0.7]), "pkd": _runs([0.5, 0.6])}, None)[2] is None
     assert table("rte", {"vkd": _runs([0.6]), "fsd": _runs([0.7])}, None)[2] is None
+    one_baseline_short = table("rte", {"vkd": _runs([0.6]), "rkd": _runs([0.5, 0.6]), "fsd": _runs([0.7, 0.8])}, None)
+    assert one_baseline_short[2] is None  # "beats every baseline" cannot be said of one never tested
+    assert "- fsd > vkd: not tested (fewer than 2 seeds)" in one_baseline_short[0]
+    assert "fsd better than every baseline: not tested" in one_baseline_short[0]
 
 
 def test_seed_runs_are_named_by_what_they_run():

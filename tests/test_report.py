@@ -179,3 +179,24 @@ def test_a_skipped_stage_shows_why_and_whose_winner_it_kept_not_a_score(tmp_path
                                                "around; fsdg-coarse's winner kept")
     assert rows["fsd"]["winner"] == "skipped: the budget is spent"
     assert "restoration precision" in COLUMNS and "CKA diagonal" in COLUMNS  # the columns are defined on the page
+
+
+def test_the_report_shows_every_baselines_test_under_the_comparison(tmp_path):
+    """The tests `--compare` writes under its table (compare.md) reach the report: one item per baseline, then
+    the answer for every baseline."""
+    from fsd.tuning.results import tables
+    from fsd.tuning.results.compare import table
+    from fsd.tuning.results.report import build_report
+
+    folder = tmp_path / "rte-compare"
+    folder.mkdir()
+    runs = {m: [{"eval/score": s} for s in scores] for m, scores in
+            {"vkd": [0.60, 0.62, 0.61], "pkd": [0.55, 0.56, 0.57], "fsd": [0.64, 0.66, 0.65]}.items()}
+    markdown, rows, p = table("rte", runs, None, None, {m: [1, 2, 3] for m in runs})
+    (folder / "compare.md").write_text(markdown + "\n")
+    (folder / "compare.csv").write_text(tables.to_csv(rows))
+    text = Path(build_report(str(tmp_path), "rte", f"sqlite:///{tmp_path}/mlflow.db")).read_text()
+    items = re.findall(r"<li>(fsd &gt; \w+: paired t over 3 seeds, p = [\d.]+ \(uncorrected [\d.]+\))</li>", text)
+    assert [i.split(":")[0] for i in items] == ["fsd &gt; vkd", "fsd &gt; pkd"]
+    assert f"<p>fsd better than every baseline: p = {p:.4f} (the largest corrected p)</p>" in text
+    assert "Holm-corrected over the comparisons of this table" in text

@@ -22,6 +22,26 @@ def test_ablation_differences_and_p_values_by_hand():
     assert math.isnan(no_lg["dev score std"])
 
 
+def test_ablation_pairs_the_shared_seeds_and_corrects_over_the_rows():
+    seeds = [42, 43, 44]
+    scores = {"fsd": [0.80, 0.70, 0.84], "fsd w/o G": [0.80, 0.70, 0.84], "fsd w/o LG": [0.78, 0.69, 0.80],
+              "fsd w/o IL": [0.60, 0.62, 0.58]}
+    rows = {r["method"]: r for r in tables.ablation(scores, seeds={m: seeds for m in scores})}
+    from scipy import stats
+
+    raw_lg = stats.ttest_rel(scores["fsd"], scores["fsd w/o LG"], alternative="greater").pvalue
+    raw_il = stats.ttest_rel(scores["fsd"], scores["fsd w/o IL"], alternative="greater").pvalue
+    assert rows["fsd w/o LG"]["test"] == "paired t" and rows["fsd w/o LG"]["p uncorrected"] == pytest.approx(raw_lg)
+    assert rows["fsd w/o G"]["p uncorrected"] == 0.5  # the same score on every seed: t = 0
+    # Holm over the three rows by hand: sorted raw p, times 3, 2, 1, never decreasing
+    ordered = sorted([("fsd w/o G", 0.5), ("fsd w/o LG", raw_lg), ("fsd w/o IL", raw_il)], key=lambda x: x[1])
+    running = 0.0
+    for k, (label, raw) in enumerate(ordered):
+        running = max(running, min(1.0, (3 - k) * raw))
+        assert rows[label]["p (fsd better)"] == pytest.approx(running), label
+    assert "Holm-corrected" in tables.TABLES["table4-ablation"] and "paired by seed" in tables.TABLES["table4-ablation"]
+
+
 def test_batch_stability_is_the_std_of_the_means_across_sizes():
     rows = tables.batch_stability({"memory": {8: [0.80, 0.82], 16: [0.81], 32: [0.81], 64: [0.83]},
                                    "no memory": {64: [0.70], 8: [0.90], 16: [0.80], 32: [0.80]}})

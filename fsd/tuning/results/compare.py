@@ -1,22 +1,23 @@
 """`--compare vkd,pkd,rkd,minilm,fsd --seeds 5`: each method's best configuration (its search is run first
 if it has not finished), re-run with N seeds, and the paper's Table 2/3 for the user's task: mean (std)
-of every dev metric, the one-sided p-value of FSD against the best baseline, the teacher's and the
-majority class's rows and the paper's figures beside them; then Tables 6-8 from the same runs (structure
-kept, cost), and on request Table 4 (`--ablation`) and Table 5 (`--batch-sizes`), which re-run FSD's winner
-(fsd/tuning/results/tables.py). Each is written as Markdown and CSV, logged to MLflow, printed.
+of every dev metric, one-sided tests of FSD against every baseline (paired by seed, Holm-corrected:
+fsd/tuning/results/significance.py), the teacher's and the majority class's rows and the paper's figures
+beside them; then Tables 6-8 from the same runs (structure kept, cost), and on request Table 4
+(`--ablation`) and Table 5 (`--batch-sizes`), which re-run FSD's winner (fsd/tuning/results/tables.py).
+Each is written as Markdown and CSV, logged to MLflow, printed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ray import tune
-from scipy import stats
 
 from fsd.analysis import analyse_checkpoint
 from fsd.config import DistillConfig
@@ -29,7 +30,7 @@ from fsd.tuning.plan import stages as plan
 from fsd.tuning.plan.ledger import Ledger
 from fsd.tuning.plan.spec import SearchSpec, method_spec
 from fsd.tuning.plan.stages import METRIC, MODE, SAMPLES
-from fsd.tuning.results import tables
+from fsd.tuning.results import significance, tables
 from fsd.tuning.results.html import scatter_plot
 from fsd.tuning.results.summary import PAPER
 from fsd.tuning.search import lock, retention
@@ -139,10 +140,13 @@ def table_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def table(task: str, runs: dict[str, list[dict[str, float]]], teacher: dict[str, float] | None,
-          floor: dict[str, float] | None = None) -> tuple[str, list[dict[str, Any]], float | None]:
+          floor: dict[str, float] | None = None, seeds: dict[str, list[int]] | None = None,
+          ) -> tuple[str, list[dict[str, Any]], float | None]:
     """Markdown and CSV rows of mean (std) x 100 per metric and method (after the teacher's row, and the
-    majority-class `floor`'s when given), and the one-sided Welch p-value of FSD's dev score over the best
-    baseline's (None without FSD and a baseline with 2+ seeds)."""
+    majority-class `floor`'s when given), under them FSD's one-sided test against each baseline (paired by
+    seed where `seeds`, method -> the seed of each run, says both ran the same seeds; Holm-corrected), and
+    the p-value that FSD beats every baseline: the largest corrected one (None without FSD and a baseline,
+    or when a method has fewer than 2 seeds)."""
     metrics = sorted({k for rows in runs.values() for r in rows for k in r}, key=lambda k: (k != METRIC, k))
     csv_rows: list[dict[str, Any]] = []
     if teacher:
@@ -159,7 +163,8 @@ def table(task: str, runs: dict[str, list[dict[str, float]]], teacher: dict[str,
             row[f"{k} std"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
         row["paper"] = PAPER.get(method, {}).get(task)
         csv_rows.append(row)
-    p_value, versus = _p_value(runs)
+    comparisons = _comparisons(runs, seeds)
+    p_value = significance.beats_every(comparisons)
     head = ["method", "seeds", *metrics, "paper"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in csv_rows:
@@ -170,19 +175,26 @@ def table(task: str, runs: dict[str, list[dict[str, float]]], teacher: dict[str,
             cells.append("-" if mean is None else f"{mean:.2f}{spread}")
         cells.append("-" if row["paper"] is None else f"{row['paper']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
-    if p_value is not None:
-        lines.append(f"\none-sided Welch t-test, fsd > {versus} on {METRIC}: p = {p_value:.4f}")
+    if comparisons:
+        lines += ["", f"{significance.METHOD_NOTE}; on {METRIC}:", ""]
+        for c in comparisons:
+            how = f"{c.test} over {c.n} seeds" if c.test == significance.PAIRED else c.test
+            lines.append(f"- fsd > {c.versus}: not tested (fewer than 2 seeds)" if not c.test else
+                         f"- fsd > {c.versus}: {how}, p = {c.p_holm:.4f} (uncorrected {c.p:.4f})")
+        lines.append("\nfsd better than every baseline: " + ("not tested" if p_value is None else
+                                                            f"p = {p_value:.4f} (the largest corrected p)"))
     return "\n".join(lines), csv_rows, p_value
 
 
-def _p_value(runs: dict[str, list[dict[str, float]]]) -> tuple[float | None, str | None]:
+def _comparisons(runs: dict[str, list[dict[str, float]]],
+                 seeds: dict[str, list[int]] | None) -> list[significance.Comparison]:
+    """FSD against every other method on METRIC (none without FSD and another method)."""
+    if "fsd" not in runs or len(runs) < 2:
+        return []
     scores = {m: [r[METRIC] for r in rows if METRIC in r] for m, rows in runs.items()}
-    baselines = {m: s for m, s in scores.items() if m != "fsd" and len(s) >= 2}
-    if len(scores.get("fsd", [])) < 2 or not baselines:
-        return None, None
-    best = max(baselines, key=lambda m: np.mean(baselines[m]))
-    result = stats.ttest_ind(scores["fsd"], baselines[best], equal_var=False, alternative="greater")
-    return float(result.pvalue), best
+    # Seeds pair scores only where every run of a method has the metric (else they would not line up).
+    known = {m: s for m, s in (seeds or {}).items() if m in scores and len(s) == len(scores[m])}
+    return significance.versus_each(scores, known)
 
 
 def run_compare(spec: SearchSpec, methods: list[str], seeds: int, ablation: bool = False,
@@ -214,7 +226,8 @@ def run_compare(spec: SearchSpec, methods: list[str], seeds: int, ablation: bool
     floor = majority(spec.task, spec.data_dir, first.get("max_train_samples"), first.get("max_eval_samples"),
                      DistillConfig.from_dict(first).holdout)
     dev = {m: [r.dev for r in rs] for m, rs in runs.items()}
-    markdown, rows, p_value = table(spec.task, dev, teacher or None, floor)
+    seeds_run = {m: [r.seed for r in rs] for m, rs in runs.items()}
+    markdown, rows, p_value = table(spec.task, dev, teacher or None, floor, seeds_run)
     (folder / "compare.md").write_text(markdown + "\n")
     (folder / "compare.csv").write_text(tables.to_csv(rows))
     ablations: dict[str, list[SeedRun]] = {}
@@ -227,12 +240,16 @@ def run_compare(spec: SearchSpec, methods: list[str], seeds: int, ablation: bool
         by_size = {label: {b: runs_of(f"batch{b}-{method}", {**fsd, "method": method, "batch_size": b})
                            for b in batch_sizes} for label, method in tables.STABILITY.items()}
     extra = paper_tables(folder, runs, ablations, by_size)
-    (folder / "compare.json").write_text(json.dumps({"runs": dev, "p_value": p_value, "methods": methods,
-                                                   "majority": floor, "tables": list(extra)}))
+    # The seed of each run beside it: the tests can be recomputed, paired, from this file alone.
+    tests = [asdict(c) for c in _comparisons(dev, seeds_run)]
+    (folder / "compare.json").write_text(json.dumps({"runs": dev, "seeds": seeds_run, "p_value": p_value,
+                                                   "tests": tests, "methods": methods, "majority": floor,
+                                                   "tables": list(extra)}))
     metrics = {f"compare/{r['method']}/{METRIC.replace('/', '_')}_mean": r[f"{METRIC} mean"] for r in rows
                if f"{METRIC} mean" in r}
     if p_value is not None:
         metrics["compare/p_value"] = p_value
+    metrics.update({f"compare/{t['versus']}/p_holm": t["p_holm"] for t in tests if not math.isnan(t["p_holm"])})
     files = [str(folder / "compare.md"), str(folder / "compare.csv")]
     files += [str(folder / f"{name}.{ext}") for name in extra for ext in ("md", "csv")]
     outbox.do("log_analysis", run_id, metrics, files + [str(p) for p in sorted(folder.glob("*.png"))])
@@ -268,8 +285,9 @@ def paper_tables(folder: Path, runs: dict[str, list[SeedRun]], ablations: dict[s
     out["table8-cost"] = tables.cost({m: {k: sum(c[k] for c in cs) if k != "params" else cs[0][k] for k in cs[0]}
                                       for m, cs in measured.items() if cs})
     if ablations and runs.get("fsd"):
-        out["table4-ablation"] = tables.ablation({"fsd": _scores(runs["fsd"]),
-                                                  **{label: _scores(rs) for label, rs in ablations.items()}})
+        variants = {"fsd": runs["fsd"], **ablations}
+        out["table4-ablation"] = tables.ablation({label: _scores(rs) for label, rs in variants.items()},
+                                                 seeds={label: [r.seed for r in rs] for label, rs in variants.items()})
     if by_size:
         out["table5-batch-size"] = tables.batch_stability({label: {b: _scores(rs) for b, rs in sizes.items()}
                                                            for label, sizes in by_size.items()})

@@ -241,7 +241,9 @@ def build_report(storage: str, task: str, mlflow_uri: str, out: str | None = Non
 
         with open(compare.with_suffix(".csv"), newline="") as f:
             rows = list(csv.DictReader(f))
-        note = [ln for ln in compare.read_text().splitlines() if ln.startswith("one-sided")]
+        # The tests under the table: from their first line (each baseline's, then "every baseline") to the end.
+        lines = compare.read_text().splitlines()
+        note = next((lines[i:] for i, ln in enumerate(lines) if ln.startswith("one-sided")), [])
         sections.append(Section(heading="method comparison (mean (std) over seeds, x 100)",
                                 text="\n".join(note), tables=[Table(rows, caption="Tables 2/3: dev metrics x 100")]))
         sections.extend(paper_sections(compare.parent))

@@ -2,7 +2,8 @@
 
 Every function takes what the comparison measured and returns table rows (one dict per row, scores x 100);
 `markdown` and `write_csv` turn rows into the files beside the comparison.
-  - Table 4 (`ablation`): FSD without one or two of its structures, as differences from FSD;
+  - Table 4 (`ablation`): FSD without one or two of its structures, as differences from FSD, each tested
+    (fsd/tuning/results/significance.py);
   - Table 5 (`batch_stability`): the std of the dev score across mini-batch sizes;
   - Tables 6 and 7 (`structure`): the CKA heat map's diagonal and the relation differences per method,
     with each method's rank per relation and its average rank (1: closest to the teacher);
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from fsd.tuning.results import significance
+
 # [paper] Table 4's rows: FSD without the named structures, and the method that is (I: intra-feature,
 # L: local inter-feature, G: global inter-feature).
 ABLATIONS = {"fsd w/o LG": "fsdi", "fsd w/o IG": "fsdl", "fsd w/o IL": "fsdg", "fsd w/o G": "fsdil"}
@@ -27,7 +30,8 @@ ABLATIONS = {"fsd w/o LG": "fsdi", "fsd w/o IG": "fsdl", "fsd w/o IL": "fsdg", "
 STABILITY = {"fsd w/o G (fsdil, no memory)": "fsdil", "fsd w/o IL (fsdg, the memory alone)": "fsdg"}
 BATCH_SIZES = (8, 16, 32, 64)  # [paper] Table 5
 # The tables beside compare.md: file name -> caption.
-TABLES = {"table4-ablation": "Table 4: FSD without some of its structures (the same seeds), x 100",
+TABLES = {"table4-ablation": "Table 4: FSD without some of its structures (the same seeds), x 100; p (fsd better): "
+                             + significance.METHOD_NOTE + " (test: the one each row used)",
           "table5-batch-size": "Table 5: dev score x 100 per mini-batch size, and its std across sizes",
           "table6-7-structure": "Tables 6 and 7: CKA diagonal and relation differences (smaller: closer to the "
                                 "teacher), rank among the methods, average rank; means over seeds",
@@ -40,19 +44,16 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else math.nan
 
 
-def _greater(a: Sequence[float], b: Sequence[float]) -> float:
-    """One-sided Welch p-value of mean(a) > mean(b); NaN with fewer than 2 values on a side."""
-    if len(a) < 2 or len(b) < 2:
-        return math.nan
-    return float(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+def ablation(scores: dict[str, Sequence[float]], full: str = "fsd",
+             seeds: dict[str, Sequence[int]] | None = None) -> list[dict[str, Any]]:
+    """Table 4. `scores`: row label -> the dev scores (fractions) of its seeds, `full` among them; `seeds`:
+    row label -> the seed of each score, when known (paired tests need them).
 
-
-def ablation(scores: dict[str, Sequence[float]], full: str = "fsd") -> list[dict[str, Any]]:
-    """Table 4. `scores`: row label -> the dev scores (fractions) of its seeds, `full` among them.
-
-    Each row: the mean (std) x 100, its difference from FSD's mean, and the one-sided Welch p-value that
-    FSD is better (NaN when a side has one seed)."""
+    Each row: the mean (std) x 100, its difference from FSD's mean, the test that FSD is better (one-sided;
+    paired by seed when both ran the same seeds, else Welch), its p-value uncorrected and Holm-corrected
+    over the rows (`p (fsd better)`; NaN when a side has one seed)."""
     base = [100 * s for s in scores[full]]
+    tests = {c.versus: c for c in significance.versus_each(scores, seeds, full)}
     rows = []
     for label, values in scores.items():
         mine = [100 * s for s in values]
@@ -60,7 +61,9 @@ def ablation(scores: dict[str, Sequence[float]], full: str = "fsd") -> list[dict
         row = {"method": label, "seeds": len(mine), "dev score mean": mean, "dev score std": std}
         if label != full:
             row["difference from fsd"] = mean - float(np.mean(base))
-            row["p (fsd better)"] = _greater(base, mine)
+            row["test"] = tests[label].test or None
+            row["p uncorrected"] = tests[label].p
+            row["p (fsd better)"] = tests[label].p_holm
         rows.append(row)
     return rows
 
