@@ -89,3 +89,30 @@ def test_the_ranking_split_error_is_the_binomial_one_for_accuracy():
     assert binomial_error(0.8, 1000) == pytest.approx(0.012649, rel=1e-4)  # SEARCH_NOISE.md: 1.26 points
     assert "1.26 points (binomial, at 80.0)" in split_error_line("accuracy", "holdout", 1000, 0.8)
     assert "bootstrap" in split_error_line("mcc", "dev", 1043, None)
+
+
+def test_the_summary_and_the_report_show_a_stage_named_with_its_evidence(tmp_path):
+    from fsd.tuning.plan.ledger import Ledger
+    from fsd.tuning.results.report import stage_rows
+    from fsd.tuning.results.summary import noise_lines, summary_table
+    from search_spaces import get_schedule
+
+    best = Entry({"alpha": 0.2, "temperature": 10.0, "lr": 2e-4}, {42: 0.78, 43: 0.76, 44: 0.77}, 0.0)
+    other = Entry({"alpha": 0.7, "temperature": 10.0, "lr": 2e-4}, {42: 0.77, 43: 0.755, 44: 0.765}, 0.0)
+    d = decide([other, best], None)
+    ledger = Ledger(tmp_path / "sst2-vkd")
+    ledger.data.update(search={"select_on": "dev"}, majority={"eval/score": 0.5092},
+                       ranking={"split": "dev", "rows": 872, "score": "accuracy"}, best={"score": 0.77})
+    ledger.data["stages"]["vkd"] = {"status": "done", "score": 0.77, "winner": best.values, "trials": 6,
+                                    "evidence": d.to_json()}
+    lines = summary_table(ledger, get_schedule("vkd", "sst2", "cpu")).splitlines()
+    assert lines[1] == "| stage | winner | dev score | seeds | sd | vs runner-up [95%] | tied | paper |"
+    assert lines[3] == "| majority class | the most frequent training label | 50.92 | | | | | - |"
+    p = paired(best.seeds, other.seeds)
+    assert lines[4] == (f"| vkd | alpha=0.2, temperature=10.0, lr=0.0002 | 77.00 | 3 | 1.00 | "
+                        f"{100 * p.diff:+.2f} [{100 * p.lo:+.2f}, {100 * p.hi:+.2f}] | 1 of 1 | 90.92 |")  # a tie
+    (line,) = noise_lines(ledger)
+    assert "dev, 872 rows" in line and "1.43 points" in line  # sqrt(0.77 x 0.23 / 872)
+    assert line.endswith("1 of the 1 stage winners that trained their own lead their runner-up by less than that")
+    (row,) = [r for r in stage_rows("vkd", "sst2", ledger) if r["stage"] == "vkd"]
+    assert row["seeds"] == "3" and row["tied"] == "1 of 1" and row["vs runner-up [95%]"].startswith("+0.67 [")

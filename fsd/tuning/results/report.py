@@ -14,7 +14,7 @@ from fsd.data import split_rows
 from fsd.models import teacher_meta
 from fsd.tuning.plan.ledger import LEDGER, Ledger
 from fsd.tuning.results.html import Image, Section, Table, score_plot, write_html
-from fsd.tuning.results.summary import PAPER, SHOWN
+from fsd.tuning.results.summary import PAPER, SHOWN, evidence_columns
 from fsd.tuning.results.tables import TABLES
 from fsd.tuning.tracking import records as tracking
 from search_spaces import get_schedule
@@ -27,7 +27,10 @@ COLUMNS = """What the winners' columns mean (docs/method.md §8), each measured 
   pearson and spearman: the correlation of the two models' outputs
 - CKA diagonal: the mean of the diagonal of the teacher-vs-student CKA heat map over dev mini-batches (the
   paper's Table 6; 1 is the teacher's own structure)
-- trials: the stage's own trials (0: skipped, an earlier winner kept)"""
+- trials: the stage's own trials (0: skipped, an earlier winner kept)
+- seeds, sd: the seeds the winner was trained on and the sd of its score over them; vs runner-up: the paired
+  difference to the next candidate over their shared seeds with its 95% t interval; tied: the candidates
+  whose interval holds 0 (docs/search.md, "Seeds and ties")"""
 
 
 def searches(storage: Path, task: str) -> dict[str, Ledger]:
@@ -100,6 +103,8 @@ def stage_rows(method: str, task: str, ledger: Ledger) -> list[dict[str, Any]]:
         else:
             row["dev score"] = _pct(record["score"])
         row["winner"] = ", ".join(f"{k}={record['winner'][k]}" for k in SHOWN if k in record["winner"])
+        if record.get("evidence"):  # named with its evidence: seeds, sd, the runner-up, the ties
+            row.update(evidence_columns(record["evidence"]))
         for key in RESTORATION:
             if f"analysis/restoration_{key}" in analysis:
                 row[f"restoration {key}"] = analysis[f"analysis/restoration_{key}"]

@@ -70,12 +70,11 @@ def summary_table(ledger: Ledger, schedule: Schedule) -> str:
 EVIDENCE_HEAD = " seeds | sd | vs runner-up [95%] | tied |"
 
 
-def evidence_cells(found: dict | None) -> str:
-    """A stage's evidence as the table's cells: its winner's seeds and sd, the paired difference to the
-    runner-up with its interval, and the candidates tied with it."""
+def evidence_columns(found: dict | None) -> dict[str, str]:
+    """A stage's evidence as columns: its winner's seeds and sd, the paired difference to the runner-up with
+    its interval, and the candidates tied with it (all blank without evidence)."""
     if not found:
-        return " |" * EVIDENCE_HEAD.count("|")
-    sd = "-" if found.get("sd") is None else f"{100 * found['sd']:.2f}"
+        return dict.fromkeys(("seeds", "sd", "vs runner-up [95%]", "tied"), "")
     d = found.get("diff")
     if not d:
         diff = "-"
@@ -84,8 +83,13 @@ def evidence_cells(found: dict | None) -> str:
     else:
         diff = f"{100 * d['diff']:+.2f} [{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}]"
     others = found["candidates"] - 1
-    tied = f"{found['tied']} of {others}" if others else "-"
-    return f" {found['n']} | {sd} | {diff} | {tied} |"
+    return {"seeds": str(found["n"]), "sd": "-" if found.get("sd") is None else f"{100 * found['sd']:.2f}",
+            "vs runner-up [95%]": diff, "tied": f"{found['tied']} of {others}" if others else "-"}
+
+
+def evidence_cells(found: dict | None) -> str:
+    """`evidence_columns` as the summary table's cells."""
+    return "".join(f" {v} |" for v in evidence_columns(found).values())
 
 
 def winner_text(schedule: Schedule, stage, record) -> str:
