@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="before a stage names its winner, train its K leading points on --confirm-seeds more seeds and compare "
            "them paired by seed (0: name the best single run, as the paper; default: the preset's, 3 for paper, "
            "2 for cpu, 0 for smoke)")
+    a("--fresh-seeds", type=int, default=0, metavar="N",
+      help="after the search, re-train its best student's configuration, VKD's winner and the untuned start points "
+           "(fsd and fsdil with default weights) on N seeds no search used, and test the search's best against "
+           "them (0: not done)")
     a("--confirm-seeds", type=int, default=None, metavar="R",
       help="seeds each of a stage's --confirm-top leading points is trained on more (default: the preset's, 2 "
            "for paper, 1 for cpu, 0 for smoke)")
@@ -215,7 +219,7 @@ def run(search) -> None:
 
     from fsd.logs import quiet_libraries
     from fsd.tuning.command.checks import UsageError, check_search_folder
-    from fsd.tuning.results.summary import noise_lines, pointers, summary_table
+    from fsd.tuning.results.summary import fresh_lines, noise_lines, pointers, summary_table
     from fsd.tuning.search import lock
     from fsd.tuning.search.disk import DiskFull
     from fsd.tuning.search.runner import StageFailed, run_search
@@ -252,7 +256,7 @@ def run(search) -> None:
     except KeyboardInterrupt:
         stop(search)
     print(summary_table(ledger, search.schedule))
-    for line in noise_lines(ledger):
+    for line in noise_lines(ledger) + fresh_lines(ledger):
         print(line)
     print(pointers(ledger, search.schedule, spec.storage, spec.mlflow_uri, time.monotonic() - started))
     if mlflow_note:

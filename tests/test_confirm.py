@@ -42,18 +42,19 @@ def _stage(storage):
     return json.loads((Path(storage) / "rte-vkd" / "ledger.json").read_text())["stages"]["vkd"]
 
 
-def _trial_runs(storage):
+def _trial_runs(storage, stage="vkd"):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{storage}/mlflow.db")
     exp = client.get_experiment_by_name("rte")
-    return [r for r in client.search_runs([exp.experiment_id], max_results=1000) if "ray_trial_id" in r.data.tags]
+    return [r for r in client.search_runs([exp.experiment_id], max_results=1000) if "ray_trial_id" in r.data.tags
+            and r.data.tags.get("stage") == stage]
 
 
 @pytest.fixture(scope="module")
 def confirmed(setup):
     storage = setup[0] / "a"
-    r = subprocess.run(_args(setup, storage), capture_output=True, text=True, env=_env())
+    r = subprocess.run(_args(setup, storage, "--fresh-seeds", "2"), capture_output=True, text=True, env=_env())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return storage, r.stdout + r.stderr
 
@@ -119,3 +120,15 @@ def test_killed_during_the_confirmation_resumes_to_the_same_answer(setup, confir
         {k: v for k, v in first["winner"].items() if k != "storage"}
     runs = _trial_runs(storage)
     assert len(runs) == 6 and len({r.data.tags["ray_trial_id"] for r in runs}) == 6  # nothing ran twice
+
+
+def test_fresh_seeds_retrain_the_searchs_best_on_seeds_no_search_used(confirmed):
+    storage, out = confirmed
+    ledger = json.loads((Path(storage) / "rte-vkd" / "ledger.json").read_text())
+    fresh = ledger["fresh"]
+    assert fresh["seeds"] == [1001, 1002] and list(fresh["runs"]) == ["the search's best"]  # a vkd search
+    assert sorted(fresh["runs"]["the search's best"]["scores"]) == ["1001", "1002"]
+    runs = _trial_runs(storage, stage="fresh")
+    assert sorted(int(r.data.params["seed"]) for r in runs) == [1001, 1002]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {ledger["search_run_id"]}  # under the search
+    assert "was the search worth it: dev x 100 on 2 seeds no search used (1001-1002)" in out

@@ -116,3 +116,48 @@ def test_the_summary_and_the_report_show_a_stage_named_with_its_evidence(tmp_pat
     assert line.endswith("1 of the 1 stage winners that trained their own lead their runner-up by less than that")
     (row,) = [r for r in stage_rows("vkd", "sst2", ledger) if r["stage"] == "vkd"]
     assert row["seeds"] == "3" and row["tied"] == "1 of 1" and row["vs runner-up [95%]"].startswith("+0.67 [")
+
+
+def test_expected_best_of_n_trials_is_dodges_formula_and_its_limits():
+    import random
+
+    from fsd.tuning.plan.evidence import expected_best
+
+    scores = [0.5, 0.7, 0.72, 0.76, 0.8]
+    assert expected_best(scores, 1) == pytest.approx(sum(scores) / 5)  # one draw: the mean
+    assert expected_best(scores, 200) == pytest.approx(0.8, abs=1e-6)  # many draws: the best
+    curve = [expected_best(scores, n) for n in range(1, 10)]
+    assert curve == sorted(curve)  # never worse with more trials
+    rng = random.Random(0)  # against simulation: the best of 3 draws with replacement
+    simulated = sum(max(rng.choice(scores) for _ in range(3)) for _ in range(200_000)) / 200_000
+    assert expected_best(scores, 3) == pytest.approx(simulated, abs=2e-3)
+
+
+def test_the_fresh_seed_table_tests_the_searchs_best_against_each_start_point(tmp_path):
+    from fsd.tuning.plan.ledger import Ledger
+    from fsd.tuning.results.significance import greater, holm
+    from fsd.tuning.results.summary import fresh_lines
+    from fsd.tuning.search.fresh import configurations, untuned
+    from search_spaces import get_schedule
+
+    ledger = Ledger(tmp_path / "sst2-fsd")
+    best = {"method": "fsdil", "alpha": 0.2, "lr": 2e-4, "beta": 10.0, "epochs": 1, "task": "sst2"}
+    ledger.data.update(best={"stage": "fsdil", "winner": best}, majority={"eval/score": 0.5092})
+    ledger.data["stages"]["vkd"] = {"status": "done", "winner": {"method": "vkd", "alpha": 0.2}, "score": 0.7}
+    schedule = get_schedule("fsd", "sst2", "cpu")
+    configs = configurations(ledger, schedule)
+    assert list(configs) == ["the search's best", "vkd's winner", "untuned fsd", "untuned fsdil"]
+    start = untuned(best, "fsd", schedule)
+    assert start["method"] == "fsd" and start["alpha"] == 0.5 and start["beta"] == 1.0 and start["lam"] == 0.5
+    assert start["lr"] == 2e-4 and start["epochs"] == 1 and start["task"] == "sst2"  # the cpu budget's
+    s = {"1001": 0.76, "1002": 0.75, "1003": 0.77}
+    u = {"1001": 0.5092, "1002": 0.74, "1003": 0.75}
+    v = {"1001": 0.70, "1002": 0.72, "1003": 0.69}
+    ledger.data["fresh"] = {"seeds": [1001, 1002, 1003], "runs": {
+        "the search's best": {"method": "fsdil", "scores": s}, "vkd's winner": {"method": "vkd", "scores": v},
+        "untuned fsd": {"method": "fsd", "scores": u}}}
+    lines = fresh_lines(ledger)
+    assert lines[0] == "was the search worth it: dev x 100 on 3 seeds no search used (1001-1003)"
+    p = holm([greater(list(s.values()), list(x.values()), [1, 2, 3], [1, 2, 3])[0] for x in (v, u)])
+    assert lines[4].startswith("| vkd's winner (vkd) | 70.33 (1.53) | +5.67 | " + f"{p[0]:.3f} (paired t)")
+    assert lines[5].endswith(f"| {p[1]:.3f} (paired t) | 1 of 3 |")  # one seed collapsed to the majority class

@@ -164,7 +164,7 @@ def check_search_numbers(args: argparse.Namespace) -> None:
     minimum = {"--seeds": (args.seeds, 1), "--num-samples": (args.num_samples, 1),
                "--max-concurrent": (args.max_concurrent, 0), "--max-failures": (args.max_failures, 0),
                "--teacher-epochs": (args.teacher_epochs, 1), "--confirm-top": (args.confirm_top, 0),
-               "--confirm-seeds": (args.confirm_seeds, 0)}
+               "--confirm-seeds": (args.confirm_seeds, 0), "--fresh-seeds": (args.fresh_seeds, 0)}
     for flag, (value, least) in minimum.items():
         if value is not None and value < least:
             raise UsageError(f"{flag} {value}: use {least} or more")

@@ -204,3 +204,12 @@ def split_error_line(score_kind: str, split: str, rows: int, score: float | None
     at = 0.5 if score is None else score
     return (f"ranking split: {split}, {rows:,} rows; one accuracy's sampling error on it is "
             f"{100 * binomial_error(at, rows):.2f} points (binomial, at {100 * at:.1f})")
+
+
+def expected_best(scores: list[float], n: int) -> float:
+    """Expected validation performance (Dodge et al. 2019, "Show Your Work"): the expected best of `n` trials
+    drawn with replacement from the recorded `scores`, sum over i of v(i) ((i/N)^n - ((i-1)/N)^n) with v sorted
+    ascending."""
+    v = sorted(scores)
+    big = len(v)
+    return sum(x * ((i / big) ** n - ((i - 1) / big) ** n) for i, x in enumerate(v, 1))

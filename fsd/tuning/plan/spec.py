@@ -47,6 +47,7 @@ class SearchSpec:
     seed: int = 42
     confirm_top: int = 0  # a stage's leading points trained on more seeds before it names its winner (0: none)
     confirm_seeds: int = 0  # the seeds each of them gets, after the `seeds` every point runs
+    fresh_seeds: int = 0  # after the search: its best and the untuned start points on this many fresh seeds
     gpus_per_trial: float = 0.0
     cpus_per_trial: float = 1.0
     max_concurrent: int = 0

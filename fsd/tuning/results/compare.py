@@ -12,31 +12,28 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ray import tune
 
 from fsd.analysis import analyse_checkpoint
 from fsd.config import DistillConfig
 from fsd.logs import console
 from fsd.metrics import majority
 from fsd.models import teacher_meta
-from fsd.storage import content_key, write_text
-from fsd.train import evaluate_on_dev
-from fsd.tuning.plan import stages as plan
+from fsd.storage import content_key
 from fsd.tuning.plan.ledger import Ledger
 from fsd.tuning.plan.spec import SearchSpec, method_spec
-from fsd.tuning.plan.stages import METRIC, MODE, SAMPLES
+from fsd.tuning.plan.stages import METRIC, SAMPLES
 from fsd.tuning.results import significance, tables
 from fsd.tuning.results.html import scatter_plot
 from fsd.tuning.results.summary import PAPER
-from fsd.tuning.search import lock, retention
+from fsd.tuning.search import lock
 from fsd.tuning.search.runner import run_search
-from fsd.tuning.search.services import best_checkpoint, open_tuner, start_services, trainable_for
-from fsd.tuning.search.stage_progress import StageProgress
+from fsd.tuning.search.seed_runs import SeedRun, experiment_name, seed_runs, table_metrics  # noqa: F401
+from fsd.tuning.search.services import start_services
 from fsd.tuning.tracking import records as tracking
 from fsd.tuning.tracking.outbox import Outbox
 from search_spaces import get_schedule
@@ -61,82 +58,6 @@ def best_config(spec: SearchSpec, method: str) -> tuple[dict[str, Any], str]:
             console.info(f"compare: searching {method} first ({mspec.folder})")
             ledger = run_search(mspec, schedule).ledger
     return dict(ledger.records()[last]["winner"]), ledger.data["teacher"]
-
-
-def experiment_name(task: str, method: str, config: dict[str, Any], seeds: list[int]) -> str:
-    """The Ray experiment of one method's seed runs: named by what it runs, so a killed comparison resumes
-    its own runs while another configuration or seed list gets fresh ones (the old ones stay on disk)."""
-    return f"{task}-compare-{method}-{content_key({'config': config, 'seeds': seeds}, 10)}"
-
-
-@dataclass
-class SeedRun:
-    """One seed's run of a configuration, as the tables read it."""
-
-    dev: dict[str, float]  # every dev metric (as `eval/<metric>`) at the run's best evaluation
-    checkpoint: str | None  # that evaluation's checkpoint
-    cost: dict[str, float]  # student params, training seconds and samples, evaluation seconds and rows
-    curve: list[dict[str, float]]  # per evaluation: progress/samples and the tracked relations/*
-    seed: int
-
-
-def seed_runs(spec: SearchSpec, label: str, config: dict[str, Any], seeds: list[int], outbox: Outbox,
-              parent_run: str, exp_id: str) -> list[SeedRun]:
-    """Each seed's run of `config` (a Ray experiment named by `label`, the config and the seeds), evaluated
-    plan.EVALS_PER_RUN times with its relations to the teacher tracked (Fig. 6). A run ranked on a holdout
-    (`config["holdout_rows"]`) is measured on dev at its best holdout checkpoint."""
-    base = {k: v for k, v in config.items() if k != "seed"}
-    base = {**base, "track_relations": True, "eval_every": base.get("eval_every") or plan.evaluation_interval(base)}
-    name = experiment_name(spec.task, label, base, seeds)
-    storage = os.path.join(compare_folder(spec), "ray")
-    tracker = tracking.TrialTracker(spec.mlflow_uri, exp_id, parent_run, {"stage": "compare", "method": label,
-                                                                         "task": spec.task}, base, outbox,
-                                    tracking.dataset_records(base))
-    tuner = open_tuner(spec, storage, name, trainable_for(spec, base), {"seed": tune.grid_search(seeds)},
-                       tune.TuneConfig(metric=METRIC, mode=MODE, max_concurrent_trials=spec.max_concurrent or None),
-                       [tracker, StageProgress(f"compare {label}", len(seeds), ("seed",), halving=False),
-                        # every seed run's checkpoints stay (the analyses read its best), its optimizer state goes
-                        retention.KeepWinners(len(seeds), delete=False)])
-    runs = []
-    for result in tuner.fit():
-        df = result.metrics_dataframe
-        if result.error or df is None or METRIC not in df:
-            continue
-        best = best_checkpoint(result)
-        if base.get("holdout_rows") is not None:
-            if best is None:
-                continue
-            dev = dev_scores(spec, best.path)
-        else:
-            top = df.loc[df[METRIC].idxmax()]
-            dev = {k: float(v) for k, v in table_metrics(top.to_dict()).items()}
-        cost = {}
-        if {"run/student_params", "time/eval_s", "eval/rows", SAMPLES} <= set(df.columns):  # this version
-            cost = {"params": float(df["run/student_params"].iloc[-1]), "train_s": float(df["time/train_s"].sum()),
-                    "samples": float(df[SAMPLES].max()), "eval_s": float(df["time/eval_s"].sum()),
-                    "eval_rows": float(df["eval/rows"].sum())}
-        tracked = [k for k in df.columns if k.startswith("relations/")]
-        curve = df[[SAMPLES, *tracked]].to_dict("records") if tracked else []
-        runs.append(SeedRun(dev, best.path if best else None, cost, curve, int(result.config["seed"])))
-    return runs
-
-
-def dev_scores(spec: SearchSpec, checkpoint: str) -> dict[str, float]:
-    """A holdout-ranked run's dev metrics at `checkpoint` (as `eval/<metric>`), measured once: a comparison
-    run again (more methods, another table) reads them back from its folder."""
-    path = Path(compare_folder(spec)) / "dev" / f"{content_key(checkpoint)}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    dev = table_metrics({k.replace("dev", "eval", 1): v for k, v in evaluate_on_dev(checkpoint).items()})
-    write_text(path, json.dumps(dev))
-    return dev
-
-
-def table_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """The GLUE metrics of an evaluation (`eval/<metric>`, `eval_mm/<metric>`), as Table 2/3 shows them: not its
-    loss, row count or running best."""
-    return {k: v for k, v in metrics.items() if k.startswith(("eval/", "eval_mm/"))
-            and k != "eval/rows" and not k.startswith("eval/best_") and not k.endswith("/loss")}
 
 
 def table(task: str, runs: dict[str, list[dict[str, float]]], teacher: dict[str, float] | None,
@@ -217,7 +138,7 @@ def run_compare(spec: SearchSpec, methods: list[str], seeds: int, ablation: bool
     seed_list = [spec.seed + i for i in range(seeds)]
 
     def runs_of(label: str, config: dict[str, Any]) -> list[SeedRun]:
-        return seed_runs(spec, label, config, seed_list, outbox, run_id, exp_id)
+        return seed_runs(spec, str(folder), label, config, seed_list, outbox, run_id, exp_id)
 
     runs = {m: runs_of(m, cfg) for m, (cfg, _) in configs.items()}
     meta = teacher_meta(next(iter(configs.values()))[1])

@@ -240,3 +240,29 @@ def scatter_plot(points: dict[str, tuple[float, float]], path: str | os.PathLike
     ax.grid(alpha=0.3)
     fig.savefig(path, format="png")
     return str(path)
+
+
+def curve_plot(curves: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike, xlabel: str,
+               ylabel: str, title: str, lines: dict[str, float] | None = None) -> str:
+    """A PNG of one line per name (`name -> (xs, ys)`), with `lines` (name -> a level) drawn across, dashed:
+    e.g. the expected best score of n trials of each search beside the untuned start points'."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 4.0), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, (xs, ys) in curves.items():
+        ax.plot(list(xs), list(ys), marker="o", markersize=3, label=name)
+    for name, level in (lines or {}).items():
+        ax.axhline(level, linestyle="--", linewidth=1, color="grey")
+        ax.annotate(name, (0, level), xycoords=("axes fraction", "data"), xytext=(4, 3), textcoords="offset points",
+                    fontsize=8, color="grey")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize=8)
+    fig.savefig(path, format="png")
+    return str(path)

@@ -12,9 +12,10 @@ from typing import Any
 from fsd.analysis import HEATMAP_FILE, METRICS_FILE
 from fsd.data import split_rows
 from fsd.models import teacher_meta
+from fsd.tuning.plan.evidence import expected_best
 from fsd.tuning.plan.ledger import LEDGER, Ledger
-from fsd.tuning.results.html import Image, Section, Table, score_plot, write_html
-from fsd.tuning.results.summary import PAPER, SHOWN, evidence_columns
+from fsd.tuning.results.html import Image, Section, Table, curve_plot, score_plot, write_html
+from fsd.tuning.results.summary import PAPER, SHOWN, evidence_columns, fresh_lines
 from fsd.tuning.results.tables import TABLES
 from fsd.tuning.tracking import records as tracking
 from search_spaces import get_schedule
@@ -202,6 +203,34 @@ def at_majority(ledgers: dict[str, Ledger]) -> str | None:
             "more rows or epochs (e.g. `--preset cpu` on SST-2, or `--set max_train_samples=none --set epochs=3`).")
 
 
+def worth_sections(mlflow_uri: str, ledgers: dict[str, Ledger], figures: Path, task: str) -> list[Section]:
+    """What each search bought: the expected best score of n of its trials (Dodge et al. 2019), drawn from every
+    trial it recorded, beside the untuned start points' fresh-seed means; and its --fresh-seeds table."""
+    curves, levels, sections = {}, {}, []
+    for method, ledger in ledgers.items():
+        pooled = [x for scores in trial_scores(mlflow_uri, ledger).values() for x in scores
+                  if x is not None and math.isfinite(x)]
+        if pooled:
+            ns = list(range(1, len(pooled) + 1))
+            strategy = ledger.data.get("search", {}).get("strategy", "grid")
+            curves[f"{method} ({strategy}, {len(pooled)} trials)"] = (ns, [expected_best(pooled, n) for n in ns])
+        fresh = fresh_lines(ledger)
+        if fresh:
+            sections.append(Section(heading=f"{task} / {method}: was the search worth it", text="\n".join(fresh)))
+            for label, run in ledger.data["fresh"]["runs"].items():
+                if label.startswith("untuned") and run.get("mean") is not None:
+                    levels[f"{label} (fresh seeds)"] = 100 * run["mean"]
+    if curves:
+        path = curve_plot(curves, figures / "expected-best.png", "trials drawn (n)", "expected best score x 100",
+                          f"{task}: expected best of n trials (expected validation performance)", levels)
+        sections.insert(0, Section(heading="expected best score of n trials", text=(
+            "The expected best score x 100 of n trials drawn with replacement from each search's recorded trials "
+            "(every stage's, on what they were ranked on: Dodge et al. 2019, 'Show Your Work'); dashed: the untuned "
+            "start points' mean on fresh seeds, where --fresh-seeds ran."), images=[Image(
+                path, "expected best of n trials", "one line per search")]))
+    return sections
+
+
 def build_report(storage: str, task: str, mlflow_uri: str, out: str | None = None) -> str:
     """Write `<storage>/<task>-report.html` (or `out`) and return its path."""
     root = Path(storage)
@@ -240,6 +269,7 @@ def build_report(storage: str, task: str, mlflow_uri: str, out: str | None = Non
                                 "teacher on dev (Eq. 12-13; mean absolute difference, smaller is closer)"))
         sections.append(Section(heading=f"{task} / {method}", text=text, tables=tables, images=images,
                                 thumbnails=maps))
+    sections.extend(worth_sections(mlflow_uri, ledgers, figures, task))
     compare = root / f"{task}-compare" / "compare.md"
     if compare.is_file():
         import csv

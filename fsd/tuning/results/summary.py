@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 
 from fsd.models import teacher_meta
@@ -168,3 +170,33 @@ def noise_lines(ledger: Ledger) -> list[str]:
         line += (f"; {small} of the {len(leads)} stage winners that trained their own lead their runner-up by less "
                  "than that")
     return [line]
+
+
+def fresh_lines(ledger: Ledger) -> list[str]:
+    """The search's best beside the untuned start points and VKD's winner on fresh seeds (`--fresh-seeds`): each
+    one's mean (sd) on dev, the difference to the search's best and the one-sided p that the search's best is
+    higher (paired by seed, Holm-corrected over the others); a start point at the majority class says so."""
+    from fsd.tuning.results.significance import versus_each
+    from fsd.tuning.search.fresh import SEARCHED
+
+    fresh = ledger.data.get("fresh")
+    if not fresh or SEARCHED not in fresh["runs"]:
+        return []
+    runs = {label: r for label, r in fresh["runs"].items() if r["scores"]}
+    scores = {label: list(r["scores"].values()) for label, r in runs.items()}
+    seeds = {label: [int(s) for s in r["scores"]] for label, r in runs.items()}
+    tests = {c.versus: c for c in versus_each(scores, seeds, full=SEARCHED)} if SEARCHED in scores else {}
+    floor = (ledger.data.get("majority") or {}).get("eval/score")
+    lines = [f"was the search worth it: dev x 100 on {len(fresh['seeds'])} seeds no search used "
+             f"({fresh['seeds'][0]}-{fresh['seeds'][-1]})",
+             "| students | mean (sd) | vs the search's best | p (search's best higher, Holm) | at the majority class |",
+             "|---|---|---|---|---|"]
+    for label, values in scores.items():
+        sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+        test = tests.get(label)
+        diff = "-" if test is None else f"{100 * (statistics.fmean(scores[SEARCHED]) - statistics.fmean(values)):+.2f}"
+        p = "-" if test is None or math.isnan(test.p_holm) else f"{test.p_holm:.3f} ({test.test})"
+        majority = "-" if floor is None else f"{sum(1 for v in values if v <= floor + 1e-9)} of {len(values)}"
+        lines.append(f"| {label} ({runs[label]['method']}) | {100 * statistics.fmean(values):.2f} ({100 * sd:.2f}) | "
+                     f"{diff} | {p} | {majority} |")
+    return lines

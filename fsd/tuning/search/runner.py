@@ -17,6 +17,7 @@ from fsd.tuning.plan.ledger import Ledger
 from fsd.tuning.plan.spec import SearchSpec, identity
 from fsd.tuning.plan.stages import stage_base, train_rows
 from fsd.tuning.search import disk as space
+from fsd.tuning.search.fresh import fresh_seed_list, run_fresh
 from fsd.tuning.search.services import MlflowIds, interrupted, start_services
 from fsd.tuning.search.stage import BudgetSpent, StageFailed, run_stage, stage_line
 from fsd.tuning.tracking import records as tracking
@@ -138,6 +139,9 @@ def run_stages(spec: SearchSpec, schedule: Schedule, teacher: str, ledger: Ledge
 def finish(spec: SearchSpec, schedule: Schedule, ledger: Ledger, ids: MlflowIds) -> Finished:
     """The search's best student registered, its budget's account, its MLflow run closed."""
     register_best(spec, schedule, ledger, ids.outbox)
+    if spec.fresh_seeds and ledger.data.get("best") and \
+            (ledger.data.get("fresh") or {}).get("seeds") != fresh_seed_list(spec.fresh_seeds):
+        run_fresh(spec, schedule, ledger, ids.outbox, ids.search_run_id, ids.experiment_id)
     if ledger.data.get("budget"):
         ledger.data["budget"]["spent"] = budget.spent_of(ledger.records())
         ledger.save()
