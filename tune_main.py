@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
 def dry_run(args: argparse.Namespace) -> None:
     """Every stage, its grid and what it will cost (with --estimate, in hours, from steps timed here); nothing
     is written. With --compare, the cost of every method's search, shared stages counted once."""
-    from fsd.logs import quiet_libraries
+    from fsd.logs import first_line, quiet_libraries
     from fsd.tuning.command.checks import check_batch_sizes, check_compare, dry_spec
     from fsd.tuning.cost.dryrun import cache_line, compare_cost, format_compare_cost, format_cost
     from fsd.tuning.cost.estimate import samples_per_hour
@@ -174,8 +174,7 @@ def dry_run(args: argparse.Namespace) -> None:
         try:
             rates = measure(spec, schedules)
         except OSError as e:  # a hub model that is not here (offline), a folder without weights
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            fail(f"--estimate: the models cannot be loaded to time them ({first[:300]}): pass a local --teacher "
+            fail(f"--estimate: the models cannot be loaded to time them ({first_line(e, 300)}): pass a local --teacher "
                  "folder or packaged-minilm")
         print(format_estimate(costs, schedules, rates))
 

@@ -26,6 +26,13 @@ def show_console() -> None:
     console.propagate = False
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of `error`'s message (its type's name when it has none), cut to `limit` characters:
+    what an `error:` line quotes of an exception, which may carry a traceback or a whole HTTP body."""
+    text = str(error).strip()
+    return (text.splitlines()[0].strip() if text else type(error).__name__)[:limit]
+
+
 def quiet_libraries() -> None:
     """Progress bars and load reports of datasets/transformers drown the per-epoch lines of a CLI."""
     import datasets
