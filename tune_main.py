@@ -79,8 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--log-checkpoints", choices=["best", "all"], default="best",
       help="best: each stage's best student is logged as an MLflow model; all: also every trial's best checkpoint")
     a("--resume", action="store_true", help="continue the search stored in the storage folder")
-    a("--verbose", action="store_true",
-      help="also show Ray's and MLflow's own console output (experiment tables, INFO lines, trial tracebacks)")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("--verbose", action="store_true",
+                      help="also show Ray's and MLflow's own console output (experiment tables, INFO lines, trial "
+                           "tracebacks)")
+    talk.add_argument("--quiet", action="store_true",
+                      help="no progress, stage or teacher lines on stderr: only the results on stdout and errors")
     a("--address", default=None, help="address of an existing Ray cluster (default: start one locally)")
     a("--set", dest="sets", action="append", metavar="KEY=VALUE",
       help="a DistillConfig value for every trial, repeatable (e.g. --set lr=3e-5 --set batch_size=16); a stage's "
@@ -119,7 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from fsd.logs import show_console
 
-    show_console()  # what the search says goes to stdout, line by line
+    # The narrative (progress, stage lines) goes to stderr, line by line; what this function prints, the
+    # results (the summary table, the pointers, --dry-run's tables), to stdout: `> results.md` keeps them.
+    show_console(quiet=args.quiet)
     from fsd.tuning.command.checks import UsageError, validate
 
     try:
