@@ -13,7 +13,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import NoReturn
+
+SCRIPT = "fsd-tune"  # the command an install makes ([project.scripts] in pyproject.toml)
+
+
+def command() -> str:
+    """How this command was called, for the lines that tell the user what to type."""
+    return SCRIPT if Path(sys.argv[0]).name == SCRIPT else "python tune_main.py"
 
 
 class Parser(argparse.ArgumentParser):
@@ -21,11 +29,12 @@ class Parser(argparse.ArgumentParser):
     usage block, which buried the line under twenty more)."""
 
     def error(self, message: str) -> NoReturn:
-        fail(f"{message} (python tune_main.py --help lists the flags)")
+        fail(f"{message} ({command()} --help lists the flags)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="tune_main.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=command().removeprefix("python "), description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli")
     a("--method", default="fsd",
