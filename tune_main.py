@@ -13,7 +13,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import NoReturn
+
+SCRIPT = "fsd-tune"  # the command an install makes ([project.scripts] in pyproject.toml)
+
+
+def command() -> str:
+    """How this command was called, for the lines that tell the user what to type."""
+    return SCRIPT if Path(sys.argv[0]).name == SCRIPT else "python tune_main.py"
 
 
 class Parser(argparse.ArgumentParser):
@@ -21,11 +29,12 @@ class Parser(argparse.ArgumentParser):
     usage block, which buried the line under twenty more)."""
 
     def error(self, message: str) -> NoReturn:
-        fail(f"{message} (python tune_main.py --help lists the flags)")
+        fail(f"{message} ({command()} --help lists the flags)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="tune_main.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog=command().removeprefix("python "), description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli")
     a("--method", default="fsd",
@@ -90,8 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--log-checkpoints", choices=["best", "all"], default="best",
       help="best: each stage's best student is logged as an MLflow model; all: also every trial's best checkpoint")
     a("--resume", action="store_true", help="continue the search stored in the storage folder")
-    a("--verbose", action="store_true",
-      help="also show Ray's and MLflow's own console output (experiment tables, INFO lines, trial tracebacks)")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("--verbose", action="store_true",
+                      help="also show Ray's and MLflow's own console output (experiment tables, INFO lines, trial "
+                           "tracebacks)")
+    talk.add_argument("--quiet", action="store_true",
+                      help="no progress, stage or teacher lines on stderr: only the results on stdout and errors")
     a("--address", default=None, help="address of an existing Ray cluster (default: start one locally)")
     a("--set", dest="sets", action="append", metavar="KEY=VALUE",
       help="a DistillConfig value for every trial, repeatable (e.g. --set lr=3e-5 --set batch_size=16); a stage's "
@@ -130,7 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     from fsd.logs import show_console
 
-    show_console()  # what the search says goes to stdout, line by line
+    # The narrative (progress, stage lines) goes to stderr, line by line; what this function prints, the
+    # results (the summary table, the pointers, --dry-run's tables), to stdout: `> results.md` keeps them.
+    show_console(quiet=args.quiet)
     from fsd.tuning.command.checks import UsageError, validate
 
     try:
@@ -146,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
 def dry_run(args: argparse.Namespace) -> None:
     """Every stage, its grid and what it will cost (with --estimate, in hours, from steps timed here); nothing
     is written. With --compare, the cost of every method's search, shared stages counted once."""
-    from fsd.logs import quiet_libraries
+    from fsd.logs import first_line, quiet_libraries
     from fsd.tuning.command.checks import check_batch_sizes, check_compare, dry_spec
     from fsd.tuning.cost.dryrun import cache_line, compare_cost, format_compare_cost, format_cost
     from fsd.tuning.cost.estimate import samples_per_hour
@@ -186,8 +201,7 @@ def dry_run(args: argparse.Namespace) -> None:
         try:
             rates = measure(spec, schedules)
         except OSError as e:  # a hub model that is not here (offline), a folder without weights
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            fail(f"--estimate: the models cannot be loaded to time them ({first[:300]}): pass a local --teacher "
+            fail(f"--estimate: the models cannot be loaded to time them ({first_line(e, 300)}): pass a local --teacher "
                  "folder or packaged-minilm")
         print(format_estimate(costs, schedules, rates))
 

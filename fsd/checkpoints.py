@@ -28,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fsd.logs import first_line
 from fsd.storage import atomic_file, write_text
 
 STUDENT = "student"
@@ -113,9 +114,8 @@ def _load_old(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UnsafeCheckpoint(f"{path} holds more than tensors and plain values, so it is not loaded (loading "
-                               f"it could run code: {first}); delete that checkpoint folder, or the search's "
+                               f"it could run code: {first_line(e)}); delete that checkpoint folder, or the search's "
                                "stage folder, and run again with --resume to train it afresh") from None
 
 

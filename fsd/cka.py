@@ -6,11 +6,11 @@ from typing import Literal
 
 import torch
 
-Path = Literal["auto", "gram", "feature"]
+CkaPath = Literal["auto", "gram", "feature"]
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None,
-               path: Path = "auto") -> torch.Tensor:
+               path: CkaPath = "auto") -> torch.Tensor:
     """Linear CKA with the biased HSIC estimator, batched over leading dimensions (Eq. 4-5).
 
     ```
@@ -75,19 +75,33 @@ def centred_gram(y: torch.Tensor) -> torch.Tensor:
 def linear_cka_fixed(x: torch.Tensor, gram_y: torch.Tensor) -> torch.Tensor:
     """`linear_cka(x, y)` for a `y` that never changes (the teacher memory), from `centred_gram(y)`: the
     `[m, m]` Gram of `y` is not recomputed at every step, and `x`'s Gram is centred as an `[m, m]` matrix
-    (`H K H`) rather than `x` itself, so the only passes over the wide `x` are the matmuls."""
+    (`H K H`) rather than `x` itself, so the only passes over the wide `x` are its shift and the matmul.
+    Returns float64 (see `linear_cka_of_gram`)."""
     xa = x.to(gram_y.dtype)
+    xa = xa - xa.detach().mean(dim=0)  # see linear_cka_of_gram: a shift leaves the value and gradient as they are
     return linear_cka_of_gram(xa @ xa.T, gram_y)
 
 
 def linear_cka_of_gram(k: torch.Tensor, gram_y: torch.Tensor) -> torch.Tensor:
-    """`linear_cka_fixed` from `x`'s raw Gram `k = x x^T [m, m]` (for a caller that needs that Gram for more
-    than the CKA, e.g. the row norms on its diagonal)."""
-    k = k.to(gram_y.dtype)
+    """`linear_cka_fixed` from `x`'s Gram `k = x x^T [m, m]` (for a caller that needs that Gram for more
+    than the CKA, e.g. the row norms on its diagonal).
+
+    `x` should be shifted by a common row near its mean first (a detached mean will do): the centring here
+    removes any common shift, so the value does not change, but a float32 Gram of rows that share a large
+    offset keeps the offset's digits and rounds away the centred part, which the guard below would then
+    call degenerate (a student memory 1000 units from the origin gave L_M = -log 1e-8 with zero gradient).
+
+    The `[m, m]` side is computed in float64 and the result is float64: it costs nothing next to the Gram's
+    product, and a CKA near 1 holds `1 - CKA` (the loss `-log CKA`, ~1e-3 for close memories) in float32
+    only to a few percent.
+    """
+    # The rounding `k` carries is that of the dtype it was computed in, not float64's.
+    eps = torch.finfo(k.dtype).eps
+    k, gram_y = k.to(torch.float64), gram_y.to(torch.float64)
     kc = k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
     hxx = kc.pow(2).sum()
     with torch.no_grad():  # a constant x centres to rounding noise, not to a signal (see _centre_and_normalise)
-        ok = hxx > (torch.finfo(k.dtype).eps * k.shape[0]) ** 2 * k.pow(2).sum()
+        ok = hxx > (eps * k.shape[0]) ** 2 * k.pow(2).sum()
     return _ratio((kc * gram_y).sum(), hxx, gram_y.pow(2).sum(), ok)
 
 

@@ -14,6 +14,10 @@ from typing import Any
 METHODS = ("nokd", "vkd", "pkd", "rkd", "minilm", "fsdi", "fsdl", "fsdg", "fsdil", "fsd")
 
 
+# Values a field may take only beside another field's value (DistillConfig refuses them otherwise): a check
+# of one value alone puts them beside it, and the check of all values together decides.
+PAIRED = {"structure_mask": {"pad_to_max": True}}
+
 # DistillConfig values that change speed only (results equal up to float rounding), and where files go: two
 # configurations that differ in these alone train the same student.
 SPEED_FIELDS = ("teacher_cache", "cache_budget_gb", "cache_dtype", "compile", "device")
@@ -138,6 +142,13 @@ class DistillConfig(DataSpec):
             raise ConfigError(f"cache_dtype must be 'float16' or 'float32', got {self.cache_dtype!r}")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
             raise ConfigError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if not self.structure_mask and not self.pad_to_max:
+            # The reference code's structures read all max_seq_len positions, PAD states included; a batch
+            # padded to its own length has PAD states only up to that length, and the flattened layout
+            # fills the rest with zeros: a mix of the two that neither the paper nor our default computes.
+            raise ConfigError("structure_mask=False (the reference code's structures over every position, PAD "
+                              "included) needs pad_to_max=True: a batch padded to its own length has PAD states "
+                              "only up to that length and zeros beyond it")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DistillConfig:

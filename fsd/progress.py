@@ -9,6 +9,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from fsd.logs import narrating
+
 PLAIN_EVERY_S = 30.0  # away from a terminal: a line at most this often, and one at the end
 
 
@@ -16,19 +18,20 @@ class Progress:
     """Progress over `total` units of `unit` (e.g. training samples), with their rate.
 
     On a terminal it is a tqdm bar; elsewhere a line `<desc>: <done>/<total> <unit>s (<pct>%), <rate>/s,
-    <elapsed>` at most every `every_s` seconds and when it closes. Disabled, it prints nothing.
+    <elapsed>` at most every `every_s` seconds and when it closes. Disabled, or after a command line's --quiet
+    (`fsd.logs.narrating`), it prints nothing.
     """
 
     def __init__(self, total: int, desc: str, unit: str = "sample", stream: TextIO | None = None,
                  every_s: float = PLAIN_EVERY_S, enabled: bool = True):
         self.total, self.desc, self.unit = total, desc, unit
         self.stream = stream if stream is not None else sys.stderr
-        self.every_s, self.enabled = every_s, enabled
+        self.every_s, self.enabled = every_s, enabled and narrating()
         self.done, self.start = 0, time.perf_counter()
         self._last_line = self.start
         self._closed = False
         self._bar = None
-        if enabled and _is_terminal(self.stream):
+        if self.enabled and _is_terminal(self.stream):
             self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=self.stream, leave=False,
                              dynamic_ncols=True)
 

@@ -213,9 +213,20 @@ def test_student_of_no_layers(ctx):
     ("temprature=5", "--set temprature: no such setting; did you mean 'temperature'?"),
     ("epochs=two", "--set epochs=two: epochs takes int, not 'two'"),
     ("seed=3", "--set seed: use --seed instead"),
+    ("structure_mask=false", "--set: structure_mask=False (the reference code's structures over every position, "
+                             "PAD included) needs pad_to_max=True"),
 ])
 def test_bad_trial_values(ctx, pair, message):
     assert message in refused(ctx, "--set", "lr=3e-5", "--set", pair)
+
+
+def test_unmasked_structures_beside_padding_to_max_pass_the_checks(ctx):
+    """The pair the hybrid refusal asks for passes, in either order: each value is checked beside it."""
+    from fsd.tuning.command.checks import check_schedule
+
+    for sets in (["structure_mask=false", "pad_to_max=true"], ["pad_to_max=true", "structure_mask=false"]):
+        args = _tune_main().build_parser().parse_args([*_base(ctx), *(a for s in sets for a in ("--set", s))])
+        assert check_schedule(args).task == "rte"
 
 
 @pytest.mark.parametrize("lr", ["0", "-5e-5", "2"])

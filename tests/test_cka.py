@@ -190,3 +190,20 @@ def test_cka_against_a_fixed_side_equals_linear_cka():
     (gx_ref,) = torch.autograd.grad(linear_cka(x, y), x)
     torch.testing.assert_close(gx, gx_ref)
     assert linear_cka_fixed(x, centred_gram(torch.ones(12, 70, dtype=torch.float64))) == 0  # degenerate side
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3, 1e4])
+def test_cka_against_a_fixed_side_keeps_a_large_common_offset_in_float32(offset):
+    """float32 rows far from the origin: the Gram path's CKA is float64's to 1e-6 (its Gram formed after a
+    shift; a raw Gram's centred part drowns in the offset's rounding), and all-equal rows are degenerate."""
+    from fsd.cka import centred_gram, linear_cka_fixed
+
+    rng = np.random.default_rng(7)
+    y = rng.normal(size=(30, 400))
+    x = (0.5 * y + 0.1 * rng.normal(size=(30, 400)) + offset).astype(np.float32)
+    got = linear_cka_fixed(_t(x, torch.float32), centred_gram(_t(y, torch.float32)))
+    assert got.item() == pytest.approx(_cka_np(x.astype(np.float64), y), abs=1e-6)
+    same = _t(np.repeat(x[:1], 30, axis=0), torch.float32).requires_grad_(True)
+    value = linear_cka_fixed(same, centred_gram(_t(y, torch.float32)))
+    (grad,) = torch.autograd.grad(value, same)
+    assert value.item() == 0 and torch.isfinite(grad).all()

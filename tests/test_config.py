@@ -34,6 +34,18 @@ def test_bad_values_are_named(key, value, message):
         DistillConfig.from_dict({**BASE, key: value})
 
 
+def test_unmasked_structures_need_batches_padded_to_max():
+    """Structures over every position (the reference code's) read PAD states at every position only when
+    batches are padded to max_seq_len; with per-batch padding they would be PAD states up to each batch's
+    length and zeros beyond: refused, and allowed beside the value `PAIRED` names."""
+    from fsd.config import PAIRED
+
+    with pytest.raises(ConfigError, match=r"^structure_mask=False .* needs pad_to_max=True"):
+        DistillConfig.from_dict({**BASE, "structure_mask": False})
+    assert not DistillConfig.from_dict({**BASE, "structure_mask": False, **PAIRED["structure_mask"]}).structure_mask
+    assert DistillConfig.from_dict({**BASE, "pad_to_max": True}).pad_to_max  # the other way round is fine
+
+
 def test_frozen():
     c = DistillConfig.from_dict(BASE)
     with pytest.raises(AttributeError):

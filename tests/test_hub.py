@@ -87,7 +87,8 @@ def test_the_hub_command_searches_qqp_with_the_hubs_model_and_data(hub_root, tmp
         requests = list(hub.requests)
     artifacts = Path(os.environ.get("FSD_TEST_ARTIFACTS", ROOT / "test-artifacts"))
     artifacts.mkdir(parents=True, exist_ok=True)
-    (artifacts / "hub-qqp-smoke.txt").write_text(r.stdout)  # what the README shows of this command
+    # What the README shows of this command: the narrative (stderr), then the results (stdout).
+    (artifacts / "hub-qqp-smoke.txt").write_text(r.stderr + r.stdout)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "GET /bert-base-uncased/resolve/" in "\n".join(requests)  # the model came from the hub
     assert any("/datasets/nyu-mll/glue/resolve/" in q and "qqp/" in q for q in requests)  # and the data

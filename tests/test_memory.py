@@ -73,6 +73,51 @@ def test_global_structure_float32_large_offset_features():
         assert got[key].item() == pytest.approx(want[key], rel=2e-3, abs=1e-6), key
 
 
+def _memory_term_f64(m_s: torch.Tensor, m_t: torch.Tensor) -> torch.Tensor:
+    """L_M (Eq. 8) in float64 with the explicit centring matrix, for autograd's gradient."""
+    k = m_s.shape[0]
+    h = torch.eye(k, dtype=torch.float64) - 1.0 / k
+    kc, lc = h @ m_s @ m_s.T @ h, h @ m_t @ m_t.T @ h
+    return -torch.log((kc * lc).sum() / torch.sqrt((kc * kc).sum() * (lc * lc).sum()) + 1e-8)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_memory_term_of_a_far_off_float32_student_memory_is_the_float64_value(offset):
+    """A float32 student memory whose rows share a large common offset (trained towards features that share
+    one) gives float64's L_M within 1e-4 relative and its gradient; the offset once made the float32 Gram
+    lose the centred part, so L_M read -log 1e-8 with a zero gradient where the value is ~1e-3."""
+    g = torch.Generator().manual_seed(3)
+    k, d = 40, 3000
+    m_t = torch.randn(k, d, generator=g) + 2
+    m_s = (0.5 * m_t + 0.15 * torch.randn(k, d, generator=g) + offset).requires_grad_(True)
+    h = torch.randn(4, d, generator=g)
+    got = global_structure_parts(h, h, m_t, m_s, 0.5)["memory"]
+    (grad,) = torch.autograd.grad(got, m_s)
+    ms64 = m_s.detach().double().requires_grad_(True)
+    want = _memory_term_f64(ms64, m_t.double())
+    (grad64,) = torch.autograd.grad(want, ms64)
+    assert got.dtype == torch.float32
+    assert 5e-4 < want.item() < 5e-3  # close memories: the regime where float32's log near 1 fails
+    assert want.item() == pytest.approx(-np.log(_cka_np(ms64.detach().numpy(), m_t.double().numpy()) + 1e-8),
+                                        rel=1e-10)  # the autograd reference is Eq. 8
+    assert got.item() == pytest.approx(want.item(), rel=1e-4)
+    torch.testing.assert_close(grad.double(), grad64, rtol=0, atol=1e-4 * grad64.abs().max().item())
+
+
+def test_memory_term_of_a_degenerate_student_memory_is_finite():
+    """Rows all equal (far from the origin, so their centring leaves rounding noise) or a single row: CKA is
+    undefined, defined as 0, so L_M = -log 1e-8, with finite, zero gradients to the memory's Gram."""
+    g = torch.Generator().manual_seed(4)
+    m_t = torch.randn(6, 50, generator=g)
+    h = torch.randn(3, 50, generator=g)
+    for m_s in (torch.randn(1, 50, generator=g).repeat(6, 1) + 1000, torch.randn(1, 50, generator=g)):
+        m_s.requires_grad_(True)
+        memory = global_structure_parts(h, h, m_t[: len(m_s)], m_s, 0.5)["memory"]
+        (grad,) = torch.autograd.grad(memory, m_s)
+        assert memory.item() == pytest.approx(-np.log(1e-8), rel=1e-6)
+        assert torch.isfinite(grad).all() and grad.abs().max() == 0
+
+
 def test_gradients_reach_student_memory_and_features_only():
     torch.manual_seed(0)
     memory = StudentMemory(5, 9)
@@ -284,18 +329,20 @@ def test_cosines_equal_the_normalised_rows_products():
 
 
 def test_the_student_sides_fused_products_have_autograds_gradients():
-    """`_GramAndProducts` (the memory's Gram and the batch's products, one backward product) against the
-    numerical gradient, for rows narrower than the memory and as wide."""
+    """`_GramAndProducts` (the shifted memory's Gram and the batch's products, one backward product) against
+    the numerical gradient, for rows narrower than the memory and as wide."""
     from fsd.objectives.memory import _GramAndProducts
 
     g = torch.Generator().manual_seed(9)
     for w in (6, 10):
         h = torch.randn(3, w, generator=g, dtype=torch.float64, requires_grad=True)
         m = torch.randn(4, 10, generator=g, dtype=torch.float64, requires_grad=True)
-        assert torch.autograd.gradcheck(_GramAndProducts.apply, (h, m))
-        gram, prod = _GramAndProducts.apply(h, m)
-        torch.testing.assert_close(gram, m @ m.T)
+        s = torch.randn(10, generator=g, dtype=torch.float64) + 3  # the shift: a constant, no gradient
+        assert torch.autograd.gradcheck(_GramAndProducts.apply, (h, m, s))
+        gram, prod, along = _GramAndProducts.apply(h, m, s)
+        torch.testing.assert_close(gram, (m - s) @ (m - s).T)
         torch.testing.assert_close(prod, h @ m[:, :w].T)
+        torch.testing.assert_close(along, (m - s) @ s)
 
 
 def test_the_student_side_equals_the_shifted_computation_in_float64_and_float32():
@@ -309,7 +356,8 @@ def test_the_student_side_equals_the_shifted_computation_in_float64_and_float32(
     gram, dist, cos = _student_side(h, m)
     torch.testing.assert_close(dist, _pair_dist(h, m), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(cos, _cosines(h, m), rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(gram, m @ m.T)
+    centred = m - m.mean(dim=0)
+    torch.testing.assert_close(gram, centred @ centred.T)
     _, dist32, cos32 = _student_side(h.float(), m.float())
     torch.testing.assert_close(dist32.double(), dist, rtol=1e-4, atol=0)
     torch.testing.assert_close(cos32.double(), cos, rtol=1e-4, atol=0)

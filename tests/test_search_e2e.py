@@ -222,13 +222,13 @@ def test_killed_mid_stage_then_resumed(setup, uninterrupted):
         assert again.returncode == 2 and "add --resume" in again.stderr and planted.poll() is None
         resumed = subprocess.run(_args(setup, storage, "--resume"), capture_output=True, text=True, env=_env())
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-        assert "Ray process(es) that a killed driver of this search left running" in resumed.stdout
+        assert "Ray process(es) that a killed driver of this search left running" in resumed.stderr
         assert planted.wait(timeout=10) == -signal.SIGTERM and bystander.poll() is None
         assert orphans.marked(token) == []  # the dead driver's processes, found by its token, are stopped
     finally:
         planted.kill()
         bystander.kill()
-    assert "stage vkd: done before" in resumed.stdout
+    assert "stage vkd: done before" in resumed.stderr
     _check_mlflow(f"sqlite:///{storage}/mlflow.db")
     assert _winners(storage) == _winners(uninterrupted[0])
 
@@ -271,9 +271,9 @@ def test_compare_reuses_a_search_runs_the_other_and_reruns_seeds(setup, uninterr
     r = subprocess.run(_args(setup, storage, "--mlflow-uri", uri, "--compare", "vkd,pkd", "--seeds", "2",
                              "--max-concurrent", "2"), capture_output=True, text=True, env=_env())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "compare: searching vkd first" in r.stdout and "searching pkd" not in r.stdout  # pkd's search reused
+    assert "compare: searching vkd first" in r.stderr and "searching pkd" not in r.stderr  # pkd's search reused
     # ... and the vkd search reused the VKD stage pkd's search had run: no VKD trial ran twice
-    assert "stage vkd: reused, its trials were run by the pkd search" in r.stdout
+    assert "stage vkd: reused, its trials were run by the pkd search" in r.stderr
     assert "| vkd | 2 |" in r.stdout and "| pkd | 2 |" in r.stdout and "| teacher | 1 |" in r.stdout
     assert (storage / "rte-compare" / "compare.csv").is_file()
     seed_checkpoints = list((storage / "rte-compare" / "ray").glob("*/*/checkpoint_*"))
@@ -402,7 +402,7 @@ def test_holdout_ranks_trials_on_training_rows_and_measures_dev_for_winners_only
     r = subprocess.run(_args(setup, storage, "--select-on", "holdout", "--holdout-rows", "16", "--compare", "vkd",
                              "--seeds", "2", "--max-concurrent", "2"), capture_output=True, text=True, env=_env())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "stage vkd: best holdout score" in r.stdout and "its dev score" in r.stdout
+    assert "stage vkd: best holdout score" in r.stderr and "its dev score" in r.stderr
     ledger = json.loads((storage / "rte-vkd" / "ledger.json").read_text())
     record = ledger["stages"]["vkd"]
     assert record["winner"]["holdout_rows"] == 16 and record["dev"]["dev/rows"] == 64
@@ -808,9 +808,9 @@ def test_a_small_budget_stops_starting_trials_when_it_is_spent_and_resume_keeps_
     assert (vkd["trials"], vkd["samples"], vkd["budget_refused"]) == (1, 64, True)
     assert pkd["trials"] == 2 and pkd["samples"] <= 136
     assert ledger["budget"]["spent"] == vkd["samples"] + pkd["samples"] <= 200
-    assert "budget 200: 200 training samples, planned 192, spent" in r.stdout
-    assert "stage vkd: best dev score" in r.stdout and "; the budget left paid for 1 trial(s)" in r.stdout
-    assert "stage pkd: best dev score" in r.stdout and r.stdout.count("the budget left paid for") == 1
+    assert "budget 200: 200 training samples, planned 192, spent" in r.stderr
+    assert "stage vkd: best dev score" in r.stderr and "; the budget left paid for 1 trial(s)" in r.stderr
+    assert "stage pkd: best dev score" in r.stderr and r.stderr.count("the budget left paid for") == 1
     again = subprocess.run(_args(setup, storage, "--strategy", "optuna", "--budget", "300", "--resume"),
                            capture_output=True, text=True, env=_env())
     assert again.returncode == 2 and "budget is '300' but the stored search used '200'" in again.stderr

@@ -73,12 +73,13 @@ def _builder(tmp_path, name, sleep, **kw):
 
 
 def test_one_builder_builds_once_the_other_waits_and_no_lock_is_left(tmp_path):
+    import subprocess
     import time
 
     first = _builder(tmp_path, "built-by-first", 3)
     assert first.stdout.readline().strip() == "inside"  # the first holds the lock now
     start = time.monotonic()
-    second = _builder(tmp_path, "built-by-second", 0)
+    second = _builder(tmp_path, "built-by-second", 0, stderr=subprocess.STDOUT)  # the console's line: stderr
     out, _ = second.communicate(timeout=60)
     first.communicate(timeout=60)
     assert "thing: another process is building it" in out and time.monotonic() - start > 1.5

@@ -65,7 +65,8 @@ def test_cache_gives_the_live_teachers_losses_and_gradients(method, tiny_bert, g
 
 
 def test_unmasked_structures_run_the_teacher_live(tiny_bert, glue_dir, tmp_path):
-    teacher, cache, _, _ = _loss_and_grads(_config(tiny_bert, glue_dir, tmp_path, method="fsd", structure_mask=False))
+    teacher, cache, _, _ = _loss_and_grads(_config(tiny_bert, glue_dir, tmp_path, method="fsd", structure_mask=False,
+                                                    pad_to_max=True))
     assert teacher is not None and cache is None
     assert not (tmp_path / "cache").exists()
 
@@ -75,7 +76,7 @@ def test_minilm_under_the_cache_runs_only_the_last_self_attention(tiny_bert, glu
     keeps one module of the teacher: its last layer's self-attention."""
     for mask in (True, False):
         teacher, cache, _, _ = _loss_and_grads(_config(tiny_bert, glue_dir, tmp_path / str(mask), method="minilm",
-                                                       structure_mask=mask))
+                                                       structure_mask=mask, pad_to_max=not mask))
         assert teacher is None and cache is not None and cache.fields == ("logits", "penultimate")
     config = _config(tiny_bert, glue_dir, tmp_path, method="minilm")
     task = get_task("rte")

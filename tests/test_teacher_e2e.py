@@ -72,6 +72,7 @@ def test_cli_runs_one_distillation(glue_dir, tmp_path, extra, ranked):
     (["--task", "rte", "--alpha", "2"], r"alpha must lie in \[0, 1\]"),
     (["--task", "rte", "--data-dir", "/nonexistent"], "is not a folder"),
     (["--task", "rte", "--method", "fitnets"], "unknown method 'fitnets'"),
+    (["--task", "rte", "--no-structure-mask"], r"^error: structure_mask=False .* needs pad_to_max=True"),
 ])
 def test_cli_bad_input_is_one_line_exit_2_nothing_written(args, message, tmp_path):
     r = _cli(*args, "--teacher", "packaged-minilm", "--storage", str(tmp_path / "runs"), cwd=tmp_path)

@@ -3,14 +3,13 @@
 A weight of 0 switches its term off (`L = L_VKD + beta * L_method`, docs/method.md §2), and a value only
 that term reads then has no effect: FSDG with gamma_g = 0 trains the VKD student of the same alpha, T, lr
 and epochs, whatever lam is; FSD with gamma_g = 0 trains FSD w/o G. The training loop re-seeds after the
-objective's setup, so such runs are equal to the digit, not merely alike (the first command's run scored
-69.27 for both). `effective(values)` maps a configuration to the simplest method that computes the same
+objective's setup, so such runs are equal to the digit, not merely alike (tests/test_train.py checks it).
+`effective(values)` maps a configuration to the simplest method that computes the same
 loss and keeps only what that method reads, so a search runs each distinct student once.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any, NamedTuple
 
 from fsd.config import PLACEMENT_FIELDS, SPEED_FIELDS, DistillConfig
@@ -70,10 +69,3 @@ def _reduced(config: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
     if method == "rkd" and config["rkd_distance"] == 0 and config["rkd_angle"] == 0:
         return "vkd", ("rkd_distance = rkd_angle = 0",)
     return method, ()
-
-
-def unread(values: dict[str, Any], names: tuple[str, ...] | list[str]) -> list[str]:
-    """Those of `names` that have no effect in `values` (the searched parameters a point does not use)."""
-    kept = effective(values).config
-    known = {f.name for f in fields(DistillConfig)}
-    return [n for n in names if n in known and n in LOSS_FIELDS and n not in kept]

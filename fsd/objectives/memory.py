@@ -108,7 +108,9 @@ def global_structure_parts(h_t_flat: torch.Tensor, h_s_flat: torch.Tensor, m_t: 
         gram_t = centred_gram(m_t) if gram_t is None else gram_t.to(acc)
         d_t, c_t = _pair_dist(h_t, m_t), _cosines(h_t, m_t)
     gram_s, d_s, c_s = _student_side(h_s, m_s)
-    memory = -torch.log(linear_cka_of_gram(gram_s, gram_t) + LOG_EPS)
+    # In float64 (a [K, K] computation): L_M of close memories is ~1e-3, which float32's log near 1 holds
+    # only to a few percent.
+    memory = (-torch.log(linear_cka_of_gram(gram_s, gram_t) + LOG_EPS)).to(acc)
     euclidean = F.mse_loss(d_s, d_t)
     cosine = F.mse_loss(c_s, c_t)
     return {"memory": memory, "euclidean": lam * euclidean, "cosine": (1 - lam) * cosine}
@@ -122,17 +124,20 @@ def global_structure_loss(h_t_flat: torch.Tensor, h_s_flat: torch.Tensor, m_t: t
 
 
 def _student_side(h: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The student memory's raw Gram `m m^T [K, K]` (for L_M), and the `[n, K]` distances and cosines of
-    `h [n, w]` (zeros beyond w) to its rows, all from two products: the Gram's diagonal holds the rows'
-    squared norms, and `h m^T` serves both the distances and the cosines. The memory changes at every step,
-    so nothing of it can be kept; this way the only passes over the wide `m` are one product forward and
-    one backward (`_GramAndProducts`), where separate norms, shifts and slices cost a pass each.
+    """The student memory's Gram for L_M, `b b^T [K, K]` of its rows shifted by their (detached) mean
+    `b = m - s`, and the `[n, K]` distances and cosines of `h [n, w]` (zeros beyond w) to its rows, all
+    from two products (`_GramAndProducts`): the rows' squared norms come from the Gram's diagonal,
+    `|m_k|^2 = |b_k|^2 + 2 b_k.s + |s|^2`, and `h m^T` serves both the distances and the cosines. The
+    memory changes at every step, so nothing of it can be kept; this way the passes over the wide `m` are
+    its mean and shift and one product forward, the shift and one product backward.
 
-    Unlike the teacher's side, no shift guards the distances against cancellation: a shift would cost the
-    passes this saves. In float32 their relative error is about `eps * (|h|^2 + |m|^2) / d^2`, 1e-5 for
+    The shift is for L_M: CKA ignores a common shift, and a Gram of the unshifted rows would lose their
+    centred part to float32 rounding when they share a large offset (`linear_cka_of_gram`). The distances
+    take no shift of `h`: in float32 their relative error is about `eps * (|h|^2 + |m|^2) / d^2`, 1e-5 for
     features 20 units from the origin (tested), far below what the loss can resolve."""
-    gram, prod = _GramAndProducts.apply(h, m)
-    m_sq = gram.diagonal()
+    shift = m.detach().mean(dim=0)
+    gram, prod, along = _GramAndProducts.apply(h, m, shift)
+    m_sq = gram.diagonal() + 2 * along + shift.pow(2).sum()
     h_sq = h.pow(2).sum(dim=1, keepdim=True)
     distances = _root((h_sq - 2 * prod + m_sq).clamp(min=0))
     # sqrt(max(x, 1e-24)) = max(sqrt(x), 1e-12): F.normalize's floor, with no infinite gradient at 0.
@@ -141,29 +146,42 @@ def _student_side(h: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 class _GramAndProducts(torch.autograd.Function):
-    """`(m m^T, h m[:, :w]^T)` for `h [n, w]`, `m [K, D]` (w <= D), with the memory's gradient in one
-    `[K, K] x [K, D]` product: `(G + G^T) m`, plus `P^T h` added in place to its first w columns (autograd
-    would take two products for the Gram and a zero-filled copy for the slice)."""
+    """`(b b^T, h m[:, :w]^T, b s)` for `h [n, w]`, `m [K, D]` (w <= D) and a constant row `s [D]`, with
+    `b = m - s`. The Gram and `b s` are one product of `[b; s]` with `b^T`, and the memory's gradient is one
+    `[K, K+1] x [K+1, D]` product, `[G + G^T, g_bs] [b; s]`, plus `P^T h` added in place to its first w
+    columns (autograd would take separate products and a zero-filled copy for the slice). `s` is treated
+    as a constant: the caller's values do not depend on it (a shift of the Gram's rows, undone above)."""
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ctx.save_for_backward(h, m)
+    def forward(ctx, h: torch.Tensor, m: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.save_for_backward(h, m, shift)
         # In the inputs' precision even under autocast: a bf16 Gram would hand the backward bf16 gradients
         # to multiply with the float32 memory (autocast does not reach a custom backward), and the Gram
         # feeds a CKA whose centring needs more digits than bf16 has.
         with torch.autocast(h.device.type, enabled=False):
-            return m @ m.T, h @ m[:, :h.shape[1]].T
+            rows = _shifted_rows(m, shift)
+            products = rows @ rows[:-1].T
+            return products[:-1], h @ m[:, :h.shape[1]].T, products[-1]
 
     @staticmethod
-    def backward(ctx, grad_gram: torch.Tensor, grad_prod: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        h, m = ctx.saved_tensors
+    def backward(ctx, grad_gram: torch.Tensor, grad_prod: torch.Tensor,
+                 grad_along: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        h, m, shift = ctx.saved_tensors
         w = h.shape[1]
         grad_h = grad_prod @ m[:, :w] if ctx.needs_input_grad[0] else None
         grad_m = None
         if ctx.needs_input_grad[1]:
-            grad_m = (grad_gram + grad_gram.T) @ m
+            grad_m = torch.cat([grad_gram + grad_gram.T, grad_along[:, None]], dim=1) @ _shifted_rows(m, shift)
             grad_m[:, :w].addmm_(grad_prod.T, h)
-        return grad_h, grad_m
+        return grad_h, grad_m, None
+
+
+def _shifted_rows(m: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """`[m - s; s]`, `[K+1, D]`, written in one pass."""
+    rows = m.new_empty(m.shape[0] + 1, m.shape[1])
+    torch.sub(m, shift, out=rows[:-1])
+    rows[-1] = shift
+    return rows
 
 
 def _cosines(h: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

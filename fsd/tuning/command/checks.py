@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsd.config import ConfigError, DistillConfig
+from fsd.config import PAIRED, ConfigError, DistillConfig
 from fsd.tasks import TASKS, get_task
 from fsd.tuning.command.flags import (
     UsageError,
@@ -137,7 +137,8 @@ def check_schedule(args: argparse.Namespace) -> Schedule:
 
 
 def check_values(args: argparse.Namespace, schedule: Schedule, extra: dict[str, Any]) -> None:
-    """Each DistillConfig value alone (so the error names its flag), then all together. A stage's grid and
+    """Each DistillConfig value alone (so the error names its flag; a value valid only beside another, as
+    `fsd.config.PAIRED` says, beside it), then all together, then each --grid value on top. A stage's grid and
     earlier winners come on top of these at run time; the schedule's own values are tested elsewhere."""
     base = {"task": schedule.task, "teacher": args.teacher, "method": schedule.stages[0].method}
     _check_config(base, {"student_layers": args.student_layers}, "--student-layers")
@@ -145,11 +146,12 @@ def check_values(args: argparse.Namespace, schedule: Schedule, extra: dict[str, 
     _check_config(base, {"cache_budget_gb": args.cache_budget_gb}, "--cache-budget-gb")
     for pair in args.sets or []:
         key, value = parse_set(pair)
-        _check_config(base, {key: value}, f"--set {pair}")
+        _check_config({**base, **PAIRED.get(key, {})}, {key: value}, f"--set {pair}")
+    together = {"student_layers": args.student_layers, "max_seq_len": args.max_seq_len, **extra}
+    _check_config(base, together, "--set")
     for key, values in parse_grids(args).items():
-        for value in values:
-            _check_config(base, {key: value}, f"--grid {key}={value}")
-    _check_config(base, {"student_layers": args.student_layers, "max_seq_len": args.max_seq_len, **extra}, "--set")
+        for value in values:  # a grid point runs on top of every other value
+            _check_config({**base, **together}, {key: value}, f"--grid {key}={value}")
 
 
 def _check_config(base: dict[str, Any], values: dict[str, Any], flag: str) -> None:

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from fsd.logs import first_line
 from fsd.tasks import Task
 from fsd.tuning.command.flags import UsageError
 from search_spaces import Schedule
@@ -121,7 +122,7 @@ def _hub_model(name: str, flag: str):
         raise UsageError(f"{flag} {name}: the hub ({endpoint}) has no such model: check the id, or pass a local "
                          "model folder") from None
     except Exception as e:  # noqa: BLE001 - a broken download surfaces as the HTTP stack's errors, of many kinds
-        raise UsageError(f"{flag} {name}: its download from {endpoint} failed ({_first(e)}): check the connection "
+        raise UsageError(f"{flag} {name}: its download from {endpoint} failed ({first_line(e)}): check the connection "
                          "and run again (what was downloaded is kept in the Hugging Face cache)") from None
     return _model_config(name, flag)
 
@@ -136,13 +137,8 @@ def fetch_data(task: Task) -> None:
         load_raw(task, None)
     except Exception as e:  # noqa: BLE001 - the hub's and the HTTP stack's errors, of many kinds
         raise UsageError(f"no --data-dir, and {HUB_DATASET} ({task.hub_name}) could not be downloaded from "
-                         f"{endpoint} ({_first(e)}): check the connection and run again, or pass --data-dir with a "
+                         f"{endpoint} ({first_line(e)}): check the connection and run again, or pass --data-dir with a "
                          "GLUE download folder") from None
-
-
-def _first(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]
 
 
 def hub_problem(kind: str, repo: str) -> str | None:
@@ -201,8 +197,7 @@ def _model_config(name: str, flag: str):
         return AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
         if local:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UsageError(f"{flag} {name}: its config.json cannot be read ({first}); pass a Hugging Face "
+            raise UsageError(f"{flag} {name}: its config.json cannot be read ({first_line(e)}); pass a Hugging Face "
                              "model folder") from None
         return None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fsd.logs import first_line
 from fsd.tuning.plan import stages as plan
 from fsd.tuning.plan.spend import SearchCost
 from search_spaces import Schedule
@@ -123,7 +124,7 @@ def cache_line(spec, schedule: Schedule, rows: int) -> tuple[str, float | None]:
         tokenizer = load_tokenizer(spec.teacher)
         raw = load_raw(spec.task, spec.data_dir)["train"]
     except (OSError, ValueError) as e:
-        return f"teacher-output cache: its size is not known before the run ({str(e).splitlines()[0][:120]})", None
+        return f"teacher-output cache: its size is not known before the run ({first_line(e, 120)})", None
     from datasets import DatasetDict
 
     sample = raw.select(range(min(SAMPLE_ROWS, len(raw))))

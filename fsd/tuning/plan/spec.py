@@ -12,8 +12,6 @@ from typing import Any
 
 from fsd.config import SPEED_FIELDS
 
-STRATEGIES = ("grid", "halving", "optuna")
-SELECT_ON = ("dev", "holdout")
 HOLDOUT_ROWS = 1000  # --select-on holdout: at most this many training rows, and at most HOLDOUT_SHARE of them
 HOLDOUT_SHARE = 0.1
 # Halving's defaults, measured by bench/search_cost.py on a recorded SST-2 grid (docs/results.md, "What halving

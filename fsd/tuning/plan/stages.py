@@ -1,4 +1,5 @@
-"""What a stage will spend before it runs: its strategy, rungs and training samples (no Ray, no data read).
+"""What a stage will spend before it runs: its strategy, rungs and training samples (no Ray; it reads the
+data files only to count rows and labels, and writes nothing).
 
 It also resolves what every trial of a stage shares (`stage_base`), shared by the runner and --dry-run.
 
@@ -26,8 +27,8 @@ METRIC = SCORE  # what a stage's winner maximises (on dev, or on the holdout)
 MODE = "max"
 # What halving and TPE rank trials by at a rung: the ranking split's loss, not its score. Early on every
 # student predicts the majority class, so scores tie and ASHA, which stops only trials below a rung's cutoff,
-# promotes them all; the loss does not tie (the paper's schedule on SST-2: rho with the final score 0.70 at the
-# first rung, where the score cannot rank; docs/results.md, "The paper's whole FSD schedule on SST-2").
+# promotes them all; the loss does not tie, and at the first rung it already follows the trials' final scores
+# where the score cannot rank them (measured: docs/results.md, "The paper's whole FSD schedule on SST-2").
 RUNG_METRIC, RUNG_MODE = "eval/loss", "min"
 RUNG_BEST = "eval/best_loss"  # what TPE learns from: a trial's best loss (a stopped trial's, at its rung)
 JOINT = "+"  # a joint grid key: "gamma_i+gamma_l" takes one value per name

@@ -28,7 +28,6 @@ from fsd.tuning.results import significance
 ABLATIONS = {"fsd w/o LG": "fsdi", "fsd w/o IG": "fsdl", "fsd w/o IL": "fsdg", "fsd w/o G": "fsdil"}
 # [paper, labels inferred from its text] Table 5: the memory alone against the structures without it.
 STABILITY = {"fsd w/o G (fsdil, no memory)": "fsdil", "fsd w/o IL (fsdg, the memory alone)": "fsdg"}
-BATCH_SIZES = (8, 16, 32, 64)  # [paper] Table 5
 # The tables beside compare.md: file name -> caption.
 TABLES = {"table4-ablation": "Table 4: FSD without some of its structures (the same seeds), x 100; p (fsd better): "
                              + significance.METHOD_NOTE + " (test: the one each row used)",
