@@ -54,3 +54,28 @@ def test_the_recomputed_p_values_the_docs_quote_come_from_the_raw_files():
                  for m, rows in runs.items() if m != "fsd")
     largest = max(min(1.0, (4 - k) * p) for k, p in enumerate(raw))
     assert f"fsd better than every baseline: p = {largest:.4f}" in out.split("## stsb-compare-holdout")[1]
+
+
+def test_the_hold_rate_counts_declared_winners_that_still_beat_their_runner_up(tmp_path):
+    """bench/hold_rate.py: which stages it re-trains (own winner, a runner-up) and the rate over the declared."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from hold_rate import contests, hold_rate
+
+    from fsd.tuning.plan.ledger import Ledger
+
+    ledger = Ledger(tmp_path)
+    clear = {"candidates": 2, "tied": 0, "untested": 0, "runner_up": {"values": {"alpha": 0.7}}}
+    ledger.data["stages"] = {
+        "vkd": {"status": "done", "winner": {"alpha": 0.2}, "evidence": clear},
+        "fsdi": {"status": "done", "winner": {"beta": 1.0}, "evidence": {**clear, "tied": 1}},
+        "fsdl": {"status": "done", "winner": {"alpha": 0.2}, "carried_from": "vkd", "evidence": clear},
+        "fsdil": {"status": "done", "winner": {"beta": 3.0}, "evidence": {"candidates": 1, "tied": 0}}}
+    found = contests(ledger)
+    assert sorted(found) == ["fsdi", "vkd"] and found["fsdi"]["tied"] and not found["vkd"]["tied"]
+    assert found["vkd"]["runner_up"] == {"alpha": 0.7}
+    results = {"vkd": {"tied": False, "winner_scores": {"1001": 0.8, "1002": 0.7},
+                       "runner_up_scores": {"1001": 0.78, "1002": 0.75}},
+               "fsdi": {"tied": True, "winner_scores": {"1001": 0.8}, "runner_up_scores": {"1001": 0.7}}}
+    out = hold_rate(results)
+    assert out["declared"] == 1 and out["held"] == 0 and out["rate"] == 0.0  # 0.75 < 0.765: vkd did not hold
+    assert [r["holds"] for r in out["rows"]] == [False, True]
