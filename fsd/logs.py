@@ -33,7 +33,8 @@ def show_console(quiet: bool = False) -> None:
 def narrating() -> bool:
     """Whether progress may be shown: not after a command line's --quiet. A library user who never called
     `show_console` keeps the progress bars `fsd.progress` shows by default."""
-    return not console.handlers or console.isEnabledFor(logging.INFO)
+    # Only the command lines' own handler says --quiet: another (a test's log capture, a library user's) does not.
+    return not any(isinstance(h, _Stderr) for h in console.handlers) or console.isEnabledFor(logging.INFO)
 
 
 def first_line(error: BaseException, limit: int = 200) -> str:

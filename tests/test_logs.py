@@ -40,7 +40,8 @@ def test_the_narrative_goes_to_stderr_and_quiet_keeps_only_warnings(fresh_consol
     out, err = capsys.readouterr()
     assert out == "" and err.splitlines()[0] == "stage vkd: 2 trials" and "epoch 1/1: 10/10 samples" in err
     show_console(quiet=True)
-    assert not narrating() and len(console.handlers) == 1  # once per process, whatever it is called with
+    # once per process, whatever it is called with (pytest's own log capture may sit beside it)
+    assert not narrating() and sum(type(h).__name__ == "_Stderr" for h in console.handlers) == 1
     console.info("stage vkd: best dev score 69.27")
     console.warning("teacher cache: over its budget, the teacher runs live")
     with Progress(10, "epoch 1/1", every_s=0.0) as bar:
