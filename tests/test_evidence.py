@@ -32,8 +32,12 @@ def test_an_interval_that_holds_zero_is_a_tie_and_one_shared_seed_cannot_tell():
     assert one.n == 1 and one.lo is None and one.tied is None
     assert paired({1: 0.8}, {1: 0.8}).tied is True  # an exact equality is a tie even on one seed
     assert paired({1: 0.8}, {2: 0.8}) is None
-    same_lead = paired({1: 0.8, 2: 0.9}, {1: 0.7, 2: 0.8})  # the same difference on every seed: no spread
-    assert same_lead.tied is False and same_lead.lo == pytest.approx(0.1) and same_lead.p == 0.0
+    # The same gap on every seed: no spread. On three seeds it decides; on two it is as likely a coincidence.
+    same_lead = paired({1: 0.75, 2: 0.875, 3: 0.5}, {1: 0.5, 2: 0.625, 3: 0.25})
+    assert same_lead.tied is False and same_lead.lo == pytest.approx(0.25) and same_lead.p == 0.0
+    two = paired({1: 0.75, 2: 0.875}, {1: 0.5, 2: 0.625})
+    assert two.tied is None and two.lo is None and two.diff == pytest.approx(0.25)
+    assert paired({1: 0.75, 2: 0.875}, {1: 0.75, 2: 0.875}).tied is True  # copies tie on any count
 
 
 def test_copies_tie_and_the_tie_goes_to_the_point_nearest_the_previous_winner_in_any_order():
@@ -73,7 +77,7 @@ def test_a_clear_winner_is_named_with_its_interval_and_a_close_one_as_a_tie():
 def test_single_runs_say_that_the_search_cannot_tell():
     d = decide([Entry({"a": 1}, {42: 0.7}, 0.0), Entry({"a": 2}, {42: 0.69}, 0.0)], None)
     assert d.untested == 1 and d.tied == 0
-    assert "one seed each: the search cannot tell its candidates apart" in said(d.to_json(), "dev")
+    assert "too few seeds to tell its candidates apart" in said(d.to_json(), "dev")
     alone = decide([Entry({"a": 1}, {}, 0.75)], None)  # a record without seeds: its score
     assert alone.rule == "alone" and alone.to_json()["mean"] == 0.75 and "no other candidate" in said(
         alone.to_json(), "dev")

@@ -56,8 +56,8 @@ class Paired:
 
     @property
     def tied(self) -> bool | None:
-        """Whether the interval holds 0 (an exact equality with one seed is a tie; otherwise one seed cannot tell:
-        None)."""
+        """Whether the interval holds 0; None where there is no interval (one shared seed, or two with the same
+        gap) and no exact equality: nothing to tell by."""
         if self.lo is None:
             return True if self.diff == 0 else None
         return self.lo <= 0 <= self.hi
@@ -76,8 +76,12 @@ def paired(a: dict[int, float], b: dict[int, float]) -> Paired | None:
     if len(d) < 2:
         return Paired(1, mean, None, None, None)
     sd = statistics.stdev(d)
-    if sd <= 1e-12:  # identical differences on every seed (to float rounding): no spread to doubt them
-        return Paired(len(d), mean, mean, mean, 1.0 if mean == 0 else 0.0)
+    if sd <= 1e-12:  # identical differences on every seed (to float rounding)
+        if mean == 0:  # copies: the same score on every seed, a tie whatever the count
+            return Paired(len(d), 0.0, 0.0, 0.0, 1.0)
+        if len(d) < 3:  # two equal gaps are a coincidence as likely as a rule: no spread to judge by
+            return Paired(len(d), mean, None, None, None)
+        return Paired(len(d), mean, mean, mean, 0.0)
     se = sd / math.sqrt(len(d))
     half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(d) - 1) * se
     p = 2 * stats.t.sf(abs(mean) / se, len(d) - 1)
@@ -178,12 +182,15 @@ def said(evidence: dict[str, Any], split: str) -> str:
     if d and d.get("lo") is not None:
         text += f", paired difference {100 * d['diff']:+.2f} [{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}]"
     elif d:
-        text += f", difference {100 * d['diff']:+.2f} (one shared seed: no interval)"
+        text += f", difference {100 * d['diff']:+.2f} (no interval: {d['n']} shared seed{'' if d['n'] == 1 else 's'})"
     others = evidence["candidates"] - 1
+    untested = evidence.get("untested", 0)
     if evidence.get("tied"):
         text += f"; tied with {evidence['tied']} of {others} ({evidence['rule']})"
-    elif evidence.get("untested") == others:
-        text += "; one seed each: the search cannot tell its candidates apart"
+    elif untested == others:
+        text += "; too few seeds to tell its candidates apart"
+    elif untested:
+        text += f"; ahead of {others - untested} of {others}, {untested} untested (too few shared seeds)"
     else:
         text += "; ahead of every other candidate"
     return text
