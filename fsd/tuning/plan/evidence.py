@@ -50,7 +50,7 @@ class Paired:
 
     n: int
     diff: float
-    lo: float | None  # None: one shared seed, no interval
+    lo: float | None  # None: no interval (see `tied`)
     hi: float | None
     p: float | None
 

@@ -81,7 +81,7 @@ def evidence_columns(found: dict | None) -> dict[str, str]:
     if not d:
         diff = "-"
     elif d.get("lo") is None:
-        diff = f"{100 * d['diff']:+.2f} (1 seed)"
+        diff = f"{100 * d['diff']:+.2f} (no interval)"
     else:
         diff = f"{100 * d['diff']:+.2f} [{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}]"
     others = found["candidates"] - 1
