@@ -29,6 +29,7 @@ from fsd.tuning.command.flags import (
     parse_set,
 )
 from fsd.tuning.command.inputs import check_data, check_models
+from fsd.tuning.command.stored import check_stored
 from fsd.tuning.command.writable import cannot_create, cannot_write, too_long
 from fsd.tuning.plan.ledger import LEDGER, Ledger
 from fsd.tuning.plan.spec import (
@@ -85,8 +86,14 @@ def validate(args: argparse.Namespace) -> Search:
         if not storage.is_dir():
             raise UsageError(f"--report: {storage} does not exist: pass the --storage of your searches")
         check_mlflow(spec.mlflow_uri)
+        check_stored(storage, spec.task, sorted(p for p in storage.glob(f"{spec.task}-*") if p.is_dir()),
+                     spec.mlflow_uri, caches=False)
         return Search(spec, schedule, args.resume, report=True)
     spec = build_spec(args, schedule, stages, extra, storage)
+    # What the command will read back, whole, before the first check that may start writing.
+    searches = [Path(method_spec(spec, m).folder) for m in methods] + [storage / f"{spec.task}-compare"] \
+        if methods else [Path(spec.folder)]
+    check_stored(storage, spec.task, searches, spec.mlflow_uri)
     if methods:  # each method's search is reused (or run first): free, and made with these settings
         for method in methods:
             mspec = method_spec(spec, method)
