@@ -571,3 +571,41 @@ def test_a_search_that_fails_before_its_first_stage_leaves_no_ledger(tmp_path, g
         run_search(spec, schedule)
     assert Ledger(spec.folder).exists
 
+
+# ---------------------------------------------------------------------------------------------- contradictions
+@pytest.mark.parametrize("flags,message", [
+    (("--dry-run", "--resume"), "--dry-run with --resume: a dry run prices a new search from its flags and reads no "
+                                "stored search; drop --resume to see the cost, or the dry run to continue"),
+    (("--estimate", "--resume"), "--estimate with --resume: a dry run prices a new search"),
+    (("--report", "--dry-run"), "--dry-run with --report: a dry run prices a search, --report rebuilds the page"),
+    (("--report", "--resume"), "--report with --resume: --report trains nothing; run --resume first, then --report"),
+    (("--report", "--compare", "vkd"), "--report with --compare: --report rebuilds the page of what is stored; run "
+                                       "--compare first, then --report"),
+    (("--compare", "vkd,fsd", "--resume"), "--compare with --resume: --compare continues each method's stored "
+                                           "search by itself; drop --resume"),
+])
+def test_flags_that_contradict_each_other(ctx, flags, message):
+    """They passed silently: --dry-run --resume priced a new search, --report --dry-run wrote the report."""
+    _stored_search(ctx, student_layers=3)  # a search that --resume or --report would read
+    assert message in refused(ctx, *flags)
+
+
+def test_report_with_a_flag_that_shapes_a_search(ctx):
+    """The report covers every search of the task in the storage folder: a flag that would choose or train one
+    changes nothing there, and is refused rather than silently ignored."""
+    _stored_search(ctx, student_layers=3)
+    line = refused(ctx, "--report")  # _base gives --preset smoke, --teacher, --data-dir, ...
+    assert line.startswith("error: --report with --data-dir: the report covers every search of the task in "
+                           "--storage and trains nothing, so --data-dir changes nothing there; drop it")
+    argv = ["--task", "rte", "--report", "--storage", str(ctx["storage"]), "--method", "vkd"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        _tune_main().main(argv)
+    assert exit_.value.code == 2 and "--report with --method: " in err.getvalue()
+
+
+def test_a_dry_run_of_a_comparison_is_not_a_contradiction(ctx):
+    r = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), *_base(ctx), "--method", "vkd", "--dry-run",
+                        "--compare", "vkd,pkd"], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "error" not in r.stderr and not ctx["storage"].exists()
