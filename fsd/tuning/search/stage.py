@@ -31,7 +31,7 @@ from fsd.tuning.plan.stages import (
     trial_budget,
 )
 from fsd.tuning.search import disk as space
-from fsd.tuning.search import halving, retention
+from fsd.tuning.search import halving, orphans, retention
 from fsd.tuning.search.services import MlflowIds, best_checkpoint, finished_trials, open_tuner, trainable_for
 from fsd.tuning.search.stage_progress import StageProgress, last_line
 from fsd.tuning.tracking import records as tracking
@@ -227,6 +227,8 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Stra
                                            how.num_samples or 0,
                                            (how.cap, per_trial) if how.cap is not None else None),
                        [tracker, shown, kept])
+    if not spec.address:  # the pids of the cluster as its trials start: what a kill during them leaves
+        orphans.record(spec.folder)
     results = tuner.fit()
     if any(space.disk_full(r.error) for r in results if r.error):
         # Not a winner from the trials that happened to fit: the stage stops, and --resume (after space is
