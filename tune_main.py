@@ -140,15 +140,18 @@ def fail(message: str) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from fsd.logs import show_console
 
     # The narrative (progress, stage lines) goes to stderr, line by line; what this function prints, the
     # results (the summary table, the pointers, --dry-run's tables), to stdout: `> results.md` keeps them.
     show_console(quiet=args.quiet)
     from fsd.tuning.command.checks import UsageError, validate
+    from fsd.tuning.command.flags import check_modes
 
     try:
+        check_modes(args, parser)  # flags that contradict each other, before any mode runs
         if args.dry_run or args.estimate:
             dry_run(args)
             return

@@ -1,9 +1,15 @@
-"""Shared fixtures: the real GLUE folder, the packaged MiniLM, and tiny random BERTs."""
+"""Shared fixtures: the real GLUE folder, the packaged MiniLM, and tiny random BERTs; and the check of a
+refused command line (one `error:` line, exit code 2, nothing written) that every bad-input test makes."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -14,7 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-GLUE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "glue_data"
+ROOT = Path(__file__).resolve().parents[1]
+GLUE_DIR = ROOT.parent / "shared" / "glue_data"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -88,3 +95,44 @@ def console_lines():
     yield said
     console.removeHandler(handler)
     console.setLevel(level)
+
+
+def tree(path: Path):
+    """Everything under `path` (names, sizes, modification times); None when it does not exist (or cannot)."""
+    try:
+        if not path.exists():
+            return None
+    except OSError:  # a name too long to look up
+        return None
+    return sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*"))
+
+
+def tune_main():
+    """tune_main.py as a module (it is a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location("tune_main", ROOT / "tune_main.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def command_refused(argv: list[str], storage: Path, process: bool = False, env: dict | None = None) -> str:
+    """Run tune_main.py with `argv` and check the refusal: exit code 2, one `error:` line on stderr, no
+    traceback, nothing written under `storage`; returns the line. In this process (`main(argv)`: any
+    exception other than the exit fails the test) or, with `process`, as a command (with `env`)."""
+    before = tree(storage)
+    if process:
+        r = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), *argv], capture_output=True, text=True,
+                           cwd=ROOT, env=env, timeout=120)
+        code, out, err = r.returncode, r.stdout, r.stderr
+    else:
+        out_buf, err_buf = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out_buf), contextlib.redirect_stderr(err_buf), \
+                pytest.raises(SystemExit) as exit_:
+            tune_main().main(argv)
+        code, out, err = exit_.value.code, out_buf.getvalue(), err_buf.getvalue()
+    assert code == 2, out[-2000:] + err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err + out
+    assert tree(storage) == before, "the refused command wrote into the storage folder"
+    return lines[0]

@@ -2,7 +2,6 @@
 names the problem and the fix, no traceback, nothing written (fsd/tuning/checks.py)."""
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -13,7 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_bert
+from conftest import command_refused, make_tiny_bert
+from conftest import tree as _tree
+from conftest import tune_main as _tune_main
 
 from fsd.tuning.command.checks import UsageError, parse_set, validate
 from fsd.tuning.search import lock
@@ -43,13 +44,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _tree(path: Path):
-    """Everything under `path` (names, sizes, modification times); None when it does not exist."""
-    if not path.exists():
-        return None
-    return sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*"))
-
-
 @pytest.fixture
 def ctx(tmp_path):
     return {"tmp": tmp_path, "data": _rte(tmp_path / "glue"), "storage": tmp_path / "runs"}
@@ -60,36 +54,11 @@ def _base(ctx) -> list[str]:
             "--data-dir", ctx["data"], "--storage", str(ctx["storage"])]
 
 
-def _tune_main():
-    spec = importlib.util.spec_from_file_location("tune_main", ROOT / "tune_main.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def refused(ctx, *extra: str, storage: Path | None = None, process: bool = False) -> str:
-    """Run tune_main.py with the valid base command plus `extra` (later flags win) and check the refusal;
-    returns the error line. In this process (`main(argv)`: any exception other than the exit fails the
-    test) or, with `process`, as a command."""
+    """Run tune_main.py with the valid base command plus `extra` (later flags win) and check the refusal
+    (`conftest.command_refused`); returns the error line."""
     storage = storage or ctx["storage"]
-    before = _tree(storage)
-    argv = [*_base(ctx), "--storage", str(storage), *extra]
-    if process:
-        r = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), *argv], capture_output=True, text=True,
-                           cwd=ROOT, env=ENV, timeout=120)
-        code, out, err = r.returncode, r.stdout, r.stderr
-    else:
-        out_buf, err_buf = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out_buf), contextlib.redirect_stderr(err_buf), \
-                pytest.raises(SystemExit) as exit_:
-            _tune_main().main(argv)
-        code, out, err = exit_.value.code, out_buf.getvalue(), err_buf.getvalue()
-    assert code == 2, out[-2000:] + err[-2000:]
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err + out
-    assert _tree(storage) == before, "the refused command wrote into the storage folder"
-    return lines[0]
+    return command_refused([*_base(ctx), "--storage", str(storage), *extra], storage, process=process, env=ENV)
 
 
 @pytest.mark.parametrize("extra", [("--task", "squad"), ("--set", "lr=0"), ("--method", "distil")])
@@ -282,6 +251,59 @@ def test_storage_in_a_read_only_folder(ctx):
         assert "ro is not writable; choose another path" in refused(ctx, storage=locked / "runs")
     finally:
         locked.chmod(0o700)
+
+
+@pytest.mark.parametrize("path,message", [
+    ("/proc/fsd-runs", "/proc is on proc, a file system of the kernel's where no files can be created"),
+    ("/sys/fsd-runs", "/sys is on sysfs, a file system of the kernel's where no files can be created"),
+    ("/proc/sys/fsd-runs", "/proc/sys is on proc"),
+])
+def test_storage_on_a_kernel_file_system(ctx, path, message):
+    """Root passes every permission check there, and the kernel refused the first mkdir: a traceback, exit 1."""
+    line = refused(ctx, storage=Path(path), process=True)
+    assert line.startswith(f"error: --storage {path} cannot be created: {message}")
+    assert line.endswith("; choose another path")
+
+
+def test_storage_with_a_name_too_long(ctx):
+    parent_before = _tree(ctx["tmp"])
+    line = refused(ctx, storage=ctx["tmp"] / ("n" * 300) / "runs")
+    assert "cannot be used: the name nnnnnnnnnnnnnnnnnnnn... is 300 bytes long, over the 255 its file system " \
+           "allows; choose another path" in line
+    deep = Path(ctx["tmp"], *["d" * 200] * 21)  # every name fits, the whole does not
+    assert "cannot be used: the path is 4" in refused(ctx, storage=deep) and _tree(ctx["tmp"]) == parent_before
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A read-only tmpfs mounted in tmp_path (root only), unmounted after the test."""
+    point = tmp_path / "ro-mount"
+    point.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(point)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {made.stderr.decode().strip()}")
+    yield point
+    subprocess.run(["umount", str(point)], check=True)
+
+
+def test_storage_on_a_read_only_mount(ctx, read_only_mount):
+    line = refused(ctx, storage=read_only_mount / "runs")
+    assert line.endswith(f"cannot be created: {read_only_mount} is on a read-only file system; choose another path")
+    line = refused(ctx, storage=read_only_mount)  # the mount point itself: it exists, and nothing goes in
+    assert f"cannot be written: {read_only_mount} is on a read-only file system" in line
+
+
+def test_storage_in_an_immutable_folder(ctx):
+    """No permission, for root too: `chattr +i` (the permission bits do not stop root)."""
+    locked = ctx["tmp"] / "immutable"
+    locked.mkdir()
+    if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not allowed here")
+    try:
+        assert f"cannot be created: {locked} is not writable; choose another path" in refused(
+            ctx, storage=locked / "runs")
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
 
 
 def test_storage_that_holds_foreign_files(ctx):
@@ -559,3 +581,42 @@ def test_a_search_that_fails_before_its_first_stage_leaves_no_ledger(tmp_path, g
     with pytest.raises(OSError):
         run_search(spec, schedule)
     assert Ledger(spec.folder).exists
+
+
+# ---------------------------------------------------------------------------------------------- contradictions
+@pytest.mark.parametrize("flags,message", [
+    (("--dry-run", "--resume"), "--dry-run with --resume: a dry run prices a new search from its flags and reads no "
+                                "stored search; drop --resume to see the cost, or the dry run to continue"),
+    (("--estimate", "--resume"), "--estimate with --resume: a dry run prices a new search"),
+    (("--report", "--dry-run"), "--dry-run with --report: a dry run prices a search, --report rebuilds the page"),
+    (("--report", "--resume"), "--report with --resume: --report trains nothing; run --resume first, then --report"),
+    (("--report", "--compare", "vkd"), "--report with --compare: --report rebuilds the page of what is stored; run "
+                                       "--compare first, then --report"),
+    (("--compare", "vkd,fsd", "--resume"), "--compare with --resume: --compare continues each method's stored "
+                                           "search by itself; drop --resume"),
+])
+def test_flags_that_contradict_each_other(ctx, flags, message):
+    """They passed silently: --dry-run --resume priced a new search, --report --dry-run wrote the report."""
+    _stored_search(ctx, student_layers=3)  # a search that --resume or --report would read
+    assert message in refused(ctx, *flags)
+
+
+def test_report_with_a_flag_that_shapes_a_search(ctx):
+    """The report covers every search of the task in the storage folder: a flag that would choose or train one
+    changes nothing there, and is refused rather than silently ignored."""
+    _stored_search(ctx, student_layers=3)
+    line = refused(ctx, "--report")  # _base gives --preset smoke, --teacher, --data-dir, ...
+    assert line.startswith("error: --report with --data-dir: the report covers every search of the task in "
+                           "--storage and trains nothing, so --data-dir changes nothing there; drop it")
+    argv = ["--task", "rte", "--report", "--storage", str(ctx["storage"]), "--method", "vkd"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        _tune_main().main(argv)
+    assert exit_.value.code == 2 and "--report with --method: " in err.getvalue()
+
+
+def test_a_dry_run_of_a_comparison_is_not_a_contradiction(ctx):
+    r = subprocess.run([sys.executable, str(ROOT / "tune_main.py"), *_base(ctx), "--method", "vkd", "--dry-run",
+                        "--compare", "vkd,pkd"], capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "error" not in r.stderr and not ctx["storage"].exists()

@@ -10,12 +10,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import raycluster
 
 from fsd.failpoints import POINTS
+from fsd.tuning.search import orphans
 
 pytestmark = pytest.mark.harness
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +94,33 @@ def test_killed_at_point_then_resumed(point, reference, tiny_bert, glue_dir, tmp
                 import numpy as np
 
                 np.load(f, mmap_mode="r")
+
+
+def test_a_driver_killed_at_the_cache_pass_leaves_no_ray_process_once_resumed(tiny_bert, glue_dir, tmp_path):
+    """The killed driver recorded its cluster (token and pids) in the search folder; once the resumed run ends,
+    no process of either driver's cluster is alive: what the first left was stopped by the second (or died on
+    its own, which varies with timing; tests/test_orphans.py stops planted ones), and the second's own ended."""
+    storage = tmp_path / "runs"
+    cmd = _cmd(tiny_bert, glue_dir, storage, "--stages", "vkd")
+    _ray_stop()
+    killed = subprocess.run(cmd, capture_output=True, text=True, env=_env(FSD_KILL_AT="cache-pass"))
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
+    folder = storage / "rte-fsd"
+    token = (folder / orphans.RECORD).read_text().strip()
+    recorded = json.loads((folder / orphans.PIDS).read_text())
+    assert recorded["token"] == token and len(recorded["pids"]) >= 3  # GCS, raylet, agents, idle workers
+    try:
+        resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=_env())
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        again = (folder / orphans.RECORD).read_text().strip()
+        assert again != token
+        deadline = time.monotonic() + 15  # the resumed driver's own cluster goes down as it exits
+        while time.monotonic() < deadline and orphans.marked(token) + orphans.marked(again):
+            time.sleep(0.5)
+        assert orphans.marked(token) == [] and orphans.marked(again) == []
+        assert not [p for p, start in recorded["pids"].items() if orphans.started(int(p)) == start]
+    finally:
+        _ray_stop()
 
 
 # STS-B: a regression's dev correlation has no ties, so the rungs rank the trials (RTE accuracies of tiny

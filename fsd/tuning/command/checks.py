@@ -29,6 +29,8 @@ from fsd.tuning.command.flags import (
     parse_set,
 )
 from fsd.tuning.command.inputs import check_data, check_models
+from fsd.tuning.command.stored import check_stored
+from fsd.tuning.command.writable import cannot_create, cannot_write, too_long
 from fsd.tuning.plan.ledger import LEDGER, Ledger
 from fsd.tuning.plan.spec import (
     IDENTITY,
@@ -84,8 +86,14 @@ def validate(args: argparse.Namespace) -> Search:
         if not storage.is_dir():
             raise UsageError(f"--report: {storage} does not exist: pass the --storage of your searches")
         check_mlflow(spec.mlflow_uri)
+        check_stored(storage, spec.task, sorted(p for p in storage.glob(f"{spec.task}-*") if p.is_dir()),
+                     spec.mlflow_uri, caches=False)
         return Search(spec, schedule, args.resume, report=True)
     spec = build_spec(args, schedule, stages, extra, storage)
+    # What the command will read back, whole, before the first check that may start writing.
+    searches = [Path(method_spec(spec, m).folder) for m in methods] + [storage / f"{spec.task}-compare"] \
+        if methods else [Path(spec.folder)]
+    check_stored(storage, spec.task, searches, spec.mlflow_uri)
     if methods:  # each method's search is reused (or run first): free, and made with these settings
         for method in methods:
             mspec = method_spec(spec, method)
@@ -241,14 +249,27 @@ def check_gpus(gpus: float | None, address: str | None) -> float:
 # ---------------------------------------------------------------------------------------------- storage
 def check_storage(storage: Path) -> None:
     """A folder that can be created or written, and that holds nothing but an earlier search's files:
-    a mistyped --storage (the home folder, a project) is refused rather than filled with caches."""
-    if storage.exists():
+    a mistyped --storage (the home folder, a project) is refused rather than filled with caches, and a path
+    the system refuses (`/proc`, `/sys`, a read-only mount, no permission, a name too long) before any write."""
+    reason = too_long(storage)
+    try:
+        exists = reason is None and storage.exists()
+    except OSError as e:  # not searchable, a loop of links
+        reason = f"{e.strerror or e}"
+    if reason:
+        raise UsageError(f"--storage {storage} cannot be used: {reason}; choose another path")
+    if exists:
         if not storage.is_dir():
             raise UsageError(f"--storage {storage} is a file: choose a folder")
-        if not os.access(storage, os.W_OK | os.X_OK):
-            raise UsageError(f"--storage {storage} is not writable: choose a folder you may write to, or fix "
-                             "its permissions")
-        entries = sorted(os.listdir(storage))
+        blocker = cannot_write(storage)
+        if blocker:
+            raise UsageError(f"--storage {storage} cannot be written: {blocker}; choose a folder you may write "
+                             "to, or fix its permissions")
+        try:
+            entries = sorted(os.listdir(storage))
+        except OSError as e:
+            raise UsageError(f"--storage {storage} cannot be listed ({e.strerror or e}): choose another "
+                             "folder") from None
         if LEDGER in entries:
             raise UsageError(f"--storage {storage} is one search's folder, not a storage folder: pass its "
                              f"parent, {storage.parent}")
@@ -258,19 +279,9 @@ def check_storage(storage: Path) -> None:
             raise UsageError(f"--storage {storage} holds files fsd-tune did not write ({shown}): choose a new or "
                              "empty folder, or the storage folder of an earlier search")
         return
-    blocker = _cannot_create(storage)
+    blocker = cannot_create(storage)
     if blocker:
         raise UsageError(f"--storage {storage} cannot be created: {blocker}; choose another path")
-
-
-def _cannot_create(path: Path) -> str | None:
-    """Why `path` cannot be created (its nearest existing ancestor is a file or not writable), or None."""
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"{parent} is a file"
-    return None if os.access(parent, os.W_OK | os.X_OK) else f"{parent} is not writable"
 
 
 def check_search_folder(spec: SearchSpec, resume: bool, locked: bool = False, flag: str = "--resume",
@@ -342,11 +353,11 @@ def check_mlflow(uri: str) -> None:
                              "leave --mlflow-uri out to log to <storage>/mlflow.db") from None
     elif uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):]).expanduser().absolute()
-        if path.exists():
+        if too_long(path) is None and path.exists():
             if not path.is_file() or not os.access(path, os.W_OK):
                 raise UsageError(f"--mlflow-uri {uri}: {path} is not a writable file; choose another path")
             return
-        blocker = _cannot_create(path)
+        blocker = cannot_create(path)
         if blocker:
             raise UsageError(f"--mlflow-uri {uri}: {path} cannot be created ({blocker}); choose another path")
 

@@ -180,3 +180,33 @@ def parse_grids(args: argparse.Namespace) -> dict[str, tuple]:
             raise UsageError(f"--grid {text!r}: give distinct values after '=', e.g. --grid lr=1e-4,2e-4")
         grids[parsed[0][0]] = values
     return grids
+
+
+# Flags that ask for two things at once, refused with why (docs/faults.md, "A bad command", has the table).
+# Not here: --estimate with --dry-run (it is --dry-run plus timed steps) and --dry-run with --compare (the cost
+# of each method's search); the search flags with --resume are checked against the stored search instead.
+CONFLICTS = (
+    (("--dry-run", "--estimate"), "--resume", "a dry run prices a new search from its flags and reads no stored "
+                                              "search; drop --resume to see the cost, or the dry run to continue"),
+    (("--dry-run", "--estimate"), "--report", "a dry run prices a search, --report rebuilds the page of those "
+                                              "stored; run one, then the other"),
+    (("--report",), "--resume", "--report trains nothing; run --resume first, then --report"),
+    (("--report",), "--compare", "--report rebuilds the page of what is stored; run --compare first, then --report"),
+    (("--compare",), "--resume", "--compare continues each method's stored search by itself; drop --resume"),
+)
+# What --report reads: the task's searches in a storage folder and their MLflow store.
+REPORT_FLAGS = ("--task", "--storage", "--mlflow-uri", "--verbose", "--report")
+
+
+def check_modes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """No two flags that contradict each other (`CONFLICTS`), and --report with none that shapes a search."""
+    given = [a.option_strings[0] for a in parser._actions
+             if a.option_strings and a.dest != "help" and getattr(args, a.dest) != parser.get_default(a.dest)]
+    for firsts, second, why in CONFLICTS:
+        first = next((f for f in firsts if f in given), None)
+        if first and second in given:
+            raise UsageError(f"{first} with {second}: {why}")
+    ignored = [f for f in given if f not in REPORT_FLAGS]
+    if "--report" in given and ignored:
+        raise UsageError(f"--report with {ignored[0]}: the report covers every search of the task in --storage and "
+                         f"trains nothing, so {ignored[0]} changes nothing there; drop it")

@@ -20,7 +20,7 @@ from fsd.logs import console
 from fsd.tuning.plan import evidence
 from fsd.tuning.plan.spec import SearchSpec
 from fsd.tuning.plan.stages import JOINT, METRIC, confirm_seed_list, expand, reached_budget
-from fsd.tuning.search import halving, retention
+from fsd.tuning.search import halving, orphans, retention
 from fsd.tuning.search.services import MlflowIds, best_checkpoint, open_tuner, trainable_for
 from fsd.tuning.search.stage_progress import StageProgress
 from fsd.tuning.tracking import records as tracking
@@ -96,4 +96,6 @@ def run_confirmation(spec: SearchSpec, stage: Stage, leaders: list[Runs], base: 
     kept = retention.KeepWinners(len(seeds), delete=False)
     tuner = open_tuner(spec, folder, name, trainable_for(spec, base), space,
                        halving.tune_config("grid", folder, name, None, spec.max_concurrent, 0), [tracker, shown, kept])
+    if not spec.address:  # as the stage's own trials: the pids a kill during them would leave
+        orphans.record(spec.folder)
     return list(tuner.fit())

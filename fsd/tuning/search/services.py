@@ -48,16 +48,23 @@ def start_services(spec: SearchSpec, folder: str) -> None:
     # Ctrl-C must reach the driver as KeyboardInterrupt: Ray's own handler ends a stage's fit as if its grid
     # were done, and the stage would be recorded with whichever trials happened to have finished.
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    if ray.is_initialized():
+    if spec.address:  # a cluster given by --address is not this driver's: nothing of it is stopped or recorded
+        if not ray.is_initialized():
+            ray.init(address=spec.address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.INFO if spec.verbose else logging.ERROR)
         return
-    if not spec.address:  # this driver's own cluster: what a killed one left is stopped first
-        orphans.clean_and_mark(folder)
-    # A local cluster lives on the loopback address: it needs no route to the outside.
-    local = {} if spec.address else {"_node_ip_address": "127.0.0.1"}
-    # "local", not None: with None Ray joins the last `ray start` cluster it finds recorded in its temp
-    # folder, a dead one too (a kill -9 leaves the record), where the user asked for a cluster of its own.
-    ray.init(address=spec.address or "local", include_dashboard=False, log_to_driver=False,
-             logging_level=logging.INFO if spec.verbose else logging.ERROR, **local)
+    # What a killed driver of this search left is stopped first, also when this process's cluster is up (a
+    # comparison runs each method's search on one cluster).
+    if ray.is_initialized():
+        orphans.clean(folder)
+    else:
+        orphans.clean_and_mark(folder)  # the token is on disk before ray.init: a kill there still finds them
+        # "local", not None: with None Ray joins the last `ray start` cluster it finds recorded in its temp
+        # folder, a dead one too (a kill -9 leaves the record), where the user asked for a cluster of its own.
+        # It lives on the loopback address: it needs no route to the outside.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+                 logging_level=logging.INFO if spec.verbose else logging.ERROR)
+    orphans.record(folder)
 
 
 def open_tuner(spec: SearchSpec, storage: str, name: str, trainable, param_space: dict[str, Any],

@@ -32,7 +32,7 @@ from fsd.tuning.plan.stages import (
     strategy_of,
     trial_budget,
 )
-from fsd.tuning.search import confirm, halving, retention
+from fsd.tuning.search import confirm, halving, orphans, retention
 from fsd.tuning.search import disk as space
 from fsd.tuning.search.services import MlflowIds, best_checkpoint, finished_trials, open_tuner, trainable_for
 from fsd.tuning.search.stage_progress import StageProgress, last_line
@@ -235,6 +235,8 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Stra
                                            how.num_samples or 0,
                                            (how.cap, per_trial) if how.cap is not None else None),
                        [tracker, shown, kept])
+    if not spec.address:  # the pids of the cluster as its trials start: what a kill during them leaves
+        orphans.record(spec.folder)
     results = list(tuner.fit())
     _check_disk(stage, results)
     points = confirm.runs_of(results, base["seed"])
