@@ -239,16 +239,22 @@ def report(stages: dict[str, list[Curve]], orders: int) -> str:
             all_kept += all(r.winner_kept for r in again.values())
         lines.append(f"| {rule.name} | {spent / grid:.1%} | {9 - len(lost)} | {', '.join(lost) or '-'} | "
                      f"{np.mean(shuffled_spent):.1%} | {all_kept / orders:.0%} |")
-    lines += ["", "## The defaults, stage by stage (grid order)", "",
-              "| stage | trials | stopped at the rung | samples | of the grid's | grid winner kept | same winner |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "## The defaults, stage by stage", "",
+              "| stage | trials | stopped at the rung | samples | of the grid's | grid winner kept | same winner | "
+              "shuffled: orders losing the winner |", "|---|---|---|---|---|---|---|---|"]
     total = spent_all = 0
+    defaults = RungRule("defaults")
     for name, curves in stages.items():
-        r = replay_stage(curves, RungRule("defaults"))
+        r = replay_stage(curves, defaults)
         total, spent_all = total + r.grid, spent_all + r.samples
+        rng = np.random.default_rng(0)
+        lost = sum(not replay_stage(curves, defaults, list(shuffled(len(curves), rng))).winner_kept
+                   for _ in range(orders))
         lines.append(f"| {name} | {r.trials} | {r.stopped} | {r.samples:,} | {r.share:.1%} | "
-                     f"{'yes' if r.winner_kept else 'no'} | {'yes' if r.same_winner else 'no'} |")
-    lines.append(f"| all | {sum(len(c) for c in stages.values())} | | {spent_all:,} | {spent_all / total:.1%} | | |")
+                     f"{'yes' if r.winner_kept else 'no'} | {'yes' if r.same_winner else 'no'} | "
+                     f"{lost / orders:.0%} |")
+    lines.append(f"| all | {sum(len(c) for c in stages.values())} | | {spent_all:,} | {spent_all / total:.1%} "
+                 "| | | |")
     return "\n".join(lines)
 
 
