@@ -66,17 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
       help="seeds each of a stage's --confirm-top leading points is trained on more (default: the preset's, 2 "
            "for paper, 1 for cpu, 0 for smoke)")
     a("--strategy", choices=["grid", "halving", "optuna"], default="grid",
-      help="grid: every grid point to the full budget (the paper); halving: every point, most stopped at an early "
-           "rung (ASHA on training samples); optuna: TPE samples of the large grids, halved the same way")
+      help="grid: every grid point to the full budget (the paper); halving: every point, each stopped at a rung "
+           "(ASHA on training samples) when below the best third there; optuna: TPE samples of the large grids, "
+           "halved the same way")
     a("--reduction-factor", type=float, default=None,
       help="halving/optuna: about 1 in this many trials goes on at each rung (default 3, measured)")
     a("--first-rung", type=float, default=None,
-      help="halving/optuna: the first rung as a share of a trial's budget (default 1/9, measured)")
+      help="halving/optuna: the first rung as a share of a trial's budget (default 3/4, where the score ranks)")
     a("--num-samples", type=int, default=None,
       help="optuna: trials per stage with a large grid (default: a third of the grid, measured)")
     a("--budget", default=None, metavar="AMOUNT",
       help="halving/optuna: what the search may spend, as training samples (2e6), a share of the grid's samples "
-           "(20%%) or hours on this machine (8h); each stage's trials and first rung are planned to fit, and no "
+           "(20%%) or hours on this machine (8h); each stage's trials are planned to fit, and no "
            "trial starts that the budget left cannot pay for"),
     a("--preset", choices=["paper", "quick", "cpu", "smoke"], default="paper",
       help="paper: the full schedule; quick: 2 values per parameter, 2 epochs, 2000 rows; cpu: a search that learns "

@@ -13,6 +13,7 @@ import heapq
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -22,6 +23,7 @@ class Curve:
     config: dict
     samples: tuple[int, ...]  # training samples at each evaluation, ascending; the last is the trial's budget
     scores: tuple[float, ...]
+    losses: tuple[float, ...] = ()  # the ranking split's loss at each evaluation, where it was recorded
 
     @property
     def budget(self) -> int:
@@ -55,17 +57,29 @@ class Asha:
             break
         return go_on and t < self.max_t
 
+    def decide(self, trial: int, curve: Curve, j: int) -> bool:
+        """Whether `trial` goes on after its `j`-th evaluation of `curve` (what `simulate` asks a rule)."""
+        return self.on_result(trial, curve.samples[j], curve.scores[j])
+
+
+class Rule(Protocol):
+    """What `simulate` asks at each evaluation: does trial run `trial` go on after evaluation `j` of `curve`?"""
+
+    def decide(self, trial: int, curve: Curve, j: int) -> bool: ...
+
 
 @dataclass(frozen=True)
 class Outcome:
     chosen: int  # index of the winning curve (among those that reached their budget)
     samples: int  # training samples all trials processed
     started: int  # trials started (a TPE sample of a point already run counts again)
+    finished: tuple[int, ...] = ()  # indices of the curves that reached their budget, in the order they did
 
 
-def simulate(curves: list[Curve], source: Iterator[int], asha: Asha | None, workers: int,
+def simulate(curves: list[Curve], source: Iterator[int], asha: Rule | None, workers: int,
              on_done: Callable[[int, float], None] | None = None) -> Outcome:
-    """Run the trials `source` yields, `workers` at a time, stopping them as `asha` decides.
+    """Run the trials `source` yields, `workers` at a time, stopping them as `asha` decides (anything with
+    `decide(run, curve, j)`: `Asha`, or `rung_rules.ToolRungs`, the tool's own scheduler).
 
     `on_done(index, best score so far)` is told each trial's end (a model-based source learns from it)."""
     heap: list[tuple[int, int, int, int, int]] = []  # (time of the next result, run, curve, result index, start)
@@ -83,7 +97,7 @@ def simulate(curves: list[Curve], source: Iterator[int], asha: Asha | None, work
     while heap:
         now, run, index, j, began = heapq.heappop(heap)
         curve = curves[index]
-        go_on = asha.on_result(run, curve.samples[j], curve.scores[j]) if asha else True
+        go_on = asha.decide(run, curve, j) if asha else True
         if go_on and j + 1 < len(curve.samples):
             heapq.heappush(heap, (began + curve.samples[j + 1], run, index, j + 1, began))
             continue
@@ -94,7 +108,7 @@ def simulate(curves: list[Curve], source: Iterator[int], asha: Asha | None, work
             on_done(index, max(curve.scores[:j + 1]))
         start(now)
     chosen = max(sorted(set(finished)), key=lambda i: curves[i].final)  # ties: the first grid point
-    return Outcome(chosen, used, runs)
+    return Outcome(chosen, used, runs, tuple(finished))
 
 
 def shuffled(n: int, rng: np.random.Generator, k: int | None = None) -> Iterator[int]:

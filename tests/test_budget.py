@@ -80,6 +80,17 @@ def test_confirmation_trials_are_paid_first_and_the_rest_is_shared_as_before():
                                                      if k != "confirm"}]}).stages[0].confirm == 0  # an old plan
 
 
+def test_the_plan_fits_a_budget_by_sampling_and_never_moves_the_first_rung_earlier():
+    """A first rung of 3/4 (1,200 of 1,600 samples): a third of the trials go on to 1,600. A fifth of a 27-point
+    grid (8,640 samples) pays for 6 TPE samples (6 x 1,200 + 2 x 400 = 8,000; 7 cost 9,333), not for an
+    earlier rung, where the score does not rank yet; halving, which cannot sample, keeps its rung and is over."""
+    stage = {"name": "vkd", "points": 27, "per_trial": 1600, "every": 400, "grid": 27 * 1600}
+    (optuna,) = make_plan(0.2 * 27 * 1600, [stage], "optuna", 3.0, 3 / 4, seeds=1).stages
+    assert (optuna.trials, optuna.first_rung, optuna.expected) == (6, 3 / 4, pytest.approx(8000))
+    (halving,) = make_plan(0.2 * 27 * 1600, [stage], "halving", 3.0, 3 / 4, seeds=1).stages
+    assert (halving.trials, halving.first_rung, halving.expected) == (27, 3 / 4, pytest.approx(27 * 1200 + 9 * 400))
+
+
 def test_what_a_stage_may_spend_leaves_the_later_stages_their_plan():
     plan = Plan(10_000, (StagePlan("a", 9, 9, 1 / 9, 1600, 3000, 0), StagePlan("b", 9, 9, 1 / 9, 1600, 4000, 0)))
     assert plan.cap("a", 0) == 6000

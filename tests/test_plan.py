@@ -48,8 +48,9 @@ def test_one_stage_against_a_hand_count(glue_dir, tmp_path):
     assert (vkd.trials, vkd.samples_per_trial, vkd.samples, vkd.evaluations) == (8, (4000,), 32_000, 8 * 2 * 277)
     halving = SearchSpec(**{**spec.__dict__, "strategy": "halving"})
     (h,) = search_cost(halving, schedule).stages
-    # every ceil(2000 / 4) = 500 samples; rungs at 444 and 1332 -> stops at 500 and 1500; 8, 8/3, then 1 trial
-    assert h.samples == pytest.approx(8 * 500 + 8 / 3 * 1000 + 1 * 2500)
+    # every ceil(2000 / 4) = 500 samples; one rung, the default 3/4 of 4000 = 3000 (the next, 9000, is past the
+    # budget): 8 trials to 3000, then 8/3 of them to 4000
+    assert h.samples == pytest.approx(8 * 3000 + 8 / 3 * 1000)
     assert h.evaluations == pytest.approx(h.samples / 500 * 277)
     cost = search_cost(halving, schedule)
     assert cost.teacher_samples == 3 * 2000 and cost.cache_rows == 2000  # the backbone is fine-tuned first

@@ -796,9 +796,11 @@ def test_resume_refuses_a_planted_pickle_in_a_checkpoint_before_anything_runs(se
 
 @pytest.mark.long  # the gate and the plan are unit-tested in test_budget.py; CI keeps under 20 minutes
 def test_a_small_budget_stops_starting_trials_when_it_is_spent_and_resume_keeps_it(setup):
-    """--budget 200 with 64-sample trials: the plan gives VKD's two points 96 samples and PKD's 96; VKD may spend
-    200 - 96 = 104, so after one trial (64) the gate refuses the second; PKD gets the rest (136) and runs both.
-    What the search trained stays within the budget, and the search's end says planned against spent."""
+    """--budget 200 with 64-sample trials: the first rung (3/4 of a trial) is met only at a trial's end (its
+    evaluations are at 32 and 64), so the plan gives VKD's two points 128 samples and PKD's 128, and moves no rung
+    earlier; VKD may spend 200 - 128 = 72, so after one trial (64) the gate refuses the second; PKD gets the rest
+    (136) and runs both. What the search trained stays within the budget, and the search's end says planned
+    against spent."""
     storage = setup[0] / "budget"
     r = subprocess.run(_args(setup, storage, "--strategy", "optuna", "--budget", "200"), capture_output=True,
                        text=True, env=_env())
@@ -808,7 +810,7 @@ def test_a_small_budget_stops_starting_trials_when_it_is_spent_and_resume_keeps_
     assert (vkd["trials"], vkd["samples"], vkd["budget_refused"]) == (1, 64, True)
     assert pkd["trials"] == 2 and pkd["samples"] <= 136
     assert ledger["budget"]["spent"] == vkd["samples"] + pkd["samples"] <= 200
-    assert "budget 200: 200 training samples, planned 192, spent" in r.stderr
+    assert "budget 200: 200 training samples, planned 256, spent" in r.stderr
     assert "stage vkd: best dev score" in r.stderr and "; the budget left paid for 1 trial(s)" in r.stderr
     assert "stage pkd: best dev score" in r.stderr and r.stderr.count("the budget left paid for") == 1
     again = subprocess.run(_args(setup, storage, "--strategy", "optuna", "--budget", "300", "--resume"),

@@ -97,27 +97,3 @@ def test_asha_rungs_and_stops_survive_a_restore(tmp_path):
     fresh.on_trial_add(None, trials[3])
     assert report(fresh, trials[3], 100, 0.55) == "CONTINUE"  # what Ray alone would have done: empty rungs
 
-
-def test_rungs_rank_by_the_loss_where_every_score_ties(tmp_path):
-    """Early on every student is at the majority class: the scores tie and ASHA, which stops a trial only below
-    the rung's cutoff, promotes them all. Ranked by the loss, the worst of three goes."""
-    from types import SimpleNamespace
-
-    from fsd.tuning.plan.stages import RUNG_METRIC, RUNG_MODE, rungs_for
-    from fsd.tuning.search.halving import DurableASHA
-
-    rungs = rungs_for(900, 1 / 9, 3.0)
-
-    def run(metric, mode):
-        asha = DurableASHA(str(tmp_path / f"{mode}.json"), rungs, metric, mode)
-        out = []
-        for i, loss in enumerate((0.60, 0.50, 0.70)):
-            t = SimpleNamespace(trial_id=f"t{i}")
-            asha.on_trial_add(None, t)
-            out.append(asha.on_trial_result(None, t, {"progress/samples": 100, "progress/budget": 900,
-                                                       "eval/score": 0.5092, "eval/loss": loss}))
-        return out
-
-    assert run("eval/score", "max") == ["CONTINUE"] * 3  # tied: nobody is below the cutoff
-    assert (RUNG_METRIC, RUNG_MODE) == ("eval/loss", "min")
-    assert run(RUNG_METRIC, RUNG_MODE) == ["CONTINUE", "CONTINUE", "STOP"]  # 0.70 is the worst loss

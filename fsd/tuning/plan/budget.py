@@ -3,8 +3,10 @@
 A budget is training samples (`2e6`), a share of the grid's samples (`20%`: what the paper's grid would train,
 the grid strategy's count) or hours on this machine (`8h`, converted with --estimate's timed steps). The plan
 gives each stage a share of it in proportion to what the grid would spend there, and picks per stage the
-plan that fits: the most trials (Optuna's TPE samples, on a large grid), then the latest first rung of
-halving. While a stage runs, `fsd.tuning.search.halving.BudgetGate` starts a trial only when what is left pays for
+plan that fits: the most trials (Optuna's TPE samples, on a large grid). The first rung stays where the
+search puts it (--first-rung): an earlier rung is where the score does not rank yet, so it saves nothing
+(tied trials go on) or cuts the future winner (docs/results.md, "Rungs that keep the winner"). While a
+stage runs, `fsd.tuning.search.halving.BudgetGate` starts a trial only when what is left pays for
 its whole budget, after what the running trials may still spend and what the later stages are planned to
 spend: the samples a search trains never exceed the budget.
 """
@@ -112,8 +114,8 @@ def make_plan(total: float, stages: list[dict[str, Any]], strategy: str, reducti
         stages: per stage `name`, `points` (after folding), `per_trial` (samples of a whole trial), `every`
             (samples between evaluations), `grid` (samples the grid strategy would spend), and `confirm`
             (samples of its confirmation trials: set aside before the shares are made).
-        strategy: "halving" (every point starts, the first rung is planned) or "optuna" (TPE samples as few
-            as MIN_TRIALS points of a stage, and the first rung).
+        strategy: "halving" (every point starts) or "optuna" (TPE samples as few as MIN_TRIALS points of a
+            stage); both at `first_rung`.
     """
     options = {s["name"]: _options(s, strategy, reduction_factor, first_rung, seeds) for s in stages}
     cheapest = {name: min(opts) for name, opts in options.items()}
@@ -144,14 +146,8 @@ def _options(s: dict[str, Any], strategy: str, rf: float, first_rung: float, see
     """(expected samples, points started, first rung) of each plan a stage can take."""
     points, per_trial, every = s["points"], s["per_trial"], s["every"]
     counts = range(points, min(points, MIN_TRIALS) - 1, -1) if strategy == "optuna" else [points]
-    rungs, rung = [], first_rung
-    while True:
-        rungs.append(rung)
-        if rung * per_trial <= every:  # a rung before the first evaluation stops nothing earlier
-            break
-        rung /= rf
-    return [(planning.expected_samples(n * seeds, per_trial, planning.rungs_for(per_trial, r, rf), every), n, r)
-            for n in counts for r in rungs]
+    rungs = planning.rungs_for(per_trial, first_rung, rf)
+    return [(planning.expected_samples(n * seeds, per_trial, rungs, every), n, first_rung) for n in counts]
 
 
 def format_plan(plan: Plan, budget: Budget) -> str:

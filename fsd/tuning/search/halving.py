@@ -5,6 +5,9 @@ Ray saves the search algorithm with an experiment but not the scheduler (ray-pro
 `Tuner.restore` rebuilds the scheduler as it was when the experiment began, with empty rungs, so a resumed
 stage would promote trials an uninterrupted one stops. `DurableASHA` writes its rungs and its decisions to
 a JSON file beside the experiment after every result and reads them back when it is unpickled.
+
+`DurableASHA` also keeps tied trials: Ray's cutoff is interpolated between two recorded scores, so a trial
+tied with the one at the cutoff's rank was stopped (`rung_cutoff` says how ties are kept, and why).
 """
 
 from __future__ import annotations
@@ -14,27 +17,67 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.schedulers.async_hyperband import _Bracket
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm
 
 from fsd.storage import write_text
-from fsd.tuning.plan.stages import BUDGET, METRIC, MODE, RUNG_BEST, RUNG_METRIC, RUNG_MODE, SAMPLES, Rungs, joint_value
+from fsd.tuning.plan.stages import (
+    BUDGET,
+    METRIC,
+    MODE,
+    RUNG_BEST,
+    RUNG_METRIC,
+    RUNG_MODE,
+    RUNG_TIE,
+    SAMPLES,
+    Rungs,
+    joint_value,
+)
 from fsd.tuning.search.no_repeats import NoRepeats
 
 TIME_ATTR = SAMPLES
 GATE = "budget_gate.json"
 
 
+def rung_cutoff(recorded: list[float], reduction_factor: float, tie: float = RUNG_TIE) -> float:
+    """What a trial must reach at a rung to go on, from the values recorded there so far (higher is better).
+
+    The value of the recorded trial at the rung's (1 - 1/rf) quantile, taken at that trial (numpy's "lower"
+    percentile) and not between two of them as Ray interpolates it, less `tie`: a trial tied with that trial,
+    or within `tie` of it, goes on. On the recorded SST-2 schedule Ray's cutoff (e.g. 55.83 between two
+    majority-class 55.80s and one 55.90) stopped a stage winner tied at 55.80 there, and another winner trailed
+    the cutoff by 0.4 points at the rung, inside the ranking split's sampling error (docs/results.md, "Rungs
+    that keep the winner").
+    """
+    return float(np.percentile(recorded, (1 - 1 / reduction_factor) * 100, method="lower")) - tie
+
+
+class _TiedBracket(_Bracket):
+    """Ray's bracket (rungs, recording, the stop test `value < cutoff`) with `rung_cutoff` as its cutoff."""
+
+    def __init__(self, rungs: Rungs, tie: float):
+        super().__init__(rungs.first, rungs.budget, rungs.reduction_factor, 0)
+        self.tie = tie
+
+    def cutoff(self, recorded: dict) -> float | None:
+        values = [v for v in recorded.values() if not np.isnan(v)]  # as Ray's nanpercentile skips them
+        return rung_cutoff(values, self.rf, self.tie) if values else None
+
+
 class DurableASHA(ASHAScheduler):
-    """ASHA over training samples whose rung scores and stop decisions persist in `path`.
+    """ASHA over training samples whose rung scores and stop decisions persist in `path`, and which keeps the
+    trials tied with a rung's cutoff (`rung_cutoff`; `tie` in the metric's units).
 
     A trial stopped once is stopped again if a restore brings it back before Ray recorded the stop.
     """
 
-    def __init__(self, path: str, rungs: Rungs, metric: str, mode: str):
+    def __init__(self, path: str, rungs: Rungs, metric: str, mode: str, tie: float = RUNG_TIE):
         super().__init__(time_attr=TIME_ATTR, metric=metric, mode=mode, max_t=rungs.budget,
                          grace_period=rungs.first, reduction_factor=rungs.reduction_factor)
+        self._brackets = [_TiedBracket(rungs, tie)]
         self._path = path
         self._stopped: dict[str, float] = {}  # trial id -> samples where it was stopped
         self._load()
