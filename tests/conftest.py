@@ -136,3 +136,22 @@ def command_refused(argv: list[str], storage: Path, process: bool = False, env: 
     assert "Traceback" not in err + out
     assert tree(storage) == before, "the refused command wrote into the storage folder"
     return lines[0]
+
+
+def rte_search_setup(root: Path, tiny_bert: str, glue_dir: str) -> tuple[Path, str, str, str]:
+    """What an end-to-end search on 64 RTE rows starts from: its folder, a tiny teacher fine-tuned there (under
+    `shared/`), the tiny backbone its students start from, and the GLUE folder."""
+    from fsd.config import DataSpec
+    from fsd.teacher import TeacherSpec, ensure_teacher, teacher_data
+
+    data = teacher_data(DataSpec("rte", glue_dir, max_train_samples=64, max_eval_samples=64))
+    teacher = ensure_teacher(TeacherSpec(tiny_bert, data, epochs=1), str(root / "shared"))
+    return root, teacher, tiny_bert, glue_dir
+
+
+def tune_main_args(setup: tuple, storage: Path, method: str, *extra: str) -> list[str]:
+    """tune_main.py's command line for a smoke search of `method` from `rte_search_setup`."""
+    root, teacher, backbone, glue_dir = setup
+    return [sys.executable, str(Path(__file__).resolve().parents[1] / "tune_main.py"), "--task", "rte", "--method",
+            method, "--preset", "smoke", "--data-dir", glue_dir, "--teacher", teacher, "--student-init", backbone,
+            "--student-layers", "2", "--storage", str(storage), *extra]

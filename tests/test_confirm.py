@@ -6,13 +6,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-from fsd.config import DataSpec
-from fsd.teacher import TeacherSpec, ensure_teacher, teacher_data
+from conftest import rte_search_setup, tune_main_args
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,17 +18,11 @@ CONFIRM = ("--confirm-top", "2", "--confirm-seeds", "2")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_bert, glue_dir):
-    root = tmp_path_factory.mktemp("confirm")
-    data = teacher_data(DataSpec("rte", glue_dir, max_train_samples=64, max_eval_samples=64))
-    teacher = ensure_teacher(TeacherSpec(tiny_bert, data, epochs=1), str(root / "shared"))
-    return root, teacher, tiny_bert, glue_dir
+    return rte_search_setup(tmp_path_factory.mktemp("confirm"), tiny_bert, glue_dir)
 
 
 def _args(setup, storage, *extra):
-    root, teacher, backbone, glue_dir = setup
-    return [sys.executable, str(ROOT / "tune_main.py"), "--task", "rte", "--method", "vkd", "--preset", "smoke",
-            "--data-dir", glue_dir, "--teacher", teacher, "--student-init", backbone, "--student-layers", "2",
-            "--storage", str(storage), *CONFIRM, *extra]
+    return tune_main_args(setup, storage, "vkd", *CONFIRM, *extra)
 
 
 def _env(**more):

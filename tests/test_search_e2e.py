@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import raycluster
+from conftest import rte_search_setup, tune_main_args
 from mlflowserver import Server, free_port
 
 from fsd.checkpoints import resumable
-from fsd.config import DataSpec
-from fsd.teacher import TeacherSpec, ensure_teacher, teacher_data
 from fsd.tuning.search import orphans
 
 pytestmark = pytest.mark.slow
@@ -26,17 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_bert, glue_dir):
-    root = tmp_path_factory.mktemp("search")
-    data = teacher_data(DataSpec("rte", glue_dir, max_train_samples=64, max_eval_samples=64))
-    teacher = ensure_teacher(TeacherSpec(tiny_bert, data, epochs=1), str(root / "shared"))
-    return root, teacher, tiny_bert, glue_dir
+    return rte_search_setup(tmp_path_factory.mktemp("search"), tiny_bert, glue_dir)
 
 
 def _args(setup, storage, *extra):
-    root, teacher, backbone, glue_dir = setup
-    return [sys.executable, str(ROOT / "tune_main.py"), "--task", "rte", "--method", "pkd", "--preset", "smoke",
-            "--data-dir", glue_dir, "--teacher", teacher, "--student-init", backbone, "--student-layers", "2",
-            "--storage", str(storage), "--max-concurrent", "1", *extra]
+    return tune_main_args(setup, storage, "pkd", "--max-concurrent", "1", *extra)
 
 
 # The `ray start` cluster's token, given to the cluster and to the drivers that join it: none may be in
