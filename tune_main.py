@@ -190,6 +190,11 @@ def dry_run(args: argparse.Namespace) -> None:
     costs = [search_cost(s, sch, seen, planned) for (s, sch), planned in zip(pairs, plans, strict=True)]
     print(format_cost(costs))
     print(ranking_line(spec, costs[0].dev_rows))
+    if spec.fresh_seeds:
+        per_run = max(max(st.samples_per_trial) for st in costs[0].stages) if costs[0].stages else 0
+        runs = 4 if spec.method == "fsd" else 1  # the search's best, VKD's winner, the two untuned start points
+        print(f"fresh seeds: at most {runs} configuration(s) x {spec.fresh_seeds} seeds = {runs * spec.fresh_seeds} "
+              f"runs after the search, {runs * spec.fresh_seeds * per_run:,} training samples")
     line, cache_bytes = cache_line(spec, schedule, costs[0].rows)
     print(line)
     print(disk_peak(spec, schedule, costs, cache_bytes))

@@ -51,8 +51,11 @@ def confirmed(setup):
 
 
 def test_dry_run_counts_the_confirmation_trials(setup, tmp_path):
-    r = subprocess.run(_args(setup, tmp_path / "dry", "--dry-run"), capture_output=True, text=True, env=_env())
+    r = subprocess.run(_args(setup, tmp_path / "dry", "--dry-run", "--fresh-seeds", "3"), capture_output=True,
+                       text=True, env=_env())
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "fresh seeds: at most 1 configuration(s) x 3 seeds = 3 runs after the search, 192 training samples" \
+        in r.stdout
     assert "| vkd | vkd | 2 + 4 confirming | grid | 64 | 384 |" in r.stdout  # 2 points + 2 leaders x 2 seeds
     assert "ranking split: dev, 64 rows" in r.stdout
 
