@@ -1,8 +1,15 @@
-"""The function trainable: Tune config -> DistillConfig -> distill() -> tune.report each epoch."""
+"""The function trainable: Tune config -> DistillConfig -> distill() -> tune.report each epoch.
+
+Each trial also leaves `timeline.json` in its folder: when its process started, when the trial began, and
+for each report when distill() handed it over, when its checkpoint was written and when Tune let training go
+on (bench/overhead.py turns a stage's timelines into where its time went)."""
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +25,7 @@ from fsd.tuning.plan.stages import expand
 def train_trial(params: dict[str, Any], base: dict[str, Any]) -> None:
     """One trial. `base` holds what every trial of the stage shares (task, teacher, inherited winners);
     `params` the grid point. Resumes from the trial's last checkpoint after a failure or a restore."""
+    timeline = {"pid": os.getpid(), "process_start": process_start(), "start": time.time(), "reports": []}
     config = DistillConfig.from_dict({**base, **expand(params)})
     state = restored_state(tune.get_checkpoint())
     if state is not None and "optimizer" not in state:
@@ -27,11 +35,38 @@ def train_trial(params: dict[str, Any], base: dict[str, Any]) -> None:
         return
     try:
         for report in distill(config, resume_from=state):
+            ready = time.time()
             with tempfile.TemporaryDirectory() as folder:
                 report.save(folder)
+                saved = time.time()
                 tune.report(report.metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            timeline["reports"].append({"ready": ready, "saved": saved, "reported": time.time()})
     except torch.OutOfMemoryError as e:
         raise TrialOutOfMemory(out_of_memory_message(_gpu_share(), config.batch_size)) from e
+    timeline["end"] = time.time()
+    write_timeline(timeline)
+
+
+def process_start() -> float | None:
+    """When this process started (seconds since the epoch; None off Linux): a trial in a fresh worker waited
+    from then for Ray, the imports and the trial's set-up."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        booted = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                      if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return booted + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def write_timeline(timeline: dict[str, Any]) -> None:
+    """`timeline.json` in the trial's folder (written once, when the trial ends)."""
+    try:
+        folder = tune.get_context().get_trial_dir()
+    except Exception:  # noqa: BLE001 - outside a Tune session (a test calling the function): nowhere to write
+        return
+    if folder:
+        Path(folder, "timeline.json").write_text(json.dumps(timeline))
 
 
 def restored_state(checkpoint: tune.Checkpoint | None) -> dict | None:
