@@ -60,13 +60,15 @@ def process_start() -> float | None:
 
 
 def write_timeline(timeline: dict[str, Any]) -> None:
-    """`timeline.json` in the trial's folder (written once, when the trial ends)."""
+    """`timeline.json` in the trial's folder of the experiment's storage (written once, when the trial ends).
+    Not through `get_trial_dir()`: in a reused worker that names its working folder, which Tune does not copy."""
     try:
-        folder = tune.get_context().get_trial_dir()
+        storage = tune.get_context().get_storage()
+        path = f"{storage.trial_fs_path}/timeline.json"
     except Exception:  # noqa: BLE001 - outside a Tune session (a test calling the function): nowhere to write
         return
-    if folder:
-        Path(folder, "timeline.json").write_text(json.dumps(timeline))
+    with storage.storage_filesystem.open_output_stream(path) as f:
+        f.write(json.dumps(timeline).encode())
 
 
 def restored_state(checkpoint: tune.Checkpoint | None) -> dict | None:
