@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from fsd.checkpoints import STUDENT, load_checkpoint, save_checkpoint
+from fsd.checkpoints import RESUME_KEYS, STUDENT, load_checkpoint, save_checkpoint
 from fsd.config import DistillConfig
 from fsd.data import Batches, cache_key
 from fsd.loop import (
@@ -51,10 +51,12 @@ class Report:
     state: Callable[[], dict]
     student_config: object = None  # the student's transformers config, so its folder loads with from_pretrained
 
-    def save(self, directory: str | os.PathLike) -> str:
+    def save(self, directory: str | os.PathLike, resume: bool = True) -> str:
         """Write a checkpoint (student, objective, optimiser, scheduler, position, best score, config, RNG) as
-        data, each file under a temporary name first (fsd.checkpoints)."""
-        return save_checkpoint(directory, {**self.state(), "metrics": self.metrics}, self.student_config)
+        data, each file under a temporary name first (fsd.checkpoints); without `resume`, that of a run that is
+        over: the student, its position and metrics, without what only resuming reads."""
+        state = {k: v for k, v in self.state().items() if resume or k not in RESUME_KEYS}
+        return save_checkpoint(directory, {**state, "metrics": self.metrics}, self.student_config)
 
 
 def student_backbone(config: DistillConfig) -> str:

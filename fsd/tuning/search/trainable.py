@@ -7,6 +7,7 @@ on (bench/overhead.py turns a stage's timelines into where its time went)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -19,7 +20,7 @@ from ray import tune
 from fsd.checkpoints import load_checkpoint
 from fsd.config import DistillConfig
 from fsd.train import distill
-from fsd.tuning.plan.stages import expand
+from fsd.tuning.plan.stages import METRIC, expand, reached_budget
 
 
 def train_trial(params: dict[str, Any], base: dict[str, Any]) -> None:
@@ -33,11 +34,21 @@ def train_trial(params: dict[str, Any], base: dict[str, Any]) -> None:
         # before Ray recorded its end brings it back. Its last result is said again; nothing is retrained.
         tune.report(state["metrics"])
         return
+    best = state["best_score"] if state is not None else -math.inf
     try:
         for report in distill(config, resume_from=state):
             ready = time.time()
+            score, last = report.metrics[METRIC], reached_budget(report.metrics)
+            if not last and not can_be_kept(score, best):
+                tune.report(report.metrics)
+                timeline["reports"].append({"ready": ready, "saved": None, "reported": time.time()})
+                continue
+            best = best if math.isnan(score) or score < best else score
             with tempfile.TemporaryDirectory() as folder:
-                report.save(folder)
+                # The run's last checkpoint needs nothing to resume from (retention would drop it as the trial ends):
+                # the student alone, a quarter of the bytes. It is written even below the best, as the latest, so
+                # that a restore that brings the trial back finds it over (`restored_state`) and says its last result.
+                report.save(folder, resume=not last)
                 saved = time.time()
                 tune.report(report.metrics, checkpoint=tune.Checkpoint.from_directory(folder))
             timeline["reports"].append({"ready": ready, "saved": saved, "reported": time.time()})
@@ -45,6 +56,17 @@ def train_trial(params: dict[str, Any], base: dict[str, Any]) -> None:
         raise TrialOutOfMemory(out_of_memory_message(_gpu_share(), config.batch_size)) from e
     timeline["end"] = time.time()
     write_timeline(timeline)
+
+
+def can_be_kept(score: float, best: float) -> bool:
+    """Whether the checkpoint of a report before the run's last is worth writing, after the best score so far
+    (-inf: none yet). Tune keeps a trial's best checkpoint by METRIC (of equal scores, the later: see
+    services.open_tuner) and its latest, for a resume. One below the best so far can never be the trial's best,
+    and as a point to resume from the best so far serves as well (a resumed run trains on to the same numbers).
+    A score that is not a number ranks below every number, as Tune ranks it (of several, the later)."""
+    if math.isnan(score):
+        return best == -math.inf
+    return score >= best
 
 
 def process_start() -> float | None:
