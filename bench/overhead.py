@@ -1,10 +1,11 @@
 """Where a search's time goes, trial by trial and stage by stage (issue 37, item 1).
 
-    # a search in a fresh storage folder that reuses a prepared one's teacher, tokenised data and caches
-    python bench/overhead.py run --base <storage with a teacher> --out <folder> -- --task sst2 \
+    # a search in a fresh storage folder that reuses a prepared one's teacher, tokenised data and caches,
+    # the driver recorded with py-spy (pip install py-spy); prints the table, writes overhead.json beside it
+    python bench/overhead.py run --base <storage with a teacher> --out <folder> --profile -- --task sst2 \
         --data-dir ../shared/glue_data --student-layers 3 --preset cpu --method vkd --stages vkd
-    # the table of a search's storage folder (with the driver's py-spy profile, when one was recorded)
-    python bench/overhead.py table <storage> [--driver driver.txt] [--json out.json]
+    # the table of a search's storage folder (with the driver's profile, when one was recorded)
+    python bench/overhead.py table <storage> [--driver <storage>/driver.txt] [--json out.json]
 
 `run` links the base folder's `teacher/`, `data_cache/`, `cache/` and `memory/` into a new folder under
 `--out`, passes the base's fine-tuned teacher as `--teacher` (the cache is keyed by the teacher's path, so
@@ -16,9 +17,10 @@ trial began and ended, and per report when distill() handed it over, when the ch
 Tune let training go on), its results' `time/*` figures (`time/setup_s`: data, models and the teacher's
 outputs opened; `time/train_s` with its part `time/teacher_s`, the cache read; `time/eval_s`) and the MLflow
 runs of the search and its stages (start and end, as the driver saw them). Every figure is wall time; a
-stage's trials share its slots (`--max-concurrent`), so the table's shares are of the stage's slot-time
-(its wall time x its slots). With `--driver`, a raw `py-spy record --idle --threads --format raw` profile of
-the driver adds where the driver's main thread spent the search (Ray's start, MLflow, the stage set-up...).
+stage's trials share its slots (the most trials seen running at once, or `--slots`), so the shares are of
+the stage's slot-time (its wall time x its slots). With `--driver` (`run --profile`), a raw `py-spy record
+--idle --threads` profile of the driver adds where its main thread spent the search (Ray's start, MLflow,
+the stage set-up, the winner's analysis...).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ("teacher", "data_cache", "cache", "memory")
+RATE = 20  # py-spy's samples a second
 # The rows of a stage's table, in order: what each trial's slot-time went to.
 ROWS = (("launch", "worker start, imports (a reused worker: its reset)"),
         ("setup", "model and data load (time/setup_s)"),
@@ -141,7 +144,7 @@ def stage_table(storage: Path, search: str, slots: int | None = None) -> dict:
 
 
 # What the driver's main thread was doing, by the first of these found in a sampled stack (innermost first).
-DRIVER = (("Ray start", ("ray/_private/worker.py:init", "_private/worker.py (init)", "init (ray/_private/worker.py)")),
+DRIVER = (("Ray start", ("init (ray/_private/worker.py",)),
           ("teacher fine-tuning", ("ensure_teacher",)),
           ("stage set-up: data, teacher outputs", ("prepare_outputs",)),
           ("winner: analysis (CKA, relations)", ("analyse_checkpoint",)),
@@ -153,7 +156,7 @@ DRIVER = (("Ray start", ("ray/_private/worker.py:init", "_private/worker.py (ini
 
 def driver_profile(path: Path) -> dict[str, float]:
     """py-spy's raw output (`stack;frames count` per line, with --threads) -> seconds of the main thread per
-    DRIVER category, at `rate` samples a second (read from the file name's `-r<rate>`, else 100)."""
+    DRIVER category, at RATE samples a second (`run --profile`'s)."""
     counts: dict[str, int] = defaultdict(int)
     for line in path.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
@@ -163,9 +166,7 @@ def driver_profile(path: Path) -> dict[str, float]:
             if any(k in stack for k in needles):
                 counts[name] += int(n)
                 break
-    rate = 100
-    if "-r" in path.stem:
-        rate = int(path.stem.rsplit("-r", 1)[1])
+    rate = RATE
     return {k: counts[k] / rate for k, _ in DRIVER if counts[k]}
 
 
@@ -219,12 +220,17 @@ def run(args: argparse.Namespace, extra: list[str]) -> None:
     cmd = [sys.executable, str(repo / "tune_main.py"), *extra, "--teacher", str(teachers[0]),
            "--storage", str(storage)]
     env = {**os.environ, "PYTHONPATH": str(repo), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    profile = storage / "driver.txt"
+    if args.profile:  # the driver alone, sampled with its idle time (wall): `table --driver` reads it
+        cmd = ["py-spy", "record", "--idle", "--threads", "--format", "raw", "-r", str(RATE), "-o", str(profile),
+               "--", *cmd]
     started = time.monotonic()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL if args.quiet else None)
     print(f"{' '.join(cmd)}\nwall {time.monotonic() - started:.1f} s", file=sys.stderr)
     found = stage_table(storage, find_search(storage))
-    (storage / "overhead.json").write_text(json.dumps(found, indent=1))
-    print(markdown(found), end="")
+    driver = driver_profile(profile) if args.profile else None
+    (storage / "overhead.json").write_text(json.dumps({**found, "driver": driver}, indent=1))
+    print(markdown(found, driver), end="")
 
 
 def main() -> None:
@@ -238,10 +244,12 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--repo", default=str(ROOT), help="the clone whose tune_main.py runs (default: this one)")
     p.add_argument("--quiet", action="store_true", help="the search's stdout thrown away")
+    p.add_argument("--profile", action="store_true",
+                   help="record the driver with py-spy (pip install py-spy) into <run folder>/driver.txt")
     p = sub.add_parser("table", help="where a search's time went, from its storage folder")
     p.add_argument("storage")
     p.add_argument("--search", help="<task>-<method>, when the folder holds several")
-    p.add_argument("--driver", help="py-spy raw profile of the driver (name it ...-r<rate>.txt)")
+    p.add_argument("--driver", help="the driver's py-spy raw profile (`run --profile`'s driver.txt)")
     p.add_argument("--slots", type=int, help="trials at once (default: the most seen running at once)")
     p.add_argument("--json")
     args = parser.parse_args(argv)
