@@ -7,7 +7,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from fsd.models import load_teacher, run_model
 from fsd.objectives.structure import flatten_features
 from fsd.relations import mean_over_batches, relation_batch, relation_difference  # noqa: F401 (re-exported)
 from fsd.tasks import Task, get_task
+from fsd.teacher_source import model_fingerprint
 from fsd.train import load_inputs, load_student
 
 HEATMAP_FILE = "cka_heatmap.png"
@@ -179,8 +180,35 @@ class Analysis:
     heatmap: np.ndarray
 
 
-def analyse_pair(student: torch.nn.Module, teacher: torch.nn.Module, dev_batches: Batches, task: str | Task,
-                 device: str | torch.device, max_batches: int | None = None) -> Analysis:
+@dataclass
+class TeacherSide:
+    """What `analyse_pair` reads of the teacher, per dev batch: its logits, the Gram factor of its penultimate
+    features and those features (for the relations). Filled by a first analysis while it stays within
+    `limit` bytes (`complete` once every batch is in; `over` when it did not fit, and is not kept)."""
+
+    limit: int
+    logits: list[torch.Tensor] = field(default_factory=list)
+    factors: list[torch.Tensor] = field(default_factory=list)
+    states: list[torch.Tensor] = field(default_factory=list)
+    size: int = 0
+    complete: bool = False
+    over: bool = False
+
+    def add(self, logits: torch.Tensor, factor: torch.Tensor, states: torch.Tensor) -> None:
+        if self.over or self.complete:
+            return
+        self.size += sum(t.numel() * t.element_size() for t in (logits, factor, states))
+        if self.size > self.limit:
+            self.logits, self.factors, self.states, self.over = [], [], [], True
+            return
+        self.logits.append(logits)
+        self.factors.append(factor)
+        self.states.append(states)
+
+
+def analyse_pair(student: torch.nn.Module, teacher: torch.nn.Module | None, dev_batches: Batches, task: str | Task,
+                 device: str | torch.device, max_batches: int | None = None,
+                 side: TeacherSide | None = None) -> Analysis:
     """Run both models over the dev mini-batches (`dev_batches.epoch(0)`, no grad, eval mode, fp32) and compute
     restoration rate, the CKA heat map of the penultimate features, and relation difference.
 
@@ -192,15 +220,19 @@ def analyse_pair(student: torch.nn.Module, teacher: torch.nn.Module, dev_batches
         task: the task (regression decides how restoration is scored).
         device: where the batches go.
         max_batches: analyse only the first this many batches (None: all).
+        side: the teacher's outputs on these batches: read when `complete` (`teacher` may then be None), else
+            filled as the teacher runs, for the next analysis against the same teacher.
 
     Returns:
         an `Analysis`.
     """
     spec = get_task(task) if isinstance(task, str) else task
     device = torch.device(device)
-    modes = (student.training, teacher.training)
+    kept = side is not None and side.complete
+    modes = (student.training, None if teacher is None else teacher.training)
     student.eval()
-    teacher.eval()
+    if teacher is not None:
+        teacher.eval()
     s_logits, t_logits, zt, zs, relations = [], [], [], [], []
     try:
         with torch.no_grad():
@@ -208,16 +240,27 @@ def analyse_pair(student: torch.nn.Module, teacher: torch.nn.Module, dev_batches
                 if max_batches is not None and k >= max_batches:
                     break
                 batch = {key: v.to(device) for key, v in batch.items()}
-                s_out, t_out = run_model(student, batch, hidden=True), run_model(teacher, batch, hidden=True)
                 mask = batch["attention_mask"]
+                s_out = run_model(student, batch, hidden=True)
+                if kept:
+                    t_logit, t_factor, t_states = side.logits[k], side.factors[k], side.states[k]
+                else:
+                    t_out = run_model(teacher, batch, hidden=True)
+                    t_logit, t_states = t_out.logits.float().cpu(), t_out.penultimate
+                    t_factor = _gram_factor(t_states, mask).cpu()
+                    if side is not None:
+                        side.add(t_logit, t_factor, t_states)
                 s_logits.append(s_out.logits.float().cpu())
-                t_logits.append(t_out.logits.float().cpu())
-                zt.append(_gram_factor(t_out.penultimate, mask).cpu())
+                t_logits.append(t_logit)
+                zt.append(t_factor)
                 zs.append(_gram_factor(s_out.penultimate, mask).cpu())
-                relations.append(relation_batch(t_out.penultimate, s_out.penultimate, mask))
+                relations.append(relation_batch(t_states, s_out.penultimate, mask))
     finally:
         student.train(modes[0])
-        teacher.train(modes[1])
+        if teacher is not None:
+            teacher.train(modes[1])
+    if side is not None and not side.over and max_batches is None:
+        side.complete = True
     if not s_logits:
         raise ValueError("analyse_pair got no dev batches")
     restoration = restoration_rate(torch.cat(s_logits).numpy(), torch.cat(t_logits).numpy(), spec.is_regression)
@@ -260,8 +303,19 @@ def analyse_checkpoint(checkpoint: str | os.PathLike, folder: str | os.PathLike)
         return {k: float("nan") if v is None else v for k, v in metrics.items()}, sorted(map(str, folder.iterdir()))
     student, config = load_student(checkpoint)
     inputs = load_inputs(config)
-    task, device, dev = inputs.task, inputs.device, inputs.dev
-    student = student.to(device)
-    teacher = load_teacher(config.teacher, task.num_labels).to(device)
-    analysis = analyse_pair(student, teacher, next(iter(dev.values())), task, device)
+    task, device, dev = inputs.task, inputs.device, next(iter(inputs.dev.values()))
+    # Every stage of a search analyses its winner against the same teacher on the same dev batches: the
+    # teacher's side (6 of the 9 layers a 3-layer student's analysis runs) is computed once and kept, while small.
+    key = (model_fingerprint(config.teacher), config.task, config.data_dir, config.max_seq_len,
+           config.eval_batch_size, config.max_eval_samples, config.pad_to_max, str(device))
+    if key not in _TEACHER_SIDE or not (_TEACHER_SIDE[key].complete or _TEACHER_SIDE[key].over):
+        _TEACHER_SIDE.clear()  # another teacher's, or one an interrupted analysis left half filled
+        _TEACHER_SIDE[key] = TeacherSide(TEACHER_SIDE_BYTES)
+    side = _TEACHER_SIDE[key]
+    teacher = None if side.complete else load_teacher(config.teacher, task.num_labels).to(device)
+    analysis = analyse_pair(student.to(device), teacher, dev, task, device, side=side)
     return analysis.metrics, save_analysis(analysis, folder)
+
+
+TEACHER_SIDE_BYTES = 512 << 20  # the teacher's side kept between analyses up to this (SST-2's dev: about 70 MB)
+_TEACHER_SIDE: dict[tuple, TeacherSide] = {}  # one: the last teacher's, in the driver of a search

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -280,6 +281,7 @@ class TeacherSource:
         self.config, self.train, self.data_key, self.device = config, train, data_key, device
         self.needs = (objective.needs_hidden, objective.needs_attentions, objective.needs_values)
         self.model, self.cache, self.attention = model, cache, attention
+        self.read_s = 0.0  # seconds spent in `outputs` so far: what serving the teacher costs a run's steps
 
     @classmethod
     def open(cls, config, objective: Objective, train: Batches, data_key: str,
@@ -308,14 +310,18 @@ class TeacherSource:
     @torch.no_grad()
     def outputs(self, batch: dict[str, torch.Tensor]) -> ModelOutputs | None:
         """What the objective reads of the teacher for `batch` (None for an objective without one)."""
-        if self.model is not None:
-            return run_model(self.model, batch, *self.needs)
-        if self.cache is None:
-            return None
-        out = self.cache.outputs(batch)
-        if self.attention is not None:
-            out.attentions, out.values = last_attention(self.attention, out.penultimate, batch["attention_mask"])
-        return out
+        started = time.perf_counter()
+        try:
+            if self.model is not None:
+                return run_model(self.model, batch, *self.needs)
+            if self.cache is None:
+                return None
+            out = self.cache.outputs(batch)
+            if self.attention is not None:
+                out.attentions, out.values = last_attention(self.attention, out.penultimate, batch["attention_mask"])
+            return out
+        finally:
+            self.read_s += time.perf_counter() - started
 
     def penultimate(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The teacher's penultimate features `[n, l, d]` of `batch` (an objective that reads them live, or

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from fsd.checkpoints import STUDENT, load_checkpoint, save_checkpoint
+from fsd.checkpoints import RESUME_KEYS, STUDENT, load_checkpoint, save_checkpoint
 from fsd.config import DistillConfig
 from fsd.data import Batches, cache_key
 from fsd.loop import (
@@ -51,10 +51,12 @@ class Report:
     state: Callable[[], dict]
     student_config: object = None  # the student's transformers config, so its folder loads with from_pretrained
 
-    def save(self, directory: str | os.PathLike) -> str:
+    def save(self, directory: str | os.PathLike, resume: bool = True) -> str:
         """Write a checkpoint (student, objective, optimiser, scheduler, position, best score, config, RNG) as
-        data, each file under a temporary name first (fsd.checkpoints)."""
-        return save_checkpoint(directory, {**self.state(), "metrics": self.metrics}, self.student_config)
+        data, each file under a temporary name first (fsd.checkpoints); without `resume`, that of a run that is
+        over: the student, its position and metrics, without what only resuming reads."""
+        state = {k: v for k, v in self.state().items() if resume or k not in RESUME_KEYS}
+        return save_checkpoint(directory, {**state, "metrics": self.metrics}, self.student_config)
 
 
 def student_backbone(config: DistillConfig) -> str:
@@ -157,8 +159,11 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
         `progress/samples` (training samples seen), `progress/budget` (those of the whole run), `epoch`
         (epochs done, a fraction between evaluations inside an epoch), `run/resumed_from` (the epochs
         done where the run started: 0, or the checkpoint's after a resume), `run/student_params`,
-        `eval/rows` and `time/eval_s` (the rows evaluated and the seconds it took).
+        `eval/rows` and `time/eval_s` (the rows evaluated and the seconds it took), `time/train_s` (the seconds
+        of training since the last evaluation), `time/teacher_s` (the part of them spent reading the teacher's
+        outputs) and `time/setup_s` (the seconds the run took before its first step).
     """
+    started = time.perf_counter()
     seed_everything(config.seed)
     task, device, train, _, ranked, objective, data_key = load_inputs(config)
     speed_up(device)
@@ -196,6 +201,8 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
     size = float(sum(p.numel() for p in student.parameters()))  # what inference runs (Table 8)
 
     loss_fn = make_loss_fn(objective, source, student)
+    setup_s = time.perf_counter() - started  # data, models and the teacher's outputs opened: not training
+    read_s = source.read_s
     interval = Interval()
     for epoch in range(start_epoch, config.epochs):
         student.train()
@@ -212,6 +219,8 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
             if step + 1 == len(train):
                 bar.close()  # before the epoch's evaluation is reported
             metrics = interval.metrics()
+            metrics["time/teacher_s"], read_s = source.read_s - read_s, source.read_s  # a part of time/train_s
+            metrics["time/setup_s"] = setup_s
             started = time.perf_counter()
             metrics.update(evaluate(student, ranked, task, device))
             metrics["time/eval_s"] = time.perf_counter() - started

@@ -272,3 +272,23 @@ def test_analyse_checkpoint_of_a_run_once(tiny_bert, glue_dir, tmp_path):
     stamp = saved.stat().st_mtime_ns
     again, _ = analyse_checkpoint(tmp_path / "ckpt", tmp_path / "analysis")
     assert again == pytest.approx(metrics) and saved.stat().st_mtime_ns == stamp
+
+
+def test_a_teacher_side_kept_from_one_analysis_gives_the_next_the_same_numbers(tiny_bert, rte_dev):
+    """A search analyses each stage's winner against one teacher: the teacher's outputs of the first analysis
+    serve the next ones (no teacher run), to the last bit; one over its byte limit is not kept."""
+    from fsd.analysis import TeacherSide
+    from fsd.models import build_student, load_teacher
+
+    teacher = load_teacher(tiny_bert, 2)
+    first, second = build_student(tiny_bert, 2, 2), build_student(tiny_bert, 3, 2)
+    side = TeacherSide(1 << 30)
+    filled = analyse_pair(first, teacher, rte_dev, "rte", "cpu", side=side)
+    assert side.complete and len(side.states) == 3
+    for student, before in ((first, filled), (second, analyse_pair(second, teacher, rte_dev, "rte", "cpu"))):
+        again = analyse_pair(student, None, rte_dev, "rte", "cpu", side=side)  # no teacher: it would fail
+        assert again.metrics == before.metrics
+        assert np.array_equal(again.heatmap, before.heatmap)
+    small = TeacherSide(1000)
+    analyse_pair(first, teacher, rte_dev, "rte", "cpu", side=small)
+    assert small.over and not small.complete and not small.states

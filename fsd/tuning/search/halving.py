@@ -249,4 +249,9 @@ def tune_config(strategy: str, folder: str, name: str, rungs: Rungs | None, max_
     else:
         generator = BasicVariantGenerator(max_concurrent=max_concurrent or 0)
     kwargs["search_alg"] = BudgetGate(generator, *gate, os.path.join(folder, GATE)) if gate is not None else generator
+    # A slot's next trial runs in the worker process its last one ran in: a new process would import torch,
+    # transformers and Ray's worker again (a third of a cpu-preset trial's slot-time on 2 cores, bench/overhead.py).
+    # distill() seeds every generator it draws from, and what a worker keeps between trials is read-only (the
+    # data files' digests), so a reused worker trains to the same numbers (tests/test_overhead.py).
+    kwargs["reuse_actors"] = True
     return tune.TuneConfig(**kwargs)
