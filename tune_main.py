@@ -124,6 +124,17 @@ def fail(message: str) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    try:
+        checked_run(args)
+    except KeyboardInterrupt:
+        # Ctrl-C before the search began (the checks and their imports take seconds): the search's own handler
+        # is not in place yet, and nothing has been written. One line and 130, as for a Ctrl-C mid-search.
+        print("interrupted during the checks, before the search began: nothing was written; run the same command "
+              "again", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def checked_run(args: argparse.Namespace) -> None:
     from fsd.logs import show_console
 
     show_console()  # what the search says goes to stdout, line by line
