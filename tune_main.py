@@ -229,7 +229,7 @@ def run(search) -> None:
     from fsd.tuning.results.summary import noise_lines, pointers, summary_table
     from fsd.tuning.search import lock
     from fsd.tuning.search.disk import DiskFull
-    from fsd.tuning.search.runner import StageFailed, run_search
+    from fsd.tuning.search.runner import ServerAway, StageFailed, run_search
 
     spec = search.spec
     started = time.monotonic()
@@ -257,7 +257,7 @@ def run(search) -> None:
             ledger, mlflow_note = run_search(spec, search.schedule)
     except (lock.Busy, UsageError) as e:
         fail(str(e))
-    except (StageFailed, DiskFull) as e:  # not bad input: the search stops; finished stages stay done
+    except (StageFailed, DiskFull, ServerAway) as e:  # not bad input: the search stops; finished stages stay done
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
