@@ -122,32 +122,44 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+# What Ctrl-C did when the command started, put back once the search's own handling takes over (run()).
+_SIGINT_BEFORE = None
+
+
+def _interrupted_during_checks(signum, frame) -> NoReturn:
+    """Ctrl-C while the command checks its input and imports what the checks need (seconds): nothing has been
+    written, so it ends at once, with one line and 130 as a Ctrl-C mid-search. Not as a KeyboardInterrupt:
+    raised inside an import, that leaves the module half made (numpy then failed with a RecursionError)."""
+    import os
+
+    print("interrupted during the checks, before the search began: nothing was written; run the same command "
+          "again", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
+    import signal
+
+    global _SIGINT_BEFORE
     args = build_parser().parse_args(argv)
+    _SIGINT_BEFORE = signal.signal(signal.SIGINT, _interrupted_during_checks)
     try:
-        checked_run(args)
-    except KeyboardInterrupt:
-        # Ctrl-C before the search began (the checks and their imports take seconds): the search's own handler
-        # is not in place yet, and nothing has been written. One line and 130, as for a Ctrl-C mid-search.
-        print("interrupted during the checks, before the search began: nothing was written; run the same command "
-              "again", file=sys.stderr)
-        raise SystemExit(130) from None
+        from fsd.logs import show_console
 
+        show_console()  # what the search says goes to stdout, line by line
+        from fsd.tuning.command.checks import UsageError, validate
 
-def checked_run(args: argparse.Namespace) -> None:
-    from fsd.logs import show_console
-
-    show_console()  # what the search says goes to stdout, line by line
-    from fsd.tuning.command.checks import UsageError, validate
-
-    try:
-        if args.dry_run or args.estimate:
-            dry_run(args)
-            return
-        search = validate(args)  # every check, before anything is written
-    except UsageError as e:
-        fail(str(e))
-    run(search)
+        try:
+            if args.dry_run or args.estimate:
+                dry_run(args)
+                return
+            search = validate(args)  # every check, before anything is written
+        except UsageError as e:
+            fail(str(e))
+        run(search)
+    finally:  # for a caller that goes on (a test calling main())
+        signal.signal(signal.SIGINT, _SIGINT_BEFORE)
 
 
 def dry_run(args: argparse.Namespace) -> None:
@@ -222,6 +234,7 @@ def disk_peak(spec, schedule, costs, cache_bytes: float | None) -> str:
 
 
 def run(search) -> None:
+    import signal
     import time
 
     from fsd.logs import quiet_libraries
@@ -231,6 +244,7 @@ def run(search) -> None:
     from fsd.tuning.search.disk import DiskFull
     from fsd.tuning.search.runner import ServerAway, StageFailed, run_search
 
+    signal.signal(signal.SIGINT, _SIGINT_BEFORE)  # from here Ctrl-C is the search's to handle (stop())
     spec = search.spec
     started = time.monotonic()
     if search.report:

@@ -1,6 +1,7 @@
 """Ctrl-C while the command is still checking its input (seconds of imports and model reading, before the
-search's own Ctrl-C handling is in place) ends it as a Ctrl-C mid-search does: one line, exit code 130, no
-traceback. The chaos soak (bench/soak.py) found it printing a traceback and dying of SIGINT."""
+search's own Ctrl-C handling is in place) ends it at once, with one line and exit code 130 as a Ctrl-C
+mid-search, no traceback. The chaos soak (bench/soak.py) found it printing a traceback and dying of SIGINT,
+and, interrupted inside numpy's import, failing with a RecursionError."""
 
 import signal
 import subprocess
