@@ -140,26 +140,49 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+# What Ctrl-C did when the command started, put back once the search's own handling takes over (run()).
+_SIGINT_BEFORE = None
+
+
+def _interrupted_during_checks(signum, frame) -> NoReturn:
+    """Ctrl-C while the command checks its input and imports what the checks need (seconds): nothing has been
+    written, so it ends at once, with one line and 130 as a Ctrl-C mid-search. Not as a KeyboardInterrupt:
+    raised inside an import, that leaves the module half made (numpy then failed with a RecursionError)."""
+    import os
+
+    print("interrupted during the checks, before the search began: nothing was written; run the same command "
+          "again", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
+    import signal
+
+    global _SIGINT_BEFORE
     parser = build_parser()
     args = parser.parse_args(argv)
-    from fsd.logs import show_console
-
-    # The narrative (progress, stage lines) goes to stderr, line by line; what this function prints, the
-    # results (the summary table, the pointers, --dry-run's tables), to stdout: `> results.md` keeps them.
-    show_console(quiet=args.quiet)
-    from fsd.tuning.command.checks import UsageError, validate
-    from fsd.tuning.command.flags import check_modes
-
+    _SIGINT_BEFORE = signal.signal(signal.SIGINT, _interrupted_during_checks)
     try:
-        check_modes(args, parser)  # flags that contradict each other, before any mode runs
-        if args.dry_run or args.estimate:
-            dry_run(args)
-            return
-        search = validate(args)  # every check, before anything is written
-    except UsageError as e:
-        fail(str(e))
-    run(search)
+        from fsd.logs import show_console
+
+        # The narrative (progress, stage lines) goes to stderr, line by line; what this function prints, the
+        # results (the summary table, the pointers, --dry-run's tables), to stdout: `> results.md` keeps them.
+        show_console(quiet=args.quiet)
+        from fsd.tuning.command.checks import UsageError, validate
+        from fsd.tuning.command.flags import check_modes
+
+        try:
+            check_modes(args, parser)  # flags that contradict each other, before any mode runs
+            if args.dry_run or args.estimate:
+                dry_run(args)
+                return
+            search = validate(args)  # every check, before anything is written
+        except UsageError as e:
+            fail(str(e))
+        run(search)
+    finally:  # for a caller that goes on (a test calling main())
+        signal.signal(signal.SIGINT, _SIGINT_BEFORE)
 
 
 def dry_run(args: argparse.Namespace) -> None:
@@ -238,6 +261,7 @@ def disk_peak(spec, schedule, costs, cache_bytes: float | None) -> str:
 
 
 def run(search) -> None:
+    import signal
     import time
 
     from fsd.logs import quiet_libraries
@@ -245,8 +269,9 @@ def run(search) -> None:
     from fsd.tuning.results.summary import fresh_lines, noise_lines, pointers, summary_table
     from fsd.tuning.search import lock
     from fsd.tuning.search.disk import DiskFull
-    from fsd.tuning.search.runner import StageFailed, run_search
+    from fsd.tuning.search.runner import ServerAway, StageFailed, run_search
 
+    signal.signal(signal.SIGINT, _SIGINT_BEFORE)  # from here Ctrl-C is the search's to handle (stop())
     spec = search.spec
     started = time.monotonic()
     if search.report:
@@ -273,7 +298,7 @@ def run(search) -> None:
             ledger, mlflow_note = run_search(spec, search.schedule)
     except (lock.Busy, UsageError) as e:
         fail(str(e))
-    except (StageFailed, DiskFull) as e:  # not bad input: the search stops; finished stages stay done
+    except (StageFailed, DiskFull, ServerAway) as e:  # not bad input: the search stops; finished stages stay done
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:

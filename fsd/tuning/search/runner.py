@@ -21,7 +21,7 @@ from fsd.tuning.search.fresh import fresh_seed_list, run_fresh
 from fsd.tuning.search.services import MlflowIds, interrupted, start_services
 from fsd.tuning.search.stage import BudgetSpent, StageFailed, run_stage, stage_line
 from fsd.tuning.tracking import records as tracking
-from fsd.tuning.tracking.outbox import Outbox
+from fsd.tuning.tracking.outbox import Outbox, reachable
 from search_spaces import Schedule, Stage
 
 
@@ -49,12 +49,34 @@ def start_search(spec: SearchSpec, schedule: Schedule, ledger: Ledger) -> tuple[
     if outbox.pending:
         console.info(f"MLflow: sending {outbox.pending} record(s) queued while the server was unreachable")
         outbox.flush()
-    exp_id = tracking.experiment_id(spec.mlflow_uri, spec.task)
+    exp_id = experiment_of(spec, ledger)
     search_run = outbox.do("open_run", exp_id, ledger.data.get("search_run_id"), f"{spec.method}-{spec.preset}",
                            None, {"method": spec.method, "task": spec.task, "preset": spec.preset})
     ledger.data.update(search_run_id=search_run, experiment_id=exp_id)
     ledger.save()
     return teacher, MlflowIds(exp_id, search_run, outbox)
+
+
+class ServerAway(RuntimeError):
+    """The MLflow server answered the command's checks and stopped answering before a new search began."""
+
+
+def experiment_of(spec: SearchSpec, ledger: Ledger) -> str:
+    """The search's MLflow experiment. The server the checks found may have gone away since (they ran seconds
+    before): a resumed search goes on with the experiment its ledger names, and what it logs waits in the
+    outbox as during an outage mid-search; a new search has no experiment yet, and stops with one line."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return tracking.experiment_id(spec.mlflow_uri, spec.task)
+    except (MlflowException, OSError) as e:
+        known = ledger.data.get("experiment_id")
+        if reachable(spec.mlflow_uri):  # the server answers and refused: not an outage
+            raise
+        if not known:
+            raise ServerAway(f"the MLflow server {spec.mlflow_uri} stopped answering before the search began "
+                             f"({type(e).__name__}): start it and run the same command again") from None
+        return known  # the outbox says, with its first queued record, that the server is away
 
 
 def build_memory(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, ledger: Ledger) -> None:
