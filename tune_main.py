@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
            "trial starts that the budget left cannot pay for"),
     a("--preset", choices=["paper", "quick", "cpu", "smoke"], default="paper",
       help="paper: the full schedule; quick: 2 values per parameter, 2 epochs, 2000 rows; cpu: a search that learns "
-           "on a 2-core CPU in about 15 minutes (SST-2, 3-layer MiniLM student: 1 epoch of 1600 rows, lr 2e-4); "
+           "on a 2-core CPU (SST-2, 3-layer MiniLM student: 1 epoch of 1600 rows, lr 2e-4; see the README); "
            "smoke: a complete search in minutes that learns nothing (1 epoch, 64 rows; for tests)")
     a("--stages", default=None, help="comma-separated stage names to run (see --dry-run); default all")
     a("--max-seq-len", type=int, default=128, help="tokens per sequence (paper: 128)")
