@@ -6,6 +6,8 @@
         --data-dir ../shared/glue_data --student-layers 3 --preset cpu --method vkd --stages vkd
     # the table of a search's storage folder (with the driver's profile, when one was recorded)
     python bench/overhead.py table <storage> [--driver <storage>/driver.txt] [--json out.json]
+    # a stage winner's analysis, three times in one process (the driver of a search of three stages)
+    python bench/overhead.py analyse <a stage winner's checkpoint> --times 3
 
 `run` links the base folder's `teacher/`, `data_cache/`, `cache/` and `memory/` into a new folder under
 `--out`, passes the base's fine-tuned teacher as `--teacher` (the cache is keyed by the teacher's path, so
@@ -117,7 +119,7 @@ def stage_table(storage: Path, search: str, slots: int | None = None) -> dict:
                 pid = json.loads((trial / "timeline.json").read_text())["pid"]
                 parts = trial_parts(trial, last_end.get(pid))
                 if parts is not None:
-                    parts["trial"] = f"{experiment.name}/{trial.name.split('_')[2]}"
+                    parts["trial"] = f"{experiment.name}/{'_'.join(trial.name.split('_')[2:4])}"
                     trials.append(parts)
                     last_end[pid] = parts["end"]
         if not trials:
@@ -233,6 +235,20 @@ def run(args: argparse.Namespace, extra: list[str]) -> None:
     print(markdown(found, driver), end="")
 
 
+def analyse(args: argparse.Namespace) -> None:
+    """The stage wrap-up's analysis (fsd.analysis.analyse_checkpoint) of `--times` stage winners against one
+    teacher, each into a fresh folder, in one process as a search's driver does: seconds per call."""
+    sys.path.insert(0, str(Path(args.repo).resolve()))
+    from fsd.analysis import analyse_checkpoint
+
+    out = Path(tempfile.mkdtemp(prefix="analysis-"))
+    for i in range(args.times):
+        started = time.perf_counter()
+        metrics, _ = analyse_checkpoint(args.checkpoint, out / str(i))
+        print(json.dumps({"call": i + 1, "seconds": round(time.perf_counter() - started, 2),
+                          "cka_diagonal_mean": metrics["analysis/cka_diagonal_mean"]}), flush=True)
+
+
 def main() -> None:
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -252,11 +268,12 @@ def main() -> None:
     p.add_argument("--driver", help="the driver's py-spy raw profile (`run --profile`'s driver.txt)")
     p.add_argument("--slots", type=int, help="trials at once (default: the most seen running at once)")
     p.add_argument("--json")
+    p = sub.add_parser("analyse", help="time the winner's analysis of a stage, several times in one process")
+    p.add_argument("checkpoint")
+    p.add_argument("--times", type=int, default=3)
+    p.add_argument("--repo", default=str(ROOT), help="the clone whose fsd/ analyses (default: this one)")
     args = parser.parse_args(argv)
-    if args.cmd == "run":
-        run(args, extra)
-    else:
-        table(args)
+    {"run": lambda: run(args, extra), "table": lambda: table(args), "analyse": lambda: analyse(args)}[args.cmd]()
 
 
 if __name__ == "__main__":
