@@ -271,7 +271,8 @@ def run(search) -> None:
     from fsd.tuning.search.disk import DiskFull
     from fsd.tuning.search.runner import ServerAway, StageFailed, run_search
 
-    signal.signal(signal.SIGINT, _SIGINT_BEFORE)  # from here Ctrl-C is the search's to handle (stop())
+    if _SIGINT_BEFORE is not None:  # main() set its checks' handler: from here Ctrl-C is the search's (stop())
+        signal.signal(signal.SIGINT, _SIGINT_BEFORE)
     spec = search.spec
     started = time.monotonic()
     if search.report:
