@@ -2,11 +2,12 @@
 before 83d78a6) and in length-sorted batches under inference mode (fsd.loop.predict since): padded tokens,
 seconds of each pass on one thread, and whether the logits and the predicted classes are the same.
 
-    PYTHONPATH=<clone> HF_HUB_OFFLINE=1 python eval_order.py <storage with SST-2's tokenised data>
+    PYTHONPATH=<clone> HF_HUB_OFFLINE=1 python eval_order.py <storage with SST-2's tokenised data> [<GLUE folder>]
 """
 
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +18,8 @@ from fsd.models import build_student, load_tokenizer, run_model
 
 torch.set_num_threads(1)
 tokenizer = load_tokenizer("packaged-minilm")
-_, dev, _ = make_batches(DataSpec("sst2", "/work/shared/glue_data", max_train_samples=1600), tokenizer, sys.argv[1])
+GLUE = sys.argv[2] if len(sys.argv) > 2 else str(Path(__file__).resolve().parents[4] / "shared" / "glue_data")
+_, dev, _ = make_batches(DataSpec("sst2", GLUE, max_train_samples=1600), tokenizer, sys.argv[1])
 batches = dev["validation"]
 torch.manual_seed(0)
 student = build_student("packaged-minilm", 3, 2, "sdpa").eval()
