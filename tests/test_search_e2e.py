@@ -186,14 +186,18 @@ def test_the_mlflow_ui_shows_the_search_nested_and_the_stage_aliases(uninterrupt
         browser.screenshot(artifacts() / "mlflow-model.png")
 
 
-def _into_the_second_stage(setup, storage, **output) -> subprocess.Popen:
-    """A search started and left running until a trial of its second stage (pkd) has a checkpoint."""
+def _into_the_second_stage(setup, storage, started: bool = False, **output) -> subprocess.Popen:
+    """A search started and left running until a trial of its second stage (pkd) has a checkpoint (`started`:
+    until its first trial has started; the stage's second trial, in the first's reused worker, can end
+    within the seconds a checkpoint's registration is waited for)."""
     proc = subprocess.Popen(_args(setup, storage), env=_env(), **output)
     deadline = time.time() + 600
-    while time.time() < deadline and not list(storage.glob("stages/rte-pkd-*/rte-pkd/*/checkpoint_*")):
+    mark = "stages/rte-pkd-*/rte-pkd/train_trial_*" if started else "stages/rte-pkd-*/rte-pkd/*/checkpoint_*"
+    while time.time() < deadline and not list(storage.glob(mark)):
         assert proc.poll() is None, "the search ended before its second stage had a checkpoint"
-        time.sleep(0.5)
-    time.sleep(2)
+        time.sleep(0.2 if started else 0.5)
+    if not started:
+        time.sleep(2)
     return proc
 
 
@@ -233,8 +237,8 @@ def test_ctrl_c_stops_within_seconds_keeps_finished_work_and_resume_finishes(set
     storage = setup[0] / "ctrl-c"
     # Ctrl-C's default meaning, also when pytest runs in the background: a shell starts background jobs with
     # SIGINT ignored, the child would inherit that, and Python then installs no KeyboardInterrupt handler.
-    proc = _into_the_second_stage(setup, storage, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = _into_the_second_stage(setup, storage, started=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     proc.send_signal(signal.SIGINT)
     started = time.time()
     out, err = proc.communicate(timeout=120)
