@@ -143,7 +143,7 @@ class Soak:
     def unplanned_exit(self, driver: Driver, rc: int, storage: Path, uri: str) -> Driver:
         last = self.faults[-1] if self.faults else {}
         if last.get("kind") == "disk-full" and rc == 1 and driver.last_line().startswith(DISK_ERRORS) \
-                and self.log.now() - last["ended"] < 120:
+                and self.log.now() - last.get("ended", 0) < 120:
             # It measured the disk while full and said so after the filler had gone: the fault's doing.
             last["what"] += f"; the driver stopped for it just after (exit code 1): {driver.last_line()}"
             self.log("soak", f"fault {last['n']}: {last['what']}", echo=True)
@@ -284,34 +284,39 @@ class Soak:
     def run(self) -> dict:
         self.log("soak", f"soak: {self.a.faults} faults of {', '.join(self.kinds)}; seed {self.a.seed}", echo=True)
         self.quiet()
+        aborted, soaked = None, {"trials": {}, "mlflow": {"runs": {}}}
         try:
             storage = self.soaked()
             quiet = soak_state.state(self.root / "quiet", self.quiet_uri, self.task, self.method)
             soaked = soak_state.state(storage, self.soak_uri, self.task, self.method)
+        except Exception as e:  # noqa: BLE001 - the soak itself broke (a server that would not stop): said, not hidden
+            aborted = f"{type(e).__name__}: {str(e)[:300]}"
+            self.log("soak", f"ABORTED: {aborted}", echo=True)
+            self.soak_s = self.log.now() - getattr(self, "soak_t0", self.log.now())
         finally:
-            stray = leftovers(self.ray_root)
+            stray = leftovers(self.ray_root)  # the drivers too: they carry the mark
             shutil.rmtree(self.ray_root, ignore_errors=True)
             if self.mount is not None:
                 subprocess.run(["umount", "-l", str(self.mount)], capture_output=True)
-        diffs = soak_state.differences(quiet, soaked)
+        diffs = [f"not compared: the soak aborted ({aborted})"] if aborted else soak_state.differences(quiet, soaked)
         for fault in self.faults:
-            fault.pop("ended")
+            fault.pop("ended", None)
             after = fault.pop("resumed_as", None)
             if after is not None and after.lines:  # the resumed driver's first word: the search is back
                 fault["back_s"] = round(after.lines[0][0] - self.soak_t0 - fault["at_s"], 1)
-        injected = sum(f["injected"] for f in self.faults)
+        injected = sum(f.get("injected", False) for f in self.faults)
         summary = {
             "faults": self.a.faults, "injected": injected,
             "recovered": injected if not self.unplanned and not diffs else 0,
-            "by_kind": {k: sum(f["kind"] == k and f["injected"] for f in self.faults) for k in KINDS},
+            "by_kind": {k: sum(f["kind"] == k and f.get("injected", False) for f in self.faults) for k in KINDS},
             "disk": self.disk_note, "quiet_s": round(self.quiet_s, 1), "soak_s": round(self.soak_s, 1),
             "lost_s": round(self.soak_s - self.quiet_s, 1),
             "restarts_s": round(sum(f.get("back_s", 0) for f in self.faults), 1), "drivers": self.runs,
             "equal": not diffs, "differences": diffs[:20], "duplicates": soak_state.duplicates(soaked),
             "trials": len(soaked["trials"]), "mlflow_runs": sum(soaked["mlflow"]["runs"].values()),
             "unplanned": self.unplanned, "findings": self.findings, "stray": stray, "ray_root": self.ray_root,
-            "fault_log": self.faults}
-        summary["ok"] = (not diffs and not stray and not self.unplanned and not self.findings
+            "aborted": aborted, "fault_log": self.faults}
+        summary["ok"] = (not aborted and not diffs and not stray and not self.unplanned and not self.findings
                          and injected == self.a.faults and summary["duplicates"] == 0)
         for fault in self.faults:
             self.log("soak", json.dumps(fault))
