@@ -127,6 +127,8 @@ def trials_of(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Strat
             done.update(run_id=record["run_id"], search=spec.method)
             shared.save(folder, done)
             return done
+    if done.get("run_id") == record.get("run_id"):
+        return done  # run by this search, stopped after they were saved and before its ledger said so: not reused
     console.info(f"stage {stage.name}: reused, its trials were run by the {done['search']} search ({folder})")
     record["reused_from"] = done["run_id"]
     mlflow_ids.outbox.do("log_winner", record["run_id"], "trials", float(done["trials"]),
