@@ -10,7 +10,7 @@ that runs a trial), `ctrl-c` (SIGINT to the driver, which must exit with code 13
 `mlflow server` on 127.0.0.1 stopped, then started again on the same port and store), `disk-full` (the soaked
 search's storage is a tmpfs of its own, filled to 4 MB free, then freed; mounting one needs root, and without
 it the kind is left out and the summary says so). They come in random order, every kind once before any
-comes twice. They land at N random points (--seed) of the first 80% (--spread) of the quiet run's timeline,
+comes twice. They land at N random points (--seed) of the first half (--spread) of the quiet run's timeline,
 each reached when the soaked search has finished the stages and trials the quiet run had by then (between
 two of them, when as much time has passed), and --min-delay seconds at least after the fault before; so all
 N land before the end, at any moment of it: start-up, teacher, a stage, between stages. After a fault that
@@ -111,11 +111,10 @@ class Soak:
     def position(self, storage: Path) -> float:
         """How far along the quiet run's timeline the soaked search is: the last stage or trial it finished,
         at the time the quiet run had, plus the time since that was seen (so it runs on between them, and
-        ahead of the search after a fault set it back: faults then come sooner, never after the end)."""
+        ahead of the search after a fault set it back: faults then come sooner, so before the end)."""
         ledger = soak_state.ledger(storage, self.task, self.method)
         done = [s for s, r in ledger.get("stages", {}).items() if r.get("status") == "done"]
-        trials = min(sum(1 for r in storage.glob("stages/*/*/train_trial_*/result.json") if r.stat().st_size),
-                     len(self.trial_marks))
+        trials = min(_reported(storage), len(self.trial_marks))
         reached = max([self.stage_marks.get(s, 0.0) for s in done] + [self.trial_marks[trials - 1] if trials else 0])
         if reached > self.seen[0]:
             self.seen = (reached, time.monotonic())
@@ -320,8 +319,21 @@ class Soak:
                          and injected == self.a.faults and summary["duplicates"] == 0)
         for fault in self.faults:
             self.log("soak", json.dumps(fault))
+        for difference in diffs:
+            self.log("soak", f"difference: {difference}")
         self.log("soak", "summary " + json.dumps(summary))
         return summary
+
+
+def _reported(storage: Path) -> int:
+    """Trials of a search that have reported a result (Ray creates `result.json` empty when a trial starts)."""
+    count = 0
+    for result in storage.glob("stages/*/*/train_trial_*/result.json"):
+        try:
+            count += result.stat().st_size > 0
+        except OSError:  # an experiment set aside meanwhile
+            continue
+    return count
 
 
 def _flag(args: list[str], name: str) -> str | None:
@@ -336,7 +348,7 @@ def main() -> None:
     p.add_argument("--storage", required=True, help="folder for both searches, their MLflow servers and the tmpfs")
     p.add_argument("--log", required=True, help="file for every line of the searches and the soak")
     p.add_argument("--min-delay", type=float, default=5.0, help="seconds at least between two faults")
-    p.add_argument("--spread", type=float, default=0.8, help="the faults land in this share of the quiet run's "
+    p.add_argument("--spread", type=float, default=0.5, help="the faults land in this share of the quiet run's "
                    "timeline (measured by the stages and trials the soaked search has finished)")
     p.add_argument("--hold-min", type=float, default=5.0, help="seconds at least a server stays down or a disk full")
     p.add_argument("--hold-max", type=float, default=30.0, help="seconds at most a server stays down or a disk full")
