@@ -18,9 +18,10 @@ ends the driver, the same command runs with --resume (without it where no ledger
 outage left queued are sent by one more --resume at the end. Both runs get `--max-failures <N + 1>`, so that
 a trial whose worker is killed more than once is retried every time.
 
-Every line of the searches and of the soak goes, timestamped, to --log; the last line printed is a JSON
-summary. Exit code 0 when the soaked search ended equal to the quiet one, every fault was injected and
-recovered from, and nothing was left running; 1 otherwise.
+Every line of the searches and of the soak goes, timestamped, to --log, and the two states compared to
+<log>.quiet.json and <log>.soaked.json; the last line printed is a JSON summary. Exit code 0 when the soaked
+search ended equal to the quiet one, every fault was injected and recovered from, and nothing was left
+running; 1 otherwise.
 """
 
 from __future__ import annotations
@@ -288,6 +289,8 @@ class Soak:
             storage = self.soaked()
             quiet = soak_state.state(self.root / "quiet", self.quiet_uri, self.task, self.method)
             soaked = soak_state.state(storage, self.soak_uri, self.task, self.method)
+            for name, found in (("quiet", quiet), ("soaked", soaked)):  # what was compared, kept beside the log
+                Path(f"{self.a.log}.{name}.json").write_text(json.dumps(found, indent=1, sort_keys=True))
         except Exception as e:  # noqa: BLE001 - the soak itself broke (a server that would not stop): said, not hidden
             aborted = f"{type(e).__name__}: {str(e)[:300]}"
             self.log("soak", f"ABORTED: {aborted}", echo=True)

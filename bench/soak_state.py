@@ -137,7 +137,7 @@ def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
             else:
                 _diff(a[k], b[k], f"{path}/{k}", out)
     elif a != b:
-        out.append(f"{path}: quiet {json.dumps(a)[:300]} != soaked {json.dumps(b)[:300]}")
+        out.append(f"{path}: quiet {json.dumps(a)[:1000]} != soaked {json.dumps(b)[:1000]}")
 
 
 def differences(quiet: dict[str, Any], soaked: dict[str, Any]) -> list[str]:

@@ -127,7 +127,8 @@ def trials_of(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Strat
             done.update(run_id=record["run_id"], search=spec.method)
             shared.save(folder, done)
             return done
-    if done.get("run_id") == record.get("run_id"):
+    outbox = mlflow_ids.outbox  # ids compared as sent: one side may hold the placeholder of a queued run
+    if outbox.resolve(done.get("run_id")) == outbox.resolve(record.get("run_id")):
         return done  # run by this search, stopped after they were saved and before its ledger said so: not reused
     console.info(f"stage {stage.name}: reused, its trials were run by the {done['search']} search ({folder})")
     record["reused_from"] = done["run_id"]
