@@ -66,7 +66,7 @@ def trials(storage: Path, task: str) -> dict[str, Any]:
     found = {}
     for trial in sorted(storage.glob(f"stages/*/{task}-*/train_trial_*")):
         key = plain(f"stages/{trial.parent.parent.name}/{trial.name}", str(storage))
-        while key in found:  # a stage's trials under two digests: the second shows as extra trials
+        while key in found:  # two folders for one trial, or a stage under two digests: shown as extra trials
             key += "+"
         rows = []
         if (trial / "result.json").is_file():
@@ -76,6 +76,8 @@ def trials(storage: Path, task: str) -> dict[str, Any]:
                     rows.append({k: v for k, v in row.items()
                                  if k not in RAY_VARYING and not any(t in k for t in TIMING)})
         params = json.loads((trial / "params.json").read_text()) if (trial / "params.json").is_file() else None
+        if params is None and not rows:
+            continue  # a folder Ray made for a trial as its driver was killed, never started: the trial runs anew
         found[key] = plain({"params": params, "results": rows,
                             "checkpoints": len(list(trial.glob("checkpoint_*")))}, str(storage))
     return found
