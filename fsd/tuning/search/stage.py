@@ -62,7 +62,9 @@ def pick_winner(results, grid: dict[str, tuple], seed: int = 0,
     expanded = best.values
     point = {k: plan.point_value(k, tuple(expanded[n] for n in k.split(plan.JOINT)) if plan.JOINT in k
                                  else expanded[k]) for k in grid}
-    return point, best.entry().mean, max(best.checkpoints.items(), key=lambda sc: best.seeds[sc[0]])[1]
+    # Its best seed's checkpoint, tied seeds by the lowest (as Runs.best_checkpoint): not by the results' order,
+    # which a restored experiment changes.
+    return point, best.entry().mean, max(best.checkpoints.items(), key=lambda sc: (best.seeds[sc[0]], -sc[0]))[1]
 
 
 def no_winner(results) -> str:
