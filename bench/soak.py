@@ -10,7 +10,7 @@ that runs a trial), `ctrl-c` (SIGINT to the driver, which must exit with code 13
 `mlflow server` on 127.0.0.1 stopped, then started again on the same port and store), `disk-full` (the soaked
 search's storage is a tmpfs of its own, filled to 4 MB free, then freed; mounting one needs root, and without
 it the kind is left out and the summary says so). They come in random order, every kind once before any
-comes twice. They land at N random points (--seed) of the first 80% (--spread) of the quiet run's timeline,
+comes twice. They land at N random points (--seed) of the first half (--spread) of the quiet run's timeline,
 each reached when the soaked search has finished the stages and trials the quiet run had by then (between
 two of them, when as much time has passed), and --min-delay seconds at least after the fault before; so all
 N land before the end, at any moment of it: start-up, teacher, a stage, between stages. After a fault that
@@ -18,9 +18,10 @@ ends the driver, the same command runs with --resume (without it where no ledger
 outage left queued are sent by one more --resume at the end. Both runs get `--max-failures <N + 1>`, so that
 a trial whose worker is killed more than once is retried every time.
 
-Every line of the searches and of the soak goes, timestamped, to --log; the last line printed is a JSON
-summary. Exit code 0 when the soaked search ended equal to the quiet one, every fault was injected and
-recovered from, and nothing was left running; 1 otherwise.
+Every line of the searches and of the soak goes, timestamped, to --log, and the two states compared to
+<log>.quiet.json and <log>.soaked.json; the last line printed is a JSON summary. Exit code 0 when the soaked
+search ended equal to the quiet one, every fault was injected and recovered from, and nothing was left
+running; 1 otherwise.
 """
 
 from __future__ import annotations
@@ -111,11 +112,10 @@ class Soak:
     def position(self, storage: Path) -> float:
         """How far along the quiet run's timeline the soaked search is: the last stage or trial it finished,
         at the time the quiet run had, plus the time since that was seen (so it runs on between them, and
-        ahead of the search after a fault set it back: faults then come sooner, never after the end)."""
+        ahead of the search after a fault set it back: faults then come sooner, so before the end)."""
         ledger = soak_state.ledger(storage, self.task, self.method)
         done = [s for s, r in ledger.get("stages", {}).items() if r.get("status") == "done"]
-        trials = min(sum(1 for r in storage.glob("stages/*/*/train_trial_*/result.json") if r.stat().st_size),
-                     len(self.trial_marks))
+        trials = min(_reported(storage), len(self.trial_marks))
         reached = max([self.stage_marks.get(s, 0.0) for s in done] + [self.trial_marks[trials - 1] if trials else 0])
         if reached > self.seen[0]:
             self.seen = (reached, time.monotonic())
@@ -143,7 +143,7 @@ class Soak:
     def unplanned_exit(self, driver: Driver, rc: int, storage: Path, uri: str) -> Driver:
         last = self.faults[-1] if self.faults else {}
         if last.get("kind") == "disk-full" and rc == 1 and driver.last_line().startswith(DISK_ERRORS) \
-                and self.log.now() - last["ended"] < 120:
+                and self.log.now() - last.get("ended", 0) < 120:
             # It measured the disk while full and said so after the filler had gone: the fault's doing.
             last["what"] += f"; the driver stopped for it just after (exit code 1): {driver.last_line()}"
             self.log("soak", f"fault {last['n']}: {last['what']}", echo=True)
@@ -284,39 +284,59 @@ class Soak:
     def run(self) -> dict:
         self.log("soak", f"soak: {self.a.faults} faults of {', '.join(self.kinds)}; seed {self.a.seed}", echo=True)
         self.quiet()
+        aborted, soaked = None, {"trials": {}, "mlflow": {"runs": {}}}
         try:
             storage = self.soaked()
             quiet = soak_state.state(self.root / "quiet", self.quiet_uri, self.task, self.method)
             soaked = soak_state.state(storage, self.soak_uri, self.task, self.method)
+            for name, found in (("quiet", quiet), ("soaked", soaked)):  # what was compared, kept beside the log
+                Path(f"{self.a.log}.{name}.json").write_text(json.dumps(found, indent=1, sort_keys=True))
+        except Exception as e:  # noqa: BLE001 - the soak itself broke (a server that would not stop): said, not hidden
+            aborted = f"{type(e).__name__}: {str(e)[:300]}"
+            self.log("soak", f"ABORTED: {aborted}", echo=True)
+            self.soak_s = self.log.now() - getattr(self, "soak_t0", self.log.now())
         finally:
-            stray = leftovers(self.ray_root)
+            stray = leftovers(self.ray_root)  # the drivers too: they carry the mark
             shutil.rmtree(self.ray_root, ignore_errors=True)
             if self.mount is not None:
                 subprocess.run(["umount", "-l", str(self.mount)], capture_output=True)
-        diffs = soak_state.differences(quiet, soaked)
+        diffs = [f"not compared: the soak aborted ({aborted})"] if aborted else soak_state.differences(quiet, soaked)
         for fault in self.faults:
-            fault.pop("ended")
+            fault.pop("ended", None)
             after = fault.pop("resumed_as", None)
             if after is not None and after.lines:  # the resumed driver's first word: the search is back
                 fault["back_s"] = round(after.lines[0][0] - self.soak_t0 - fault["at_s"], 1)
-        injected = sum(f["injected"] for f in self.faults)
+        injected = sum(f.get("injected", False) for f in self.faults)
         summary = {
             "faults": self.a.faults, "injected": injected,
             "recovered": injected if not self.unplanned and not diffs else 0,
-            "by_kind": {k: sum(f["kind"] == k and f["injected"] for f in self.faults) for k in KINDS},
+            "by_kind": {k: sum(f["kind"] == k and f.get("injected", False) for f in self.faults) for k in KINDS},
             "disk": self.disk_note, "quiet_s": round(self.quiet_s, 1), "soak_s": round(self.soak_s, 1),
             "lost_s": round(self.soak_s - self.quiet_s, 1),
             "restarts_s": round(sum(f.get("back_s", 0) for f in self.faults), 1), "drivers": self.runs,
             "equal": not diffs, "differences": diffs[:20], "duplicates": soak_state.duplicates(soaked),
             "trials": len(soaked["trials"]), "mlflow_runs": sum(soaked["mlflow"]["runs"].values()),
             "unplanned": self.unplanned, "findings": self.findings, "stray": stray, "ray_root": self.ray_root,
-            "fault_log": self.faults}
-        summary["ok"] = (not diffs and not stray and not self.unplanned and not self.findings
+            "aborted": aborted, "fault_log": self.faults}
+        summary["ok"] = (not aborted and not diffs and not stray and not self.unplanned and not self.findings
                          and injected == self.a.faults and summary["duplicates"] == 0)
         for fault in self.faults:
             self.log("soak", json.dumps(fault))
+        for difference in diffs:
+            self.log("soak", f"difference: {difference}")
         self.log("soak", "summary " + json.dumps(summary))
         return summary
+
+
+def _reported(storage: Path) -> int:
+    """Trials of a search that have reported a result (Ray creates `result.json` empty when a trial starts)."""
+    count = 0
+    for result in storage.glob("stages/*/*/train_trial_*/result.json"):
+        try:
+            count += result.stat().st_size > 0
+        except OSError:  # an experiment set aside meanwhile
+            continue
+    return count
 
 
 def _flag(args: list[str], name: str) -> str | None:
@@ -331,7 +351,7 @@ def main() -> None:
     p.add_argument("--storage", required=True, help="folder for both searches, their MLflow servers and the tmpfs")
     p.add_argument("--log", required=True, help="file for every line of the searches and the soak")
     p.add_argument("--min-delay", type=float, default=5.0, help="seconds at least between two faults")
-    p.add_argument("--spread", type=float, default=0.8, help="the faults land in this share of the quiet run's "
+    p.add_argument("--spread", type=float, default=0.5, help="the faults land in this share of the quiet run's "
                    "timeline (measured by the stages and trials the soaked search has finished)")
     p.add_argument("--hold-min", type=float, default=5.0, help="seconds at least a server stays down or a disk full")
     p.add_argument("--hold-max", type=float, default=30.0, help="seconds at most a server stays down or a disk full")

@@ -12,8 +12,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-# MLflow ids (differ between two servers), not results.
-LEDGER_IDS = ("run_id", "search_run_id", "experiment_id", "reused_from")
+# MLflow ids (differ between two servers), not results; a student's registered version is compared in the
+# registry (`models`): the ledger keeps none for one registered from the outbox after an outage. `shared`, the
+# digest of a stage's values, holds the teacher's folder, which lies in the storage folder when the search
+# fine-tunes it.
+LEDGER_IDS = ("run_id", "search_run_id", "experiment_id", "reused_from", "model_version", "shared")
 # Ray's bookkeeping of a trial's process and clock: differs from run to run. `run/resumed_from` says that a
 # trial was restored from a checkpoint, which is what a fault makes happen, not a result.
 RAY_VARYING = {"timestamp", "date", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip",
@@ -26,12 +29,13 @@ TRIAL_DIR = re.compile(r"train_trial_[0-9a-f]+_(\d+)_[^/]*?_\d{4}-\d{2}-\d{2}_\d
 # A checkpoint's number counts the reports of its trial's process, and a trial restarted after a kill numbers
 # them again: what it holds (the scores, the kept count) is compared, not its number.
 CHECKPOINT = re.compile(r"checkpoint_\d{6}")
+STAGE_DIGEST = re.compile(r"(stages/[^/]+)-[0-9a-f]{16}\b")  # a stage's folder, named by `shared` (above)
 
 
 def plain(value: Any, storage: str) -> Any:
     """`value` with the storage folder written `<storage>`, trial folders by index, checkpoints unnumbered."""
     if isinstance(value, str):
-        value = value.replace(storage, "<storage>")
+        value = STAGE_DIGEST.sub(r"\1-<digest>", value.replace(storage, "<storage>"))
         return CHECKPOINT.sub("checkpoint", TRIAL_DIR.sub(r"train_trial_\1", value))
     if isinstance(value, list):
         return [plain(v, storage) for v in value]
@@ -61,7 +65,9 @@ def trials(storage: Path, task: str) -> dict[str, Any]:
     reported (in order, so a report made twice shows) and how many checkpoints it kept."""
     found = {}
     for trial in sorted(storage.glob(f"stages/*/{task}-*/train_trial_*")):
-        key = plain(f"{trial.parent.parent.name}/{trial.name}", str(storage))
+        key = plain(f"stages/{trial.parent.parent.name}/{trial.name}", str(storage))
+        while key in found:  # two folders for one trial, or a stage under two digests: shown as extra trials
+            key += "+"
         rows = []
         if (trial / "result.json").is_file():
             for line in (trial / "result.json").read_text().splitlines():
@@ -70,6 +76,8 @@ def trials(storage: Path, task: str) -> dict[str, Any]:
                     rows.append({k: v for k, v in row.items()
                                  if k not in RAY_VARYING and not any(t in k for t in TIMING)})
         params = json.loads((trial / "params.json").read_text()) if (trial / "params.json").is_file() else None
+        if params is None and not rows:
+            continue  # a folder Ray made for a trial as its driver was killed, never started: the trial runs anew
         found[key] = plain({"params": params, "results": rows,
                             "checkpoints": len(list(trial.glob("checkpoint_*")))}, str(storage))
     return found
@@ -131,7 +139,7 @@ def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
             else:
                 _diff(a[k], b[k], f"{path}/{k}", out)
     elif a != b:
-        out.append(f"{path}: quiet {json.dumps(a)[:300]} != soaked {json.dumps(b)[:300]}")
+        out.append(f"{path}: quiet {json.dumps(a)[:1000]} != soaked {json.dumps(b)[:1000]}")
 
 
 def differences(quiet: dict[str, Any], soaked: dict[str, Any]) -> list[str]:

@@ -112,6 +112,16 @@ def test_ties_go_by_the_rule_not_by_the_order_of_results():
         assert pick_winner(order, {"alpha": (0.2, 0.7)}, reference={"alpha": 0.6})[0] == {"alpha": 0.7}
 
 
+def test_a_points_checkpoint_among_tied_seeds_is_not_the_order_of_results():
+    """The chaos soak found it: a resumed stage listed a re-run trial first, and the winner's student came from
+    another seed than in the undisturbed run (same scores). Tied seeds: the lowest seed's checkpoint."""
+    runs = [_result({"alpha": 0.2, "seed": s}, [0.5]) for s in (42, 43, 44)]
+    for order in (runs, runs[::-1], runs[1:] + runs[:1]):
+        assert pick_winner(order, {"alpha": (0.2,)})[2] == "/ckpt/{'alpha': 0.2, 'seed': 42}"
+    better = _result({"alpha": 0.2, "seed": 44}, [0.75])
+    assert pick_winner([*runs[:2], better], {"alpha": (0.2,)})[2] == "/ckpt/{'alpha': 0.2, 'seed': 44}"
+
+
 def _rung_result(config, samples, scores, budget=400, trial_id="t"):
     df = pd.DataFrame({"eval/score": scores, "progress/samples": samples, "progress/budget": [budget] * len(scores)})
     r = _result(config, scores)

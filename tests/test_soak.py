@@ -24,14 +24,15 @@ FAULTS = 5
 
 @pytest.fixture(scope="module")
 def search(tmp_path_factory, tiny_bert, glue_dir) -> list[str]:
-    """The search's arguments: tests/test_search_e2e.py's, a teacher fine-tuned once beforehand."""
+    """The search's arguments: tests/test_search_e2e.py's, a teacher fine-tuned once beforehand, two seeds a
+    point (8 trials: the search outlasts five faults and their recoveries)."""
     from fsd.config import DataSpec
     from fsd.teacher import TeacherSpec, ensure_teacher, teacher_data
 
     data = teacher_data(DataSpec("rte", glue_dir, max_train_samples=64, max_eval_samples=64))
     teacher = ensure_teacher(TeacherSpec(tiny_bert, data, epochs=1), str(tmp_path_factory.mktemp("shared")))
     return ["--task", "rte", "--method", "pkd", "--preset", "smoke", "--data-dir", glue_dir, "--teacher", teacher,
-            "--student-init", tiny_bert, "--student-layers", "2", "--max-concurrent", "1"]
+            "--student-init", tiny_bert, "--student-layers", "2", "--max-concurrent", "1", "--seeds", "2"]
 
 
 def test_a_search_soaked_in_faults_ends_as_its_quiet_run(search, tmp_path):
@@ -53,7 +54,7 @@ def test_a_search_soaked_in_faults_ends_as_its_quiet_run(search, tmp_path):
     else:
         assert summary["disk"].startswith("left out: a tmpfs cannot be mounted here")
     assert kinds == expected, summary["fault_log"]
-    assert summary["trials"] == 4 and summary["mlflow_runs"] == 1 + 2 + 4  # search, stages, trials: none twice
+    assert summary["trials"] == 8 and summary["mlflow_runs"] == 1 + 2 + 8  # search, stages, trials: none twice
     assert summary["duplicates"] == 0 and summary["stray"] == [] and summary["unplanned"] == []
     assert raycluster.processes(b"", summary["ray_root"]) == []  # checked here too, not only by the soak
     for fault in summary["fault_log"]:

@@ -150,3 +150,25 @@ def test_a_stage_model_loads_as_a_pipeline_without_this_project(tmp_path, tiny_b
     for row, probs in zip(got, want, strict=True):
         assert row["entailment"] == pytest.approx(float(probs[0]), abs=1e-5)
         assert row["not_entailment"] == pytest.approx(float(probs[1]), abs=1e-5)
+
+
+def test_metrics_and_a_stage_result_sent_again_are_logged_once(tmp_path):
+    """What the chaos soak found: a trial's evaluation queued while the server was away, or sent by a driver
+    killed before it dropped it from its queue, was sent again by the resumed driver, and a stage's result was
+    logged again by a search stopped before its ledger recorded the stage: both twice in MLflow's history."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = tracking.experiment_id(uri, "rte")
+    run = tracking.open_run(uri, exp, None, "trial", None, {})
+    evaluation = [["eval/score", 0.5, 1000, 64], ["train/loss", 0.25, 1000, 64]]
+    tracking.log_metrics(uri, run, evaluation)
+    again = [[key, value, 1500, step] for key, value, _, step in evaluation]  # reported again, later
+    tracking.log_metrics(uri, run, again)
+    tracking.log_metrics(uri, run, [["eval/score", 0.75, 2000, 128], ["train/loss", 0.125, 2000, 128]])
+    client = MlflowClient(uri)
+    for key, values in (("eval/score", [(64, 0.5), (128, 0.75)]), ("train/loss", [(64, 0.25), (128, 0.125)])):
+        assert [(m.step, m.value) for m in client.get_metric_history(run, key)] == values
+    for _ in range(2):
+        tracking.log_winner(uri, run, "best/eval/score", 0.5, {"winner.lr": "2e-05"})
+    assert [m.value for m in client.get_metric_history(run, "best/eval/score")] == [0.5]
+    tracking.log_winner(uri, run, "best/eval/score", 0.75, {})  # a different result is logged
+    assert [m.value for m in client.get_metric_history(run, "best/eval/score")] == [0.5, 0.75]

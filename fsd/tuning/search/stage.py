@@ -62,7 +62,9 @@ def pick_winner(results, grid: dict[str, tuple], seed: int = 0,
     expanded = best.values
     point = {k: plan.point_value(k, tuple(expanded[n] for n in k.split(plan.JOINT)) if plan.JOINT in k
                                  else expanded[k]) for k in grid}
-    return point, best.entry().mean, max(best.checkpoints.items(), key=lambda sc: best.seeds[sc[0]])[1]
+    # Its best seed's checkpoint, tied seeds by the lowest (as Runs.best_checkpoint): not by the results' order,
+    # which a restored experiment changes.
+    return point, best.entry().mean, max(best.checkpoints.items(), key=lambda sc: (best.seeds[sc[0]], -sc[0]))[1]
 
 
 def no_winner(results) -> str:
@@ -127,6 +129,9 @@ def trials_of(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Strat
             done.update(run_id=record["run_id"], search=spec.method)
             shared.save(folder, done)
             return done
+    outbox = mlflow_ids.outbox  # ids compared as sent: one side may hold the placeholder of a queued run
+    if outbox.resolve(done.get("run_id")) == outbox.resolve(record.get("run_id")):
+        return done  # run by this search, stopped after they were saved and before its ledger said so: not reused
     console.info(f"stage {stage.name}: reused, its trials were run by the {done['search']} search ({folder})")
     record["reused_from"] = done["run_id"]
     mlflow_ids.outbox.do("log_winner", record["run_id"], "trials", float(done["trials"]),

@@ -145,8 +145,14 @@ def logged_steps(uri: str, run_id: str) -> set[int]:
 
 
 def log_metrics(uri: str, run_id: str, metrics: list[list]) -> None:
-    """`metrics`: `[key, value, timestamp_ms, step]` rows (JSON, so they can wait in the outbox)."""
-    client_for(uri).log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step in metrics])
+    """`metrics`: `[key, value, timestamp_ms, step]` rows (JSON, so they can wait in the outbox), but for the
+    steps the run already holds a dev score for: the tracker's own check (`logged_steps`) cannot see a row
+    still queued, or one sent by a driver killed before it could drop it from the queue, and a restarted trial
+    reports that step again."""
+    have = logged_steps(uri, run_id)
+    rows = [Metric(k, v, ts, step) for k, v, ts, step in metrics if step not in have]
+    if rows:
+        client_for(uri).log_batch(run_id, metrics=rows)
 
 
 class TrialTracker(Callback):
@@ -282,8 +288,10 @@ def alias_model(uri: str, registered_name: str, alias: str, source_run_id: str) 
 
 
 def log_winner(uri: str, run_id: str, metric: str, score: float, tags: dict[str, str]) -> None:
+    """A stage's result on its run, once: a search stopped before its ledger recorded the stage logs it again."""
     client = client_for(uri)
-    client.log_metric(run_id, metric, score)
+    if score not in {m.value for m in client.get_metric_history(run_id, metric)}:
+        client.log_metric(run_id, metric, score)
     for k, v in tags.items():
         client.set_tag(run_id, k, v)
 
