@@ -243,13 +243,13 @@ def analyse_pair(student: torch.nn.Module, teacher: torch.nn.Module | None, dev_
                 mask = batch["attention_mask"]
                 s_out = run_model(student, batch, hidden=True)
                 if kept:
-                    t_logit, t_factor, t_states = side.logits[k], side.factors[k], side.states[k]
+                    t_logit, t_factor, t_states = side.logits[k], side.factors[k], side.states[k].to(device)
                 else:
                     t_out = run_model(teacher, batch, hidden=True)
                     t_logit, t_states = t_out.logits.float().cpu(), t_out.penultimate
                     t_factor = _gram_factor(t_states, mask).cpu()
-                    if side is not None:
-                        side.add(t_logit, t_factor, t_states)
+                    if side is not None:  # kept in host memory: a GPU's is the trials'
+                        side.add(t_logit, t_factor, t_states.cpu())
                 s_logits.append(s_out.logits.float().cpu())
                 t_logits.append(t_logit)
                 zt.append(t_factor)
