@@ -32,14 +32,17 @@ from fsd.tuning.search.fresh import fresh_seed_list  # noqa: E402
 
 def contests(ledger: Ledger) -> dict[str, dict]:
     """stage -> its winner's and runner-up's configurations and whether the search declared it tied, for the
-    stages that trained their own winner and had a runner-up."""
+    stages that trained their own winner and had a runner-up. The evidence keeps a runner-up's values in the
+    stage's terms (its grid's keys, or a carried student's whole configuration): laid over the winner's
+    configuration, they give the runner-up's own (the stage's other values are the winner's)."""
     out = {}
     for name, record in ledger.records().items():
         found = record.get("evidence") or {}
         if record.get("status") != "done" or record.get("carried_from") or "runner_up" not in found:
             continue
         tied = bool(found.get("tied")) or found.get("untested") == found["candidates"] - 1
-        out[name] = {"winner": record["winner"], "runner_up": found["runner_up"]["values"], "tied": tied}
+        out[name] = {"winner": record["winner"], "runner_up": {**record["winner"], **found["runner_up"]["values"]},
+                     "tied": tied}
     return out
 
 

@@ -1,9 +1,12 @@
 """The benchmarks' code paths run (on a CPU with tiny models): a GPU session must not find them broken."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,10 +75,47 @@ def test_the_hold_rate_counts_declared_winners_that_still_beat_their_runner_up(t
         "fsdil": {"status": "done", "winner": {"beta": 3.0}, "evidence": {"candidates": 1, "tied": 0}}}
     found = contests(ledger)
     assert sorted(found) == ["fsdi", "vkd"] and found["fsdi"]["tied"] and not found["vkd"]["tied"]
-    assert found["vkd"]["runner_up"] == {"alpha": 0.7}
+    assert found["vkd"]["runner_up"] == {"alpha": 0.7}  # the winner's alpha replaced by the runner-up's
+    ledger.data["stages"]["vkd"]["winner"] = {"alpha": 0.2, "temperature": 10.0, "method": "vkd"}
+    assert contests(ledger)["vkd"]["runner_up"] == {"alpha": 0.7, "temperature": 10.0, "method": "vkd"}
     results = {"vkd": {"tied": False, "winner_scores": {"1001": 0.8, "1002": 0.7},
                        "runner_up_scores": {"1001": 0.78, "1002": 0.75}},
                "fsdi": {"tied": True, "winner_scores": {"1001": 0.8}, "runner_up_scores": {"1001": 0.7}}}
     out = hold_rate(results)
     assert out["declared"] == 1 and out["held"] == 0 and out["rate"] == 0.0  # 0.75 < 0.765: vkd did not hold
     assert [r["holds"] for r in out["rows"]] == [False, True]
+
+
+@pytest.mark.long
+def test_the_hold_rate_re_trains_a_real_search_s_winner_and_runner_up(tmp_path, tiny_bert, glue_dir):
+    """bench/hold_rate.py end to end on a smoke VKD search that confirmed its two points on a second seed: both
+    re-trained on the fresh seeds as their own configurations (the runner-up's alpha, not the winner's), logged
+    to the search's MLflow store, the rate written."""
+    import mlflow
+    from conftest import rte_search_setup, tune_main_args
+
+    setup = rte_search_setup(tmp_path, tiny_bert, glue_dir)
+    storage = tmp_path / "search"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run(tune_main_args(setup, storage, "vkd", "--confirm-top", "2", "--confirm-seeds", "1"),
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ledger = json.loads((storage / "rte-vkd" / "ledger.json").read_text())
+    winner, evidence = ledger["stages"]["vkd"]["winner"], ledger["stages"]["vkd"]["evidence"]
+    out = tmp_path / "hold.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "hold_rate.py"), str(storage), "--task", "rte",
+                        "--method", "vkd", "--seeds", "2", "--out", str(out)],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    said = json.loads(out.read_text())
+    assert said["seeds"] == [1001, 1002] and list(said["stages"]) == ["vkd"]
+    row = said["stages"]["vkd"]
+    assert sorted(row["winner_scores"]) == sorted(row["runner_up_scores"]) == ["1001", "1002"]
+    assert said["declared"] == (0 if row["tied"] else 1) and json.loads(r.stdout.splitlines()[-1])["held"] \
+        == said["held"]
+    mlflow.set_tracking_uri(f"sqlite:///{storage}/mlflow.db")
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'hold-rate'",
+                              output_format="list")
+    alphas = {(r.data.tags.get("method"), float(r.data.params["alpha"])) for r in runs if "alpha" in r.data.params}
+    assert alphas == {("vkd-winner", winner["alpha"]), ("vkd-runner_up", evidence["runner_up"]["values"]["alpha"])}
+    assert winner["alpha"] != evidence["runner_up"]["values"]["alpha"]
