@@ -63,6 +63,27 @@ def hold_rate(results: dict[str, dict]) -> dict:
     return {"rows": rows, "declared": declared, "held": held, "rate": held / declared if declared else None}
 
 
+def open_search(storage: str, task: str, method: str, label: str):
+    """A finished search's spec (its teacher from the ledger, two trials at a time), its ledger, and the services
+    and MLflow run that runs under it log to (stage `label`, nested under the search's run, in `<search>/label`):
+    (spec, ledger, folder, outbox, run id, experiment id)."""
+    from fsd.tuning.search.services import start_services
+    from fsd.tuning.tracking import records as tracking
+    from fsd.tuning.tracking.outbox import Outbox
+
+    storage = str(Path(storage).resolve())
+    spec = SearchSpec(task=task, method=method, storage=storage, mlflow_uri=f"sqlite:///{storage}/mlflow.db",
+                      teacher="")
+    ledger = Ledger(spec.folder)
+    spec = replace(spec, teacher=ledger.data["teacher"], max_concurrent=2)
+    folder = os.path.join(spec.folder, label)
+    start_services(spec, folder)
+    outbox = Outbox(spec.mlflow_uri, os.path.join(folder, "mlflow_outbox.json"), tracking.OPS)
+    exp_id = tracking.experiment_id(spec.mlflow_uri, spec.task)
+    run_id = outbox.do("open_run", exp_id, None, label, ledger.data.get("search_run_id"), {"task": task})
+    return spec, ledger, folder, outbox, run_id, exp_id
+
+
 def main(argv: list[str] | None = None) -> None:
     a = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     a.add_argument("storage")
@@ -72,20 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--out", required=True)
     args = a.parse_args(argv)
     from fsd.tuning.search.seed_runs import seed_runs
-    from fsd.tuning.search.services import start_services
-    from fsd.tuning.tracking import records as tracking
-    from fsd.tuning.tracking.outbox import Outbox
 
-    storage = str(Path(args.storage).resolve())
-    spec = SearchSpec(task=args.task, method=args.method, storage=storage, mlflow_uri=f"sqlite:///{storage}/mlflow.db",
-                      teacher="")
-    ledger = Ledger(spec.folder)
-    spec = replace(spec, teacher=ledger.data["teacher"], max_concurrent=2)
-    folder = os.path.join(spec.folder, "hold-rate")
-    start_services(spec, folder)
-    outbox = Outbox(spec.mlflow_uri, os.path.join(folder, "mlflow_outbox.json"), tracking.OPS)
-    exp_id = tracking.experiment_id(spec.mlflow_uri, spec.task)
-    run_id = outbox.do("open_run", exp_id, None, "hold-rate", ledger.data.get("search_run_id"), {"task": args.task})
+    spec, ledger, folder, outbox, run_id, exp_id = open_search(args.storage, args.task, args.method, "hold-rate")
     seeds = fresh_seed_list(args.seeds)
     results = {}
     for stage, c in contests(ledger).items():
@@ -99,7 +108,6 @@ def main(argv: list[str] | None = None) -> None:
     summary = {"seeds": seeds, "stages": results, **hold_rate(results)}
     Path(args.out).write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: summary[k] for k in ("declared", "held", "rate")}))
-
 
 if __name__ == "__main__":
     main()

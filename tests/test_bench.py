@@ -87,10 +87,10 @@ def test_the_hold_rate_counts_declared_winners_that_still_beat_their_runner_up(t
 
 
 @pytest.mark.long
-def test_the_hold_rate_re_trains_a_real_search_s_winner_and_runner_up(tmp_path, tiny_bert, glue_dir):
+def test_the_hold_rate_and_a_reseed_re_train_a_real_search_s_configurations(tmp_path, tiny_bert, glue_dir):
     """bench/hold_rate.py end to end on a smoke VKD search that confirmed its two points on a second seed: both
     re-trained on the fresh seeds as their own configurations (the runner-up's alpha, not the winner's), logged
-    to the search's MLflow store, the rate written."""
+    to the search's MLflow store, the rate written; then bench/reseed.py, a start point with values laid over."""
     import mlflow
     from conftest import rte_search_setup, tune_main_args
 
@@ -119,3 +119,18 @@ def test_the_hold_rate_re_trains_a_real_search_s_winner_and_runner_up(tmp_path, 
     alphas = {(r.data.tags.get("method"), float(r.data.params["alpha"])) for r in runs if "alpha" in r.data.params}
     assert alphas == {("vkd-winner", winner["alpha"]), ("vkd-runner_up", evidence["runner_up"]["values"]["alpha"])}
     assert winner["alpha"] != evidence["runner_up"]["values"]["alpha"]
+    # bench/reseed.py on the same search: the untuned fsdil start point with alpha and lr laid over it
+    out = tmp_path / "reseed.json"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "reseed.py"), str(storage), "--task", "rte",
+                        "--method", "vkd", "--as", "fsdil", "--label", "other", "--set", "alpha=0.3",
+                        "--set", "lr=2e-4", "--seeds", "2", "--out", str(out)],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    said = json.loads(out.read_text())
+    assert said["config"]["method"] == "fsdil" and said["config"]["alpha"] == 0.3 and said["config"]["lr"] == 2e-4
+    assert said["config"]["teacher"] == winner["teacher"]
+    assert sorted(said["scores"]) == ["1001", "1002"]
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'reseed'",
+                              output_format="list")
+    assert {(r.data.params.get("method"), r.data.params.get("alpha")) for r in runs if "seed" in r.data.params} \
+        == {("fsdil", "0.3")}
