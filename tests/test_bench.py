@@ -134,3 +134,22 @@ def test_the_hold_rate_and_a_reseed_re_train_a_real_search_s_configurations(tmp_
                               output_format="list")
     assert {(r.data.params.get("method"), r.data.params.get("alpha")) for r in runs if "seed" in r.data.params} \
         == {("fsdil", "0.3")}
+
+
+def test_the_noise_table_counts_ties_and_verdicts_from_the_raw_files():
+    """bench/noise_table.py: the recorded grid's exact ties at the top of a stage (5 of its 9, issue 34) and its
+    samples and wall time; a noise-aware ledger's stages as declared, tied, or handed on."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from noise_table import recorded_grid, verdicts
+
+    grid = recorded_grid()
+    assert (grid["declared"], grid["tied"], grid["samples"]) == (4, 5, 308_800)
+    assert 117 * 60 < grid["search_s"] < 118 * 60
+    runner_up = {"runner_up": {"values": {}}, "candidates": 2}
+    ledger = {"stages": {
+        "vkd": {"evidence": {**runner_up, "tied": 1, "untested": 0}},
+        "fsdi": {"evidence": {**runner_up, "tied": 0, "untested": 0}},
+        "fsdl": {"evidence": {**runner_up, "tied": 0, "untested": 1}},  # nothing tested: no verdict either way
+        "fsdil": {"carried_from": "fsdl", "evidence": {**runner_up, "tied": 0, "untested": 0}},
+        "fsdg-refine-lam": {"skipped": "lam = 0"}, "memory": {}}}
+    assert verdicts(ledger) == (1, 2, 2)
