@@ -2,7 +2,8 @@
 (the recorded single-seed grid's final, say), to set beside that search's `--fresh-seeds` finals on the same
 seeds, teacher, data and budget (issue 34, item 8). The configuration is the search's untuned start point of
 `--as` (its shared values: task, data, teacher, student, budget; every loss weight at its default; the
-paper preset's epochs and learning rate) with the `--set` values laid over it.
+search's epochs and learning rate where it had one value, `fsd.tuning.search.fresh.untuned`) with the `--set`
+values laid over it.
 
     python bench/reseed.py <storage> --task sst2 --as fsdil --label grid-final --seeds 5 \\
         --set alpha=0.7 --set temperature=10 --set lr=2e-4 --set beta=0.1 --out <folder>/grid-final.json
@@ -53,7 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     best = (ledger.data.get("best") or {}).get("winner")
     if best is None:
         sys.exit("error: the search has no best student yet to take its shared values from; finish it first")
-    start = untuned(best, args.start, get_schedule(args.method, args.task, "paper"))
+    search = ledger.data["search"]  # the schedule as the search built it: its preset and --grid values
+    schedule = get_schedule(args.method, args.task, search["preset"],
+                            {k: tuple(v) for k, v in (search.get("grids") or {}).items()})
+    start = untuned(best, args.start, schedule)
     config = {**start, **{k: value(v) for k, v in (s.split("=", 1) for s in args.set)}}
     seeds = fresh_seed_list(args.seeds)
     done = seed_runs(spec, folder, args.label, config, seeds, outbox, run_id, exp_id, "reseed")

@@ -154,6 +154,14 @@ def test_the_fresh_seed_table_tests_the_searchs_best_against_each_start_point(tm
     start = untuned(best, "fsd", schedule)
     assert start["method"] == "fsd" and start["alpha"] == 0.5 and start["beta"] == 1.0 and start["lam"] == 0.5
     assert start["lr"] == 2e-4 and start["epochs"] == 1 and start["task"] == "sst2"  # the cpu budget's
+    # The paper preset searches epochs 3, 4 and three learning rates: the defaults. `--grid` that leaves one value
+    # of each (the recorded SST-2 schedule: epochs=1, and one lr) is the students' training: the start point's.
+    paper = get_schedule("fsd", "sst2", "paper")
+    assert (untuned(best, "fsd", paper)["epochs"], untuned(best, "fsd", paper)["lr"]) == (3, 5e-5)
+    one = get_schedule("fsd", "sst2", "paper", {"epochs": (1,), "lr": (1e-4,)})
+    assert (untuned(best, "fsdil", one)["epochs"], untuned(best, "fsdil", one)["lr"]) == (1, 1e-4)
+    several = get_schedule("fsd", "sst2", "paper", {"epochs": (1,), "lr": (1e-4, 2e-4, 3e-4)})
+    assert (untuned(best, "fsdil", several)["epochs"], untuned(best, "fsdil", several)["lr"]) == (1, 5e-5)
     s = {"1001": 0.76, "1002": 0.75, "1003": 0.77}
     u = {"1001": 0.5092, "1002": 0.74, "1003": 0.75}
     v = {"1001": 0.70, "1002": 0.72, "1003": 0.69}

@@ -19,7 +19,6 @@ from fsd.tuning.plan.spec import SearchSpec
 from fsd.tuning.plan.stages import METRIC
 from fsd.tuning.search.seed_runs import seed_runs
 from search_spaces import Schedule
-from search_spaces.base import PRESET_GRIDS
 
 FIRST_SEED = 1001  # far from any search's seeds (--seed 42 onwards, confirmations after them)
 WEIGHTS = ("alpha", "temperature", "beta", "gamma_i", "gamma_l", "gamma_g", "lam")
@@ -30,13 +29,21 @@ def fresh_seed_list(n: int) -> list[int]:
     return [FIRST_SEED + i for i in range(n)]
 
 
+def searched(schedule: Schedule, key: str) -> tuple:
+    """The values a search gave `key` (`--grid` included): those of the first stage that searches it."""
+    return next((stage.grid[key] for stage in schedule.stages if key in stage.grid), ())
+
+
 def untuned(winner: dict[str, Any], method: str, schedule: Schedule) -> dict[str, Any]:
     """A start point: the search's shared values (task, data, teacher, student, budget) with `method`, every loss
-    weight at DistillConfig's default, the budget's epochs (else the default) and its learning rate (a preset
-    that searches a single one, else the default)."""
+    weight at DistillConfig's default, and the training the search's students had where it had one value: its
+    epochs (the budget's, else a single searched value, else the default) and learning rate (a single searched
+    value, else the default). Not the preset's own grid: `--grid epochs=1` gave the students 1 epoch, and a
+    start point trained for the default 3 would have had three times their training."""
     defaults = {f.name: f.default for f in fields(DistillConfig) if f.name in WEIGHTS}
-    lrs = PRESET_GRIDS.get(schedule.preset, {}).get("lr", ())
-    return {**winner, **defaults, "method": method, "epochs": schedule.budget.epochs or DistillConfig.epochs,
+    epochs, lrs = searched(schedule, "epochs"), searched(schedule, "lr")
+    return {**winner, **defaults, "method": method,
+            "epochs": schedule.budget.epochs or (epochs[0] if len(epochs) == 1 else DistillConfig.epochs),
             "lr": lrs[0] if len(lrs) == 1 else DistillConfig.lr}
 
 
