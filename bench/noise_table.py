@@ -4,8 +4,9 @@ on the same 5 fresh seeds, the hold rate of declared winners, and the p-values.
 
     # per noise-aware search, once it and its --fresh-seeds are done: what the table reads from its storage
     python bench/noise_table.py collect <storage>/optuna --name optuna --out <folder>/optuna.json
-    # the table (reads <folder>/*.json from `collect`, hold-<name>.json from bench/hold_rate.py, grid-final.json from
-    # bench/reseed.py, and the recorded grid's files in bench/results/sst2-paper-schedule/)
+    # the table (reads <folder>/*.json from `collect`, hold-<name>.json from bench/hold_rate.py, grid-final.json,
+    # untuned-fsd.json and untuned-fsdil.json from bench/reseed.py, the recorded grid's files in
+    # bench/results/sst2-paper-schedule/)
     python bench/noise_table.py table <folder> > <folder>/table.md
 
 The p-values are one-sided t-tests that the row's fresh-seed mean is the higher, paired by seed (every row ran
@@ -94,16 +95,22 @@ def _p(a: dict[str, float], b: dict[str, float] | None) -> str:
     return f"{p:.3f}" if p == p else "-"
 
 
+def _reseeded(folder: Path, name: str) -> dict[str, float] | None:
+    path = folder / f"{name}.json"
+    return json.loads(path.read_text())["scores"] if path.is_file() else None
+
+
 def table(folder: Path) -> None:
     searches = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))
-                if not p.name.startswith(("hold-", "grid-final"))]
+                if not p.name.startswith(("hold-", "grid-final", "untuned-"))]
     grid = recorded_grid()
-    grid_final = json.loads((folder / "grid-final.json").read_text())["scores"]
+    grid_final = _reseeded(folder, "grid-final")
     holds = {s["name"]: json.loads((folder / f"hold-{s['name']}.json").read_text()) for s in searches
              if (folder / f"hold-{s['name']}.json").is_file()}
     fresh = {s["name"]: s["ledger"]["fresh"]["runs"] for s in searches}
     first = fresh[searches[0]["name"]]
-    untuned = {k: first[k]["scores"] for k in UNTUNED if k in first}
+    untuned = {k: _reseeded(folder, k.replace(" ", "-")) for k in UNTUNED}
+    untuned = {k: v for k, v in untuned.items() if v is not None}
     best_untuned = max(untuned, key=lambda k: statistics.fmean(untuned[k].values()))
     rows = [("single-seed grid (recorded, 2026-12-05)", f"{grid['samples']:,}", _minutes(grid["search_s"]),
              f"{grid['declared']} / {grid['tied']} (exact ties)", "not measured", grid_final)]
@@ -113,18 +120,23 @@ def table(folder: Path) -> None:
         said = f"{hold['held']} of {hold['declared']}" if hold else "not measured"
         rows.append((f"noise-aware {s['name']}", f"{s['samples']:,}", _minutes(s["search_s"]), f"{d} / {t}", said,
                      fresh[s["name"]][SEARCHED]["scores"]))
-    for k in UNTUNED:
-        if k in untuned:
-            rows.append((k, "0", "-", "-", "-", untuned[k]))
+    for k, scores in untuned.items():
+        rows.append((f"{k} (the search's epochs)", "0", "-", "-", "-", scores))
     if "vkd's winner" in first:
         rows.append((f"VKD's winner ({searches[0]['name']})", "", "", "", "", first["vkd's winner"]["scores"]))
+    for k in UNTUNED:  # the search's own --fresh-seeds start points, trained before the fix for 3 epochs
+        if k in first:
+            rows.append((f"{k}, 3 epochs (the search's --fresh-seeds)", "", "", "", "", first[k]["scores"]))
+    three = _reseeded(folder, "grid-final-3ep")
+    if three is not None:
+        rows.append(("single-seed grid's final, 3 epochs", "", "", "", "", three))
     print(f"Fresh seeds {', '.join(sorted(grid_final))}; dev score x 100, mean (sd). p: one-sided paired t over the "
           f"5 seeds that the row's mean is the higher (best untuned start point: {best_untuned}).\n")
     print("| search | training samples (seeds included) | wall time | stages declared / tied | hold rate | "
           "fresh-seed dev | p vs best untuned | p vs single-seed grid's final |")
     print("|---|---|---|---|---|---|---|---|")
     for name, samples, wall, verdict, said, scores in rows:
-        p_untuned = "" if name == best_untuned else _p(scores, untuned[best_untuned])
+        p_untuned = "" if scores is untuned[best_untuned] else _p(scores, untuned[best_untuned])
         p_grid = "" if scores is grid_final else _p(scores, grid_final)
         print(f"| {name} | {samples} | {wall} | {verdict} | {said} | {_mean_sd(scores)} | {p_untuned} | {p_grid} |")
     for name, hold in holds.items():

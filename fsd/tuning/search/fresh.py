@@ -1,7 +1,7 @@
 """Was the search worth it: with --fresh-seeds N, its best student's configuration is re-trained on N seeds no
 search used (1001 onwards), beside the untuned start points (methods fsd and fsdil with `python -m fsd.cli`'s
-default weights and the budget's learning rate, no search) and VKD's winner, all on the same seeds so that
-they compare paired. The runs are ordinary trials under the search's MLflow run (stage `fresh`), restored
+default weights, trained as the search trained its students, no search) and VKD's winner, all on the same seeds
+so that they compare paired. The runs are ordinary trials under the search's MLflow run (stage `fresh`), restored
 after a kill; their dev scores go to the ledger, and the summary and the report test them
 (`fsd.tuning.results.summary.fresh_lines`)."""
 
