@@ -30,6 +30,11 @@ from fsd.tuning.plan.stages import METRIC  # noqa: E402
 from fsd.tuning.search.fresh import fresh_seed_list  # noqa: E402
 
 
+def said_tied(evidence: dict) -> bool:
+    """Whether a stage's evidence says tied: a candidate tied with the winner, or none it could test."""
+    return bool(evidence.get("tied")) or evidence.get("untested") == evidence.get("candidates", 0) - 1
+
+
 def contests(ledger: Ledger) -> dict[str, dict]:
     """stage -> its winner's and runner-up's configurations and whether the search declared it tied, for the
     stages that trained their own winner and had a runner-up. The evidence keeps a runner-up's values in the
@@ -40,9 +45,8 @@ def contests(ledger: Ledger) -> dict[str, dict]:
         found = record.get("evidence") or {}
         if record.get("status") != "done" or record.get("carried_from") or "runner_up" not in found:
             continue
-        tied = bool(found.get("tied")) or found.get("untested") == found["candidates"] - 1
         out[name] = {"winner": record["winner"], "runner_up": {**record["winner"], **found["runner_up"]["values"]},
-                     "tied": tied}
+                     "tied": said_tied(found)}
     return out
 
 
@@ -108,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = {"seeds": seeds, "stages": results, **hold_rate(results)}
     Path(args.out).write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: summary[k] for k in ("declared", "held", "rate")}))
+
 
 if __name__ == "__main__":
     main()

@@ -23,7 +23,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+from hold_rate import said_tied  # noqa: E402
 
 from fsd.tuning.results.significance import greater  # noqa: E402
 
@@ -56,7 +58,7 @@ def verdicts(ledger: dict) -> tuple[int, int, int]:
             continue
         if r.get("carried_from") or r.get("skipped") or "runner_up" not in e:
             other += 1
-        elif e.get("tied") or e.get("untested") == e.get("candidates", 0) - 1:
+        elif said_tied(e):
             tied += 1
         else:
             declared += 1

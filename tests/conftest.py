@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -155,3 +156,11 @@ def tune_main_args(setup: tuple, storage: Path, method: str, *extra: str) -> lis
     return [sys.executable, str(Path(__file__).resolve().parents[1] / "tune_main.py"), "--task", "rte", "--method",
             method, "--preset", "smoke", "--data-dir", glue_dir, "--teacher", teacher, "--student-init", backbone,
             "--student-layers", "2", "--storage", str(storage), *extra]
+
+
+def stages_that_trained(search: Path) -> list[str]:
+    """The done stages of a search folder (`<storage>/<task>-<method>`) that trained their own winner: each
+    registers one student; a stage whose winner is carried from an earlier one registers none."""
+    stages = json.loads((search / "ledger.json").read_text())["stages"]
+    return [name for name, v in stages.items()
+            if v.get("status") == "done" and v.get("score") is not None and not v.get("carried_from")]

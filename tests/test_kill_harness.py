@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import raycluster
+from conftest import stages_that_trained
 
 from fsd.failpoints import POINTS
 from fsd.tuning.search import orphans
@@ -59,11 +60,9 @@ def _check_mlflow(storage):
     assert {r.info.status for r in runs} == {"FINISHED"}, [(r.info.run_name, r.info.status) for r in runs]
     for r in trials:  # one epoch, logged once: no finished trial ran again
         assert len(client.get_metric_history(r.info.run_id, "eval/score")) == 1
-    # One student registered per stage that trained its own winner (a stage whose winner is carried, as
-    # fsdg-coarse's can be VKD's, registers none), none logged twice.
-    stages = json.loads((Path(storage) / "rte-fsd" / "ledger.json").read_text())["stages"].values()
-    trained = [v for v in stages if v.get("status") == "done" and v.get("score") is not None
-               and not v.get("carried_from")]
+    # One student registered per stage that trained its own winner (fsdg-coarse's can be VKD's, carried), none
+    # logged twice.
+    trained = stages_that_trained(Path(storage) / "rte-fsd")
     versions = client.search_model_versions("name='fsd-rte-fsd'")
     assert len(versions) == len(trained) >= 2 and len({v.run_id for v in versions}) == len(versions)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import raycluster
-from conftest import rte_search_setup, tune_main_args
+from conftest import rte_search_setup, stages_that_trained, tune_main_args
 from mlflowserver import Server, free_port
 
 from fsd.checkpoints import resumable
@@ -580,9 +580,7 @@ def test_mlflow_down_for_two_stages_of_a_search_loses_nothing(setup):
         missing, extra = Counter(calm_runs) - Counter(down_runs), Counter(down_runs) - Counter(calm_runs)
         assert not missing and not extra, (list(missing)[:3], list(extra)[:3])
         assert len(calm_runs) == 1 + 5 + 10  # the search, five stages, two trials each
-        # A version for each stage that trained its own winner (one whose winner is carried registers none).
-        stages = json.loads((calm / "rte-fsd" / "ledger.json").read_text())["stages"].values()
-        trained = [v for v in stages if v.get("score") is not None and not v.get("carried_from")]
+        trained = stages_that_trained(calm / "rte-fsd")  # a version each
         versions = [m for m in down_models["fsd-rte-fsd"] if not m.startswith("@")]
         assert down_models == calm_models and len(versions) == len(trained) >= 4
     finally:
