@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fsd.tuning.command.flags import UsageError
+from fsd.tuning.search.unreported import CHECKPOINTS, unreported
 
 NUMBER = (int, float)
 MAYBE_NUMBER = (int, float, type(None))
@@ -107,8 +108,9 @@ def _stage_folder(folder: Path) -> None:
     if (folder / "optuna.journal").is_file():
         # Optuna creates its journal empty before it logs the study: empty is whole until a trial exists.
         _journal(folder / "optuna.journal", fix, done.is_file() or any(folder.glob("*/*/params.json")))
-    for checkpoint in sorted(folder.glob("*/*/checkpoint_*")):
-        if checkpoint.is_dir():
+    cut = set(unreported(folder))  # copies Ray never took: nothing reads them, the stage's restore removes them
+    for checkpoint in sorted(folder.glob(f"*/*/{CHECKPOINTS}")):
+        if checkpoint.is_dir() and checkpoint not in cut:
             _checkpoint(checkpoint, folder)
 
 

@@ -17,8 +17,7 @@ from ray.tune import Callback
 
 from fsd.checkpoints import drop_resume_state
 from fsd.tuning.plan.stages import METRIC, reached_budget
-
-CHECKPOINTS = "checkpoint_*"
+from fsd.tuning.search.unreported import CHECKPOINTS
 
 
 def point_of(config: dict[str, Any]) -> tuple:

@@ -22,6 +22,7 @@ from fsd.tuning.plan.stages import METRIC, MODE
 from fsd.tuning.search import orphans
 from fsd.tuning.search.stage_progress import quiet_services
 from fsd.tuning.search.trainable import train_trial
+from fsd.tuning.search.unreported import remove_unreported
 from fsd.tuning.tracking.outbox import Outbox
 
 logger = logging.getLogger("fsd")
@@ -96,13 +97,18 @@ def restorable(exp_dir: str) -> bool:
     Ray writes its experiment state in place (`experiment_state-<session>.json`), so a driver that died or
     met a full disk mid-write can leave one cut short, and Ray restores from the newest. One that does not
     parse is set aside (renamed `.unreadable`): Ray then restores from an older session's state, or, with
-    none left, the stage starts afresh, its trials' checkpoints being all that the cut file could name."""
+    none left, the stage starts afresh, its trials' checkpoints being all that the cut file could name. A
+    checkpoint folder no result names is removed (`unreported`)."""
     for state in Path(exp_dir).glob("experiment_state-*.json"):
         try:
             json.loads(state.read_text())
         except (ValueError, UnicodeDecodeError):
             state.rename(state.with_name(state.name + ".unreadable"))
             logger.warning("%s does not parse (cut short by a kill or a full disk): set aside", state)
+    gone = remove_unreported(Path(exp_dir))
+    if gone:
+        console.info(f"{Path(exp_dir).name}: removed {len(gone)} checkpoint folder(s) that a full disk or a kill cut "
+                     "short before Ray took them; their trials go on from their last whole checkpoint")
     return tune.Tuner.can_restore(exp_dir) and any(Path(exp_dir).glob("experiment_state-*.json"))
 
 
