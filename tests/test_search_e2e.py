@@ -532,11 +532,12 @@ def _store(uri: str, storage: Path) -> tuple[list[str], dict[str, list[str]]]:
 @pytest.mark.long
 def test_mlflow_down_for_two_stages_of_a_search_loses_nothing(setup):
     """A real `mlflow server` behind a gate (`mlflowserver.Gate`) that is shut while the second of five stages
-    trains, so that every connection is refused, and opened again as the third starts (a restarted server took
-    9-13 s to answer on a loaded machine, and the search's last smoke trials ended first: a race): the search
-    never waits longer than the HTTP timeout, ends with rc 0, and the server then holds the same runs, params,
-    tags, metric histories, dataset inputs, model versions and aliases as the server of an undisturbed search
-    (compared run by run: nothing missing, nothing twice)."""
+    trains, so that every connection is refused, and opened again as the fourth starts (a restarted server took
+    9-13 s to answer on a loaded machine, and the search's last smoke trials ended first: a race; the chaos
+    soak stops and restarts the real server): the search never waits longer than the HTTP timeout, ends with
+    rc 0, and the server then holds the same runs, params, tags, metric histories, dataset inputs, model
+    versions and aliases as the server of an undisturbed search (compared run by run: nothing missing, nothing
+    twice)."""
     from collections import Counter
 
     root = setup[0]
@@ -553,7 +554,7 @@ def test_mlflow_down_for_two_stages_of_a_search_loses_nothing(setup):
             if line.startswith("stage fsdi: trial ") and not events:
                 events.append(("shut", time.monotonic()))
                 gate.shut()  # one fsdi trial reported, the other still to run
-            elif line.startswith("stage fsdl: ") and len(events) == 1:
+            elif line.startswith("stage fsdil: ") and len(events) == 1:
                 events.append(("opened", time.monotonic()))
                 gate.open()
 
