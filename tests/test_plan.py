@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd.tuning.plan import stages as plan
+from fsd.tuning.plan import stages
 from fsd.tuning.plan.spec import SearchSpec
 from fsd.tuning.plan.spend import search_cost
 from search_spaces import get_schedule
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_rungs_are_the_milestones_rays_asha_builds(budget, first, rf):
     from ray.tune.schedulers.async_hyperband import _Bracket
 
-    rungs = plan.rungs_for(budget, first, rf)
+    rungs = stages.rungs_for(budget, first, rf)
     theirs = sorted(m for m, _ in _Bracket(rungs.first, budget, rf, 0)._rungs)
     assert list(rungs.milestones) == [int(m) for m in theirs]
 
@@ -30,13 +30,13 @@ def test_rungs_are_the_milestones_rays_asha_builds(budget, first, rf):
 def test_expected_samples_by_hand():
     # 9 trials of 900 samples, evaluated every 100; rungs at 100, 300 (rf 3, first 1/9): 9 x 100, then 3 more to
     # 300, then 1 to the end.
-    rungs = plan.rungs_for(900, 1 / 9, 3.0)
+    rungs = stages.rungs_for(900, 1 / 9, 3.0)
     assert rungs.milestones == (100, 300, 900)
-    assert plan.expected_samples(9, 900, rungs, 100) == 9 * 100 + 3 * 200 + 1 * 600
-    assert plan.expected_samples(9, 900, None, 100) == 8100
+    assert stages.expected_samples(9, 900, rungs, 100) == 9 * 100 + 3 * 200 + 1 * 600
+    assert stages.expected_samples(9, 900, None, 100) == 8100
     # evaluations every 250: the rungs fall at the first evaluation past them (250, 500)
-    assert plan.expected_samples(9, 900, rungs, 250) == 9 * 250 + 3 * 250 + 1 * 400
-    assert plan.expected_evaluations(9, 900, None, 250) == 9 * 4  # 250, 500, 750 and the end
+    assert stages.expected_samples(9, 900, rungs, 250) == 9 * 250 + 3 * 250 + 1 * 400
+    assert stages.expected_evaluations(9, 900, None, 250) == 9 * 4  # 250, 500, 750 and the end
 
 
 def test_one_stage_against_a_hand_count(glue_dir, tmp_path):
@@ -149,7 +149,7 @@ def test_stage_base_takes_the_presets_batch_size_and_the_holdout(tmp_path):
 
 
 def test_the_teacher_and_the_trials_read_one_set_of_data_values(tmp_path):
-    """The teacher's rows, length, seed and holdout are the trials' (plan.data_values): a --set row limit
+    """The teacher's rows, length, seed and holdout are the trials' (stages.data_values): a --set row limit
     reaches both; only the teacher's batches are its own (the paper's 32, random order)."""
     from fsd.teacher import TEACHER_BATCHES
     from fsd.tuning.plan.stages import DATA_FIELDS, stage_base, teacher_spec
@@ -174,7 +174,7 @@ def test_an_optuna_stage_keeps_its_journal_in_a_stage_folder_not_made_yet(tmp_pa
     from fsd.tuning.search import halving
 
     folder = tmp_path / "stages" / "rte-vkd-0123"
-    config = halving.tune_config("optuna", str(folder), "rte-vkd", plan.rungs_for(900, 1 / 9, 3.0), 1, 4)
+    config = halving.tune_config("optuna", str(folder), "rte-vkd", stages.rungs_for(900, 1 / 9, 3.0), 1, 4)
     assert (folder / "optuna.journal").is_file() and config.search_alg is not None
 
 
