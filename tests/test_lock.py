@@ -1,4 +1,4 @@
-"""One search per folder (fsd/tuning/lock.py): a second tune_main.py on a folder in use is refused and
+"""One search per folder (fsd/tuning/search/lock.py): a second tune_main.py on a folder in use is refused and
 leaves the ledger alone; a killed driver leaves no stale lock."""
 
 import dataclasses

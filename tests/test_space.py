@@ -1,4 +1,4 @@
-"""fsd/tuning/space.py: a full disk recognised through the wrappings it reaches the driver in, the size of a
+"""fsd/tuning/search/disk.py: a full disk recognised through the wrappings it reaches the driver in, the size of a
 trial's checkpoint measured or bounded, a stage refused before it starts when it cannot fit."""
 
 import errno
