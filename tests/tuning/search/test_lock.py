@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from fsd.tuning.command.checks import Search
 from fsd.tuning.plan.spec import SearchSpec
 from fsd.tuning.search import lock
 
-ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
