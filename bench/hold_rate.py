@@ -72,7 +72,7 @@ def open_search(storage: str, task: str, method: str, label: str):
     and MLflow run that runs under it log to (stage `label`, nested under the search's run, in `<search>/label`):
     (spec, ledger, folder, outbox, run id, experiment id)."""
     from fsd.tuning.search.services import start_services
-    from fsd.tuning.tracking import records as tracking
+    from fsd.tuning.tracking import records
     from fsd.tuning.tracking.outbox import Outbox
 
     storage = str(Path(storage).resolve())
@@ -82,8 +82,8 @@ def open_search(storage: str, task: str, method: str, label: str):
     spec = replace(spec, teacher=ledger.data["teacher"], max_concurrent=2)
     folder = os.path.join(spec.folder, label)
     start_services(spec, folder)
-    outbox = Outbox(spec.mlflow_uri, os.path.join(folder, "mlflow_outbox.json"), tracking.OPS)
-    exp_id = tracking.experiment_id(spec.mlflow_uri, spec.task)
+    outbox = Outbox(spec.mlflow_uri, os.path.join(folder, "mlflow_outbox.json"), records.OPS)
+    exp_id = records.experiment_id(spec.mlflow_uri, spec.task)
     run_id = outbox.do("open_run", exp_id, None, label, ledger.data.get("search_run_id"), {"task": task})
     return spec, ledger, folder, outbox, run_id, exp_id
 

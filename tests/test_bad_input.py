@@ -1,5 +1,5 @@
 """Bad command lines of tune_main.py are refused before anything runs: exit code 2, one line on stderr that
-names the problem and the fix, no traceback, nothing written (fsd/tuning/checks.py)."""
+names the problem and the fix, no traceback, nothing written (fsd/tuning/command/)."""
 
 import contextlib
 import io

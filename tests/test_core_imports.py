@@ -117,3 +117,68 @@ def test_an_import_up_a_floor_is_found():
              "fsd.tuning.results.compare": {"fsd.tuning.command.checks"}}
     assert upward_imports(graph) == [("fsd.tuning.plan.stages", "fsd.tuning.search.runner"),
                                      ("fsd.tuning.results.compare", "fsd.tuning.command.checks")]
+
+
+def room_publics(tuning: Path) -> dict[str, set[str]]:
+    """Room -> the modules its `__init__.py` names in `__all__` (what another room may import)."""
+    out = {}
+    for init in sorted(tuning.glob("*/__init__.py")):
+        names = [node.value for node in ast.parse(init.read_text()).body if isinstance(node, ast.Assign)
+                 and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["__all__"]]
+        assert names, f"{init} has no __all__"
+        out[init.parent.name] = set(ast.literal_eval(names[0]))
+    return out
+
+
+def private_imports(sources: dict[str, str], publics: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(importer, imported) pairs where a module of `sources` (module name -> its text) imports a module of an
+    `fsd.tuning` room it is not in, and that room's `__all__` (`publics`) does not name it: anywhere in its text,
+    by `import a.b`, `from a import b` or `from a.b import c`, relative imports resolved."""
+    def room_module(name: str) -> tuple[str, str] | None:
+        parts = name.split(".")
+        return (parts[2], parts[3]) if len(parts) > 3 and parts[:2] == ["fsd", "tuning"] else None
+
+    bad = []
+    for importer, text in sources.items():
+        package = importer.split(".")[:-1]
+        targets = []
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                targets += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join([*package[:len(package) - node.level + 1], node.module or ""] if node.level
+                                else [node.module]).strip(".")
+                targets += [f"{base}.{a.name}" for a in node.names]
+        mine = room_module(importer)
+        for target in targets:
+            found = room_module(target)
+            if found and (not mine or mine[0] != found[0]) and found[1] not in publics.get(found[0], set()):
+                bad.append((importer, ".".join(target.split(".")[:4])))
+    return sorted(set(bad))
+
+
+def test_no_module_imports_another_rooms_private_module():
+    publics = room_publics(FSD / "tuning")
+    assert set(publics) == set(FLOORS)
+    for room, names in publics.items():
+        missing = [n for n in names if not (FSD / "tuning" / room / f"{n}.py").is_file()]
+        assert not missing, (room, missing)
+    root = FSD.parent
+    sources = {".".join(p.relative_to(root).with_suffix("").parts): p.read_text()
+               for p in [*FSD.rglob("*.py"), root / "tune_main.py"]}
+    assert private_imports(sources, publics) == []
+
+
+def test_an_import_of_another_rooms_private_module_is_found():
+    publics = {"plan": {"spec"}, "search": {"runner"}}
+    sources = {"fsd.tuning.search.runner": "from fsd.tuning.plan.spec import SearchSpec\n"
+                                           "from fsd.tuning.search import stage\n",  # its own room's: allowed
+               "fsd.tuning.results.compare": "def f():\n    from fsd.tuning.search.stage import run_stage\n",
+               "fsd.tuning.results.report": "import fsd.tuning.plan.folding\nfrom fsd.tuning.search import runner\n",
+               "fsd.tuning.command.checks": "from ..plan import ledger\nfrom ..search import runner\n",
+               "tune_main": "from fsd.tuning.search import halving, runner\n"}
+    assert private_imports(sources, publics) == [
+        ("fsd.tuning.command.checks", "fsd.tuning.plan.ledger"),
+        ("fsd.tuning.results.compare", "fsd.tuning.search.stage"),
+        ("fsd.tuning.results.report", "fsd.tuning.plan.folding"),
+        ("tune_main", "fsd.tuning.search.halving")]

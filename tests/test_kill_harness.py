@@ -104,7 +104,8 @@ def test_killed_at_point_then_resumed(point, reference, tiny_bert, glue_dir, tmp
 def test_a_driver_killed_at_the_cache_pass_leaves_no_ray_process_once_resumed(tiny_bert, glue_dir, tmp_path):
     """The killed driver recorded its cluster (token and pids) in the search folder; once the resumed run ends,
     no process of either driver's cluster is alive: what the first left was stopped by the second (or died on
-    its own, which varies with timing; tests/test_orphans.py stops planted ones), and the second's own ended."""
+    its own, which varies with timing; tests/tuning/search/test_orphans.py stops planted ones), and the
+    second's own ended."""
     storage = tmp_path / "runs"
     cmd = _cmd(tiny_bert, glue_dir, storage, "--stages", "vkd")
     _ray_stop()

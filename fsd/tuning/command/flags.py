@@ -1,7 +1,7 @@
 """A tune_main.py command line's values parsed and resolved: the task, method and stages into a schedule,
 --set and --grid into typed DistillConfig values, --compare and --batch-sizes into lists, and all of it
 into a SearchSpec. A value that cannot be parsed is a `UsageError` naming the flag and the fix; the checks
-of paths and services are in checks.py, of data and models in check_inputs.py."""
+of paths and services are in checks.py, of data and models in inputs.py."""
 
 from __future__ import annotations
 

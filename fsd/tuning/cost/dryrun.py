@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fsd.logs import first_line
-from fsd.tuning.plan import stages as plan
 from fsd.tuning.plan.spend import SearchCost
+from fsd.tuning.plan.stages import EVALS_PER_RUN
 from search_spaces import Schedule
 
 
@@ -35,14 +35,14 @@ def compare_cost(costs: list[SearchCost], schedules: list[Schedule], seeds: int,
             if n:
                 runs[name] = n
                 samples += n * per_run
-                evaluations += n * plan.EVALS_PER_RUN * cost.dev_rows
+                evaluations += n * EVALS_PER_RUN * cost.dev_rows
     return CompareCost(runs, samples, evaluations)
 
 
 def format_compare_cost(cost: CompareCost) -> str:
     runs = ", ".join(f"{n} {name}" for name, n in cost.runs.items())
     return (f"comparison: {sum(cost.runs.values())} seed runs ({runs}), {cost.samples:,.0f} training samples, "
-            f"{cost.evaluations:,.0f} rows evaluated ({plan.EVALS_PER_RUN} evaluations a run; with --select-on "
+            f"{cost.evaluations:,.0f} rows evaluated ({EVALS_PER_RUN} evaluations a run; with --select-on "
             "holdout, one dev pass more at each run's best checkpoint)")
 
 

@@ -17,7 +17,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fsd.tuning.plan import stages as planning
+from fsd.tuning.plan.stages import expected_samples, rungs_for
 
 MIN_TRIALS = 3  # TPE needs a few trials to learn from; fewer are not worth a stage
 
@@ -146,8 +146,8 @@ def _options(s: dict[str, Any], strategy: str, rf: float, first_rung: float, see
     """(expected samples, points started, first rung) of each plan a stage can take."""
     points, per_trial, every = s["points"], s["per_trial"], s["every"]
     counts = range(points, min(points, MIN_TRIALS) - 1, -1) if strategy == "optuna" else [points]
-    rungs = planning.rungs_for(per_trial, first_rung, rf)
-    return [(planning.expected_samples(n * seeds, per_trial, rungs, every), n, first_rung) for n in counts]
+    rungs = rungs_for(per_trial, first_rung, rf)
+    return [(expected_samples(n * seeds, per_trial, rungs, every), n, first_rung) for n in counts]
 
 
 def format_plan(plan: Plan, budget: Budget) -> str:

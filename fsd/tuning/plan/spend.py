@@ -12,11 +12,23 @@ from pathlib import Path
 from fsd.config import DataSpec
 from fsd.data import split_rows
 from fsd.models import TEACHER_META, teacher_meta
-from fsd.tuning.plan import budget, folding, shared
-from fsd.tuning.plan import stages as plan
-from fsd.tuning.plan import winners as winners_mod
+from fsd.tuning.plan import budget, folding, shared, winners
 from fsd.tuning.plan.folding import Folded
 from fsd.tuning.plan.spec import SearchSpec
+from fsd.tuning.plan.stages import (
+    confirm_runs,
+    data_values,
+    eval_every,
+    expected_evaluations,
+    expected_samples,
+    optuna_samples,
+    rungs_for,
+    seed_list,
+    stage_base,
+    stage_strategy,
+    strategy_of,
+    teacher_spec,
+)
 from search_spaces import Schedule, Stage
 
 
@@ -57,7 +69,7 @@ def search_cost(spec: SearchSpec, schedule: Schedule, seen: set[str] | None = No
     stages already counted (another method of the same --compare): those are reused, not run again."""
     seen = set() if seen is None else seen
     held = spec.holdout.get("holdout_rows", 0)
-    data = DataSpec(**plan.data_values(spec, schedule))  # the teacher's rows are the trials'
+    data = DataSpec(**data_values(spec, schedule))  # the teacher's rows are the trials'
     rows, t_dev = split_rows(spec.task, spec.data_dir, data.max_train_samples, data.max_eval_samples, held)
     teacher, fine_tune = teacher_folder(spec, schedule)
     dev = held or t_dev  # trials ranked on the holdout evaluate it, not dev
@@ -77,7 +89,7 @@ def teacher_folder(spec: SearchSpec, schedule: Schedule) -> tuple[str, bool]:
     """The teacher the trials will use, and whether it must be fine-tuned first."""
     if teacher_meta(spec.teacher) is not None:
         return spec.teacher, False
-    folder = Path(spec.storage) / "teacher" / plan.teacher_spec(spec, schedule).key()
+    folder = Path(spec.storage) / "teacher" / teacher_spec(spec, schedule).key()
     return str(folder), not (folder / TEACHER_META).is_file()
 
 
@@ -89,40 +101,40 @@ def stage_cost(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str,
     whatever they are)."""
     sources = {*stage.inherit.values(), *(d.source for d in stage.derived), *stage.carry}
     known = sources <= set(done)
-    winners = {k: v["winner"] for k, v in done.items()}
+    earlier = {k: v["winner"] for k, v in done.items()}
     base, folded = None, None
     if known:
-        grid = stage.resolve(winners)
-        base = plan.stage_base(spec, schedule, stage, teacher, winners, rows)
+        grid = stage.resolve(earlier)
+        base = stage_base(spec, schedule, stage, teacher, earlier, rows)
         if all(grid.values()):
-            folded = folding.fold(grid, base, winners)
+            folded = folding.fold(grid, base, earlier)
         points = folded.runs if folded is not None else 0
     else:
         folded = folding.expected(spec, schedule, stage, teacher)
         points = folded.runs if folded is not None else stage.trial_count()
     reused = None
     if known:
-        carried = winners_mod.carried(done, stage, folded, base)
+        carried = winners.carried(done, stage, folded, base)
         reused = _reuse(spec, stage, base, folded, carried, done, seen, planned) if points else None
         if not points and carried:
-            done[stage.name] = winners_mod.stage_record(winners_mod.choose(None, carried), stage.name)
+            done[stage.name] = winners.stage_record(winners.choose(None, carried), stage.name)
     epochs = _epochs(spec, schedule, stage, base)
     budgets = tuple(rows * e for e in epochs)
     n = points if points is not None else min(d.limit or 9 for d in stage.derived)  # a refine: at most 9 points
-    strategy = plan.stage_strategy(spec.strategy, n)
-    trials = (plan.optuna_samples(n, spec.num_samples) if strategy == "optuna" and n else n) * spec.seeds
+    strategy = stage_strategy(spec.strategy, n)
+    trials = (optuna_samples(n, spec.num_samples) if strategy == "optuna" and n else n) * spec.seeds
     first_rung = spec.first_rung
     if planned is not None and n:
         trials, first_rung = min(planned.trials, n * spec.seeds), planned.first_rung
         strategy = "optuna" if trials < n * spec.seeds else "halving"
     every = (base or {}).get("eval_every") or spec.extra.get("eval_every")
     if every is None:
-        every = rows if strategy == "grid" else plan.eval_every(rows, schedule.budget.evals_per_epoch)
-    rungs = plan.rungs_for(max(budgets), first_rung, spec.reduction_factor) if strategy != "grid" else None
+        every = rows if strategy == "grid" else eval_every(rows, schedule.budget.evals_per_epoch)
+    rungs = rungs_for(max(budgets), first_rung, spec.reduction_factor) if strategy != "grid" else None
     share = trials / len(budgets)
-    samples = sum(plan.expected_samples(share, b, rungs, every) for b in budgets)
-    evals = sum(plan.expected_evaluations(share, b, rungs, every) for b in budgets) * dev
-    confirm = plan.confirm_runs(spec, n)  # on the longest budget: a leader may be any point
+    samples = sum(expected_samples(share, b, rungs, every) for b in budgets)
+    evals = sum(expected_evaluations(share, b, rungs, every) for b in budgets) * dev
+    confirm = confirm_runs(spec, n)  # on the longest budget: a leader may be any point
     samples += confirm * max(budgets)
     evals += confirm * math.ceil(max(budgets) / every) * dev
     grid_samples = (folded.size if folded is not None else n) * spec.seeds * sum(budgets) / len(budgets)
@@ -137,13 +149,13 @@ def _reuse(spec: SearchSpec, stage: Stage, base: dict, folded, carried: list, do
     spend, known only while the search runs: such a stage is counted as run)."""
     if planned is not None:
         return None
-    key = shared.stage_key(stage.name, base, folded.grid, plan.strategy_of(spec, folded.grid), plan.seed_list(spec),
+    key = shared.stage_key(stage.name, base, folded.grid, strategy_of(spec, folded.grid), seed_list(spec),
                            [{"winner": c.winner, "score": c.score} for c in carried] or None)
     record = shared.finished(shared.stage_folder(spec.storage, spec.task, stage.name, key))
     reused = None
     if record is not None:
-        own = winners_mod.Candidate(record["winner"], record["score"], record.get("checkpoint"))
-        done[stage.name] = winners_mod.stage_record(winners_mod.choose(own, carried), stage.name)
+        own = winners.Candidate(record["winner"], record["score"], record.get("checkpoint"))
+        done[stage.name] = winners.stage_record(winners.choose(own, carried), stage.name)
         reused = f"{record['search']} search"
     elif key in seen:
         reused = "this comparison"

@@ -27,14 +27,14 @@ METRIC = SCORE  # what a stage's winner maximises (on dev, or on the holdout)
 MODE = "max"
 # What halving and TPE rank trials by at a rung: the ranking split's score, what the winner is picked by. The
 # loss, which does not tie where early scores do, ranked the stage winners of the recorded SST-2 schedule far
-# down where the score could not rank (VKD's 15th of 27, FSD's 15th of 24, FSDG's 22nd of 72 at the first
-# evaluation), so rungs ranked by it cut them; where every score ties, a rung keeps every trial instead
-# (bench/rung_rules.py; docs/results.md, "Rungs that keep the winner").
+# down where the score could not rank yet, so rungs ranked by it cut them; where every score ties, a rung keeps
+# every trial instead (bench/rung_rules.py, its ranks in bench/results/sst2-rungs/rules.md; docs/results.md,
+# "Rungs that keep the winner").
 RUNG_METRIC, RUNG_MODE = SCORE, "max"
 RUNG_BEST = "eval/best_score"  # what TPE learns from: a trial's best score (a stopped trial's, at its rung)
-# Scores this close to a rung's cutoff are tied with it, and go on: half a point, 5 rows of a 1,000-row
-# holdout, well inside its sampling error (1.3 points at 80%). The smallest tolerance tried that kept every
-# stage winner of the recorded schedule (one trailed the cutoff by 0.4 points at the rung and won by 0.3).
+# Scores this close to a rung's cutoff are tied with it, and go on: half a point, well inside a holdout's
+# sampling error, and the smallest tolerance tried that kept every stage winner of the recorded schedule
+# (docs/results.md, "Rungs that keep the winner").
 RUNG_TIE = 0.005
 JOINT = "+"  # a joint grid key: "gamma_i+gamma_l" takes one value per name
 OPTUNA_SEP = "|"  # Optuna's categoricals hold plain values: a joint value travels as "a|b"

@@ -1,0 +1,9 @@
+"""After a search.
+
+Public: summary (the stage table, its evidence, the fresh-seed test), compare (--compare and the paper's
+tables), report (--report's page).
+
+The room's own: tables (Tables 4-8's rows), significance (the comparison's tests), html (the page's HTML).
+"""
+
+__all__ = ["compare", "report", "summary"]

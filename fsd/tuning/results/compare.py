@@ -34,7 +34,7 @@ from fsd.tuning.search import lock
 from fsd.tuning.search.runner import run_search
 from fsd.tuning.search.seed_runs import SeedRun, experiment_name, seed_runs, table_metrics  # noqa: F401
 from fsd.tuning.search.services import start_services
-from fsd.tuning.tracking import records as tracking
+from fsd.tuning.tracking import records
 from fsd.tuning.tracking.outbox import Outbox
 from search_spaces import get_schedule
 
@@ -127,9 +127,9 @@ def run_compare(spec: SearchSpec, methods: list[str], seeds: int, ablation: bool
     configs = {m: best_config(spec, m) for m in methods}
     # Searches already done start nothing: the seed runs need Ray, as quiet as a search's, all the same.
     start_services(spec, str(folder))
-    outbox = Outbox(spec.mlflow_uri, folder / "mlflow_outbox.json", tracking.OPS)
+    outbox = Outbox(spec.mlflow_uri, folder / "mlflow_outbox.json", records.OPS)
     outbox.flush()
-    exp_id = tracking.experiment_id(spec.mlflow_uri, spec.task)
+    exp_id = records.experiment_id(spec.mlflow_uri, spec.task)
     ledger = Ledger(folder)
     run_id = outbox.do("open_run", exp_id, ledger.data.get("run_id"), "compare", None,
                        {"task": spec.task, "methods": ",".join(methods), "seeds": str(seeds)})

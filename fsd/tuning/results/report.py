@@ -17,7 +17,7 @@ from fsd.tuning.plan.ledger import LEDGER, Ledger
 from fsd.tuning.results.html import Image, Section, Table, curve_plot, score_plot, write_html
 from fsd.tuning.results.summary import PAPER, SHOWN, evidence_columns, fresh_lines
 from fsd.tuning.results.tables import TABLES
-from fsd.tuning.tracking import records as tracking
+from fsd.tuning.tracking.records import PARENT_TAG, client_for
 from search_spaces import get_schedule
 
 RESTORATION = ("f1", "precision", "recall", "agreement", "pearson", "spearman")
@@ -59,7 +59,7 @@ def stage_order(ledger: Ledger) -> list[str]:
 def trial_scores(uri: str, ledger: Ledger) -> dict[str, list[float]]:
     """stage -> the best score x 100 of each of its trials (on what they were ranked), read from MLflow, in
     schedule order."""
-    client = tracking.client_for(uri)
+    client = client_for(uri)
     exp_id = ledger.data.get("experiment_id")
     out: dict[str, list[float]] = {}
     for stage in stage_order(ledger):
@@ -67,7 +67,7 @@ def trial_scores(uri: str, ledger: Ledger) -> dict[str, list[float]]:
         if not record.get("run_id") or record.get("trials", 0) == 0:
             continue
         holder = record.get("reused_from") or record["run_id"]  # a reused stage's trials hang under its first run
-        runs = client.search_runs([exp_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{holder}'",
+        runs = client.search_runs([exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{holder}'",
                                   max_results=10000)
         # a trial halving stopped has a rung's score, not comparable with a final one: left out of the plot
         out[stage] = [100 * r.data.metrics.get("eval/best_score", math.nan) for r in runs

@@ -23,7 +23,7 @@ from fsd.tuning.plan.stages import JOINT, METRIC, confirm_seed_list, expand, rea
 from fsd.tuning.search import halving, orphans, retention
 from fsd.tuning.search.services import MlflowIds, best_checkpoint, open_tuner, trainable_for
 from fsd.tuning.search.stage_progress import StageProgress
-from fsd.tuning.tracking import records as tracking
+from fsd.tuning.tracking import records
 from search_spaces import Stage
 
 SUFFIX = "-confirm"  # the confirmation experiment's name: `<task>-<stage>-confirm`, beside the stage's own
@@ -88,9 +88,9 @@ def run_confirmation(spec: SearchSpec, stage: Stage, leaders: list[Runs], base: 
     total = len(leaders) * len(seeds)
     console.info(f"stage {stage.name}: confirming its {len(leaders)} leading points on {len(seeds)} more "
                  f"seed{'' if len(seeds) == 1 else 's'} ({', '.join(map(str, seeds))}): {total} trials")
-    tracker = tracking.TrialTracker(spec.mlflow_uri, mlflow_ids.experiment_id, stage_run_id,
-                                    {"stage": stage.name, "method": stage.method, "task": spec.task,
-                                     "confirm": "true"}, base, mlflow_ids.outbox, tracking.dataset_records(base))
+    tracker = records.TrialTracker(spec.mlflow_uri, mlflow_ids.experiment_id, stage_run_id,
+                                   {"stage": stage.name, "method": stage.method, "task": spec.task,
+                                    "confirm": "true"}, base, mlflow_ids.outbox, records.dataset_records(base))
     shown = StageProgress(f"{stage.name} (confirm)", total, (joint,), halving=False)
     # Every confirmation checkpoint stays until the stage has named its winner (keep_only then prunes them).
     kept = retention.KeepWinners(len(seeds), delete=False)

@@ -11,16 +11,15 @@ from fsd.config import DistillConfig
 from fsd.logs import console
 from fsd.train import prepare_outputs
 from fsd.tuning.plan import budget
-from fsd.tuning.plan import stages as plan
-from fsd.tuning.plan import winners as winners_mod
 from fsd.tuning.plan.ledger import Ledger
 from fsd.tuning.plan.spec import SearchSpec, identity
-from fsd.tuning.plan.stages import stage_base, train_rows
-from fsd.tuning.search import disk as space
+from fsd.tuning.plan.stages import majority_floor, ranking_split, stage_base, teacher_spec, train_rows
+from fsd.tuning.plan.winners import search_best
+from fsd.tuning.search.disk import DiskFull, disk_full, full_message
 from fsd.tuning.search.fresh import fresh_seed_list, run_fresh
 from fsd.tuning.search.services import MlflowIds, interrupted, start_services
 from fsd.tuning.search.stage import BudgetSpent, StageFailed, run_stage, stage_line
-from fsd.tuning.tracking import records as tracking
+from fsd.tuning.tracking import records
 from fsd.tuning.tracking.outbox import Outbox, reachable
 from search_spaces import Schedule, Stage
 
@@ -32,10 +31,10 @@ def start_search(spec: SearchSpec, schedule: Schedule, ledger: Ledger) -> tuple[
 
     ledger.data["search"] = identity(spec)
     ledger.save()
-    teacher = ensure_teacher(plan.teacher_spec(spec, schedule), spec.storage)
+    teacher = ensure_teacher(teacher_spec(spec, schedule), spec.storage)
     ledger.data["teacher"] = teacher
-    ledger.data["majority"] = plan.majority_floor(spec, schedule)
-    ledger.data["ranking"] = plan.ranking_split(spec, schedule)
+    ledger.data["majority"] = majority_floor(spec, schedule)
+    ledger.data["ranking"] = ranking_split(spec, schedule)
     if spec.budget and "budget" not in ledger.data:  # planned once: a resumed search keeps its plan
         from fsd.tuning.cost.estimate import samples_per_hour
         from fsd.tuning.plan.spend import budget_plan
@@ -45,7 +44,7 @@ def start_search(spec: SearchSpec, schedule: Schedule, ledger: Ledger) -> tuple[
         planned = budget.Plan.from_json(ledger.data["budget"]["plan"])
         console.info(budget.format_plan(planned, budget.parse(spec.budget)))
     start_services(spec, spec.folder)
-    outbox = Outbox(spec.mlflow_uri, os.path.join(spec.folder, "mlflow_outbox.json"), tracking.OPS)
+    outbox = Outbox(spec.mlflow_uri, os.path.join(spec.folder, "mlflow_outbox.json"), records.OPS)
     if outbox.pending:
         console.info(f"MLflow: sending {outbox.pending} record(s) queued while the server was unreachable")
         outbox.flush()
@@ -68,7 +67,7 @@ def experiment_of(spec: SearchSpec, ledger: Ledger) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
-        return tracking.experiment_id(spec.mlflow_uri, spec.task)
+        return records.experiment_id(spec.mlflow_uri, spec.task)
     except (MlflowException, OSError) as e:
         known = ledger.data.get("experiment_id")
         if reachable(spec.mlflow_uri):  # the server answers and refused: not an outage
@@ -111,8 +110,8 @@ def run_search(spec: SearchSpec, schedule: Schedule) -> Finished:
         # that refuses) leaves no ledger: the corrected command then starts afresh instead of being refused.
         if new and ledger.exists:
             ledger.path.unlink()
-        if isinstance(e, Exception) and space.disk_full(e):
-            raise space.DiskFull(space.full_message(spec, schedule, set(done), None, e)) from None
+        if isinstance(e, Exception) and disk_full(e):
+            raise DiskFull(full_message(spec, schedule, set(done), None, e)) from None
         raise
     try:
         run_stages(spec, schedule, teacher, ledger, ids)
@@ -124,10 +123,10 @@ def run_search(spec: SearchSpec, schedule: Schedule) -> Finished:
         interrupted(ledger, ids)
         raise
     except Exception as e:
-        if not space.disk_full(e):
+        if not disk_full(e):
             raise
         finished = {s.name for s in schedule.stages if ledger.done(s.name)}
-        raise space.DiskFull(space.full_message(spec, schedule, finished, teacher, e)) from None
+        raise DiskFull(full_message(spec, schedule, finished, teacher, e)) from None
     return finish(spec, schedule, ledger, ids)
 
 
@@ -175,7 +174,7 @@ def finish(spec: SearchSpec, schedule: Schedule, ledger: Ledger, ids: MlflowIds)
 
 def register_best(spec: SearchSpec, schedule: Schedule, ledger: Ledger, outbox: Outbox) -> None:
     """The search's best student (of every stage it ran) in the ledger and under the registry alias `best`."""
-    found = winners_mod.search_best(ledger.records(), schedule)
+    found = search_best(ledger.records(), schedule)
     if found is None:
         return
     name, record = found

@@ -15,13 +15,12 @@ from ray import tune
 
 from fsd.storage import content_key, write_text
 from fsd.train import evaluate_on_dev
-from fsd.tuning.plan import stages as plan
 from fsd.tuning.plan.spec import SearchSpec
-from fsd.tuning.plan.stages import METRIC, MODE, SAMPLES
+from fsd.tuning.plan.stages import METRIC, MODE, SAMPLES, evaluation_interval
 from fsd.tuning.search import retention
 from fsd.tuning.search.services import best_checkpoint, open_tuner, trainable_for
 from fsd.tuning.search.stage_progress import StageProgress
-from fsd.tuning.tracking import records as tracking
+from fsd.tuning.tracking import records
 from fsd.tuning.tracking.outbox import Outbox
 
 
@@ -45,16 +44,16 @@ class SeedRun:
 def seed_runs(spec: SearchSpec, folder: str, label: str, config: dict[str, Any], seeds: list[int], outbox: Outbox,
               parent_run: str, exp_id: str, stage: str = "compare") -> list[SeedRun]:
     """Each seed's run of `config` (a Ray experiment under `folder`/ray named by `label`, the config and the
-    seeds), evaluated plan.EVALS_PER_RUN times with its relations to the teacher tracked (Fig. 6), logged to
+    seeds), evaluated `EVALS_PER_RUN` times with its relations to the teacher tracked (Fig. 6), logged to
     MLflow under `parent_run` (tagged with `stage`). A run ranked on a holdout (`config["holdout_rows"]`) is
     measured on dev at its best holdout checkpoint (kept in `folder`/dev)."""
     base = {k: v for k, v in config.items() if k != "seed"}
-    base = {**base, "track_relations": True, "eval_every": base.get("eval_every") or plan.evaluation_interval(base)}
+    base = {**base, "track_relations": True, "eval_every": base.get("eval_every") or evaluation_interval(base)}
     name = experiment_name(spec.task, label, base, seeds)
     storage = os.path.join(folder, "ray")
-    tracker = tracking.TrialTracker(spec.mlflow_uri, exp_id, parent_run, {"stage": stage, "method": label,
-                                                                         "task": spec.task}, base, outbox,
-                                    tracking.dataset_records(base))
+    tracker = records.TrialTracker(spec.mlflow_uri, exp_id, parent_run, {"stage": stage, "method": label,
+                                                                        "task": spec.task}, base, outbox,
+                                   records.dataset_records(base))
     tuner = open_tuner(spec, storage, name, trainable_for(spec, base), {"seed": tune.grid_search(seeds)},
                        tune.TuneConfig(metric=METRIC, mode=MODE, max_concurrent_trials=spec.max_concurrent or None),
                        [tracker, StageProgress(f"{stage} {label}", len(seeds), ("seed",), halving=False),

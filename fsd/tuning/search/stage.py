@@ -15,29 +15,31 @@ from fsd.logs import console
 from fsd.storage import one_builder
 from fsd.tasks import get_task
 from fsd.train import evaluate_on_dev, export_student, prepare_outputs
-from fsd.tuning.plan import budget, evidence, folding, shared
-from fsd.tuning.plan import stages as plan
-from fsd.tuning.plan import winners as winners_mod
+from fsd.tuning.plan import budget, evidence, folding, shared, winners
 from fsd.tuning.plan.ledger import Ledger, StageRecord
 from fsd.tuning.plan.spec import SearchSpec
 from fsd.tuning.plan.stages import (
+    JOINT,
     METRIC,
+    SAMPLES,
     Strategy,
     confirm_runs,
     expand,
     grid_size,
+    point_value,
+    reached_budget,
+    rungs_for,
     seed_list,
     stage_base,
     stage_trials,
     strategy_of,
     trial_budget,
 )
-from fsd.tuning.search import confirm, halving, orphans, retention
-from fsd.tuning.search import disk as space
+from fsd.tuning.search import confirm, disk, halving, orphans, retention
 from fsd.tuning.search.services import MlflowIds, best_checkpoint, finished_trials, open_tuner, trainable_for
 from fsd.tuning.search.stage_progress import StageProgress, last_line
-from fsd.tuning.tracking import records as tracking
 from fsd.tuning.tracking.outbox import Outbox
+from fsd.tuning.tracking.records import TrialTracker, dataset_records
 from search_spaces import Schedule, Stage
 
 
@@ -60,8 +62,8 @@ def pick_winner(results, grid: dict[str, tuple], seed: int = 0,
         raise StageFailed(no_winner(results))
     (best,) = confirm.leading(points, 1, reference)
     expanded = best.values
-    point = {k: plan.point_value(k, tuple(expanded[n] for n in k.split(plan.JOINT)) if plan.JOINT in k
-                                 else expanded[k]) for k in grid}
+    point = {k: point_value(k, tuple(expanded[n] for n in k.split(JOINT)) if JOINT in k else expanded[k])
+             for k in grid}
     # Its best seed's checkpoint, tied seeds by the lowest (as Runs.best_checkpoint): not by the results' order,
     # which a restored experiment changes.
     return point, best.entry().mean, max(best.checkpoints.items(), key=lambda sc: (best.seeds[sc[0]], -sc[0]))[1]
@@ -77,9 +79,9 @@ def no_winner(results) -> str:
 
 def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, ledger: Ledger,
               mlflow_ids: MlflowIds, rows: int) -> None:
-    winners = ledger.winners()
-    grid = stage.resolve(winners)
-    base = stage_base(spec, schedule, stage, teacher, winners, rows)
+    earlier = ledger.winners()
+    grid = stage.resolve(earlier)
+    base = stage_base(spec, schedule, stage, teacher, earlier, rows)
     record = ledger.stage(stage.name)
     outbox = mlflow_ids.outbox
     tags = {"stage": stage.name, "method": stage.method, "task": spec.task}
@@ -90,12 +92,12 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
     records = ledger.records()
     if any(len(v) == 0 for v in grid.values()):  # a refine around 0: nothing to try, the coarse winner stays
         empty = ", ".join(k for k, v in grid.items() if not v)
-        keep(stage, record, winners_mod.carried(records, stage, None, base), ledger, outbox,
+        keep(stage, record, winners.carried(records, stage, None, base), ledger, outbox,
              f"{', '.join(stage.carry)}'s winner has {empty} = 0, nothing to refine around")
         return
-    folded = folding.fold(grid, base, winners_mod.earlier_winners(schedule, stage, records))
+    folded = folding.fold(grid, base, winners.earlier_winners(schedule, stage, records))
     record["grid"] = {"points": folded.size, "runs": folded.runs, "folded": folded.says()}
-    carried = winners_mod.carried(records, stage, folded, base)
+    carried = winners.carried(records, stage, folded, base)
     if not folded.runs:
         keep(stage, record, carried, ledger, outbox, f"{folded.says()}: nothing new to train")
         return
@@ -107,7 +109,7 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
                            [{"winner": c.winner, "score": c.score} for c in carried] or None)
     folder = shared.stage_folder(spec.storage, spec.task, stage.name, key)
     record["shared"] = key
-    reference = winners_mod.previous_winner(schedule, stage, records)
+    reference = winners.previous_winner(schedule, stage, records)
     done = trials_of(spec, stage, grid, how, base, first, folder, key, record, mlflow_ids, rows, teacher, reference)
     hand_on(spec, stage, done, carried, record, records, outbox, reference)
     ledger.save()
@@ -122,8 +124,8 @@ def trials_of(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Strat
     with one_builder(folder, f"stage {stage.name}"):
         done = shared.finished(folder)
         if done is None:
-            space.check_stage(spec, stage.name, stage_trials(spec, grid, how) + confirm_runs(spec, grid_size(grid)),
-                              teacher)
+            disk.check_stage(spec, stage.name, stage_trials(spec, grid, how) + confirm_runs(spec, grid_size(grid)),
+                             teacher)
             prepare_outputs(first)  # the teacher cache (and memory), once, before trials run in parallel
             done = run_trials(spec, stage, grid, how, base, folder, rows, record["run_id"], mlflow_ids, reference)
             done.update(run_id=record["run_id"], search=spec.method)
@@ -139,18 +141,18 @@ def trials_of(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Strat
     return done
 
 
-def hand_on(spec: SearchSpec, stage: Stage, done: dict[str, Any], carried: list[winners_mod.Candidate],
+def hand_on(spec: SearchSpec, stage: Stage, done: dict[str, Any], carried: list[winners.Candidate],
             record: StageRecord, records: dict[str, StageRecord], outbox: Outbox,
             reference: dict[str, Any] | None = None) -> None:
     """The stage's winner, of its own candidates and the winners carried into it, named with its evidence in
     its record: measured on dev when trials are ranked on a holdout, analysed and registered."""
     own = own_candidates(done)
-    chosen, decision = winners_mod.decide(own, carried, reference)
+    chosen, decision = winners.decide(own, carried, reference)
     if chosen.source is not None and done["checkpoint"] and spec.log_checkpoints != "all":
         # A carried student won: the stage's own best can never be handed on (a search that reuses this
         # stage carries the same winners, its key says so).
         retention.drop(done["checkpoint"])
-    record.update(winners_mod.stage_record(chosen, stage.name, decision), trials=done["trials"],
+    record.update(winners.stage_record(chosen, stage.name, decision), trials=done["trials"],
                   confirm_trials=done.get("confirm_trials", 0), stopped=done.get("stopped", 0),
                   samples=done.get("samples"), budget_refused=done.get("refused"))
     if spec.select_on == "holdout" and chosen.checkpoint and "dev" not in record:
@@ -161,16 +163,16 @@ def hand_on(spec: SearchSpec, stage: Stage, done: dict[str, Any], carried: list[
     _log_winner(spec, stage, record, records, outbox)
 
 
-def own_candidates(done: dict[str, Any]) -> list[winners_mod.Candidate]:
+def own_candidates(done: dict[str, Any]) -> list[winners.Candidate]:
     """A stage's own candidates as its record keeps them (one, its winner, in a record written before stages
     kept their candidates' seeds)."""
     if "candidates" not in done:
-        return [winners_mod.Candidate(done["winner"], done["score"], done["checkpoint"])]
+        return [winners.Candidate(done["winner"], done["score"], done["checkpoint"])]
     out = []
     for c in done["candidates"]:
-        seeds = winners_mod.seeds_of(c["seeds"])
+        seeds = winners.seeds_of(c["seeds"])
         checkpoint = done["checkpoint"] if c["winner"] == done["winner"] else c.get("checkpoint")
-        out.append(winners_mod.Candidate(c["winner"], sum(seeds.values()) / len(seeds), checkpoint, seeds=seeds))
+        out.append(winners.Candidate(c["winner"], sum(seeds.values()) / len(seeds), checkpoint, seeds=seeds))
     return out
 
 
@@ -194,12 +196,12 @@ def stage_budget(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: d
     return strategy_of(spec, grid, planned.stage(stage.name), cap)
 
 
-def keep(stage: Stage, record: StageRecord, carried: list[winners_mod.Candidate], ledger: Ledger, outbox: Outbox,
+def keep(stage: Stage, record: StageRecord, carried: list[winners.Candidate], ledger: Ledger, outbox: Outbox,
          why: str) -> None:
     """A stage with nothing to train: the best carried winner stays, with no trials of its own."""
-    chosen, decision = winners_mod.decide([], carried)
+    chosen, decision = winners.decide([], carried)
     console.info(f"stage {stage.name}: skipped: {why}; {chosen.source}'s winner stays")
-    record.update(winners_mod.stage_record(chosen, stage.name, decision), trials=0, skipped=why)
+    record.update(winners.stage_record(chosen, stage.name, decision), trials=0, skipped=why)
     ledger.save()
     outbox.do("close_run", record["run_id"], "FINISHED")
 
@@ -219,10 +221,10 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Stra
     name = f"{spec.task}-{stage.name}"
     rungs, per_trial = None, trial_budget(base, grid, rows)
     if strategy != "grid":
-        rungs = plan.rungs_for(per_trial, how.first_rung, spec.reduction_factor)
-    tracker = tracking.TrialTracker(spec.mlflow_uri, mlflow_ids.experiment_id, stage_run_id,
-                                    {"stage": stage.name, "method": stage.method, "task": spec.task}, base,
-                                    mlflow_ids.outbox, tracking.dataset_records(base))
+        rungs = rungs_for(per_trial, how.first_rung, spec.reduction_factor)
+    tracker = TrialTracker(spec.mlflow_uri, mlflow_ids.experiment_id, stage_run_id,
+                           {"stage": stage.name, "method": stage.method, "task": spec.task}, base,
+                           mlflow_ids.outbox, dataset_records(base))
     total = stage_trials(spec, grid, how)
     console.info(f"stage {stage.name}: {total} trial{'' if total == 1 else 's'} ({strategy}), up to "
         f"{trial_budget(base, grid, rows):,} training samples each")
@@ -264,8 +266,8 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Stra
         for experiment in (name, name + confirm.SUFFIX):
             retention.keep_only(os.path.join(folder, experiment), {checkpoint})
     frames = [r.metrics_dataframe for r in results + more if r.metrics_dataframe is not None and not r.error]
-    stopped = sum(1 for df in frames if len(df) and not plan.reached_budget(df.iloc[-1].to_dict()))
-    samples = sum(int(df[plan.SAMPLES].max()) for df in frames if plan.SAMPLES in df)
+    stopped = sum(1 for df in frames if len(df) and not reached_budget(df.iloc[-1].to_dict()))
+    samples = sum(int(df[SAMPLES].max()) for df in frames if SAMPLES in df)
     winner = candidates[decision.winner]
     return {"winner": {**base, **winner.values}, "score": winner.entry().mean, "checkpoint": checkpoint,
             "candidates": [{"winner": {**base, **c.values}, "seeds": {str(k): v for k, v in sorted(c.seeds.items())},
@@ -275,7 +277,7 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Stra
 
 
 def _check_disk(stage: Stage, results: list) -> None:
-    if any(space.disk_full(r.error) for r in results if r.error):
+    if any(disk.disk_full(r.error) for r in results if r.error):
         # Not a winner from the trials that happened to fit: the stage stops, and --resume (after space is
         # freed) runs the failed trials again from their last checkpoint.
         raise OSError(errno.ENOSPC, f"a trial of stage {stage.name} could not write its checkpoint")

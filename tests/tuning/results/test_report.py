@@ -118,7 +118,7 @@ def test_report_in_headless_chromium(tmp_path):
 
 
 def test_paper_tables_render_in_headless_chromium(tmp_path):
-    """Tables 4-8 as a comparison writes them (fsd/tuning/tables.py), with Figs. 5 and 6, in the report's
+    """Tables 4-8 as a comparison writes them (fsd/tuning/results/tables.py), with Figs. 5 and 6, in the report's
     sections: every table's columns and every figure reach the browser."""
     from matplotlib.image import imsave
 

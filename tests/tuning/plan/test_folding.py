@@ -1,6 +1,6 @@
 """Grid folding: a value that cannot matter is not searched, each distinct student is trained once, and a
 student an earlier stage chose is carried instead of re-trained (fsd/objectives/equivalence.py,
-fsd/tuning/folding.py, fsd/tuning/winners.py)."""
+fsd/tuning/plan/folding.py, fsd/tuning/plan/winners.py)."""
 
 import pytest
 import torch

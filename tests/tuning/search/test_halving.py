@@ -7,12 +7,11 @@ import json
 import math
 import re
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from replay import Curve, simulate  # noqa: E402
 from rung_rules import (  # noqa: E402
@@ -193,3 +192,12 @@ def test_every_stage_winner_of_the_recorded_grid_survives_the_tools_rungs(tmp_pa
     assert stopped > 0 and spent < grid  # the rungs did cut: keeping every winner was not keeping every trial
     print("\n".join([*lines, f"all: {stopped} stopped, {spent:,} of {grid:,} samples, {spent / grid:.1%}"]))
     assert json.loads((tmp_path / "vkd" / "rungs.json").read_text())["stopped"]  # the tool's own file, written
+
+
+def test_an_optuna_stage_keeps_its_journal_in_a_stage_folder_not_made_yet(tmp_path):
+    """The stage's folder exists only once Ray starts its trials; the TPE journal is opened before that."""
+    from fsd.tuning.search import halving
+
+    folder = tmp_path / "stages" / "rte-vkd-0123"
+    config = halving.tune_config("optuna", str(folder), "rte-vkd", rungs_for(900, 1 / 9, 3.0), 1, 4)
+    assert (folder / "optuna.journal").is_file() and config.search_alg is not None

@@ -8,15 +8,15 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fsd.tuning.tracking import records as tracking
+from fsd.tuning.tracking import records
 
 
 def test_trial_runs_are_nested_and_found_again_after_a_restore(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    exp = tracking.experiment_id(uri, "rte")
-    search = tracking.open_run(uri, exp, None, "fsd-smoke", None, {"method": "fsd"})
-    stage = tracking.open_run(uri, exp, None, "fsdil-mix", search, {"stage": "fsdil-mix"})
-    cb = tracking.TrialTracker(uri, exp, stage, {"stage": "fsdil-mix"}, {"task": "rte", "beta": 1.0})
+    exp = records.experiment_id(uri, "rte")
+    search = records.open_run(uri, exp, None, "fsd-smoke", None, {"method": "fsd"})
+    stage = records.open_run(uri, exp, None, "fsdil-mix", search, {"stage": "fsdil-mix"})
+    cb = records.TrialTracker(uri, exp, stage, {"stage": "fsdil-mix"}, {"task": "rte", "beta": 1.0})
     trial = SimpleNamespace(trial_id="abc_00000", config={"gamma_i+gamma_l": (0.1, 0.9)})
     cb.on_trial_start(0, [], trial)
     cb.on_trial_result(0, [], trial, {"epoch": 1, "eval/score": 0.5, "train/intra": 0.2, "timestamp": 1})
@@ -42,14 +42,14 @@ def test_trial_runs_are_nested_and_found_again_after_a_restore(tmp_path):
 
 def test_best_checkpoints_are_recorded_and_uploaded(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    exp = tracking.experiment_id(uri, "rte")
-    stage = tracking.open_run(uri, exp, None, "vkd", None, {})
-    cb = tracking.TrialTracker(uri, exp, stage, {}, {})
+    exp = records.experiment_id(uri, "rte")
+    stage = records.open_run(uri, exp, None, "vkd", None, {})
+    cb = records.TrialTracker(uri, exp, stage, {}, {})
     cb.on_trial_start(0, [], SimpleNamespace(trial_id="t1", config={"lr": 1e-5}))
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "checkpoint.pt").write_bytes(b"x")
-    tracking.record_best_checkpoints(uri, exp, stage, {"t1": str(ckpt)}, upload=True)
+    records.record_best_checkpoints(uri, exp, stage, {"t1": str(ckpt)}, upload=True)
     client = MlflowClient(uri)
     (run,) = client.search_runs([exp], filter_string="tags.ray_trial_id = 't1'")
     assert run.data.tags["best_checkpoint"] == str(ckpt)
@@ -59,9 +59,9 @@ def test_best_checkpoints_are_recorded_and_uploaded(tmp_path):
 
 def test_rungs_are_steps_in_samples_and_a_stopped_trial_says_where_it_stopped(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    exp = tracking.experiment_id(uri, "rte")
-    stage = tracking.open_run(uri, exp, None, "vkd", None, {})
-    cb = tracking.TrialTracker(uri, exp, stage, {}, {})
+    exp = records.experiment_id(uri, "rte")
+    stage = records.open_run(uri, exp, None, "vkd", None, {})
+    cb = records.TrialTracker(uri, exp, stage, {}, {})
     stopped = SimpleNamespace(trial_id="s", config={"lr": 1e-5}, last_result=None)
     whole = SimpleNamespace(trial_id="w", config={"lr": 5e-5}, last_result=None)
     for trial, points in ((stopped, [100, 200]), (whole, [100, 200, 300, 400])):
@@ -82,11 +82,11 @@ def test_a_trial_run_says_what_it_trained_and_was_ranked_on(tmp_path, glue_dir):
     """Dataset inputs of a trial run: the training rows and the holdout, each with source, digest and rows;
     another row limit is another digest."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    exp = tracking.experiment_id(uri, "rte")
-    stage = tracking.open_run(uri, exp, None, "vkd", None, {"stage": "vkd"})
+    exp = records.experiment_id(uri, "rte")
+    stage = records.open_run(uri, exp, None, "vkd", None, {"stage": "vkd"})
     base = {"task": "rte", "data_dir": glue_dir, "max_train_samples": 1000, "holdout_rows": 200, "holdout_seed": 42}
-    records = tracking.dataset_records(base)
-    cb = tracking.TrialTracker(uri, exp, stage, {"stage": "vkd"}, base, datasets=records)
+    datasets = records.dataset_records(base)
+    cb = records.TrialTracker(uri, exp, stage, {"stage": "vkd"}, base, datasets=datasets)
     cb.on_trial_start(0, [], SimpleNamespace(trial_id="ds_00000", config={"alpha": 0.5}))
     run = MlflowClient(uri).search_runs([exp], filter_string="tags.ray_trial_id = 'ds_00000'")[0]
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
@@ -95,9 +95,9 @@ def test_a_trial_run_says_what_it_trained_and_was_ranked_on(tmp_path, glue_dir):
     assert '"num_rows": 1000' in train.dataset.profile and '"num_rows": 200' in held.dataset.profile
     assert [t.value for t in train.tags] == ["training"] and [t.value for t in held.tags] == ["validation"]
     assert glue_dir in train.dataset.source and train.dataset.digest != held.dataset.digest
-    other = tracking.dataset_records({**base, "max_train_samples": 500})
+    other = records.dataset_records({**base, "max_train_samples": 500})
     assert other[0]["digest"] != train.dataset.digest and other[0]["rows"] == 500
-    dev = tracking.dataset_records({"task": "rte", "data_dir": glue_dir})
+    dev = records.dataset_records({"task": "rte", "data_dir": glue_dir})
     assert [d["name"] for d in dev] == ["rte-train", "rte-dev"] and [d["rows"] for d in dev] == [2490, 277]
 
 
@@ -117,14 +117,14 @@ def test_a_stage_model_loads_as_a_pipeline_without_this_project(tmp_path, tiny_b
     AutoModelForSequenceClassification.from_pretrained(tiny_bert).save_pretrained(student)
     AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(student)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    exp = tracking.experiment_id(uri, "rte")
-    run = tracking.open_run(uri, exp, None, "vkd", None, {"stage": "vkd"})
+    exp = records.experiment_id(uri, "rte")
+    run = records.open_run(uri, exp, None, "vkd", None, {"stage": "vkd"})
     labels = ["entailment", "not_entailment"]
-    version = tracking.log_stage_model(uri, run, str(student), "fsd-rte-vkd", "vkd", labels, max_length=64)
-    assert tracking.log_stage_model(uri, run, str(student), "fsd-rte-vkd", "vkd", []) == version  # once per run
+    version = records.log_stage_model(uri, run, str(student), "fsd-rte-vkd", "vkd", labels, max_length=64)
+    assert records.log_stage_model(uri, run, str(student), "fsd-rte-vkd", "vkd", []) == version  # once per run
     client = MlflowClient(uri)
     assert "student_files" not in [a.path for a in client.list_artifacts(run)]  # one copy of the student
-    tracking.alias_model(uri, "fsd-rte-vkd", "best", run)  # a carried or best student: the same version
+    records.alias_model(uri, "fsd-rte-vkd", "best", run)  # a carried or best student: the same version
     assert str(client.get_model_version_by_alias("fsd-rte-vkd", "best").version) == version
 
     rows = [line.split("\t") for line in (Path(glue_dir) / "RTE" / "dev.tsv").read_text().splitlines()[1:4]]
@@ -157,18 +157,18 @@ def test_metrics_and_a_stage_result_sent_again_are_logged_once(tmp_path):
     killed before it dropped it from its queue, was sent again by the resumed driver, and a stage's result was
     logged again by a search stopped before its ledger recorded the stage: both twice in MLflow's history."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    exp = tracking.experiment_id(uri, "rte")
-    run = tracking.open_run(uri, exp, None, "trial", None, {})
+    exp = records.experiment_id(uri, "rte")
+    run = records.open_run(uri, exp, None, "trial", None, {})
     evaluation = [["eval/score", 0.5, 1000, 64], ["train/loss", 0.25, 1000, 64]]
-    tracking.log_metrics(uri, run, evaluation)
+    records.log_metrics(uri, run, evaluation)
     again = [[key, value, 1500, step] for key, value, _, step in evaluation]  # reported again, later
-    tracking.log_metrics(uri, run, again)
-    tracking.log_metrics(uri, run, [["eval/score", 0.75, 2000, 128], ["train/loss", 0.125, 2000, 128]])
+    records.log_metrics(uri, run, again)
+    records.log_metrics(uri, run, [["eval/score", 0.75, 2000, 128], ["train/loss", 0.125, 2000, 128]])
     client = MlflowClient(uri)
     for key, values in (("eval/score", [(64, 0.5), (128, 0.75)]), ("train/loss", [(64, 0.25), (128, 0.125)])):
         assert [(m.step, m.value) for m in client.get_metric_history(run, key)] == values
     for _ in range(2):
-        tracking.log_winner(uri, run, "best/eval/score", 0.5, {"winner.lr": "2e-05"})
+        records.log_winner(uri, run, "best/eval/score", 0.5, {"winner.lr": "2e-05"})
     assert [m.value for m in client.get_metric_history(run, "best/eval/score")] == [0.5]
-    tracking.log_winner(uri, run, "best/eval/score", 0.75, {})  # a different result is logged
+    records.log_winner(uri, run, "best/eval/score", 0.75, {})  # a different result is logged
     assert [m.value for m in client.get_metric_history(run, "best/eval/score")] == [0.5, 0.75]

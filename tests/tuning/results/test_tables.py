@@ -1,4 +1,4 @@
-"""The paper's Tables 4-8 (fsd/tuning/tables.py) against hand computations."""
+"""The paper's Tables 4-8 (fsd/tuning/results/tables.py) against hand computations."""
 
 import math
 

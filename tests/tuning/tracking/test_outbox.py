@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflowserver import Server
 
-from fsd.tuning.tracking import records as tracking
+from fsd.tuning.tracking import records
 from fsd.tuning.tracking.outbox import Outbox
 
 
@@ -23,11 +23,11 @@ def server(tmp_path, monkeypatch):
 
 
 def test_records_wait_while_the_server_is_away_and_are_sent_in_order(server, tmp_path):
-    box = Outbox(server.uri, tmp_path / "search" / "mlflow_outbox.json", tracking.OPS)
+    box = Outbox(server.uri, tmp_path / "search" / "mlflow_outbox.json", records.OPS)
     (tmp_path / "search").mkdir()
-    exp = tracking.experiment_id(server.uri, "rte")
+    exp = records.experiment_id(server.uri, "rte")
     stage = box.do("open_run", exp, None, "vkd", None, {"stage": "vkd"})
-    cb = tracking.TrialTracker(server.uri, exp, stage, {"stage": "vkd"}, {"task": "rte"}, box)
+    cb = records.TrialTracker(server.uri, exp, stage, {"stage": "vkd"}, {"task": "rte"}, box)
     first = SimpleNamespace(trial_id="t_00000", config={"alpha": 0.2})
     second = SimpleNamespace(trial_id="t_00001", config={"alpha": 0.7})
     cb.on_trial_start(0, [], first)
@@ -48,7 +48,7 @@ def test_records_wait_while_the_server_is_away_and_are_sent_in_order(server, tmp
 
     # A new process (a --resume) finds the queue on disk and sends it once the server is back.
     server.start()
-    again = Outbox(server.uri, tmp_path / "search" / "mlflow_outbox.json", tracking.OPS)
+    again = Outbox(server.uri, tmp_path / "search" / "mlflow_outbox.json", records.OPS)
     assert again.flush() == 0 and again.pending == 0
     assert "queued while" in again.summary()
 

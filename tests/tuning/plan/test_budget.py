@@ -1,5 +1,5 @@
 """--budget: its forms, the plan's arithmetic against a hand count, and the gate that starts no trial the
-budget left cannot pay for (fsd/tuning/budget.py, fsd/tuning/halving.py)."""
+budget left cannot pay for (fsd/tuning/plan/budget.py, fsd/tuning/search/halving.py)."""
 
 from types import SimpleNamespace
 

@@ -1,5 +1,5 @@
 """What a stage keeps on disk: no optimiser state once a trial is over, no checkpoint of a trial that cannot
-win, only the winner's once the stage is done (fsd/tuning/retention.py)."""
+win, only the winner's once the stage is done (fsd/tuning/search/retention.py)."""
 
 from types import SimpleNamespace
 

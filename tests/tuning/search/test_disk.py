@@ -1,4 +1,4 @@
-"""fsd/tuning/space.py: a full disk recognised through the wrappings it reaches the driver in, the size of a
+"""fsd/tuning/search/disk.py: a full disk recognised through the wrappings it reaches the driver in, the size of a
 trial's checkpoint measured or bounded, a stage refused before it starts when it cannot fit."""
 
 import errno
@@ -7,26 +7,26 @@ import sqlite3
 import pytest
 
 from fsd.tuning.plan.spec import SearchSpec
-from fsd.tuning.search import disk as space
+from fsd.tuning.search import disk
 
 
 def test_a_full_disk_is_recognised_however_it_is_wrapped():
-    assert space.disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert disk.disk_full(OSError(errno.ENOSPC, "No space left on device"))
     try:
         try:
             raise sqlite3.OperationalError("database or disk is full")
         except sqlite3.OperationalError as e:
             raise RuntimeError("(sqlalchemy) could not update the run") from e
     except RuntimeError as wrapped:
-        assert space.disk_full(wrapped)  # through __cause__
+        assert disk.disk_full(wrapped)  # through __cause__
     # Ray keeps a trial's error as text only
-    assert space.disk_full(RuntimeError("ray::ImplicitFunc.train()\nOSError: [Errno 28] No space left on device"))
-    assert not space.disk_full(OSError(errno.EACCES, "Permission denied"))
-    assert not space.disk_full(None) and not space.disk_full(ValueError("no"))
+    assert disk.disk_full(RuntimeError("ray::ImplicitFunc.train()\nOSError: [Errno 28] No space left on device"))
+    assert not disk.disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not disk.disk_full(None) and not disk.disk_full(ValueError("no"))
 
 
 def test_sizes_read_like_df():
-    assert [space.size(n) for n in (512, 2048, 5 * 2**20, 1.5 * 2**30, 3 * 2**40)] == \
+    assert [disk.size(n) for n in (512, 2048, 5 * 2**20, 1.5 * 2**30, 3 * 2**40)] == \
         ["512 B", "2.0 KB", "5.0 MB", "1.5 GB", "3.0 TB"]
 
 
@@ -35,14 +35,14 @@ def test_a_checkpoint_is_measured_once_there_is_one_and_bounded_by_the_teacher_b
     teacher.mkdir()
     (teacher / "model.safetensors").write_bytes(b"\0" * 1000)
     (teacher / "config.json").write_text("{}")  # not weights: not counted
-    assert space.per_trial_bytes(str(tmp_path / "storage"), str(teacher)) == (4000, False)
-    assert space.per_trial_bytes(str(tmp_path / "storage"), "bert-base-uncased") is None  # on the hub: unknown
+    assert disk.per_trial_bytes(str(tmp_path / "storage"), str(teacher)) == (4000, False)
+    assert disk.per_trial_bytes(str(tmp_path / "storage"), "bert-base-uncased") is None  # on the hub: unknown
     for trial, n in (("t0", 300), ("t1", 700)):
         ckpt = tmp_path / "storage" / "stages" / "rte-vkd-abc" / "rte-vkd" / trial / "checkpoint_000000"
         (ckpt / "student").mkdir(parents=True)
         (ckpt / "checkpoint.pt").write_bytes(b"\0" * n)
         (ckpt / "student" / "model.safetensors").write_bytes(b"\0" * 100)
-    assert space.per_trial_bytes(str(tmp_path / "storage"), str(teacher)) == (800, True)  # the largest
+    assert disk.per_trial_bytes(str(tmp_path / "storage"), str(teacher)) == (800, True)  # the largest
 
 
 def test_a_stage_that_cannot_fit_is_refused_with_the_folder_and_the_space(tmp_path, monkeypatch):
@@ -50,10 +50,10 @@ def test_a_stage_that_cannot_fit_is_refused_with_the_folder_and_the_space(tmp_pa
     teacher.mkdir()
     (teacher / "model.safetensors").write_bytes(b"\0" * 2**20)
     spec = SearchSpec(task="rte", method="vkd", storage=str(tmp_path / "s"), mlflow_uri="", teacher=str(teacher))
-    monkeypatch.setattr(space, "free_bytes", lambda storage: 10 * 2**20)
-    space.check_stage(spec, "vkd", 1, str(teacher))  # (1 + 1) x 4 MB fits in 10 MB
-    with pytest.raises(space.DiskFull) as e:
-        space.check_stage(spec, "vkd", 2, str(teacher))  # (2 + 1) x 4 MB does not
+    monkeypatch.setattr(disk, "free_bytes", lambda storage: 10 * 2**20)
+    disk.check_stage(spec, "vkd", 1, str(teacher))  # (1 + 1) x 4 MB fits in 10 MB
+    with pytest.raises(disk.DiskFull) as e:
+        disk.check_stage(spec, "vkd", 2, str(teacher))  # (2 + 1) x 4 MB does not
     assert str(e.value).startswith(f"not enough space in {tmp_path / 's'}: 10.0 MB free, stage vkd needs about "
                                    "12.0 MB (2 trial(s) x 4.0 MB a checkpoint, at most, from the teacher's weights)")
     assert "then run again with --resume" in str(e.value)
@@ -62,7 +62,7 @@ def test_a_stage_that_cannot_fit_is_refused_with_the_folder_and_the_space(tmp_pa
 def test_free_space_of_a_storage_folder_not_made_yet_is_its_parents(tmp_path):
     import shutil
 
-    assert space.free_bytes(str(tmp_path / "not" / "yet")) == pytest.approx(shutil.disk_usage(tmp_path).free,
+    assert disk.free_bytes(str(tmp_path / "not" / "yet")) == pytest.approx(shutil.disk_usage(tmp_path).free,
                                                                              rel=0.01)
 
 

@@ -9,10 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import rte_search_setup, tune_main_args
+from conftest import ROOT, rte_search_setup, tune_main_args
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 CONFIRM = ("--confirm-top", "2", "--confirm-seeds", "2")
 
 

@@ -1,4 +1,4 @@
-"""One search per folder (fsd/tuning/lock.py): a second tune_main.py on a folder in use is refused and
+"""One search per folder (fsd/tuning/search/lock.py): a second tune_main.py on a folder in use is refused and
 leaves the ledger alone; a killed driver leaves no stale lock."""
 
 import dataclasses
@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from fsd.tuning.command.checks import Search
 from fsd.tuning.plan.spec import SearchSpec
 from fsd.tuning.search import lock
 
-ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
