@@ -46,7 +46,8 @@ TIMEOUT_S = 3.0  # for the MLflow server and the Ray cluster: a service slower t
 # What fsd-tune writes at the top of a storage folder, besides one `<task>-<method>/` folder per search.
 STORAGE_ENTRIES = {"teacher", "data_cache", "memory", "cache", "stages", "mlflow.db", "mlflow.db-journal",
                    "mlflow.db.lock", "mlartifacts", ".DS_Store"}
-# Per task: a search folder per method, the --compare folder, the --report page and its figures.
+# Per task: a search folder per method, the --compare folder, the --report page (and the figures folder an
+# older report wrote beside it).
 SEARCH_FOLDERS = {f"{t}-{m}" for t in TASKS for m in (*METHODS, "compare", "report.html", "report-figures")}
 
 

@@ -60,9 +60,10 @@ class Image:
 
 @dataclass
 class Section:
-    """A heading, then markdown-ish text (paragraphs split by blank lines, `- ` lists, `code`, **bold**,
-    *italic*), then tables (`Table` or a plain list of row dicts), then images (`Image`, a path or bytes), then
-    `thumbnails`: images shown small, side by side (small multiples, e.g. one heat map per stage)."""
+    """A heading, then markdown-ish text (paragraphs split by blank lines, `- ` lists whose items may wrap onto
+    indented lines, `code`, **bold**, *italic*), then tables (`Table` or a plain list of row dicts), then images
+    (`Image`, a path or bytes), then `thumbnails`: images shown small, side by side (small multiples, e.g. one
+    heat map per stage)."""
 
     heading: str
     text: str = ""
@@ -86,12 +87,22 @@ def _inline(text: str) -> str:
 
 
 def _text(text: str) -> str:
+    """Paragraphs split by blank lines; a block of `- ` lines is a list, an indented line under an item (no
+    `- ` of its own) continuing that item."""
     blocks = [b for b in re.split(r"\n\s*\n", text.strip()) if b.strip()]
     out = []
     for block in blocks:
-        lines = [line.strip() for line in block.splitlines() if line.strip()]
-        if all(line.startswith("- ") for line in lines):
-            out.append("<ul>" + "".join(f"<li>{_inline(line[2:])}</li>" for line in lines) + "</ul>")
+        raw = [line for line in block.splitlines() if line.strip()]
+        lines = [line.strip() for line in raw]
+        if lines[0].startswith("- ") and all(line.startswith("- ") or r[:1].isspace()
+                                             for line, r in zip(lines, raw, strict=True)):
+            items: list[str] = []
+            for line in lines:
+                if line.startswith("- "):
+                    items.append(line[2:])
+                else:
+                    items[-1] += " " + line
+            out.append("<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in items) + "</ul>")
         else:
             out.append(f"<p>{_inline(' '.join(lines))}</p>")
     return "\n".join(out)
@@ -170,7 +181,7 @@ def write_html(path: str | os.PathLike, title: str, sections: Sequence[Section |
 # ------------------------------------------------------------------------------------------ plot
 def score_plot(stage_scores: dict[str, Sequence[float]], path: str | os.PathLike, mode: str = "max",
                title: str = "dev score of every trial per stage", ylabel: str = "dev score",
-               lines: dict[str, float] | None = None) -> str:
+               lines: dict[str, float] | None = None, carried: dict[str, tuple[float, str]] | None = None) -> str:
     """A PNG of every trial's dev score per stage: x the stage (in the dict's order), points jittered
     sideways (a fixed seed, so the same data gives the same picture), each stage's winner marked by a star.
 
@@ -179,36 +190,58 @@ def score_plot(stage_scores: dict[str, Sequence[float]], path: str | os.PathLike
         path: the PNG to write.
         mode: "max" or "min": how the stage picks its winner.
         lines: name -> a level drawn across the plot (the teacher's score, the majority class's).
+        carried: stage name -> (its winner's score, the stage that trained it), for a stage whose winner was
+            carried in from an earlier stage because none of its own trials beat it: its star, hollow, sits at
+            that score, not on its best trial, and its tick names whose winner it is.
 
     Returns:
         the path written, as a string.
     """
+    fig = score_figure(stage_scores, mode, title, ylabel, lines, carried)
+    fig.savefig(path, format="png")
+    return str(path)
+
+
+def score_figure(stage_scores: dict[str, Sequence[float]], mode: str = "max",
+                 title: str = "dev score of every trial per stage", ylabel: str = "dev score",
+                 lines: dict[str, float] | None = None, carried: dict[str, tuple[float, str]] | None = None):
+    """`score_plot`'s matplotlib Figure, not saved; each star's gid is `winner:<stage>`."""
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    carried = carried or {}
     stages = list(stage_scores)
     fig = Figure(figsize=(max(5.0, 1.1 * len(stages) + 2.0), 4.0), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)
-    labelled = False
+    labelled = set()
     for x, stage in enumerate(stages):
         y = np.array([s for s in stage_scores[stage] if s is not None and math.isfinite(s)], dtype=np.float64)
-        if not len(y):
+        if len(y):
+            xs = x + rng.uniform(-0.18, 0.18, size=len(y))
+            ax.scatter(xs, y, s=20, alpha=0.6, color="tab:blue", label=None if "trial" in labelled else "trial")
+            labelled.add("trial")
+        if stage in carried:  # none of its trials won: the earlier winner it kept, where the tables put it
+            label = "winner carried in (no trial beat it)"
+            ax.scatter([x], [carried[stage][0]], s=180, marker="*", facecolors="white", edgecolors="tab:red",
+                       linewidths=1.5, zorder=3, gid=f"winner:{stage}", label=None if label in labelled else label)
+        elif len(y):
+            best = int(y.argmax() if mode == "max" else y.argmin())
+            label = "stage winner"
+            ax.scatter(xs[best], y[best], s=180, marker="*", color="tab:red", edgecolors="black", zorder=3,
+                       gid=f"winner:{stage}", label=None if label in labelled else label)
+        else:
             continue
-        xs = x + rng.uniform(-0.18, 0.18, size=len(y))
-        best = int(y.argmax() if mode == "max" else y.argmin())
-        ax.scatter(xs, y, s=20, alpha=0.6, color="tab:blue", label=None if labelled else "trial")
-        ax.scatter(xs[best], y[best], s=180, marker="*", color="tab:red", edgecolors="black", zorder=3,
-                   label=None if labelled else "stage winner")
-        labelled = True
+        labelled.add(label)
     for (name, level), color in zip((lines or {}).items(), ("tab:green", "tab:gray", "tab:purple"), strict=False):
         ax.axhline(level, linestyle="--", linewidth=1.2, color=color, label=f"{name} {level:.2f}")
-        labelled = True
-    ax.set_xticks(range(len(stages)), labels=stages)
+        labelled.add(name)
+    ax.set_xticks(range(len(stages)), labels=[f"{s}\n({carried[s][1]}'s winner)" if s in carried else s
+                                              for s in stages])
     ax.set_xlim(-0.6, max(len(stages), 1) - 0.4)
     ax.set_xlabel("stage")
     ax.set_ylabel(ylabel)
@@ -216,8 +249,7 @@ def score_plot(stage_scores: dict[str, Sequence[float]], path: str | os.PathLike
     ax.grid(axis="y", alpha=0.3)
     if labelled:
         ax.legend(loc="best")
-    fig.savefig(path, format="png")
-    return str(path)
+    return fig
 
 
 def scatter_plot(points: dict[str, tuple[float, float]], path: str | os.PathLike, xlabel: str, ylabel: str,

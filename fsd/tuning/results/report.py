@@ -1,11 +1,13 @@
 """`tune_main.py --task rte --report`: the report of every search of a task, rebuilt from the storage
 folder (ledgers, analyses beside the winners' checkpoints, the comparison) and MLflow (every trial's dev
-score), without training anything: one self-contained HTML page."""
+score), without training anything: one self-contained HTML page (its figures inline, drawn in a temporary
+folder)."""
 
 from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from search_spaces import get_schedule
 RESTORATION = ("f1", "precision", "recall", "agreement", "pearson", "spearman")
 COLUMNS = """What the winners' columns mean (docs/method.md §8), each measured on dev against the teacher:
 
+- winner: the values of the stage's winning trial; "<stage>'s winner, carried": none of the stage's trials beat
+  the winner of that earlier stage, which the stage kept (its scores and analyses are that student's)
 - restoration precision, recall and F1: the student's predictions scored with the teacher's as the truth (macro
   over classes); agreement: the share of dev rows on which both predict the same class; for STS-B, restoration
   pearson and spearman: the correlation of the two models' outputs
@@ -54,6 +58,22 @@ def stage_order(ledger: Ledger) -> list[str]:
         order = []
     names = list(ledger.records())
     return [n for n in order if n in names] + [n for n in names if n not in order]
+
+
+def origin(stage: str, record: dict[str, Any]) -> str:
+    """The stage whose trial trained `stage`'s winner: itself, or the earlier stage whose winner it carried
+    (none of its trials beat it, or it was skipped)."""
+    return record.get("trained_in") or record.get("carried_from") or stage
+
+
+def carried_winners(ledger: Ledger) -> dict[str, tuple[float, str]]:
+    """stage -> (its winner's score x 100, the stage that trained it), for each stage whose winner was carried
+    in from an earlier stage: what the trial plot marks instead of the stage's best trial."""
+    out = {}
+    for stage, record in ledger.records().items():
+        if record.get("status") == "done" and record.get("score") is not None and origin(stage, record) != stage:
+            out[stage] = (100 * record["score"], origin(stage, record))
+    return out
 
 
 def trial_scores(uri: str, ledger: Ledger) -> dict[str, list[float]]:
@@ -104,6 +124,8 @@ def stage_rows(method: str, task: str, ledger: Ledger) -> list[dict[str, Any]]:
         else:
             row["dev score"] = _pct(record["score"])
         row["winner"] = ", ".join(f"{k}={record['winner'][k]}" for k in SHOWN if k in record["winner"])
+        if origin(stage, record) != stage:  # none of its trials beat an earlier winner: that student, named
+            row["winner"] = f"{origin(stage, record)}'s winner, carried: {row['winner']}"
         if record.get("evidence"):  # named with its evidence: seeds, sd, the runner-up, the ties
             row.update(evidence_columns(record["evidence"]))
         for key in RESTORATION:
@@ -132,9 +154,14 @@ def _pct(score: float) -> str:
 
 
 def relation_rows(ledger: Ledger) -> list[dict[str, Any]]:
+    """Each stage winner's relation differences, under the stage that trained it only (a stage that carried
+    an earlier winner holds a copy of that stage's)."""
     rows = []
     for stage in stage_order(ledger):
-        values = {k[len("analysis/reldiff_"):]: v for k, v in ledger.records()[stage].get("analysis", {}).items()
+        record = ledger.records()[stage]
+        if origin(stage, record) != stage:
+            continue
+        values = {k[len("analysis/reldiff_"):]: v for k, v in record.get("analysis", {}).items()
                   if k.startswith("analysis/reldiff_")}
         if values:
             rows.append({"stage": stage, **values})
@@ -162,9 +189,12 @@ def settings(ledger: Ledger) -> str:
 
 
 def heatmaps(method: str, ledger: Ledger) -> tuple[list[Image], list[str]]:
-    """The stage winners' CKA heat maps that have more than one cell, titled, and the stages left out."""
+    """The stage winners' CKA heat maps that have more than one cell, titled, and the stages left out; a
+    winner carried from an earlier stage is shown under that stage only."""
     shown, single = [], []
     for stage in stage_order(ledger):
+        if origin(stage, ledger.records()[stage]) != stage:
+            continue
         folder = Path(ledger.records()[stage].get("checkpoint") or "/nonexistent") / "analysis"
         if not (folder / HEATMAP_FILE).is_file():
             continue
@@ -180,12 +210,14 @@ def heatmaps(method: str, ledger: Ledger) -> tuple[list[Image], list[str]]:
 
 
 def _batches(winner: dict[str, Any]) -> int:
-    """Dev mini-batches a winner's analysis ran over (analyses written before their heat map's shape was kept)."""
+    """The side of the heat map of a winner's analysis (analyses written before their heat map's shape was kept):
+    its full dev mini-batches (a smaller last one is dropped, `fsd.analysis.cka_heatmap`), or 1 when dev fits
+    in one."""
     task = winner.get("task")
     if task is None:
         return 2  # unknown: shown
     dev = split_rows(task, winner.get("data_dir"), None, winner.get("max_eval_samples"))[1]
-    return math.ceil(dev / winner.get("eval_batch_size", 128))
+    return max(1, dev // winner.get("eval_batch_size", 128))
 
 
 def at_majority(ledgers: dict[str, Ledger]) -> str | None:
@@ -232,10 +264,13 @@ def worth_sections(mlflow_uri: str, ledgers: dict[str, Ledger], figures: Path, t
 
 
 def build_report(storage: str, task: str, mlflow_uri: str, out: str | None = None) -> str:
-    """Write `<storage>/<task>-report.html` (or `out`) and return its path."""
+    """Write `<storage>/<task>-report.html` (or `out`), one file with its figures inline, and return its path."""
     root = Path(storage)
-    figures = root / f"{task}-report-figures"
-    figures.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{task}-report-") as tmp:  # the page holds the figures, inline
+        return _build_report(root, task, mlflow_uri, Path(tmp), out)
+
+
+def _build_report(root: Path, task: str, mlflow_uri: str, figures: Path, out: str | None) -> str:
     ledgers = searches(root, task)
     sections = []
     warning = at_majority(ledgers)
@@ -248,18 +283,26 @@ def build_report(storage: str, task: str, mlflow_uri: str, out: str | None = Non
         scores = trial_scores(mlflow_uri, ledger)
         if scores:
             lines = references(ledger)
+            carried = {s: c for s, c in carried_winners(ledger).items() if s in scores}
             images.append(Image(score_plot(scores, figures / f"{method}-scores.png", ylabel=f"{ranked} score x 100",
                                            title=f"{task} / {method}: every trial's {ranked} score x 100, per stage",
-                                           lines=lines),
+                                           lines=lines, carried=carried),
                                 f"{method}: {ranked} score of every trial per stage",
                                 f"Every trial's best {ranked} score x 100 per stage, in schedule order; a star marks "
-                                "the stage's winner (trials stopped early by halving left out); dashed lines: "
-                                + ", ".join(lines) + (" (measured on dev)" if held else "")))
+                                "the stage's winner (trials stopped early by halving left out)"
+                                + ("; a hollow star, an earlier stage's winner that none of the stage's trials beat, "
+                                   "at its score (its tick names that stage)" if carried else "")
+                                + "; dashed lines: " + ", ".join(lines) + (" (measured on dev)" if held else "")))
         maps, single = heatmaps(method, ledger)
         text = settings(ledger)
         if single:
             text += (f"\n\nCKA heat maps of {', '.join(single)} are not shown: they have a single cell (the dev split "
-                     "fits in one evaluation mini-batch of 128 rows).")
+                     "holds fewer than two full evaluation mini-batches).")
+        kept = [s for s in stage_order(ledger) if origin(s, ledger.records()[s]) != s]
+        if kept:
+            text += (f"\n\nStages that kept an earlier stage's winner (their winner cell names it): {', '.join(kept)}; "
+                     "that student's relation differences and CKA heat map appear once, under the stage that trained "
+                     "it.")
         units = ("holdout and dev scores" if held else "dev scores") + " x 100; restoration rates and the CKA " \
                 "diagonal as fractions in [0, 1]; paper: its BERT-base figure x 100"
         text += "\n\n" + COLUMNS
@@ -283,7 +326,7 @@ def build_report(storage: str, task: str, mlflow_uri: str, out: str | None = Non
                                 text="\n".join(note), tables=[Table(rows, caption="Tables 2/3: dev metrics x 100")]))
         sections.extend(paper_sections(compare.parent))
     if not sections:
-        raise FileNotFoundError(f"no search of {task} in {storage}: run one first (or pass its --storage)")
+        raise FileNotFoundError(f"no search of {task} in {root}: run one first (or pass its --storage)")
     return write_html(out or root / f"{task}-report.html", f"fsd-tune report: {task}", sections)
 
 

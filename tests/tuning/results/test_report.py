@@ -200,3 +200,115 @@ def test_the_report_shows_every_baselines_test_under_the_comparison(tmp_path):
     assert [i.split(":")[0] for i in items] == ["fsd &gt; vkd", "fsd &gt; pkd"]
     assert f"<p>fsd better than every baseline: p = {p:.4f} (the largest corrected p)</p>" in text
     assert "Holm-corrected over the comparisons of this table" in text
+
+
+def _carrying_ledger(folder: Path):
+    """An fsd search whose fsdg-coarse trial (50.92) lost to VKD's winner (69.27), carried in, and whose
+    fsdg-refine-g was skipped, keeping it: both records hold copies of VKD's analysis and checkpoint."""
+    from fsd.analysis import HEATMAP_FILE, METRICS_FILE
+    from fsd.tuning.plan.ledger import Ledger
+
+    analysis = folder / "stages" / "vkd-winner" / "analysis"
+    analysis.mkdir(parents=True)
+    from matplotlib.image import imsave
+
+    imsave(analysis / HEATMAP_FILE, np.eye(6))
+    (analysis / METRICS_FILE).write_text('{"task": "rte", "metrics": {}, "heatmap_shape": [6, 6]}')
+    vkd = {"status": "done", "score": 0.6927, "trials": 2, "checkpoint": str(analysis.parent), "trained_in": "vkd",
+           "winner": {"alpha": 0.2, "temperature": 10.0, "lr": 0.0002},
+           "analysis": {"analysis/cka_diagonal_mean": 0.9, "analysis/reldiff_inter_euclidean": 0.12}}
+    copy = {k: vkd[k] for k in ("score", "checkpoint", "analysis")}
+    ledger = Ledger(folder / "rte-fsd")
+    ledger.data["search"] = {"task": "rte", "method": "fsd", "preset": "smoke", "select_on": "dev"}
+    ledger.data["stages"].update({
+        "vkd": vkd,
+        "fsdg-coarse": {"status": "done", "trials": 1, "trained_in": "vkd", "carried_from": "vkd", **copy,
+                        "winner": {"gamma_g": 0.0, "lam": 0.0001}},
+        "fsdg-refine-g": {"status": "done", "trials": 0, "trained_in": "vkd", "carried_from": "fsdg-coarse", **copy,
+                          "winner": {"gamma_g": 0.0, "lam": 0.0001},
+                          "skipped": "fsdg-coarse's winner has gamma_g = 0, nothing to refine around"}})
+    ledger.save()
+    return ledger
+
+
+def test_a_carried_winner_is_named_as_carried_in_the_winners_table(tmp_path):
+    """fsdg-coarse's own trial lost to VKD's winner: its row shows that student's score and says whose it is."""
+    from fsd.tuning.results.report import stage_rows
+
+    rows = {r["stage"]: r for r in stage_rows("fsd", "rte", _carrying_ledger(tmp_path))}
+    assert rows["fsdg-coarse"]["dev score"] == "69.27"
+    assert rows["fsdg-coarse"]["winner"] == "vkd's winner, carried: gamma_g=0.0, lam=0.0001"
+    assert rows["vkd"]["winner"] == "alpha=0.2, temperature=10.0, lr=0.0002"  # its own trial: no word of carried
+    assert rows["fsdg-refine-g"]["winner"].startswith("skipped: ")
+
+
+def test_the_trial_plot_stars_a_carried_winner_at_its_score_not_on_the_stages_best_trial(tmp_path):
+    from fsd.tuning.results.html import score_figure
+    from fsd.tuning.results.report import carried_winners
+
+    carried = carried_winners(_carrying_ledger(tmp_path))
+    assert {s: (round(score, 2), source) for s, (score, source) in carried.items()} == {
+        "fsdg-coarse": (69.27, "vkd"), "fsdg-refine-g": (69.27, "vkd")}
+    fig = score_figure({"vkd": [69.27, 60.1], "fsdg-coarse": [50.92]}, carried={"fsdg-coarse": carried["fsdg-coarse"]})
+    ax = fig.axes[0]
+    stars = {c.get_gid(): c for c in ax.collections if (c.get_gid() or "").startswith("winner:")}
+    assert stars["winner:vkd"].get_offsets()[0][1] == pytest.approx(69.27)
+    assert stars["winner:fsdg-coarse"].get_offsets()[0][1] == pytest.approx(69.27)  # not 50.92, its own trial
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["vkd", "fsdg-coarse\n(vkd's winner)"]
+    assert "winner carried in (no trial beat it)" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_stages_that_kept_another_stages_winner_have_no_relation_rows_or_heat_maps(tmp_path):
+    """Their records hold copies of VKD's analysis and checkpoint: VKD's model is shown once, under vkd."""
+    from fsd.tuning.results.report import heatmaps, relation_rows
+
+    ledger = _carrying_ledger(tmp_path)
+    assert [r["stage"] for r in relation_rows(ledger)] == ["vkd"]
+    shown, single = heatmaps("fsd", ledger)
+    assert [image.alt for image in shown] == ["fsd / vkd heat map"] and single == []
+
+
+def test_the_column_definitions_are_a_list(tmp_path):
+    from fsd.tuning.results.report import COLUMNS
+
+    text = Path(write_html(tmp_path / "r.html", "t", [Section("s", text=COLUMNS)])).read_text()
+    items = re.findall(r"<li>(.*?)</li>", text)
+    assert [i.split(":")[0] for i in items] == ["winner", "restoration precision, recall and F1", "CKA diagonal",
+                                                "trials", "seeds, sd"]
+    assert "for STS-B, restoration pearson and spearman" in items[1]  # a wrapped line stays in its item
+    assert len(re.findall(r"<p>", text)) == 1  # the lead-in alone
+
+
+def test_the_report_is_one_file_with_its_figures_inline(tmp_path, monkeypatch):
+    """build_report writes the page and nothing beside it (docs/search.md: "One self-contained file")."""
+    from fsd.tuning.results import report
+
+    _carrying_ledger(tmp_path)
+    monkeypatch.setattr(report, "trial_scores", lambda uri, ledger: {"vkd": [69.27, 60.1], "fsdg-coarse": [50.92]})
+    before = {p.name for p in tmp_path.iterdir()}
+    page = Path(report.build_report(str(tmp_path), "rte", f"sqlite:///{tmp_path}/mlflow.db"))
+    assert {p.name for p in tmp_path.iterdir()} - before == {"rte-report.html"}
+    text = page.read_text()
+    images = _parse(text).images
+    assert len(images) == 3 and all(i["src"].startswith("data:image/png;base64,") for i in images)  # plot, map, curve
+    assert "a hollow star, an earlier stage&#x27;s winner" in text
+    assert "Stages that kept an earlier stage&#x27;s winner (their winner cell names it): fsdg-coarse, " \
+           "fsdg-refine-g;" in text
+
+
+def test_the_search_page_says_the_heat_maps_size_on_sst2(tmp_path):
+    """One cell per full dev mini-batch: SST-2's 872 dev rows in batches of 128 are 6 full ones and 104 rows,
+    dropped; what the report falls back on for an analysis without its shape says the same."""
+    import torch
+
+    from fsd.analysis import cka_heatmap
+    from fsd.data import split_rows
+    from fsd.tuning.results.report import _batches
+
+    dev = split_rows("sst2", None, None, None)[1]
+    sizes = [min(128, dev - start) for start in range(0, dev, 128)]
+    feats = [torch.randn(n, 2, 3, generator=torch.Generator().manual_seed(n)) for n in sizes]
+    side = cka_heatmap(feats, [f.flip(-1) for f in feats]).shape[0]
+    assert (dev, side, _batches({"task": "sst2"})) == (872, 6, 6)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "search.md").read_text()
+    assert f"{side} x {side} on SST-2's {dev} rows" in " ".join(page.split())
