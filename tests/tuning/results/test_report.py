@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from fsd.tuning.results.html import Image, Section, Table, score_plot, write_html
 
@@ -310,5 +311,5 @@ def test_the_search_page_says_the_heat_maps_size_on_sst2(tmp_path):
     feats = [torch.randn(n, 2, 3, generator=torch.Generator().manual_seed(n)) for n in sizes]
     side = cka_heatmap(feats, [f.flip(-1) for f in feats]).shape[0]
     assert (dev, side, _batches({"task": "sst2"})) == (872, 6, 6)
-    page = (Path(__file__).resolve().parents[1] / "docs" / "search.md").read_text()
+    page = (ROOT / "docs" / "search.md").read_text()
     assert f"{side} x {side} on SST-2's {dev} rows" in " ".join(page.split())
