@@ -92,6 +92,7 @@ def run_specs(args: argparse.Namespace) -> tuple[DistillConfig, TeacherSpec]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from fsd.metrics import SAMPLES, SAMPLES_PER_S, SCORE, TRAIN_S
     from fsd.teacher import ensure_teacher
     from fsd.train import distill, export_student
 
@@ -109,10 +110,10 @@ def main(argv: list[str] | None = None) -> None:
         for report in distill(config, progress=True):
             shown = {k: round(v, 4) for k, v in report.metrics.items() if k.startswith(("eval", "train/loss"))}
             print(f"epoch {round(report.metrics['epoch'], 2):g}: {json.dumps(shown)} "
-                  f"({report.metrics['progress/samples']} samples; {report.metrics['time/train_s']:.0f} s, "
-                  f"{report.metrics['train/samples_per_s']:.1f} samples/s)")
-            if args.output_dir and report.metrics["eval/score"] > best:
-                best = report.metrics["eval/score"]
+                  f"({report.metrics[SAMPLES]} samples; {report.metrics[TRAIN_S]:.0f} s, "
+                  f"{report.metrics[SAMPLES_PER_S]:.1f} samples/s)")
+            if args.output_dir and report.metrics[SCORE] > best:
+                best = report.metrics[SCORE]
                 report.save(args.output_dir)
         if args.output_dir:
             ranked = "holdout" if config.holdout_rows is not None else "dev"  # what eval/score was measured on

@@ -18,7 +18,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from fsd.config import DataSpec
 from fsd.data import Batches, load_task_data
-from fsd.metrics import glue_metrics
+from fsd.metrics import EPOCH_S, EVAL_ROWS, SAMPLES_PER_S, TRAIN_S, glue_metrics
 from fsd.models import run_model
 from fsd.progress import Progress
 from fsd.tasks import Task, get_task
@@ -152,8 +152,8 @@ class Interval:
     def metrics(self) -> dict[str, float]:
         seconds = time.perf_counter() - self.start
         out = {f"train/{k}": float(v) / max(self.steps, 1) for k, v in self.sums.items()}
-        out["train/samples_per_s"] = self.samples / seconds if seconds > 0 else 0.0
-        out["time/train_s"] = seconds
+        out[SAMPLES_PER_S] = self.samples / seconds if seconds > 0 else 0.0
+        out[TRAIN_S] = seconds
         return out
 
 
@@ -168,7 +168,7 @@ def train_epoch(batches: Batches, epoch: int, loss_fn: LossFn, params: list[torc
             interval.add(rows, parts)
             bar.update(rows)
     out = interval.metrics()
-    out["time/epoch_s"] = out.pop("time/train_s")
+    out[EPOCH_S] = out.pop(TRAIN_S)
     return out
 
 
@@ -201,7 +201,7 @@ def evaluate(model: torch.nn.Module, dev: dict[str, Batches], task: Task, device
         metrics = glue_metrics(task.name, logits, batches.labels.numpy())
         metrics["loss"] = label_loss_value(logits, batches.labels, task.is_regression)
         out.update({f"{prefix}/{k}": v for k, v in metrics.items()})
-    out["eval/rows"] = float(next(iter(dev.values())).num_examples)
+    out[EVAL_ROWS] = float(next(iter(dev.values())).num_examples)
     return out
 
 

@@ -13,10 +13,25 @@ from fsd.tasks import get_task
 if TYPE_CHECKING:
     from fsd.data import Holdout
 
-# What a run reports at each evaluation, by these names everywhere (the search ranks, stops and counts by them).
+# What a run reports at each evaluation, by these names everywhere (the search ranks, stops and counts by them):
+# this is their one spelling, every other module reads them here (tests/test_metric_names.py checks it).
 SCORE = "eval/score"  # the task's selection metric on the ranking split (dev, or the holdout)
+BEST_SCORE = "eval/best_score"  # the best SCORE of the run so far (a stopped trial's, at its rung)
+LOSS = "eval/loss"  # the label loss on the ranking split
+BEST_LOSS = "eval/best_loss"  # the lowest LOSS of the run so far
+EVAL_ROWS = "eval/rows"  # rows of the ranking split evaluated
+DEV_SCORE = "dev/score"  # SCORE measured on dev for a checkpoint ranked on a holdout (`fsd.train.evaluate_on_dev`)
 SAMPLES = "progress/samples"  # training samples seen: the unit of rungs, budgets and curves
 BUDGET = "progress/budget"  # the training samples of the whole run
+SAMPLES_PER_S = "train/samples_per_s"  # training throughput of the epoch
+TRAIN_S = "time/train_s"  # seconds training since the last evaluation
+EPOCH_S = "time/epoch_s"  # a teacher epoch's training seconds (TRAIN_S under the teacher's name)
+TOTAL_EPOCH_S = "time/total_epoch_s"  # a teacher epoch's seconds, its evaluation included
+TEACHER_S = "time/teacher_s"  # of TRAIN_S, the seconds spent reading the teacher's outputs
+SETUP_S = "time/setup_s"  # seconds before the first step
+EVAL_S = "time/eval_s"  # seconds of the evaluation
+RESUMED_FROM = "run/resumed_from"  # the samples a resumed run started from
+STUDENT_PARAMS = "run/student_params"  # the student's parameter count
 
 
 def reached_budget(result: dict) -> bool:

@@ -15,6 +15,7 @@ from fsd.config import DataSpec
 from fsd.data import source_fingerprint
 from fsd.logs import console
 from fsd.loop import evaluate, make_batches, make_optimizer, resolve_device, seed_everything, speed_up, train_epoch
+from fsd.metrics import EPOCH_S, SCORE, TOTAL_EPOCH_S
 from fsd.models import TEACHER_META, load_teacher, load_tokenizer, run_model, teacher_meta, teacher_problem
 from fsd.objectives.kd import label_loss
 from fsd.storage import atomic_folder, content_key, one_builder
@@ -117,11 +118,11 @@ def finetune_teacher(spec: TeacherSpec, storage: str, out_dir: str, device: str 
         metrics = train_epoch(train, epoch, loss_fn, params, optimizer, scheduler, 1.0, dev_,
                               progress=f"teacher {task.name} epoch {epoch + 1}/{spec.epochs}")
         metrics.update(evaluate(model, dev, task, dev_))
-        metrics.update({"epoch": epoch + 1, "time/total_epoch_s": time.perf_counter() - started})
+        metrics.update({"epoch": epoch + 1, TOTAL_EPOCH_S: time.perf_counter() - started})
         epochs.append(metrics)
         failpoints.reached("teacher-epoch")
         console.info(f"teacher {task.name} epoch {epoch + 1}/{spec.epochs}: dev score "
-                     f"{100 * metrics['eval/score']:.2f} ({metrics['time/epoch_s']:.0f} s train)")
+                     f"{100 * metrics[SCORE]:.2f} ({metrics[EPOCH_S]:.0f} s train)")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     meta = {"task": task.name, "backbone": spec.backbone, "spec": spec.record(), "lr": spec.resolved_lr,

@@ -31,7 +31,19 @@ from fsd.loop import (
     to_device,
     train_steps,
 )
-from fsd.metrics import BUDGET, SAMPLES
+from fsd.metrics import (
+    BEST_LOSS,
+    BEST_SCORE,
+    BUDGET,
+    EVAL_S,
+    LOSS,
+    RESUMED_FROM,
+    SAMPLES,
+    SCORE,
+    SETUP_S,
+    STUDENT_PARAMS,
+    TEACHER_S,
+)
 from fsd.models import build_student, load_tokenizer, run_model, teacher_meta
 from fsd.objectives import Objective, Setup, build_objective
 from fsd.progress import Progress
@@ -193,7 +205,7 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, start_step, samples, best = state["epoch"], state["step"], state["samples"], state["best_score"]
-        best_loss = state.get("metrics", {}).get("eval/best_loss", best_loss)
+        best_loss = state.get("metrics", {}).get(BEST_LOSS, best_loss)
         torch.set_rng_state(state["rng"]["torch"])
         if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -219,17 +231,17 @@ def distill(config: DistillConfig, resume_from: str | os.PathLike | dict | None 
             if step + 1 == len(train):
                 bar.close()  # before the epoch's evaluation is reported
             metrics = interval.metrics()
-            metrics["time/teacher_s"], read_s = source.read_s - read_s, source.read_s  # a part of time/train_s
-            metrics["time/setup_s"] = setup_s
+            metrics[TEACHER_S], read_s = source.read_s - read_s, source.read_s  # a part of time/train_s
+            metrics[SETUP_S] = setup_s
             started = time.perf_counter()
             metrics.update(evaluate(student, ranked, task, device))
-            metrics["time/eval_s"] = time.perf_counter() - started
+            metrics[EVAL_S] = time.perf_counter() - started
             if tracked is not None:
                 metrics.update(tracked(student))
-            best, best_loss = max(best, metrics["eval/score"]), min(best_loss, metrics["eval/loss"])
-            metrics.update({"epoch": samples / rows, "eval/best_score": best, "eval/best_loss": best_loss,
-                            "run/resumed_from": resumed_from, SAMPLES: samples, BUDGET: budget,
-                            "run/student_params": size})
+            best, best_loss = max(best, metrics[SCORE]), min(best_loss, metrics[LOSS])
+            metrics.update({"epoch": samples / rows, BEST_SCORE: best, BEST_LOSS: best_loss,
+                            RESUMED_FROM: resumed_from, SAMPLES: samples, BUDGET: budget,
+                            STUDENT_PARAMS: size})
             # The next position: the rest of this epoch, or the start of the next one.
             at = (epoch, step + 1) if step + 1 < len(train) else (epoch + 1, 0)
 

@@ -1,4 +1,9 @@
-"""glue_metrics against formulas written out here (not scikit-learn's code path)."""
+"""glue_metrics against formulas written out here (not scikit-learn's code path); the metric names spelled only
+in fsd/metrics.py."""
+
+import ast
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,3 +72,44 @@ def test_constant_regression_output_scores_zero_not_nan():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="predictions"):
         glue_metrics("rte", P[:10], Y)
+
+
+# ------------------------------------------------------------------------------------ the metric names' one home
+ROOT = Path(__file__).resolve().parents[1]
+HOME = ROOT / "fsd" / "metrics.py"
+
+
+def metric_names(source: str) -> dict[str, str]:
+    """The module-level names of `source` bound to a metric name (a string such as "eval/score") -> that string."""
+    out = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str) \
+                and re.fullmatch(r"[a-z_]+/[a-z_]+", node.value.value):
+            out.update({t.id: node.value.value for t in node.targets if isinstance(t, ast.Name)})
+    return out
+
+
+def spelled_out(source: str, literals: set[str]) -> list[tuple[int, str]]:
+    """(line, literal) for each string of `source` (f-strings' parts included) that is one of `literals`."""
+    return sorted((node.lineno, node.value) for node in ast.walk(ast.parse(source))
+                  if isinstance(node, ast.Constant) and node.value in literals)
+
+
+def test_metric_names_are_spelled_only_in_fsd_metrics():
+    names = metric_names(HOME.read_text())
+    assert {"SCORE", "BEST_SCORE", "DEV_SCORE", "SAMPLES", "BUDGET"} <= set(names)
+    assert len(set(names.values())) == len(names), "two constants for one metric name"
+    found = {}
+    for path in [*(ROOT / "fsd").rglob("*.py"), ROOT / "tune_main.py"]:
+        if path != HOME and (hits := spelled_out(path.read_text(), set(names.values()))):
+            found[path.relative_to(ROOT).as_posix()] = hits
+    assert found == {}, f"metric names spelled out instead of read from fsd/metrics.py: {found}"
+
+
+def test_a_metric_name_spelled_out_is_found():
+    source = ('from fsd.metrics import SCORE\n'
+              'best = result["eval/best_score"]\n'
+              'line = f"{metrics[\'eval/score\']:.2f} at {SCORE}"\n'
+              '"""A docstring naming eval/score in passing is prose."""\n')
+    literals = set(metric_names(HOME.read_text()).values())
+    assert spelled_out(source, literals) == [(2, "eval/best_score"), (3, "eval/score")]

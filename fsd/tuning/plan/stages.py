@@ -19,7 +19,7 @@ from typing import Any
 
 from fsd.config import DataSpec, DistillConfig, check_partial
 from fsd.data import split_rows
-from fsd.metrics import BUDGET, SAMPLES, SCORE, reached_budget  # noqa: F401 - the search's names for them
+from fsd.metrics import BEST_SCORE, BUDGET, SAMPLES, SCORE, reached_budget  # noqa: F401 - the search's names for them
 from fsd.tuning.plan.spec import SearchSpec
 from search_spaces import Schedule, Stage
 
@@ -31,7 +31,7 @@ MODE = "max"
 # every trial instead (bench/rung_rules.py, its ranks in bench/results/sst2-rungs/rules.md; docs/results.md,
 # "Rungs that keep the winner").
 RUNG_METRIC, RUNG_MODE = SCORE, "max"
-RUNG_BEST = "eval/best_score"  # what TPE learns from: a trial's best score (a stopped trial's, at its rung)
+RUNG_BEST = BEST_SCORE  # what TPE learns from: a trial's best score (a stopped trial's, at its rung)
 # Scores this close to a rung's cutoff are tied with it, and go on: half a point, well inside a holdout's
 # sampling error, and the smallest tolerance tried that kept every stage winner of the recorded schedule
 # (docs/results.md, "Rungs that keep the winner").

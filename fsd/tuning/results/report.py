@@ -13,6 +13,7 @@ from typing import Any
 
 from fsd.analysis import HEATMAP_FILE, METRICS_FILE
 from fsd.data import split_rows
+from fsd.metrics import BEST_SCORE, DEV_SCORE, SCORE
 from fsd.models import teacher_meta
 from fsd.tuning.plan.evidence import expected_best
 from fsd.tuning.plan.ledger import LEDGER, Ledger
@@ -90,7 +91,7 @@ def trial_scores(uri: str, ledger: Ledger) -> dict[str, list[float]]:
         runs = client.search_runs([exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{holder}'",
                                   max_results=10000)
         # a trial halving stopped has a rung's score, not comparable with a final one: left out of the plot
-        out[stage] = [100 * r.data.metrics.get("eval/best_score", math.nan) for r in runs
+        out[stage] = [100 * r.data.metrics.get(BEST_SCORE, math.nan) for r in runs
                       if r.data.tags.get("early_stopped") != "true"]
     return out
 
@@ -100,12 +101,12 @@ def stage_rows(method: str, task: str, ledger: Ledger) -> list[dict[str, Any]]:
     holdout = ledger.data.get("search", {}).get("select_on") == "holdout"
     rows: list[dict[str, Any]] = []
     meta = teacher_meta(ledger.data["teacher"]) if ledger.data.get("teacher") else None
-    if meta and "eval/score" in meta.get("dev", {}):
-        rows.append({"stage": "teacher", "dev score": _pct(meta["dev"]["eval/score"]),
+    if meta and SCORE in meta.get("dev", {}):
+        rows.append({"stage": "teacher", "dev score": _pct(meta["dev"][SCORE]),
                      "winner": Path(ledger.data["teacher"]).name, "paper": PAPER["teacher"].get(task, "-")})
     floor = ledger.data.get("majority")
     if floor:
-        rows.append({"stage": "majority class", "dev score": _pct(floor["eval/score"]),
+        rows.append({"stage": "majority class", "dev score": _pct(floor[SCORE]),
                      "winner": "the most frequent training label"})
     for stage in stage_order(ledger):
         record = ledger.records()[stage]
@@ -120,7 +121,7 @@ def stage_rows(method: str, task: str, ledger: Ledger) -> list[dict[str, Any]]:
         analysis = record.get("analysis", {})
         row: dict[str, Any] = {"stage": stage, "trials": record.get("trials", 0)}
         if holdout and "dev" in record:  # ranked on a holdout: its score, and dev measured for the winner alone
-            row.update({"holdout score": _pct(record["score"]), "dev score": _pct(record["dev"]["dev/score"])})
+            row.update({"holdout score": _pct(record["score"]), "dev score": _pct(record["dev"][DEV_SCORE])})
         else:
             row["dev score"] = _pct(record["score"])
         row["winner"] = ", ".join(f"{k}={record['winner'][k]}" for k in SHOWN if k in record["winner"])
@@ -142,10 +143,10 @@ def references(ledger: Ledger) -> dict[str, float]:
     """The teacher's and the majority class's dev scores x 100, the lines a trial plot is read against."""
     out = {}
     meta = teacher_meta(ledger.data["teacher"]) if ledger.data.get("teacher") else None
-    if meta and "eval/score" in meta.get("dev", {}):
-        out["teacher"] = 100 * meta["dev"]["eval/score"]
-    if (ledger.data.get("majority") or {}).get("eval/score") is not None:
-        out["majority class"] = 100 * ledger.data["majority"]["eval/score"]
+    if meta and SCORE in meta.get("dev", {}):
+        out["teacher"] = 100 * meta["dev"][SCORE]
+    if (ledger.data.get("majority") or {}).get(SCORE) is not None:
+        out["majority class"] = 100 * ledger.data["majority"][SCORE]
     return out
 
 
@@ -224,10 +225,10 @@ def at_majority(ledgers: dict[str, Ledger]) -> str | None:
     """A warning when every stage winner of every search is within 0.5 points of the majority class."""
     scores, floor = [], None
     for ledger in ledgers.values():
-        floor = (ledger.data.get("majority") or {}).get("eval/score", floor)
+        floor = (ledger.data.get("majority") or {}).get(SCORE, floor)
         for record in ledger.records().values():
             if record.get("status") == "done" and record.get("score") is not None:
-                scores.append(record["dev"]["dev/score"] if "dev" in record else record["score"])
+                scores.append(record["dev"][DEV_SCORE] if "dev" in record else record["score"])
     if floor is None or not scores or max(scores) > floor + 0.005:
         return None
     return (f"**Every student is at the majority class** (dev score {100 * floor:.2f}): this budget is too small "

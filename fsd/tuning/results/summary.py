@@ -6,6 +6,7 @@ import math
 import statistics
 from pathlib import Path
 
+from fsd.metrics import DEV_SCORE, SCORE
 from fsd.models import teacher_meta
 from fsd.tuning.plan.evidence import split_error_line
 from fsd.tuning.plan.ledger import Ledger
@@ -41,13 +42,13 @@ def summary_table(ledger: Ledger, schedule: Schedule) -> str:
     blank = " - |" if holdout else ""  # the teacher and the floor are not ranked on the holdout
     none = " |" * EVIDENCE_HEAD.count("|") if noisy else ""
     meta = teacher_meta(ledger.data["teacher"]) if ledger.data.get("teacher") else None
-    if meta and "eval/score" in meta.get("dev", {}):
+    if meta and SCORE in meta.get("dev", {}):
         name = Path(ledger.data["teacher"]).name
-        score = 100 * meta["dev"]["eval/score"]
+        score = 100 * meta["dev"][SCORE]
         lines.append(f"| teacher | {name} |{blank} {score:.2f} |{none} {PAPER['teacher'].get(task, '-')} |")
     floor = ledger.data.get("majority")
     if floor:
-        lines.append(f"| majority class | the most frequent training label |{blank} {100 * floor['eval/score']:.2f} "
+        lines.append(f"| majority class | the most frequent training label |{blank} {100 * floor[SCORE]:.2f} "
                      f"|{none} - |")
     for stage in schedule.stages:
         record = ledger.records().get(stage.name, {})
@@ -62,7 +63,7 @@ def summary_table(ledger: Ledger, schedule: Schedule) -> str:
         paper = PAPER.get(stage.method, {}).get(task)
         score = f"{100 * record['score']:.2f}"
         if holdout:
-            dev = record.get("dev", {}).get("dev/score")
+            dev = record.get("dev", {}).get(DEV_SCORE)
             score += " | " + ("-" if dev is None else f"{100 * dev:.2f}")
         shown_evidence = evidence_cells(record.get("evidence")) if noisy else ""
         lines.append(f"| {stage.name} | {shown} | {score} |{shown_evidence} {paper if paper else '-'} |")
@@ -186,7 +187,7 @@ def fresh_lines(ledger: Ledger) -> list[str]:
     scores = {label: list(r["scores"].values()) for label, r in runs.items()}
     seeds = {label: [int(s) for s in r["scores"]] for label, r in runs.items()}
     tests = {c.versus: c for c in versus_each(scores, seeds, full=SEARCHED)} if SEARCHED in scores else {}
-    floor = (ledger.data.get("majority") or {}).get("eval/score")
+    floor = (ledger.data.get("majority") or {}).get(SCORE)
     lines = [f"was the search worth it: dev x 100 on {len(fresh['seeds'])} seeds no search used "
              f"({fresh['seeds'][0]}-{fresh['seeds'][-1]})",
              "| students | mean (sd) | vs the search's best | p (search's best higher, Holm) | at the majority class |",

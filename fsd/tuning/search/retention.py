@@ -16,6 +16,7 @@ from typing import Any
 from ray.tune import Callback
 
 from fsd.checkpoints import drop_resume_state
+from fsd.metrics import BEST_SCORE
 from fsd.tuning.plan.stages import METRIC, reached_budget
 from fsd.tuning.search.unreported import CHECKPOINTS
 
@@ -42,7 +43,7 @@ def losers(trials: list[dict[str, Any]], seeds: int, top: int = 1) -> list[str]:
         if not reached_budget(t["result"]) or METRIC not in t["result"]:
             out.append(t["id"])
             continue
-        points.setdefault(point_of(t["config"]), []).append((float(t["result"].get("eval/best_score",
+        points.setdefault(point_of(t["config"]), []).append((float(t["result"].get(BEST_SCORE,
                                                                                        t["result"][METRIC])), t["id"]))
     complete = {p: runs for p, runs in points.items() if len(runs) >= seeds}
     if not complete:

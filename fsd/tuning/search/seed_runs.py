@@ -13,6 +13,7 @@ from typing import Any
 
 from ray import tune
 
+from fsd.metrics import EVAL_ROWS, EVAL_S, STUDENT_PARAMS, TRAIN_S
 from fsd.storage import content_key, write_text
 from fsd.train import evaluate_on_dev
 from fsd.tuning.plan.spec import SearchSpec
@@ -73,10 +74,10 @@ def seed_runs(spec: SearchSpec, folder: str, label: str, config: dict[str, Any],
             top = df.loc[df[METRIC].idxmax()]
             dev = {k: float(v) for k, v in table_metrics(top.to_dict()).items()}
         cost = {}
-        if {"run/student_params", "time/eval_s", "eval/rows", SAMPLES} <= set(df.columns):  # this version
-            cost = {"params": float(df["run/student_params"].iloc[-1]), "train_s": float(df["time/train_s"].sum()),
-                    "samples": float(df[SAMPLES].max()), "eval_s": float(df["time/eval_s"].sum()),
-                    "eval_rows": float(df["eval/rows"].sum())}
+        if {STUDENT_PARAMS, EVAL_S, EVAL_ROWS, SAMPLES} <= set(df.columns):  # this version
+            cost = {"params": float(df[STUDENT_PARAMS].iloc[-1]), "train_s": float(df[TRAIN_S].sum()),
+                    "samples": float(df[SAMPLES].max()), "eval_s": float(df[EVAL_S].sum()),
+                    "eval_rows": float(df[EVAL_ROWS].sum())}
         tracked = [k for k in df.columns if k.startswith("relations/")]
         curve = df[[SAMPLES, *tracked]].to_dict("records") if tracked else []
         runs.append(SeedRun(dev, best.path if best else None, cost, curve, int(result.config["seed"])))
@@ -98,4 +99,4 @@ def table_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """The GLUE metrics of an evaluation (`eval/<metric>`, `eval_mm/<metric>`), as Table 2/3 shows them: not its
     loss, row count or running best."""
     return {k: v for k, v in metrics.items() if k.startswith(("eval/", "eval_mm/"))
-            and k != "eval/rows" and not k.startswith("eval/best_") and not k.endswith("/loss")}
+            and k != EVAL_ROWS and not k.startswith("eval/best_") and not k.endswith("/loss")}

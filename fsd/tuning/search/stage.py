@@ -12,6 +12,7 @@ from typing import Any
 from fsd.analysis import analyse_checkpoint
 from fsd.config import DistillConfig
 from fsd.logs import console
+from fsd.metrics import DEV_SCORE
 from fsd.storage import one_builder
 from fsd.tasks import get_task
 from fsd.train import evaluate_on_dev, export_student, prepare_outputs
@@ -317,7 +318,7 @@ def stage_line(spec: SearchSpec, name: str, record: StageRecord) -> str:
     split = "holdout" if spec.select_on == "holdout" else "dev"
     line = f"stage {name}: best {split} score {100 * record['score']:.2f}"
     if spec.select_on == "holdout":
-        dev = record.get("dev", {}).get("dev/score")
+        dev = record.get("dev", {}).get(DEV_SCORE)
         line += ", its dev score " + ("-" if dev is None else f"{100 * dev:.2f}")
     line += cut
     if record.get("evidence"):  # the winner's seeds against the runner-up's, and the ties

@@ -18,6 +18,7 @@ from ray.tune import Callback
 
 from fsd import failpoints
 from fsd.data import source_fingerprint, split_rows
+from fsd.metrics import SCORE
 from fsd.storage import content_key, one_builder
 from fsd.tasks import get_task
 from fsd.tuning.plan.stages import SAMPLES, expand, reached_budget
@@ -139,7 +140,7 @@ def logged_steps(uri: str, run_id: str) -> set[int]:
     if run_id.startswith("queued:"):
         return set()
     try:
-        return {m.step for m in client_for(uri).get_metric_history(run_id, "eval/score")}
+        return {m.step for m in client_for(uri).get_metric_history(run_id, SCORE)}
     except Exception:  # noqa: BLE001 - the server may be away: the outbox handles the writes
         return set()
 
