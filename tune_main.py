@@ -241,7 +241,7 @@ def dry_run(args: argparse.Namespace) -> None:
 def ranking_line(spec, rows: int) -> str:
     """The line of --dry-run that says how finely one trial's score on the ranking split can rank."""
     from fsd.tuning.plan.evidence import binomial_error, split_error_line
-    from fsd.tuning.plan.stages import score_kind
+    from fsd.tuning.plan.ranking import score_kind
 
     kind = score_kind(spec.task)
     line = split_error_line(kind, "holdout" if spec.select_on == "holdout" else "dev", rows, None)

@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from fsd.tuning.plan.evidence import paired  # noqa: E402
 from fsd.tuning.plan.ledger import Ledger  # noqa: E402
+from fsd.tuning.plan.ranking import METRIC  # noqa: E402
 from fsd.tuning.plan.spec import SearchSpec  # noqa: E402
-from fsd.tuning.plan.stages import METRIC  # noqa: E402
 from fsd.tuning.search.fresh import fresh_seed_list  # noqa: E402
 
 

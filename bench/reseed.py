@@ -24,7 +24,7 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from hold_rate import open_search  # noqa: E402
 
-from fsd.tuning.plan.stages import METRIC  # noqa: E402
+from fsd.tuning.plan.ranking import METRIC  # noqa: E402
 from fsd.tuning.search.fresh import fresh_seed_list, untuned  # noqa: E402
 from search_spaces import get_schedule  # noqa: E402
 

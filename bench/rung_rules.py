@@ -30,8 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from replay import Curve, shuffled, simulate  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fsd.metrics import BUDGET, SAMPLES, SCORE  # noqa: E402
+from fsd.tuning.plan.ranking import RUNG_METRIC, RUNG_MODE, RUNG_TIE  # noqa: E402
+from fsd.tuning.plan.rungs import rungs_for  # noqa: E402
 from fsd.tuning.plan.spec import FIRST_RUNG, REDUCTION_FACTOR  # noqa: E402
-from fsd.tuning.plan.stages import BUDGET, RUNG_METRIC, RUNG_MODE, RUNG_TIE, SAMPLES, SCORE, rungs_for  # noqa: E402
 
 LOSS = "eval/loss"
 WORKERS = 2  # the recorded run's trials at once

@@ -28,7 +28,7 @@ from replay import Asha, Curve, TPESource, rung_rank_correlation, shuffled, simu
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from fsd.tuning.plan.stages import rungs_for  # noqa: E402
+from fsd.tuning.plan.rungs import rungs_for  # noqa: E402
 
 BUDGET = ["--task", "sst2", "--method", "vkd", "--student-layers", "3", "--preset", "paper", "--grid", "epochs=2",
           "--grid", "lr=5e-5,1e-4,2e-4", "--set", "max_train_samples=3000"]

@@ -1,8 +1,9 @@
 """Search schedules as inert data: stages, their grids, what they take from earlier stages' winners.
 
 A stage's trials all run one method. Its grid maps a parameter name to candidate values; a joint name
-such as `gamma_i+gamma_l` takes tuples, one value per parameter. Grids that depend on an earlier stage's
-measured winner (the paper's refine stages) are `Derived` rules, resolved when that winner is known.
+such as `gamma_i+gamma_l` takes tuples, one value per parameter (`search_spaces.joint` decodes them). Grids
+that depend on an earlier stage's measured winner (the paper's refine stages) are `Derived` rules, resolved
+when that winner is known.
 `get_schedule(method, task, preset)` returns frozen data; nothing here imports Ray.
 """
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fsd.logs import first_line
+from fsd.tuning.plan.rungs import EVALS_PER_RUN
 from fsd.tuning.plan.spend import SearchCost
-from fsd.tuning.plan.stages import EVALS_PER_RUN
 from search_spaces import Schedule
 
 

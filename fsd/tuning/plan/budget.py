@@ -17,7 +17,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fsd.tuning.plan.stages import expected_samples, rungs_for
+from fsd.tuning.plan.rungs import expected_samples, rungs_for
 
 MIN_TRIALS = 3  # TPE needs a few trials to learn from; fewer are not worth a stage
 

@@ -16,7 +16,8 @@ from typing import Any
 from fsd.config import DistillConfig
 from fsd.objectives.equivalence import effective
 from fsd.storage import content_key
-from fsd.tuning.plan.stages import JOINT, expand, stage_base
+from fsd.tuning.plan.trials import stage_base
+from search_spaces.joint import JOINT, expand
 
 
 @dataclass(frozen=True)

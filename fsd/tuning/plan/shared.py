@@ -16,7 +16,7 @@ from typing import Any
 
 from fsd.storage import content_key, write_text
 from fsd.tuning.plan.spec import SPEED_KEYS
-from fsd.tuning.plan.stages import Strategy
+from fsd.tuning.plan.strategy import Strategy
 
 RECORD = "stage.json"
 # Values that do not change what the trials compute: a stage run with another of them is the same stage.

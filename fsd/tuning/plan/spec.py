@@ -53,7 +53,7 @@ class SearchSpec:
     cpus_per_trial: float = 1.0
     max_concurrent: int = 0
     max_failures: int = 1
-    strategy: str = "grid"  # grid (the paper's), halving or optuna: see fsd.tuning.plan.stages
+    strategy: str = "grid"  # grid (the paper's), halving or optuna: see fsd.tuning.plan.strategy
     reduction_factor: float = REDUCTION_FACTOR
     first_rung: float = FIRST_RUNG  # of a trial's budget
     num_samples: int | None = None  # optuna: trials per large stage; None: a share of its grid

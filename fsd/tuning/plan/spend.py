@@ -14,21 +14,11 @@ from fsd.data import split_rows
 from fsd.models import TEACHER_META, teacher_meta
 from fsd.tuning.plan import budget, folding, shared, winners
 from fsd.tuning.plan.folding import Folded
+from fsd.tuning.plan.references import teacher_spec
+from fsd.tuning.plan.rungs import eval_every, expected_evaluations, expected_samples, rungs_for
 from fsd.tuning.plan.spec import SearchSpec
-from fsd.tuning.plan.stages import (
-    confirm_runs,
-    data_values,
-    eval_every,
-    expected_evaluations,
-    expected_samples,
-    optuna_samples,
-    rungs_for,
-    seed_list,
-    stage_base,
-    stage_strategy,
-    strategy_of,
-    teacher_spec,
-)
+from fsd.tuning.plan.strategy import confirm_runs, optuna_samples, seed_list, stage_strategy, strategy_of
+from fsd.tuning.plan.trials import data_values, stage_base
 from search_spaces import Schedule, Stage
 
 

@@ -14,8 +14,8 @@ from typing import Any
 from fsd.tuning.plan import evidence
 from fsd.tuning.plan.folding import Folded
 from fsd.tuning.plan.ledger import StageRecord
-from fsd.tuning.plan.stages import expand
 from search_spaces import Schedule, Stage
+from search_spaces.joint import expand
 
 
 @dataclass(frozen=True)

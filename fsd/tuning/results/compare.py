@@ -21,12 +21,12 @@ import numpy as np
 from fsd.analysis import analyse_checkpoint
 from fsd.config import DistillConfig
 from fsd.logs import console
-from fsd.metrics import majority
+from fsd.metrics import SAMPLES, majority
 from fsd.models import teacher_meta
 from fsd.storage import content_key
 from fsd.tuning.plan.ledger import Ledger
+from fsd.tuning.plan.ranking import METRIC
 from fsd.tuning.plan.spec import SearchSpec, method_spec
-from fsd.tuning.plan.stages import METRIC, SAMPLES
 from fsd.tuning.results import significance, tables
 from fsd.tuning.results.html import scatter_plot
 from fsd.tuning.results.summary import PAPER

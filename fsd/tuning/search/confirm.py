@@ -17,14 +17,17 @@ from typing import Any
 from ray import tune
 
 from fsd.logs import console
+from fsd.metrics import reached_budget
 from fsd.tuning.plan import evidence
+from fsd.tuning.plan.ranking import METRIC
 from fsd.tuning.plan.spec import SearchSpec
-from fsd.tuning.plan.stages import JOINT, METRIC, confirm_seed_list, expand, reached_budget
+from fsd.tuning.plan.strategy import confirm_seed_list
 from fsd.tuning.search import halving, orphans, retention
 from fsd.tuning.search.services import MlflowIds, best_checkpoint, open_tuner, trainable_for
 from fsd.tuning.search.stage_progress import StageProgress
 from fsd.tuning.tracking import records
 from search_spaces import Stage
+from search_spaces.joint import JOINT, expand
 
 SUFFIX = "-confirm"  # the confirmation experiment's name: `<task>-<stage>-confirm`, beside the stage's own
 

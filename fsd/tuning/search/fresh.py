@@ -15,8 +15,8 @@ from typing import Any
 from fsd.config import DistillConfig
 from fsd.logs import console
 from fsd.tuning.plan.ledger import Ledger
+from fsd.tuning.plan.ranking import METRIC
 from fsd.tuning.plan.spec import SearchSpec
-from fsd.tuning.plan.stages import METRIC
 from fsd.tuning.search.seed_runs import seed_runs
 from search_spaces import Schedule
 

@@ -23,20 +23,12 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm
 
+from fsd.metrics import BUDGET, SAMPLES
 from fsd.storage import write_text
-from fsd.tuning.plan.stages import (
-    BUDGET,
-    METRIC,
-    MODE,
-    RUNG_BEST,
-    RUNG_METRIC,
-    RUNG_MODE,
-    RUNG_TIE,
-    SAMPLES,
-    Rungs,
-    joint_value,
-)
+from fsd.tuning.plan.ranking import METRIC, MODE, RUNG_BEST, RUNG_METRIC, RUNG_MODE, RUNG_TIE
+from fsd.tuning.plan.rungs import Rungs
 from fsd.tuning.search.no_repeats import NoRepeats
+from search_spaces.joint import joint_value
 
 TIME_ATTR = SAMPLES
 GATE = "budget_gate.json"

@@ -16,8 +16,8 @@ from typing import Any
 from ray.tune import Callback
 
 from fsd.checkpoints import drop_resume_state
-from fsd.metrics import BEST_SCORE
-from fsd.tuning.plan.stages import METRIC, reached_budget
+from fsd.metrics import BEST_SCORE, reached_budget
+from fsd.tuning.plan.ranking import METRIC
 from fsd.tuning.search.unreported import CHECKPOINTS
 
 

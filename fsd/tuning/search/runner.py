@@ -12,8 +12,10 @@ from fsd.logs import console
 from fsd.train import prepare_outputs
 from fsd.tuning.plan import budget
 from fsd.tuning.plan.ledger import Ledger
+from fsd.tuning.plan.ranking import ranking_split
+from fsd.tuning.plan.references import majority_floor, teacher_spec
 from fsd.tuning.plan.spec import SearchSpec, identity
-from fsd.tuning.plan.stages import majority_floor, ranking_split, stage_base, teacher_spec, train_rows
+from fsd.tuning.plan.trials import stage_base, train_rows
 from fsd.tuning.plan.winners import search_best
 from fsd.tuning.search.disk import DiskFull, disk_full, full_message
 from fsd.tuning.search.fresh import fresh_seed_list, run_fresh

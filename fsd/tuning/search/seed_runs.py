@@ -1,6 +1,6 @@
 """A configuration re-run on a list of seeds, as one Ray experiment in a folder of its own: what `--compare`
 runs for each method (and Tables 4 and 5), and what `--fresh-seeds` runs after a search. Each seed's run is
-evaluated `fsd.tuning.plan.stages.EVALS_PER_RUN` times, its relations to the teacher tracked (Fig. 6); a run
+evaluated `fsd.tuning.plan.rungs.EVALS_PER_RUN` times, its relations to the teacher tracked (Fig. 6); a run
 ranked on a holdout is measured on dev at its best holdout checkpoint."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from typing import Any
 
 from ray import tune
 
-from fsd.metrics import EVAL_ROWS, EVAL_S, STUDENT_PARAMS, TRAIN_S
+from fsd.metrics import EVAL_ROWS, EVAL_S, SAMPLES, STUDENT_PARAMS, TRAIN_S
 from fsd.storage import content_key, write_text
 from fsd.train import evaluate_on_dev
+from fsd.tuning.plan.ranking import METRIC, MODE
+from fsd.tuning.plan.rungs import evaluation_interval
 from fsd.tuning.plan.spec import SearchSpec
-from fsd.tuning.plan.stages import METRIC, MODE, SAMPLES, evaluation_interval
 from fsd.tuning.search import retention
 from fsd.tuning.search.services import best_checkpoint, open_tuner, trainable_for
 from fsd.tuning.search.stage_progress import StageProgress

@@ -17,8 +17,8 @@ from ray import tune
 
 from fsd.logs import console
 from fsd.tuning.plan.ledger import Ledger
+from fsd.tuning.plan.ranking import METRIC, MODE
 from fsd.tuning.plan.spec import SearchSpec
-from fsd.tuning.plan.stages import METRIC, MODE
 from fsd.tuning.search import orphans
 from fsd.tuning.search.stage_progress import quiet_services
 from fsd.tuning.search.trainable import train_trial

@@ -12,36 +12,24 @@ from typing import Any
 from fsd.analysis import analyse_checkpoint
 from fsd.config import DistillConfig
 from fsd.logs import console
-from fsd.metrics import DEV_SCORE
+from fsd.metrics import DEV_SCORE, SAMPLES, reached_budget
 from fsd.storage import one_builder
 from fsd.tasks import get_task
 from fsd.train import evaluate_on_dev, export_student, prepare_outputs
 from fsd.tuning.plan import budget, evidence, folding, shared, winners
 from fsd.tuning.plan.ledger import Ledger, StageRecord
+from fsd.tuning.plan.ranking import METRIC
+from fsd.tuning.plan.rungs import rungs_for
 from fsd.tuning.plan.spec import SearchSpec
-from fsd.tuning.plan.stages import (
-    JOINT,
-    METRIC,
-    SAMPLES,
-    Strategy,
-    confirm_runs,
-    expand,
-    grid_size,
-    point_value,
-    reached_budget,
-    rungs_for,
-    seed_list,
-    stage_base,
-    stage_trials,
-    strategy_of,
-    trial_budget,
-)
+from fsd.tuning.plan.strategy import Strategy, confirm_runs, grid_size, seed_list, stage_trials, strategy_of
+from fsd.tuning.plan.trials import stage_base, trial_budget
 from fsd.tuning.search import confirm, disk, halving, orphans, retention
 from fsd.tuning.search.services import MlflowIds, best_checkpoint, finished_trials, open_tuner, trainable_for
 from fsd.tuning.search.stage_progress import StageProgress, last_line
 from fsd.tuning.tracking.outbox import Outbox
 from fsd.tuning.tracking.records import TrialTracker, dataset_records
 from search_spaces import Schedule, Stage
+from search_spaces.joint import JOINT, expand, point_value
 
 
 class StageFailed(RuntimeError):

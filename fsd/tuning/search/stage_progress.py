@@ -13,8 +13,10 @@ from typing import Any
 from ray.tune import Callback
 
 from fsd.logs import console
+from fsd.metrics import BUDGET, SAMPLES, reached_budget
 from fsd.progress import format_duration
-from fsd.tuning.plan.stages import BUDGET, METRIC, SAMPLES, expand, reached_budget
+from fsd.tuning.plan.ranking import METRIC
+from search_spaces.joint import expand
 
 HEARTBEAT_S = 60.0  # a line at least this often while a stage's trials run
 QUIET_LOGGERS = ("ray", "mlflow", "alembic")

@@ -19,8 +19,10 @@ from ray import tune
 
 from fsd.checkpoints import load_checkpoint
 from fsd.config import DistillConfig
+from fsd.metrics import reached_budget
 from fsd.train import distill
-from fsd.tuning.plan.stages import METRIC, expand, reached_budget
+from fsd.tuning.plan.ranking import METRIC
+from search_spaces.joint import expand
 
 
 def train_trial(params: dict[str, Any], base: dict[str, Any]) -> None:

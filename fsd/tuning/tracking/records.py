@@ -18,10 +18,10 @@ from ray.tune import Callback
 
 from fsd import failpoints
 from fsd.data import source_fingerprint, split_rows
-from fsd.metrics import SCORE
+from fsd.metrics import SAMPLES, SCORE, reached_budget
 from fsd.storage import content_key, one_builder
 from fsd.tasks import get_task
-from fsd.tuning.plan.stages import SAMPLES, expand, reached_budget
+from search_spaces.joint import expand
 
 PARENT_TAG = "mlflow.parentRunId"
 # MLflow 3's UI opens an experiment of no kind on its GenAI overview; this kind opens it on the runs table.

@@ -10,9 +10,10 @@ from fsd.objectives.equivalence import effective
 from fsd.train import distill
 from fsd.tuning.plan.folding import fold, points, student_key
 from fsd.tuning.plan.spec import SearchSpec
-from fsd.tuning.plan.stages import expand, stage_base
+from fsd.tuning.plan.trials import stage_base
 from fsd.tuning.plan.winners import Candidate, carried, choose, not_last_line, search_best
 from search_spaces import get_schedule
+from search_spaces.joint import expand
 
 BASE = {"task": "rte", "teacher": "/t", "alpha": 0.5, "temperature": 10.0, "lr": 2e-5, "epochs": 3, "beta": 1.0}
 

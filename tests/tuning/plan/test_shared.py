@@ -5,7 +5,7 @@ import pickle
 import pytest
 
 from fsd.tuning.plan.shared import finished, save, stage_folder, stage_key
-from fsd.tuning.plan.stages import Strategy
+from fsd.tuning.plan.strategy import Strategy
 
 BASE = {"task": "rte", "teacher": "/runs/teacher/rte-abc", "student_init": None, "student_layers": 3,
         "method": "vkd", "data_dir": "/glue", "storage": "/runs", "max_seq_len": 128, "seed": 42, "epochs": 2,
@@ -70,7 +70,7 @@ def test_asha_rungs_and_stops_survive_a_restore(tmp_path):
     before the kill stays stopped."""
     from types import SimpleNamespace
 
-    from fsd.tuning.plan.stages import rungs_for
+    from fsd.tuning.plan.rungs import rungs_for
 
     rungs = rungs_for(900, 1 / 9, 3.0)  # rungs at 100, 300
     path = tmp_path / "rungs.json"

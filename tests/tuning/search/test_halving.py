@@ -26,8 +26,9 @@ from rung_rules import (  # noqa: E402
 )
 
 from fsd.metrics import BUDGET, SAMPLES, SCORE  # noqa: E402
+from fsd.tuning.plan.ranking import RUNG_METRIC, RUNG_MODE, RUNG_TIE  # noqa: E402
+from fsd.tuning.plan.rungs import rungs_for  # noqa: E402
 from fsd.tuning.plan.spec import FIRST_RUNG, REDUCTION_FACTOR  # noqa: E402
-from fsd.tuning.plan.stages import RUNG_METRIC, RUNG_MODE, RUNG_TIE, rungs_for  # noqa: E402
 from fsd.tuning.search.halving import DurableASHA, rung_cutoff, tune_config  # noqa: E402
 
 RECORDED = ROOT / "bench" / "results" / "sst2-paper-schedule"

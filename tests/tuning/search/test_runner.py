@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fsd.tuning.plan.spec import SearchSpec
-from fsd.tuning.plan.stages import stage_base
+from fsd.tuning.plan.trials import stage_base
 from fsd.tuning.search.stage import StageFailed, pick_winner
 from search_spaces import get_schedule
 
