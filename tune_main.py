@@ -190,12 +190,12 @@ def dry_run(args: argparse.Namespace) -> None:
     is written. With --compare, the cost of every method's search, shared stages counted once."""
     from fsd.logs import first_line, quiet_libraries
     from fsd.tuning.command.checks import check_batch_sizes, check_compare, dry_spec
+    from fsd.tuning.cost.count import budget_plan, search_cost
     from fsd.tuning.cost.dryrun import cache_line, compare_cost, format_compare_cost, format_cost
     from fsd.tuning.cost.estimate import samples_per_hour
     from fsd.tuning.plan.budget import format_plan
     from fsd.tuning.plan.budget import parse as parse_budget
     from fsd.tuning.plan.spec import method_spec
-    from fsd.tuning.plan.spend import budget_plan, search_cost
     from search_spaces import format_schedule, get_schedule
 
     spec, schedule = dry_spec(args)

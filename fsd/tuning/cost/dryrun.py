@@ -1,13 +1,13 @@
 """What `--dry-run` prints of a search's cost: the table of every stage's training samples and evaluations,
-and the seed runs of a --compare (the counting itself is `fsd.tuning.plan.spend`'s)."""
+and the seed runs of a --compare (counted by `fsd.tuning.cost.count`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from fsd.logs import first_line
+from fsd.tuning.cost.count import SearchCost
 from fsd.tuning.plan.rungs import EVALS_PER_RUN
-from fsd.tuning.plan.spend import SearchCost
 from search_spaces import Schedule
 
 

@@ -27,8 +27,8 @@ from fsd.objectives.teacher_memory import memory_k
 from fsd.tasks import get_task
 from fsd.teacher_source import TeacherSource, live_attention
 from fsd.train import make_loss_fn, student_backbone
+from fsd.tuning.cost.count import SearchCost
 from fsd.tuning.plan.spec import SearchSpec
-from fsd.tuning.plan.spend import SearchCost
 from search_spaces import Schedule
 
 STEPS, WARMUP = 3, 1

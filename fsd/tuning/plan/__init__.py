@@ -5,8 +5,8 @@ rows), strategy (how a stage's grid is searched, its trials and seeds), rungs (h
 evaluations, expected samples), ranking (what trials are ranked by and on), references (the teacher's recipe,
 the majority-class floor), ledger (typed stage records), shared (stages keyed by content, reused across
 searches), folding (grids folded), winners (the carried winners, the search's best), evidence (the rule a stage
-names its winner by), budget (--budget's plan), spend (what a search will spend, in training samples).
+names its winner by), budget (--budget's plan).
 """
 
-__all__ = ["budget", "evidence", "folding", "ledger", "ranking", "references", "rungs", "shared", "spec", "spend",
-           "strategy", "trials", "winners"]
+__all__ = ["budget", "evidence", "folding", "ledger", "ranking", "references", "rungs", "shared", "spec", "strategy",
+           "trials", "winners"]

@@ -79,7 +79,7 @@ def per_trial_bytes(storage: str, teacher: str | None) -> tuple[int, bool] | Non
 def need(spec: SearchSpec, schedule: Schedule, done: set[str], teacher: str | None) -> Need | None:
     """What the stages of `schedule` not in `done` will keep on disk (shared stages already run elsewhere
     count as nothing), or None when a checkpoint's size cannot be told yet."""
-    from fsd.tuning.plan.spend import search_cost
+    from fsd.tuning.cost.count import search_cost
 
     per = per_trial_bytes(spec.storage, teacher)
     if per is None:

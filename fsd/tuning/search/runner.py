@@ -38,8 +38,8 @@ def start_search(spec: SearchSpec, schedule: Schedule, ledger: Ledger) -> tuple[
     ledger.data["majority"] = majority_floor(spec, schedule)
     ledger.data["ranking"] = ranking_split(spec, schedule)
     if spec.budget and "budget" not in ledger.data:  # planned once: a resumed search keeps its plan
+        from fsd.tuning.cost.count import budget_plan
         from fsd.tuning.cost.estimate import samples_per_hour
-        from fsd.tuning.plan.spend import budget_plan
 
         per_hour = samples_per_hour(spec, schedule) if budget.parse(spec.budget).hours is not None else None
         ledger.data["budget"] = {"text": spec.budget, "plan": budget_plan(spec, schedule, per_hour).to_json()}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+from fsd.tuning.cost.count import search_cost
 from fsd.tuning.plan.spec import SearchSpec
-from fsd.tuning.plan.spend import search_cost
 from search_spaces import get_schedule
 
 

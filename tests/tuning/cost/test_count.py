@@ -1,10 +1,10 @@
-"""What a search will spend, counted before it runs (fsd/tuning/plan/spend.py): one stage's cost against a hand
+"""What a search will cost, counted before it runs (fsd/tuning/cost/count.py): one stage's cost against a hand
 count, a stage met again in a comparison, epochs set on the command line."""
 
 import pytest
 
+from fsd.tuning.cost.count import search_cost
 from fsd.tuning.plan.spec import SearchSpec
-from fsd.tuning.plan.spend import search_cost
 from search_spaces import get_schedule
 
 

@@ -1,4 +1,4 @@
-"""What a search will spend before it runs, per stage and in total, in training samples (one row through one
+"""What a search will cost before it runs, per stage and in total, in training samples (one row through one
 training step), beside the teacher's fine-tuning and the teacher-cache pass; and --budget's plan over it.
 Nothing is written: the data files are read to count rows, earlier stages' records to know what is reused.
 """
