@@ -6,7 +6,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -18,6 +17,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from fsd.config import DataSpec
 from fsd.data import Batches, load_task_data
+from fsd.layout import Layout
 from fsd.metrics import EPOCH_S, EVAL_ROWS, SAMPLES_PER_S, TRAIN_S, glue_metrics
 from fsd.models import run_model
 from fsd.progress import Progress
@@ -218,7 +218,7 @@ def make_batches(data: DataSpec, tokenizer, storage: str) -> tuple[Batches, dict
     the held-out training rows' (else None), from the tokenised cache in `storage`."""
     task = get_task(data.task)
     holdout = data.holdout
-    splits = load_task_data(task, tokenizer, data.max_seq_len, data.data_dir, os.path.join(storage, "data_cache"),
+    splits = load_task_data(task, tokenizer, data.max_seq_len, data.data_dir, str(Layout(storage).data_cache),
                             data.max_train_samples, data.max_eval_samples, holdout)
     pad_to = data.max_seq_len if data.pad_to_max else None
     common = {"pad_id": tokenizer.pad_token_id, "pad_to": pad_to, "regression": task.is_regression}

@@ -13,6 +13,7 @@ import torch
 from fsd import failpoints
 from fsd.config import DataSpec
 from fsd.data import source_fingerprint
+from fsd.layout import Layout
 from fsd.logs import console
 from fsd.loop import evaluate, make_batches, make_optimizer, resolve_device, seed_everything, speed_up, train_epoch
 from fsd.metrics import EPOCH_S, SCORE, TOTAL_EPOCH_S
@@ -81,7 +82,7 @@ def ensure_teacher(spec: TeacherSpec, storage: str, device: str = "auto") -> str
         if problem is not None:
             raise ValueError(f"teacher {problem}")
         return spec.backbone
-    final = Path(storage) / "teacher" / spec.key()
+    final = Layout(storage).teacher(spec.key())
     if (final / TEACHER_META).is_file():
         return str(final)
     with one_builder(final, f"teacher {task.name}"):  # a search beside this one may be fine-tuning it

@@ -36,6 +36,7 @@ from transformers import AutoConfig
 
 from fsd import failpoints
 from fsd.data import Batches
+from fsd.layout import Layout
 from fsd.logs import console
 from fsd.loop import autocast
 from fsd.models import ModelOutputs, load_teacher, resolve_model_path, run_model
@@ -64,11 +65,11 @@ def model_fingerprint(name: str) -> str:
 
 
 def cache_folder(storage: str, key: dict) -> Path:
-    return Path(storage) / "cache" / f"{key['task']}-{content_key(key)}"
+    return Layout(storage).cache(key['task'], content_key(key))
 
 
 def memory_path(storage: str, key: dict) -> Path:
-    return Path(storage) / "memory" / f"{key['task']}-k{key['k']}-{content_key(key)}.pt"
+    return Layout(storage).memory(key['task'], key['k'], content_key(key))
 
 
 def _file(field: str, dtype: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fsd.config import PAIRED, ConfigError, DistillConfig
+from fsd.layout import LEDGER, Layout, root_entries
 from fsd.tasks import TASKS, get_task
 from fsd.tuning.command.flags import (
     UsageError,
@@ -31,7 +32,7 @@ from fsd.tuning.command.flags import (
 from fsd.tuning.command.inputs import check_data, check_models
 from fsd.tuning.command.stored import check_stored
 from fsd.tuning.command.writable import cannot_create, cannot_write, too_long
-from fsd.tuning.plan.ledger import LEDGER, Ledger
+from fsd.tuning.plan.ledger import Ledger
 from fsd.tuning.plan.spec import (
     IDENTITY,
     SearchSpec,
@@ -44,11 +45,9 @@ from search_spaces.base import METHODS
 
 TIMEOUT_S = 3.0  # for the MLflow server and the Ray cluster: a service slower than this to answer is down
 # What fsd-tune writes at the top of a storage folder, besides one `<task>-<method>/` folder per search.
-STORAGE_ENTRIES = {"teacher", "data_cache", "memory", "cache", "stages", "mlflow.db", "mlflow.db-journal",
-                   "mlflow.db.lock", "mlartifacts", ".DS_Store"}
-# Per task: a search folder per method, the --compare folder, the --report page (and the figures folder an
-# older report wrote beside it).
-SEARCH_FOLDERS = {f"{t}-{m}" for t in TASKS for m in (*METHODS, "compare", "report.html", "report-figures")}
+# What the layout writes: the shared folders and the MLflow store; per task, a search folder per method, the
+# --compare folder, the --report page (and the figures folder an older report wrote beside it).
+KNOWN_ENTRIES = root_entries(TASKS, METHODS) | {".DS_Store"}
 
 
 @dataclass
@@ -83,7 +82,7 @@ def validate(args: argparse.Namespace) -> Search:
         raise UsageError(f"--data-dir {args.data_dir} is not a folder: point it at a GLUE download")
     if args.report:  # reads the storage folder and MLflow: no data, models or search folder needed
         spec = SearchSpec(task=schedule.task, method=args.method, storage=str(storage),
-                          mlflow_uri=args.mlflow_uri or f"sqlite:///{storage}/mlflow.db", teacher=args.teacher)
+                          mlflow_uri=args.mlflow_uri or Layout(storage).mlflow_uri, teacher=args.teacher)
         if not storage.is_dir():
             raise UsageError(f"--report: {storage} does not exist: pass the --storage of your searches")
         check_mlflow(spec.mlflow_uri)
@@ -92,7 +91,7 @@ def validate(args: argparse.Namespace) -> Search:
         return Search(spec, schedule, args.resume, report=True)
     spec = build_spec(args, schedule, stages, extra, storage)
     # What the command will read back, whole, before the first check that may start writing.
-    searches = [Path(method_spec(spec, m).folder) for m in methods] + [storage / f"{spec.task}-compare"] \
+    searches = [Path(method_spec(spec, m).folder) for m in methods] + [Layout(storage).compare(spec.task)] \
         if methods else [Path(spec.folder)]
     check_stored(storage, spec.task, searches, spec.mlflow_uri)
     if methods:  # each method's search is reused (or run first): free, and made with these settings
@@ -274,7 +273,7 @@ def check_storage(storage: Path) -> None:
         if LEDGER in entries:
             raise UsageError(f"--storage {storage} is one search's folder, not a storage folder: pass its "
                              f"parent, {storage.parent}")
-        foreign = [e for e in entries if e not in STORAGE_ENTRIES and e not in SEARCH_FOLDERS]
+        foreign = [e for e in entries if e not in KNOWN_ENTRIES]
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise UsageError(f"--storage {storage} holds files fsd-tune did not write ({shown}): choose a new or "

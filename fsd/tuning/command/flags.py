@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fsd.config import DistillConfig
+from fsd.layout import Layout
 from fsd.storage import absolute
 from fsd.tasks import TASKS, get_task
 from fsd.tuning.plan.spec import FIRST_RUNG, HOLDOUT_ROWS, HOLDOUT_SHARE, REDUCTION_FACTOR, SearchSpec
@@ -37,7 +38,7 @@ def build_spec(args: argparse.Namespace, schedule: Schedule, stages: tuple[str, 
     """The SearchSpec of checked flags (paths made absolute; the GPU share as `check_gpus` resolved it)."""
     return SearchSpec(
         task=schedule.task, method=args.method, storage=str(storage),
-        mlflow_uri=args.mlflow_uri or f"sqlite:///{storage}/mlflow.db",
+        mlflow_uri=args.mlflow_uri or Layout(storage).mlflow_uri,
         teacher=absolute(args.teacher), student_init=absolute(args.student_init),
         student_layers=args.student_layers,
         data_dir=str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None, preset=args.preset,

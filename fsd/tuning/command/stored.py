@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from fsd.layout import DEV, LEDGER, OUTBOX, RAY_PIDS, RAY_TOKEN, STAGE_RECORD, Layout
 from fsd.tuning.command.flags import UsageError
 from fsd.tuning.search.unreported import CHECKPOINTS, unreported
 
@@ -47,21 +48,22 @@ def check_stored(storage: Path, task: str, searches: Iterable[Path], mlflow_uri:
         UsageError: the first damaged file, named with what to do.
     """
     if storage.is_dir():
+        layout = Layout(storage)
         for folder in searches:
             if folder.is_dir():
                 _search_folder(folder, storage)
-        for folder in sorted(storage.glob(f"stages/{task}-*")):
+        for folder in sorted(layout.stages.glob(f"{task}-*")):
             if folder.is_dir() and not _building(folder):
                 _stage_folder(folder)
-        for folder in sorted(storage.glob(f"teacher/{task}-*")):
+        for folder in sorted(layout.teachers.glob(f"{task}-*")):
             if (folder / "fsd_teacher.json").is_file() and not _building(folder):
                 _json(folder / "fsd_teacher.json", f"delete {folder}: the teacher is fine-tuned again",
                       _fields({"task": str}))
         if caches:
-            for folder in sorted(storage.glob(f"cache/{task}-*")):
+            for folder in sorted(layout.caches.glob(f"{task}-*")):
                 if folder.is_dir() and not _building(folder):
                     _cache_folder(folder)
-            for folder in sorted(storage.glob(f"data_cache/{task}-*")):
+            for folder in sorted(layout.data_cache.glob(f"{task}-*")):
                 if folder.is_dir() and not _building(folder):
                     _data_folder(folder)
     if mlflow_uri.startswith("sqlite:///"):
@@ -76,20 +78,20 @@ def damaged(path: Path, how: str, fix: str) -> UsageError:
 
 # ---------------------------------------------------------------------------------------------- folders
 def _search_folder(folder: Path, storage: Path) -> None:
-    ledger = folder / "ledger.json"
+    ledger = folder / LEDGER
     if ledger.is_file():
         _json(ledger, f"restore it from a backup, or delete {folder} and run that search again without --resume "
-                      f"(its finished stages are reused from {storage / 'stages'})", _ledger)
+                      f"(its finished stages are reused from {Layout(storage).stages})", _ledger)
     lose = "and run again (it only names the Ray processes of the search's last driver)"
-    if (folder / "ray_token").is_file():
-        _text(folder / "ray_token", f"delete it {lose}",
+    if (folder / RAY_TOKEN).is_file():
+        _text(folder / RAY_TOKEN, f"delete it {lose}",
               lambda t: None if len(t) == 32 and all(c in "0123456789abcdef" for c in t) else "not a token")
-    if (folder / "ray_pids.json").is_file():
-        _json(folder / "ray_pids.json", f"delete it {lose}", _fields({"token": str, "pids": dict}))
-    if (folder / "mlflow_outbox.json").is_file():
-        _json(folder / "mlflow_outbox.json", "delete it and run again (the MLflow records still queued in it are "
+    if (folder / RAY_PIDS).is_file():
+        _json(folder / RAY_PIDS, f"delete it {lose}", _fields({"token": str, "pids": dict}))
+    if (folder / OUTBOX).is_file():
+        _json(folder / OUTBOX, "delete it and run again (the MLflow records still queued in it are "
               "lost; the search's results in the storage folder are not)", _fields({"queue": list, "ids": dict}))
-    for path in sorted(folder.glob("dev/*.json")):  # a comparison's dev scores of a checkpoint
+    for path in sorted(folder.glob(f"{DEV}/*.json")):  # a comparison's dev scores of a checkpoint
         _json(path, "delete it: the comparison measures it again", _fields({}))
     if (folder / "compare.json").is_file():
         _json(folder / "compare.json", f"delete it, or run the comparison again into {folder}", _fields({}))
@@ -97,7 +99,7 @@ def _search_folder(folder: Path, storage: Path) -> None:
 
 def _stage_folder(folder: Path) -> None:
     fix = f"delete the stage folder {folder} and run again: a search that needs the stage trains it afresh"
-    done = folder / "stage.json"
+    done = folder / STAGE_RECORD
     if done.is_file():
         _json(done, fix, _fields({"winner": dict, "score": NUMBER, "trials": int, "search": str},
                                  {"checkpoint": MAYBE_STR, "run_id": MAYBE_STR, "samples": (int, type(None))}))

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from fsd.config import DataSpec
 from fsd.data import split_rows
+from fsd.layout import Layout
 from fsd.models import TEACHER_META, teacher_meta
 from fsd.tuning.plan import budget, folding, shared, winners
 from fsd.tuning.plan.folding import Folded
@@ -79,7 +79,7 @@ def teacher_folder(spec: SearchSpec, schedule: Schedule) -> tuple[str, bool]:
     """The teacher the trials will use, and whether it must be fine-tuned first."""
     if teacher_meta(spec.teacher) is not None:
         return spec.teacher, False
-    folder = Path(spec.storage) / "teacher" / teacher_spec(spec, schedule).key()
+    folder = Layout(spec.storage).teacher(teacher_spec(spec, schedule).key())
     return str(folder), not (folder / TEACHER_META).is_file()
 
 

@@ -10,9 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, TypedDict
 
+from fsd.layout import LEDGER
 from fsd.storage import write_text
-
-LEDGER = "ledger.json"
 
 
 class StageRecord(TypedDict, total=False):

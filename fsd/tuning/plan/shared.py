@@ -14,11 +14,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fsd.layout import STAGE_RECORD, Layout
 from fsd.storage import content_key, write_text
 from fsd.tuning.plan.spec import SPEED_KEYS
 from fsd.tuning.plan.strategy import Strategy
 
-RECORD = "stage.json"
 # Values that do not change what the trials compute: a stage run with another of them is the same stage.
 NOT_IN_KEY = (*SPEED_KEYS, "storage")
 
@@ -60,15 +60,15 @@ def _without_speed(winner: Any) -> Any:
 
 
 def stage_folder(storage: str, task: str, name: str, key: str) -> str:
-    return os.path.join(storage, "stages", f"{task}-{name}-{key}")
+    return str(Layout(storage).stage(task, name, key))
 
 
 def finished(folder: str | os.PathLike) -> dict[str, Any] | None:
     """The record of a stage whose trials are done, or None (never run, or interrupted)."""
-    path = Path(folder) / RECORD
+    path = Path(folder) / STAGE_RECORD
     return json.loads(path.read_text()) if path.is_file() else None
 
 
 def save(folder: str | os.PathLike, record: dict[str, Any]) -> None:
     """Write the done stage's record under a temporary name, then rename it: never half a record."""
-    write_text(Path(folder) / RECORD, json.dumps(record, indent=2, sort_keys=True, default=str))
+    write_text(Path(folder) / STAGE_RECORD, json.dumps(record, indent=2, sort_keys=True, default=str))

@@ -6,11 +6,11 @@ Kept apart from runner.py so that checking a command line needs no Ray import.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from fsd.config import SPEED_FIELDS
+from fsd.layout import Layout
 
 HOLDOUT_ROWS = 1000  # --select-on holdout: at most this many training rows, and at most HOLDOUT_SHARE of them
 HOLDOUT_SHARE = 0.1
@@ -79,7 +79,7 @@ class SearchSpec:
     @property
     def folder(self) -> str:
         """This search's own folder: ledger, Ray experiments."""
-        return os.path.join(self.storage, f"{self.task}-{self.method}")
+        return str(Layout(self.storage).search(self.task, self.method))
 
 
 def identity(spec: SearchSpec) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 
 from fsd.analysis import analyse_checkpoint
 from fsd.config import DistillConfig
+from fsd.layout import OUTBOX, Layout
 from fsd.logs import console
 from fsd.metrics import SAMPLES, majority
 from fsd.models import teacher_meta
@@ -40,7 +40,7 @@ from search_spaces import get_schedule
 
 
 def compare_folder(spec: SearchSpec) -> str:
-    return os.path.join(spec.storage, f"{spec.task}-compare")
+    return str(Layout(spec.storage).compare(spec.task))
 
 
 def best_config(spec: SearchSpec, method: str) -> tuple[dict[str, Any], str]:
@@ -127,7 +127,7 @@ def run_compare(spec: SearchSpec, methods: list[str], seeds: int, ablation: bool
     configs = {m: best_config(spec, m) for m in methods}
     # Searches already done start nothing: the seed runs need Ray, as quiet as a search's, all the same.
     start_services(spec, str(folder))
-    outbox = Outbox(spec.mlflow_uri, folder / "mlflow_outbox.json", records.OPS)
+    outbox = Outbox(spec.mlflow_uri, folder / OUTBOX, records.OPS)
     outbox.flush()
     exp_id = records.experiment_id(spec.mlflow_uri, spec.task)
     ledger = Ledger(folder)

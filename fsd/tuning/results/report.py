@@ -13,10 +13,11 @@ from typing import Any
 
 from fsd.analysis import HEATMAP_FILE, METRICS_FILE
 from fsd.data import split_rows
+from fsd.layout import COMPARE, LEDGER, Layout
 from fsd.metrics import BEST_SCORE, DEV_SCORE, SCORE
 from fsd.models import teacher_meta
 from fsd.tuning.plan.evidence import expected_best
-from fsd.tuning.plan.ledger import LEDGER, Ledger
+from fsd.tuning.plan.ledger import Ledger
 from fsd.tuning.results.html import Image, Section, Table, curve_plot, score_plot, write_html
 from fsd.tuning.results.summary import PAPER, SHOWN, evidence_columns, fresh_lines
 from fsd.tuning.results.tables import TABLES
@@ -44,7 +45,7 @@ def searches(storage: Path, task: str) -> dict[str, Ledger]:
     out = {}
     for path in sorted(storage.glob(f"{task}-*/{LEDGER}")):
         method = path.parent.name[len(task) + 1:]
-        if method != "compare":
+        if method != COMPARE:
             out[method] = Ledger(path.parent)
     return out
 
@@ -314,7 +315,7 @@ def _build_report(root: Path, task: str, mlflow_uri: str, figures: Path, out: st
         sections.append(Section(heading=f"{task} / {method}", text=text, tables=tables, images=images,
                                 thumbnails=maps))
     sections.extend(worth_sections(mlflow_uri, ledgers, figures, task))
-    compare = root / f"{task}-compare" / "compare.md"
+    compare = Layout(root).compare(task) / "compare.md"
     if compare.is_file():
         import csv
 
@@ -328,7 +329,7 @@ def _build_report(root: Path, task: str, mlflow_uri: str, figures: Path, out: st
         sections.extend(paper_sections(compare.parent))
     if not sections:
         raise FileNotFoundError(f"no search of {task} in {root}: run one first (or pass its --storage)")
-    return write_html(out or root / f"{task}-report.html", f"fsd-tune report: {task}", sections)
+    return write_html(out or Layout(root).report(task), f"fsd-tune report: {task}", sections)
 
 
 def paper_sections(folder: Path) -> list[Section]:

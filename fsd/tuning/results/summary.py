@@ -6,6 +6,7 @@ import math
 import statistics
 from pathlib import Path
 
+from fsd.layout import Layout
 from fsd.metrics import DEV_SCORE, SCORE
 from fsd.models import teacher_meta
 from fsd.tuning.plan.evidence import split_error_line
@@ -143,8 +144,8 @@ def pointers(ledger: Ledger, schedule: Schedule, storage: str, mlflow_uri: str, 
     else:
         lines.append(f"MLflow: {mlflow_uri}")
     lines.append(f"report: python tune_main.py --task {task} --storage {storage} --report "
-                 f"(writes {Path(storage) / f'{task}-report.html'})")
-    lines.append(f"storage: {Path(storage) / f'{task}-{method}'} (ledger), {Path(storage) / 'stages'} (trials)")
+                 f"(writes {Layout(storage).report(task)})")
+    lines.append(f"storage: {Layout(storage).search(task, method)} (ledger), {Layout(storage).stages} (trials)")
     samples = sum(int(r.get("samples") or 0) for r in records.values() if not r.get("reused_from"))
     lines.append(f"wall time {format_duration(wall_s)}; students trained on {samples:,} samples in this search's "
                  "stages (stages reused from another search not counted)")

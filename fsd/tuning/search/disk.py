@@ -15,6 +15,7 @@ import errno
 from dataclasses import dataclass
 from pathlib import Path
 
+from fsd.layout import Layout
 from fsd.storage import free_bytes
 from fsd.teacher_source import CACHE_DISK_SHARE
 from fsd.tuning.plan.spec import SearchSpec
@@ -65,7 +66,7 @@ class Need:
 def per_trial_bytes(storage: str, teacher: str | None) -> tuple[int, bool] | None:
     """The largest trial checkpoint under `<storage>/stages`, else 4x the teacher's weights; None when
     neither can be read (a teacher named on the hub and not downloaded yet)."""
-    sizes = [folder_bytes(p) for p in Path(storage, "stages").glob("*/*/*/checkpoint_*") if p.is_dir()]
+    sizes = [folder_bytes(p) for p in Layout(storage).stages.glob("*/*/*/checkpoint_*") if p.is_dir()]
     if sizes:
         return max(sizes), True
     if teacher and Path(teacher).is_dir():

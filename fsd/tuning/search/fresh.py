@@ -13,6 +13,7 @@ from dataclasses import fields
 from typing import Any
 
 from fsd.config import DistillConfig
+from fsd.layout import FRESH
 from fsd.logs import console
 from fsd.tuning.plan.ledger import Ledger
 from fsd.tuning.plan.ranking import METRIC
@@ -69,7 +70,7 @@ def run_fresh(spec: SearchSpec, schedule: Schedule, ledger: Ledger, outbox, sear
     configs = configurations(ledger, schedule)
     console.info(f"fresh seeds: {', '.join(configs)} re-trained on {len(seeds)} seeds no search used "
                  f"({seeds[0]}-{seeds[-1]})")
-    folder = os.path.join(spec.folder, "fresh")
+    folder = os.path.join(spec.folder, FRESH)
     record: dict[str, Any] = {"seeds": seeds, "runs": {}}
     for label, config in configs.items():
         runs = seed_runs(spec, folder, label.replace(" ", "-").replace("'", ""), config, seeds, outbox,

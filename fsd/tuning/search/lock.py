@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-LOCK = ".lock"
+from fsd.layout import LOCK
 
 
 class Busy(Exception):

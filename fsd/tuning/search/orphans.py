@@ -27,12 +27,13 @@ import time
 import uuid
 from pathlib import Path
 
+from fsd.layout import RAY_PIDS, RAY_TOKEN
 from fsd.logs import console
 from fsd.storage import write_text
 
 ENV = "FSD_TUNE_RAY"
-RECORD = "ray_token"  # in the search folder
-PIDS = "ray_pids.json"  # in the search folder: {"token": ..., "pids": {pid: start time in clock ticks}}
+RECORD = RAY_TOKEN  # in the search folder
+PIDS = RAY_PIDS  # in the search folder: {"token": ..., "pids": {pid: start time in clock ticks}}
 GRACE_S = 5.0
 
 

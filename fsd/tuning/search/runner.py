@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 from fsd import failpoints
 from fsd.config import DistillConfig
+from fsd.layout import OUTBOX
 from fsd.logs import console
 from fsd.train import prepare_outputs
 from fsd.tuning.plan import budget
@@ -46,7 +47,7 @@ def start_search(spec: SearchSpec, schedule: Schedule, ledger: Ledger) -> tuple[
         planned = budget.Plan.from_json(ledger.data["budget"]["plan"])
         console.info(budget.format_plan(planned, budget.parse(spec.budget)))
     start_services(spec, spec.folder)
-    outbox = Outbox(spec.mlflow_uri, os.path.join(spec.folder, "mlflow_outbox.json"), records.OPS)
+    outbox = Outbox(spec.mlflow_uri, os.path.join(spec.folder, OUTBOX), records.OPS)
     if outbox.pending:
         console.info(f"MLflow: sending {outbox.pending} record(s) queued while the server was unreachable")
         outbox.flush()

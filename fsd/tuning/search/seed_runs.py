@@ -13,6 +13,7 @@ from typing import Any
 
 from ray import tune
 
+from fsd.layout import DEV, SEED_RUNS
 from fsd.metrics import EVAL_ROWS, EVAL_S, SAMPLES, STUDENT_PARAMS, TRAIN_S
 from fsd.storage import content_key, write_text
 from fsd.train import evaluate_on_dev
@@ -52,7 +53,7 @@ def seed_runs(spec: SearchSpec, folder: str, label: str, config: dict[str, Any],
     base = {k: v for k, v in config.items() if k != "seed"}
     base = {**base, "track_relations": True, "eval_every": base.get("eval_every") or evaluation_interval(base)}
     name = experiment_name(spec.task, label, base, seeds)
-    storage = os.path.join(folder, "ray")
+    storage = os.path.join(folder, SEED_RUNS)
     tracker = records.TrialTracker(spec.mlflow_uri, exp_id, parent_run, {"stage": stage, "method": label,
                                                                         "task": spec.task}, base, outbox,
                                    records.dataset_records(base))
@@ -88,7 +89,7 @@ def seed_runs(spec: SearchSpec, folder: str, label: str, config: dict[str, Any],
 def dev_scores(folder: str, checkpoint: str) -> dict[str, float]:
     """A holdout-ranked run's dev metrics at `checkpoint` (as `eval/<metric>`), measured once: a comparison
     run again (more methods, another table) reads them back from `folder`."""
-    path = Path(folder) / "dev" / f"{content_key(checkpoint)}.json"
+    path = Path(folder) / DEV / f"{content_key(checkpoint)}.json"
     if path.is_file():
         return json.loads(path.read_text())
     dev = table_metrics({k.replace("dev", "eval", 1): v for k, v in evaluate_on_dev(checkpoint).items()})

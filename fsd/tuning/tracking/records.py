@@ -18,6 +18,7 @@ from ray.tune import Callback
 
 from fsd import failpoints
 from fsd.data import source_fingerprint, split_rows
+from fsd.layout import MLFLOW_ARTIFACTS
 from fsd.metrics import SAMPLES, SCORE, reached_budget
 from fsd.storage import content_key, one_builder
 from fsd.tasks import get_task
@@ -42,7 +43,7 @@ def experiment_id(uri: str, name: str) -> str:
     location = None
     if uri.startswith("sqlite:///"):
         database = Path(uri[len("sqlite:///"):]).resolve()
-        location = database.parent.joinpath("mlartifacts").as_uri()
+        location = database.parent.joinpath(MLFLOW_ARTIFACTS).as_uri()
         with one_builder(database, "MLflow store"):
             client_for(uri).search_experiments(max_results=1)  # the tables, created here if new
     client = client_for(uri)
