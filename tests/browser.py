@@ -1,6 +1,7 @@
 """A real headless Chromium driven over the DevTools protocol (one page): open a URL, wait for what a person
 would see, click, read the page's text, take a screenshot. For the MLflow UI, a JavaScript app that
-`chromium --dump-dom` cannot click through."""
+`chromium --dump-dom` cannot click through. And for a static page (the report), `open_in_chromium`: the DOM
+that `chromium --dump-dom` gives, read by `Dom`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,52 @@ class Browser:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Dom(HTMLParser):
+    """Body attributes, images, and each table's header cells."""
+
+    def __init__(self):
+        super().__init__()
+        self.body: dict[str, str | None] = {}
+        self.images: list[dict[str, str | None]] = []
+        self.tables: list[list[str]] = []
+        self._in_th = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "body":
+            self.body = dict(attrs)
+        elif tag == "img":
+            self.images.append(dict(attrs))
+        elif tag == "table":
+            self.tables.append([])
+        elif tag == "th":
+            self._in_th = True
+            self.tables[-1].append("")
+
+    def handle_endtag(self, tag):
+        if tag == "th":
+            self._in_th = False
+
+    def handle_data(self, data):
+        if self._in_th:
+            self.tables[-1][-1] += data
+
+
+def parse_html(text: str) -> Dom:
+    """`text` read by `Dom`."""
+    dom = Dom()
+    dom.feed(text)
+    return dom
+
+
+def open_in_chromium(page: Path, profile: Path) -> Dom:
+    """The DOM of `page` after a real headless chromium loaded it (and ran its image check)."""
+    if chromium() is None:
+        pytest.skip("chromium not installed (apt-get install -y chromium; .ci/run does)")
+    run = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return parse_html(run.stdout)

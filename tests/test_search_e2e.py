@@ -300,7 +300,7 @@ def test_report_is_rebuilt_from_storage_and_mlflow(setup, uninterrupted):
     assert "CKA heat maps of vkd, pkd are not shown: they have a single cell" in text
     assert "Every student is at the majority class" in text
     assert text.index("<td>teacher</td>") < text.index("<td>vkd</td>") < text.index("<td>pkd</td>")  # schedule order
-    from test_report import open_in_chromium
+    from browser import open_in_chromium
 
     dom = open_in_chromium(page, storage / "chromium-profile")
     total = int(dom.body["data-images-total"])
@@ -358,7 +358,7 @@ def test_paper_tables_of_a_comparison_reach_files_mlflow_and_the_report(setup):
                         str(storage)], capture_output=True, text=True, env=_env())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     page = Path(r.stdout.strip().splitlines()[-1])
-    from test_report import open_in_chromium
+    from browser import open_in_chromium
 
     dom = open_in_chromium(page, storage / "chromium-profile")
     assert dom.body["data-images-loaded"] == dom.body["data-images-total"]

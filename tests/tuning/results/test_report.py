@@ -4,55 +4,17 @@ and its tables are there."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import open_in_chromium, parse_html
 from conftest import ROOT
 
 from fsd.tuning.results.html import Image, Section, Table, score_plot, write_html
 
 WINNERS = [{"stage": "1-vkd", "score": 0.5523, "alpha": 0.5}, {"stage": "2-fsdi", "score": 0.5812, "beta": 0.01}]
 COMPARISON = [{"method": "vkd", "mean": 0.55, "std": 0.01}, {"method": "fsd", "mean": 0.58, "std": 0.02}]
-
-
-class _Dom(HTMLParser):
-    """Body attributes, images, and each table's header cells."""
-
-    def __init__(self):
-        super().__init__()
-        self.body: dict[str, str | None] = {}
-        self.images: list[dict[str, str | None]] = []
-        self.tables: list[list[str]] = []
-        self._in_th = False
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "body":
-            self.body = dict(attrs)
-        elif tag == "img":
-            self.images.append(dict(attrs))
-        elif tag == "table":
-            self.tables.append([])
-        elif tag == "th":
-            self._in_th = True
-            self.tables[-1].append("")
-
-    def handle_endtag(self, tag):
-        if tag == "th":
-            self._in_th = False
-
-    def handle_data(self, data):
-        if self._in_th:
-            self.tables[-1][-1] += data
-
-
-def _parse(text: str) -> _Dom:
-    dom = _Dom()
-    dom.feed(text)
-    return dom
 
 
 def _report(tmp_path: Path) -> Path:
@@ -72,7 +34,7 @@ def _report(tmp_path: Path) -> Path:
 
 def test_report_is_self_contained(tmp_path):
     text = _report(tmp_path).read_text()
-    dom = _parse(text)
+    dom = parse_html(text)
     assert len(dom.images) == 2
     assert all(img["src"].startswith("data:image/png;base64,iVBORw0KGgo") for img in dom.images)
     assert [img["alt"] for img in dom.images] == ["CKA heat map", "image"]
@@ -92,22 +54,6 @@ def test_score_plot_writes_a_png(tmp_path):
 
     path = score_plot({"a": [0.1, 0.2, 0.3], "b": [0.4], "c": [0.35, 0.38]}, tmp_path / "s.png")
     assert imread(path).shape == (400, 530, 4)  # (1.1 * 3 + 2) x 4 inches at 100 dpi, RGBA
-
-
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def open_in_chromium(page: Path, profile: Path) -> _Dom:
-    """The DOM of `page` after a real headless chromium loaded it (and ran its image check)."""
-    if _chromium() is None:
-        pytest.skip("chromium not installed (apt-get install -y chromium; .ci/run does)")
-    run = subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    return _parse(run.stdout)
 
 
 def test_report_in_headless_chromium(tmp_path):
@@ -290,7 +236,7 @@ def test_the_report_is_one_file_with_its_figures_inline(tmp_path, monkeypatch):
     page = Path(report.build_report(str(tmp_path), "rte", f"sqlite:///{tmp_path}/mlflow.db"))
     assert {p.name for p in tmp_path.iterdir()} - before == {"rte-report.html"}
     text = page.read_text()
-    images = _parse(text).images
+    images = parse_html(text).images
     assert len(images) == 3 and all(i["src"].startswith("data:image/png;base64,") for i in images)  # plot, map, curve
     assert "a hollow star, an earlier stage&#x27;s winner" in text
     assert "Stages that kept an earlier stage&#x27;s winner (their winner cell names it): fsdg-coarse, " \
