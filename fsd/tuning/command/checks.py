@@ -282,12 +282,11 @@ def check_storage(storage: Path) -> None:
         raise UsageError(f"--storage {storage} cannot be created: {blocker}; choose another path")
 
 
-def check_search_folder(spec: SearchSpec, resume: bool, locked: bool = False, flag: str = "--resume",
-                        ignore: tuple[str, ...] = ()) -> None:
-    """No other search running there (unless `locked`: this process holds the lock); a ledger to resume with
-    --resume, none without, and a resumed search that agrees with the stored one (but for `ignore`).
-    `flag` is what the errors blame: --resume, or --compare for a search it reuses."""
-    pid = None if locked else lock.holder(spec.folder)
+def check_search_folder(spec: SearchSpec, resume: bool, flag: str = "--resume", ignore: tuple[str, ...] = ()) -> None:
+    """No other search running there; a ledger to resume with --resume, none without, and a resumed search that
+    agrees with the stored one (but for `ignore`). `flag` is what the errors blame: --resume, or --compare for a
+    search it reuses. The search checks the ledger again under its lock (fsd/tuning/search/runner.run_locked)."""
+    pid = lock.holder(spec.folder)
     if pid is not None:
         raise UsageError(str(lock.Busy(spec.folder, pid)))
     try:

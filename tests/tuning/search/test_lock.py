@@ -119,3 +119,22 @@ def test_compare_holds_a_method_lock_while_it_searches_that_method(tmp_path, mon
     with lock.held(folder), pytest.raises(lock.Busy, match="another fsd-tune search is running in"):
         compare.best_config(spec, "vkd")
     assert len(seen) == 1
+
+
+def test_the_search_checks_its_folder_again_under_its_lock(tmp_path, monkeypatch):
+    """A search that left a ledger since the command's checks is caught by run_locked under the lock, before
+    anything runs, and the lock is given back."""
+    import fsd.tuning.search.runner as runner
+    from fsd.tuning.plan.resume import Refused
+
+    storage, folder, ledger = _search_folder(tmp_path)
+    spec = SearchSpec(task="rte", method="vkd", storage=str(storage), mlflow_uri="", teacher="t")
+
+    def fake_run_search(spec, schedule):
+        raise AssertionError("a search ran in a folder that another search had taken")
+
+    monkeypatch.setattr(runner, "run_search", fake_run_search)
+    with pytest.raises(Refused, match=f"a search already exists in {folder}: add --resume"):
+        runner.run_locked(spec, None, resume=False)
+    assert lock.holder(folder) is None
+    assert (folder / "ledger.json").read_bytes() == ledger
