@@ -285,12 +285,14 @@ def run(search) -> None:
         return
     try:
         if search.compare:
-            from fsd.tuning.results.compare import compare_folder, run_compare
+            from fsd.tuning.results.compare import write_tables
+            from fsd.tuning.search.comparison import run_comparison
 
             quiet_libraries()
-            with lock.held(compare_folder(spec)):
-                print(run_compare(spec, search.compare, spec.seeds, ablation=search.ablation,
-                                  batch_sizes=search.batch_sizes))
+            with run_comparison(spec, search.compare, spec.seeds, ablation=search.ablation,
+                                batch_sizes=search.batch_sizes) as ran:
+                tables = write_tables(spec, ran)
+            print(tables)
             return
         quiet_libraries()
         ledger, mlflow_note = run_locked(spec, search.schedule, search.resume)
