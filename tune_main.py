@@ -265,11 +265,11 @@ def run(search) -> None:
     import time
 
     from fsd.logs import quiet_libraries
-    from fsd.tuning.command.checks import UsageError, check_search_folder
+    from fsd.tuning.plan.resume import Refused
     from fsd.tuning.results.summary import fresh_lines, noise_lines, pointers, summary_table
     from fsd.tuning.search import lock
     from fsd.tuning.search.disk import DiskFull
-    from fsd.tuning.search.runner import ServerAway, StageFailed, run_search
+    from fsd.tuning.search.runner import ServerAway, StageFailed, run_locked
 
     if _SIGINT_BEFORE is not None:  # main() set its checks' handler: from here Ctrl-C is the search's (stop())
         signal.signal(signal.SIGINT, _SIGINT_BEFORE)
@@ -285,19 +285,18 @@ def run(search) -> None:
         return
     try:
         if search.compare:
-            from fsd.tuning.results.compare import compare_folder, run_compare
+            from fsd.tuning.results.compare import write_tables
+            from fsd.tuning.search.comparison import run_comparison
 
             quiet_libraries()
-            with lock.held(compare_folder(spec)):
-                print(run_compare(spec, search.compare, spec.seeds, ablation=search.ablation,
-                                  batch_sizes=search.batch_sizes))
+            with run_comparison(spec, search.compare, spec.seeds, ablation=search.ablation,
+                                batch_sizes=search.batch_sizes) as ran:
+                tables = write_tables(spec, ran)
+            print(tables)
             return
-        with lock.held(spec.folder):
-            # Again under the lock: a search that started since the checks would be caught here.
-            check_search_folder(spec, search.resume, locked=True)
-            quiet_libraries()
-            ledger, mlflow_note = run_search(spec, search.schedule)
-    except (lock.Busy, UsageError) as e:
+        quiet_libraries()
+        ledger, mlflow_note = run_locked(spec, search.schedule, search.resume)
+    except (lock.Busy, Refused) as e:
         fail(str(e))
     except (StageFailed, DiskFull, ServerAway) as e:  # not bad input: the search stops; finished stages stay done
         print(f"error: {e}", file=sys.stderr)

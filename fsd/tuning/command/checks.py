@@ -32,11 +32,9 @@ from fsd.tuning.command.flags import (
 from fsd.tuning.command.inputs import check_data, check_models
 from fsd.tuning.command.stored import check_stored
 from fsd.tuning.command.writable import cannot_create, cannot_write, too_long
-from fsd.tuning.plan.ledger import Ledger
+from fsd.tuning.plan.resume import Refused, check_resume
 from fsd.tuning.plan.spec import (
-    IDENTITY,
     SearchSpec,
-    identity,
     method_spec,
 )
 from fsd.tuning.search import lock
@@ -284,58 +282,17 @@ def check_storage(storage: Path) -> None:
         raise UsageError(f"--storage {storage} cannot be created: {blocker}; choose another path")
 
 
-def check_search_folder(spec: SearchSpec, resume: bool, locked: bool = False, flag: str = "--resume",
-                        ignore: tuple[str, ...] = ()) -> None:
-    """No other search running there (unless `locked`: this process holds the lock); a ledger to resume with
-    --resume, none without, and a resumed search that agrees with the stored one (but for `ignore`).
-    `flag` is what the errors blame: --resume, or --compare for a search it reuses."""
-    pid = None if locked else lock.holder(spec.folder)
+def check_search_folder(spec: SearchSpec, resume: bool, flag: str = "--resume", ignore: tuple[str, ...] = ()) -> None:
+    """No other search running there; a ledger to resume with --resume, none without, and a resumed search that
+    agrees with the stored one (but for `ignore`). `flag` is what the errors blame: --resume, or --compare for a
+    search it reuses. The search checks the ledger again under its lock (fsd/tuning/search/runner.run_locked)."""
+    pid = lock.holder(spec.folder)
     if pid is not None:
         raise UsageError(str(lock.Busy(spec.folder, pid)))
     try:
-        ledger = Ledger(spec.folder)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{Path(spec.folder) / LEDGER} cannot be read ({e}): restore it from a backup or use "
-                         "another --storage") from None
-    if ledger.exists and not resume:
-        raise UsageError(f"a search already exists in {spec.folder}: add --resume to continue it, or choose "
-                         "another --storage")
-    if not resume:
-        return
-    if not ledger.exists:
-        raise UsageError(f"--resume: no search to resume in {spec.folder}; run without --resume to start one")
-    stored, current = ledger.data.get("search", {}), identity(spec)
-    where = "" if flag == "--resume" else f" in {spec.folder}"
-    for key in IDENTITY:
-        if key not in stored or stored[key] == current[key] or key in ignore:
-            continue
-        if key == "extra":
-            raise UsageError(f"{flag}: --set gives {_sets(current[key])} but the stored search{where} used "
-                             f"{_sets(stored[key])}; use the same --set values or another --storage")
-        raise UsageError(f"{flag}: {key} is {current[key]!r} but the stored search{where} used {stored[key]!r}; "
-                         "use the same value or another --storage")
-    check_checkpoints(spec, ledger)
-
-
-def check_checkpoints(spec: SearchSpec, ledger: Ledger) -> None:
-    """Every checkpoint a resumed stage may load is data: an old-format file that is more than tensors and
-    plain values (a pickle planted in a shared storage folder would run code in each trial that resumes from
-    it) stops the command before Ray starts."""
-    from fsd.checkpoints import UnsafeCheckpoint, check_readable
-    from fsd.tuning.plan.shared import stage_folder
-
-    for name, record in ledger.records().items():
-        if record.get("status") == "done" or not record.get("shared"):
-            continue
-        for folder in Path(stage_folder(spec.storage, spec.task, name, record["shared"])).glob("*/*/checkpoint_*"):
-            try:
-                check_readable(folder)
-            except UnsafeCheckpoint as e:
-                raise UsageError(str(e)) from None
-
-
-def _sets(values: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in sorted(values.items())) or "nothing"
+        check_resume(spec, resume, flag, ignore)
+    except Refused as e:
+        raise UsageError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------- services

@@ -1,10 +1,10 @@
-"""`--compare vkd,pkd,rkd,minilm,fsd --seeds 5`: each method's best configuration (its search is run first
-if it has not finished), re-run with N seeds, and the paper's Table 2/3 for the user's task: mean (std)
-of every dev metric, one-sided tests of FSD against every baseline (paired by seed, Holm-corrected:
+"""`--compare vkd,pkd,rkd,minilm,fsd --seeds 5`, read: each method's best configuration re-run with N seeds
+(run by fsd/tuning/search/comparison.py), as the paper's Table 2/3 for the user's task: mean (std) of every dev
+metric, one-sided tests of FSD against every baseline (paired by seed, Holm-corrected:
 fsd/tuning/results/significance.py), the teacher's and the majority class's rows and the paper's figures
-beside them; then Tables 6-8 from the same runs (structure kept, cost), and on request Table 4
-(`--ablation`) and Table 5 (`--batch-sizes`), which re-run FSD's winner (fsd/tuning/results/tables.py).
-Each is written as Markdown and CSV, logged to MLflow, printed.
+beside them; then Tables 6-8 from the same runs (structure kept, cost), and when they ran Table 4
+(`--ablation`) and Table 5 (`--batch-sizes`), FSD's winner re-run (fsd/tuning/results/tables.py).
+Each is written as Markdown and CSV, logged to MLflow, printed. Nothing here runs a trial.
 """
 
 from __future__ import annotations
@@ -19,45 +19,16 @@ import numpy as np
 
 from fsd.analysis import analyse_checkpoint
 from fsd.config import DistillConfig
-from fsd.layout import OUTBOX, Layout
-from fsd.logs import console
 from fsd.metrics import SAMPLES, majority
 from fsd.models import teacher_meta
 from fsd.storage import content_key
-from fsd.tuning.plan.ledger import Ledger
 from fsd.tuning.plan.ranking import METRIC
-from fsd.tuning.plan.spec import SearchSpec, method_spec
+from fsd.tuning.plan.spec import SearchSpec
 from fsd.tuning.results import significance, tables
 from fsd.tuning.results.html import scatter_plot
 from fsd.tuning.results.summary import PAPER
-from fsd.tuning.search import lock
-from fsd.tuning.search.runner import run_search
-from fsd.tuning.search.seed_runs import SeedRun, experiment_name, seed_runs, table_metrics  # noqa: F401
-from fsd.tuning.search.services import start_services
-from fsd.tuning.tracking import records
-from fsd.tuning.tracking.outbox import Outbox
-from search_spaces import get_schedule
-
-
-def compare_folder(spec: SearchSpec) -> str:
-    return str(Layout(spec.storage).compare(spec.task))
-
-
-def best_config(spec: SearchSpec, method: str) -> tuple[dict[str, Any], str]:
-    """The winner of `method`'s last stage (searching first when needed) and the teacher it used.
-
-    Raises:
-        lock.Busy: another process runs that search.
-    """
-    mspec = method_spec(spec, method)
-    schedule = get_schedule(method, spec.task, spec.preset, spec.grids)
-    last = [s for s in schedule.stages if not s.prepare][-1].name
-    with lock.held(mspec.folder):  # the same lock a plain search of that method takes
-        ledger = Ledger(mspec.folder)
-        if not ledger.done(last):
-            console.info(f"compare: searching {method} first ({mspec.folder})")
-            ledger = run_search(mspec, schedule).ledger
-    return dict(ledger.records()[last]["winner"]), ledger.data["teacher"]
+from fsd.tuning.search.comparison import Comparison
+from fsd.tuning.search.seed_runs import SeedRun, experiment_name, table_metrics  # noqa: F401
 
 
 def table(task: str, runs: dict[str, list[dict[str, float]]], teacher: dict[str, float] | None,
@@ -118,29 +89,10 @@ def _comparisons(runs: dict[str, list[dict[str, float]]],
     return significance.versus_each(scores, known)
 
 
-def run_compare(spec: SearchSpec, methods: list[str], seeds: int, ablation: bool = False,
-                batch_sizes: tuple[int, ...] = ()) -> str:
-    """Search (when needed) and re-run each method with `seeds` seeds; write Table 2/3 and Tables 6-8 (with
-    `ablation`, Table 4; with `batch_sizes`, Table 5: both re-run FSD's winner); returns them as Markdown."""
-    folder = Path(compare_folder(spec))
-    folder.mkdir(parents=True, exist_ok=True)
-    configs = {m: best_config(spec, m) for m in methods}
-    # Searches already done start nothing: the seed runs need Ray, as quiet as a search's, all the same.
-    start_services(spec, str(folder))
-    outbox = Outbox(spec.mlflow_uri, folder / OUTBOX, records.OPS)
-    outbox.flush()
-    exp_id = records.experiment_id(spec.mlflow_uri, spec.task)
-    ledger = Ledger(folder)
-    run_id = outbox.do("open_run", exp_id, ledger.data.get("run_id"), "compare", None,
-                       {"task": spec.task, "methods": ",".join(methods), "seeds": str(seeds)})
-    ledger.data["run_id"] = run_id
-    ledger.save()
-    seed_list = [spec.seed + i for i in range(seeds)]
-
-    def runs_of(label: str, config: dict[str, Any]) -> list[SeedRun]:
-        return seed_runs(spec, str(folder), label, config, seed_list, outbox, run_id, exp_id)
-
-    runs = {m: runs_of(m, cfg) for m, (cfg, _) in configs.items()}
+def write_tables(spec: SearchSpec, ran: Comparison) -> str:
+    """Table 2/3 and Tables 6-8 of what a comparison `ran` (with its ablation runs, Table 4; with its batch
+    sizes, Table 5), written in its folder and logged in its MLflow run; returns them as Markdown."""
+    folder, runs, configs = ran.folder, ran.runs, ran.configs
     meta = teacher_meta(next(iter(configs.values()))[1])
     teacher = {k: v for k, v in (meta or {}).get("dev", {}).items() if isinstance(v, (int, float))}
     first = next(iter(configs.values()))[0]  # every method ran on the same rows
@@ -151,20 +103,11 @@ def run_compare(spec: SearchSpec, methods: list[str], seeds: int, ablation: bool
     markdown, rows, p_value = table(spec.task, dev, teacher or None, floor, seeds_run)
     (folder / "compare.md").write_text(markdown + "\n")
     (folder / "compare.csv").write_text(tables.to_csv(rows))
-    ablations: dict[str, list[SeedRun]] = {}
-    by_size: dict[str, dict[int, list[SeedRun]]] = {}
-    fsd = configs["fsd"][0] if "fsd" in configs else None
-    if fsd and ablation:  # Table 4: FSD's winner without each part, on the same seeds
-        ablations = {label: runs_of(f"ablation-{method}", {**fsd, "method": method})
-                     for label, method in tables.ABLATIONS.items()}
-    if fsd and batch_sizes:  # Table 5: two of its variants over batch sizes
-        by_size = {label: {b: runs_of(f"batch{b}-{method}", {**fsd, "method": method, "batch_size": b})
-                           for b in batch_sizes} for label, method in tables.STABILITY.items()}
-    extra = paper_tables(folder, runs, ablations, by_size)
+    extra = paper_tables(folder, runs, ran.ablations, ran.by_size)
     # The seed of each run beside it: the tests can be recomputed, paired, from this file alone.
     tests = [asdict(c) for c in _comparisons(dev, seeds_run)]
     (folder / "compare.json").write_text(json.dumps({"runs": dev, "seeds": seeds_run, "p_value": p_value,
-                                                   "tests": tests, "methods": methods, "majority": floor,
+                                                   "tests": tests, "methods": ran.methods, "majority": floor,
                                                    "tables": list(extra)}))
     metrics = {f"compare/{r['method']}/{METRIC.replace('/', '_')}_mean": r[f"{METRIC} mean"] for r in rows
                if f"{METRIC} mean" in r}
@@ -173,9 +116,7 @@ def run_compare(spec: SearchSpec, methods: list[str], seeds: int, ablation: bool
     metrics.update({f"compare/{t['versus']}/p_holm": t["p_holm"] for t in tests if not math.isnan(t["p_holm"])})
     files = [str(folder / "compare.md"), str(folder / "compare.csv")]
     files += [str(folder / f"{name}.{ext}") for name in extra for ext in ("md", "csv")]
-    outbox.do("log_analysis", run_id, metrics, files + [str(p) for p in sorted(folder.glob("*.png"))])
-    outbox.do("close_run", run_id, "FINISHED")
-    outbox.flush()
+    ran.outbox.do("log_analysis", ran.run_id, metrics, files + [str(p) for p in sorted(folder.glob("*.png"))])
     return "\n\n".join([markdown, *(f"{tables.TABLES[name]}\n{text}" for name, text in extra.items())])
 
 

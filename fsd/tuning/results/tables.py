@@ -23,11 +23,6 @@ from scipy import stats
 
 from fsd.tuning.results import significance
 
-# [paper] Table 4's rows: FSD without the named structures, and the method that is (I: intra-feature,
-# L: local inter-feature, G: global inter-feature).
-ABLATIONS = {"fsd w/o LG": "fsdi", "fsd w/o IG": "fsdl", "fsd w/o IL": "fsdg", "fsd w/o G": "fsdil"}
-# [paper, labels inferred from its text] Table 5: the memory alone against the structures without it.
-STABILITY = {"fsd w/o G (fsdil, no memory)": "fsdil", "fsd w/o IL (fsdg, the memory alone)": "fsdg"}
 # The tables beside compare.md: file name -> caption.
 TABLES = {"table4-ablation": "Table 4: FSD without some of its structures (the same seeds), x 100; p (fsd better): "
                              + significance.METHOD_NOTE + " (test: the one each row used)",

@@ -1,5 +1,6 @@
-"""run_search(): the teacher, then one Ray Tune experiment per stage of the schedule (stage.py), chained
-greedily through the ledger; MLflow records everything; a killed search resumes where it stopped."""
+"""run_locked(): run_search under the search folder's lock. run_search(): the teacher, then one Ray Tune
+experiment per stage of the schedule (stage.py), chained greedily through the ledger; MLflow records
+everything; a killed search resumes where it stopped."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from fsd.tuning.plan import budget
 from fsd.tuning.plan.ledger import Ledger
 from fsd.tuning.plan.ranking import ranking_split
 from fsd.tuning.plan.references import majority_floor, teacher_spec
+from fsd.tuning.plan.resume import check_resume
 from fsd.tuning.plan.spec import SearchSpec, identity
 from fsd.tuning.plan.trials import stage_base, train_rows
 from fsd.tuning.plan.winners import search_best
+from fsd.tuning.search import lock
 from fsd.tuning.search.disk import DiskFull, disk_full, full_message
 from fsd.tuning.search.fresh import fresh_seed_list, run_fresh
 from fsd.tuning.search.services import MlflowIds, interrupted, start_services
@@ -95,6 +98,20 @@ class Finished(NamedTuple):
 
     ledger: Ledger
     mlflow_note: str | None
+
+
+def run_locked(spec: SearchSpec, schedule: Schedule, resume: bool) -> Finished:
+    """run_search under the lock of the search folder, held until it returns or raises (one search per folder).
+    The folder is checked again under it for what the command found there (`resume`: a ledger to resume, or
+    none): a search that started since the command's checks is caught here.
+
+    Raises:
+        lock.Busy: another process holds the lock.
+        Refused: the folder no longer fits the command (fsd/tuning/plan/resume.py).
+    """
+    with lock.held(spec.folder):
+        check_resume(spec, resume)
+        return run_search(spec, schedule)
 
 
 def run_search(spec: SearchSpec, schedule: Schedule) -> Finished:

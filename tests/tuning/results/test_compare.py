@@ -102,3 +102,44 @@ def test_the_tables_show_glue_metrics_not_losses_or_running_bests():
     row = {"eval/score": 0.8, "eval/acc": 0.8, "eval/loss": 0.4, "eval/best_loss": 0.3, "eval/best_score": 0.9,
            "eval/rows": 872.0, "eval_mm/acc": 0.7, "eval_mm/loss": 0.5, "train/loss": 0.2}
     assert table_metrics(row) == {"eval/score": 0.8, "eval/acc": 0.8, "eval_mm/acc": 0.7}
+
+
+def test_the_tables_are_read_from_what_the_comparison_ran(tmp_path, glue_dir):
+    """results/compare.py runs nothing: given the runs of a comparison, it writes its table files and logs them
+    in the comparison's MLflow run (here a stand-in outbox that keeps what it is asked)."""
+    import json
+
+    from fsd.tuning.plan.spec import SearchSpec
+    from fsd.tuning.results.compare import write_tables
+    from fsd.tuning.search.comparison import Comparison
+    from fsd.tuning.search.seed_runs import SeedRun
+
+    class Outbox:
+        def __init__(self):
+            self.calls = []
+
+        def do(self, op, *args):
+            self.calls.append((op, *args))
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "fsd_teacher.json").write_text(json.dumps({"task": "rte", "dev": {"eval/score": 0.7}}))
+    config = {"task": "rte", "teacher": str(teacher), "method": "vkd", "data_dir": glue_dir, "max_eval_samples": 100}
+    scores = {"vkd": (0.60, 0.62), "fsd": (0.64, 0.67)}
+    runs = {m: [SeedRun({"eval/score": s, "eval/accuracy": s}, None, {}, [], 42 + i) for i, s in enumerate(values)]
+            for m, values in scores.items()}
+    outbox = Outbox()
+    ran = Comparison(tmp_path, ["vkd", "fsd"], {m: ({**config, "method": m}, str(teacher)) for m in runs}, runs, {}, {},
+                     "run-1", outbox)
+    spec = SearchSpec(task="rte", method="fsd", storage=str(tmp_path), mlflow_uri="", teacher=str(teacher),
+                      data_dir=glue_dir)
+    text = write_tables(spec, ran)
+    markdown, _, p = table("rte", {m: [r.dev for r in rs] for m, rs in runs.items()}, {"eval/score": 0.7},
+                           majority("rte", glue_dir, None, 100), {m: [42, 43] for m in runs})
+    assert text.startswith(markdown) and (tmp_path / "compare.md").read_text() == markdown + "\n"
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    assert saved["methods"] == ["vkd", "fsd"] and saved["seeds"] == {"vkd": [42, 43], "fsd": [42, 43]}
+    assert saved["p_value"] == pytest.approx(p)
+    ((op, run_id, metrics, files),) = outbox.calls
+    assert (op, run_id) == ("log_analysis", "run-1") and metrics["compare/p_value"] == pytest.approx(p)
+    assert str(tmp_path / "compare.md") in files

@@ -96,7 +96,7 @@ def test_run_holds_the_lock_while_the_search_runs(tmp_path, monkeypatch):
 
 def test_compare_holds_a_method_lock_while_it_searches_that_method(tmp_path, monkeypatch):
     """--compare runs a method's missing search under that search's own lock, and refuses a busy one."""
-    import fsd.tuning.results.compare as compare
+    import fsd.tuning.search.comparison as compare
     from fsd.tuning.plan.ledger import Ledger
     from fsd.tuning.search.runner import Finished
 
@@ -118,4 +118,47 @@ def test_compare_holds_a_method_lock_while_it_searches_that_method(tmp_path, mon
     assert lock.holder(folder) is None
     with lock.held(folder), pytest.raises(lock.Busy, match="another fsd-tune search is running in"):
         compare.best_config(spec, "vkd")
+    assert len(seen) == 1
+
+
+def test_the_search_checks_its_folder_again_under_its_lock(tmp_path, monkeypatch):
+    """A search that left a ledger since the command's checks is caught by run_locked under the lock, before
+    anything runs, and the lock is given back."""
+    import fsd.tuning.search.runner as runner
+    from fsd.tuning.plan.resume import Refused
+
+    storage, folder, ledger = _search_folder(tmp_path)
+    spec = SearchSpec(task="rte", method="vkd", storage=str(storage), mlflow_uri="", teacher="t")
+
+    def fake_run_search(spec, schedule):
+        raise AssertionError("a search ran in a folder that another search had taken")
+
+    monkeypatch.setattr(runner, "run_search", fake_run_search)
+    with pytest.raises(Refused, match=f"a search already exists in {folder}: add --resume"):
+        runner.run_locked(spec, None, resume=False)
+    assert lock.holder(folder) is None
+    assert (folder / "ledger.json").read_bytes() == ledger
+
+
+def test_compare_holds_its_folder_lock_while_it_runs(tmp_path, monkeypatch):
+    """--compare takes its own folder's lock (fsd/tuning/search/comparison.py), refuses a busy one, and gives it
+    back however it ends."""
+    import fsd.tuning.search.comparison as comparison
+
+    spec = SearchSpec(task="rte", method="fsd", storage=str(tmp_path), mlflow_uri="", teacher="t")
+    folder = tmp_path / "rte-compare"
+    seen = []
+
+    def fake_best_config(spec, method):
+        seen.append(lock.holder(folder))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(comparison, "best_config", fake_best_config)
+    with pytest.raises(RuntimeError, match="stop here"), comparison.run_comparison(spec, ["vkd"], 1):
+        pass
+    assert seen == [os.getpid()]
+    assert lock.holder(folder) is None
+    with lock.held(folder), pytest.raises(lock.Busy, match=f"another fsd-tune search is running in {folder}"), \
+            comparison.run_comparison(spec, ["vkd"], 1):
+        pass
     assert len(seen) == 1
