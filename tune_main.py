@@ -11,10 +11,11 @@ trial is logged to MLflow. A killed search continues with the same command and -
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import NoReturn
+
+from fsd.tuning.command.options import Parser, fail
 
 SCRIPT = "fsd-tune"  # the command an install makes ([project.scripts] in pyproject.toml)
 
@@ -24,120 +25,9 @@ def command() -> str:
     return SCRIPT if Path(sys.argv[0]).name == SCRIPT else "python tune_main.py"
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse's own errors as every other error of this command: one `error:` line, exit code 2 (not the
-    usage block, which buried the line under twenty more)."""
-
-    def error(self, message: str) -> NoReturn:
-        fail(f"{message} ({command()} --help lists the flags)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog=command().removeprefix("python "), description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
-    a = p.add_argument
-    a("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli")
-    a("--method", default="fsd",
-      help="what to search: fsd (the paper's 6 steps, 10 stages in --dry-run), vkd, pkd, rkd or minilm")
-    a("--data-dir", default=None, help="local GLUE folder (GLUE download layout); default: nyu-mll/glue from the hub")
-    a("--teacher", default="bert-base-uncased",
-      help="pre-trained backbone to fine-tune as teacher (hub id, folder, or 'packaged-minilm' offline), or a "
-           "teacher already fine-tuned on the task")
-    a("--student-init", default=None, help="pre-trained backbone of the student (default: the teacher's backbone)")
-    a("--student-layers", type=int, default=6, help="layers of the student: the first k of the backbone (paper: 6)")
-    a("--storage", default="./fsd_runs",
-      help="folder for teachers, caches and searches (one sub-folder per task and method)")
-    a("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite:///<storage>/mlflow.db)")
-    a("--gpus-per-trial", type=float, default=None,
-      help="GPU share of one trial; 0.25 packs four trials per GPU (default: 0.25 with CUDA, else 0)")
-    a("--cpus-per-trial", type=float, default=1.0, help="CPU cores reserved per trial")
-    a("--max-concurrent", type=int, default=0, help="at most this many trials at once (0: as resources allow)")
-    a("--seeds", type=int, default=1, help="run every grid point with this many seeds and rank by their mean")
-    a("--seed", type=int, default=42, help="first seed")
-    a("--confirm-top", type=int, default=None, metavar="K",
-      help="before a stage names its winner, train its K leading points on --confirm-seeds more seeds and compare "
-           "them paired by seed (0: name the best single run, as the paper; default: the preset's, 3 for paper, "
-           "2 for cpu, 0 for smoke)")
-    a("--fresh-seeds", type=int, default=0, metavar="N",
-      help="after the search, re-train its best student's configuration, VKD's winner and the untuned start points "
-           "(fsd and fsdil with default weights) on N seeds no search used, and test the search's best against "
-           "them (0: not done)")
-    a("--confirm-seeds", type=int, default=None, metavar="R",
-      help="seeds each of a stage's --confirm-top leading points is trained on more (default: the preset's, 2 "
-           "for paper, 1 for cpu, 0 for smoke)")
-    a("--strategy", choices=["grid", "halving", "optuna"], default="grid",
-      help="grid: every grid point to the full budget (the paper); halving: every point, each stopped at a rung "
-           "(ASHA on training samples) when below the best third there; optuna: TPE samples of the large grids, "
-           "halved the same way")
-    a("--reduction-factor", type=float, default=None,
-      help="halving/optuna: about 1 in this many trials goes on at each rung (default 3, measured)")
-    a("--first-rung", type=float, default=None,
-      help="halving/optuna: the first rung as a share of a trial's budget (default 3/4, where the score ranks)")
-    a("--num-samples", type=int, default=None,
-      help="optuna: trials per stage with a large grid (default: a third of the grid, measured)")
-    a("--budget", default=None, metavar="AMOUNT",
-      help="halving/optuna: what the search may spend, as training samples (2e6), a share of the grid's samples "
-           "(20%%) or hours on this machine (8h); each stage's trials are planned to fit, and no "
-           "trial starts that the budget left cannot pay for"),
-    a("--preset", choices=["paper", "quick", "cpu", "smoke"], default="paper",
-      help="paper: the full schedule; quick: 2 values per parameter, 2 epochs, 2000 rows; cpu: a search that learns "
-           "on a 2-core CPU (SST-2, 3-layer MiniLM student: 1 epoch of 1600 rows, lr 2e-4; see the README); "
-           "smoke: a complete search in minutes that learns nothing (1 epoch, 64 rows; for tests)")
-    a("--stages", default=None, help="comma-separated stage names to run (see --dry-run); default all")
-    a("--max-seq-len", type=int, default=128, help="tokens per sequence (paper: 128)")
-    a("--teacher-epochs", type=int, default=None, help="teacher fine-tuning epochs (default: the paper's 3; 1 for the "
-                                                       "cpu preset)")
-    a("--teacher-lr", type=float, default=None,
-      help="teacher fine-tuning learning rate (default: the paper's, 2e-5; 5e-5 for STS-B and WNLI; 1e-4 for the "
-           "cpu preset)")
-    a("--select-on", choices=["dev", "holdout"], default="dev",
-      help="what trials are ranked on: dev (the paper's protocol, comparable with its tables) or a fixed, "
-           "stratified holdout of training rows, never trained on, so the dev score reported for the winners is "
-           "not the one the search maximised")
-    a("--holdout-rows", type=int, default=None,
-      help="--select-on holdout: its size (default: 10%% of the training rows, at most 1000)")
-    a("--max-failures", type=int, default=1, help="retries of a crashed trial from its last checkpoint")
-    a("--log-checkpoints", choices=["best", "all"], default="best",
-      help="best: each stage's best student is logged as an MLflow model; all: also every trial's best checkpoint")
-    a("--resume", action="store_true", help="continue the search stored in the storage folder")
-    talk = p.add_mutually_exclusive_group()
-    talk.add_argument("--verbose", action="store_true",
-                      help="also show Ray's and MLflow's own console output (experiment tables, INFO lines, trial "
-                           "tracebacks)")
-    talk.add_argument("--quiet", action="store_true",
-                      help="no progress, stage or teacher lines on stderr: only the results on stdout and errors")
-    a("--address", default=None, help="address of an existing Ray cluster (default: start one locally)")
-    a("--set", dest="sets", action="append", metavar="KEY=VALUE",
-      help="a DistillConfig value for every trial, repeatable (e.g. --set lr=3e-5 --set batch_size=16); a stage's "
-           "grid and earlier stages' winners override it for the parameters they set")
-    a("--grid", dest="grids", action="append", metavar="KEY=V1,V2,...",
-      help="replace the values of a searched parameter in every stage that searches it, repeatable (e.g. --grid "
-           "lr=1e-4,2e-4 for a small backbone); refine and mix rules stay")
-    a("--cache-budget-gb", type=float, default=None,
-      help="disk allowed for the cached teacher features (default: at most half the storage folder's free disk); "
-           "0: no feature cache, the teacher runs live")
-    a("--compile", action="store_true", help="torch.compile the students (CUDA; pays off on long runs)")
-    a("--compare", default=None, metavar="METHODS",
-      help="e.g. vkd,pkd,rkd,minilm,fsd: each method's best configuration (searched first if needed) re-run "
-           "with --seeds seeds; prints the paper's Table 2/3 for this task with the p-value of FSD")
-    a("--ablation", action="store_true",
-      help="--compare with fsd: also the paper's Table 4, FSD's winner re-run without LG, IG, IL and G (4 x --seeds "
-           "runs)")
-    a("--batch-sizes", default=None, metavar="SIZES",
-      help="--compare with fsd: also the paper's Table 5, FSD w/o G and FSD w/o IL re-run at these mini-batch "
-           "sizes, e.g. 8,16,32,64 (2 x sizes x --seeds runs)")
-    a("--report", action="store_true",
-      help="rebuild the HTML report of this task's searches from the storage folder and MLflow; trains nothing")
-    a("--dry-run", action="store_true",
-      help="print every stage, its grid, trials and the training samples it will process; run nothing")
-    a("--estimate", action="store_true",
-      help="--dry-run, plus a few timed steps of the student and the teacher here, and the hours it would take")
-    return p
-
-
-def fail(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+def build_parser() -> Parser:
+    """The command's parser, of the flags fsd/tuning/command/options.py declares; it parses into `Options`."""
+    return Parser(command(), __doc__)
 
 
 # What Ctrl-C did when the command started, put back once the search's own handling takes over (run()).
@@ -173,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         from fsd.tuning.command.flags import check_modes
 
         try:
-            check_modes(args, parser)  # flags that contradict each other, before any mode runs
+            check_modes(args)  # flags that contradict each other, before any mode runs
             if args.dry_run or args.estimate:
                 dry_run(args)
                 return
@@ -185,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGINT, _SIGINT_BEFORE)
 
 
-def dry_run(args: argparse.Namespace) -> None:
+def dry_run(args) -> None:
     """Every stage, its grid and what it will cost (with --estimate, in hours, from steps timed here); nothing
     is written. With --compare, the cost of every method's search, shared stages counted once."""
     from fsd.logs import first_line, quiet_libraries

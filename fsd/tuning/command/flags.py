@@ -18,6 +18,7 @@ from fsd.config import DistillConfig
 from fsd.layout import Layout
 from fsd.storage import absolute
 from fsd.tasks import TASKS, get_task
+from fsd.tuning.command.options import given
 from fsd.tuning.plan.spec import FIRST_RUNG, HOLDOUT_ROWS, HOLDOUT_SHARE, REDUCTION_FACTOR, SearchSpec
 from search_spaces import Schedule, get_schedule
 from search_spaces.base import METHODS
@@ -199,15 +200,14 @@ CONFLICTS = (
 REPORT_FLAGS = ("--task", "--storage", "--mlflow-uri", "--verbose", "--report")
 
 
-def check_modes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+def check_modes(args: argparse.Namespace) -> None:
     """No two flags that contradict each other (`CONFLICTS`), and --report with none that shapes a search."""
-    given = [a.option_strings[0] for a in parser._actions
-             if a.option_strings and a.dest != "help" and getattr(args, a.dest) != parser.get_default(a.dest)]
+    flags = given(args)
     for firsts, second, why in CONFLICTS:
-        first = next((f for f in firsts if f in given), None)
-        if first and second in given:
+        first = next((f for f in firsts if f in flags), None)
+        if first and second in flags:
             raise UsageError(f"{first} with {second}: {why}")
-    ignored = [f for f in given if f not in REPORT_FLAGS]
-    if "--report" in given and ignored:
+    ignored = [f for f in flags if f not in REPORT_FLAGS]
+    if "--report" in flags and ignored:
         raise UsageError(f"--report with {ignored[0]}: the report covers every search of the task in --storage and "
                          f"trains nothing, so {ignored[0]} changes nothing there; drop it")
