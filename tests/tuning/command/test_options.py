@@ -1,5 +1,5 @@
 """Every flag declared once (fsd/tuning/command/options.py): the parser, the parsed record, the bounds the checks
-hold and SearchSpec's defaults follow the declarations, and every flag the command names is declared."""
+hold, docs/search.md's table and SearchSpec's defaults all follow the declarations; a planted mismatch is found."""
 
 import ast
 import re
@@ -8,12 +8,66 @@ from pathlib import Path
 
 import pytest
 
+from fsd.tuning.command import options
 from fsd.tuning.command.flags import CONFLICTS, OWNED, REPORT_FLAGS, UsageError
 from fsd.tuning.command.options import DECLARED, FLAGS, Options, Parser, flag_name, given
 from fsd.tuning.plan.spec import SearchSpec
 
 ROOT = Path(__file__).resolve().parents[3]
+PAGE = ROOT / "docs" / "search.md"
+HEAD = "| flag | default | what |"
 NOT_OURS = {"--help", "--head", "--port"}  # argparse's own; `ray start --head --port` in a hint
+
+
+def page_table(text: str) -> str:
+    """The table of every flag as a page writes it: from its head to the first blank line."""
+    start = text.index(HEAD)
+    end = text.find("\n\n", start)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def table_mismatches(text: str) -> list[str]:
+    """The rows where the page's table and the one the declarations make differ: `-` the page's, `+` the made."""
+    written, made = page_table(text).splitlines(), options.table().splitlines()
+    return [f"- {row}" for row in written if row not in made] + [f"+ {row}" for row in made if row not in written] \
+        + ([] if [r for r in written if r in made] == [r for r in made if r in written] else ["order"])
+
+
+def test_the_search_pages_table_is_the_one_the_declarations_make():
+    assert table_mismatches(PAGE.read_text()) == [], \
+        "docs/search.md's table of every flag: paste python -c 'from fsd.tuning.command.options import table; " \
+        "print(table())'"
+
+
+@pytest.mark.parametrize("plant", [
+    lambda t: t.replace("| `--max-concurrent` | as resources allow |", "| `--max-concurrent` | 4 |"),
+    lambda t: t.replace("| `--seeds` | 1 |", "| `--seed` | 1 |"),
+    lambda t: t.replace("| `--compile` | off | `torch.compile` the students (CUDA) |\n", ""),
+    lambda t: t.replace(HEAD + "\n|---|---|---|\n", HEAD + "\n|---|---|---|\n| `--workers` | 2 | processes |\n"),
+    lambda t: t.replace("| `--seed` | 42 | the first seed |\n", "").replace(
+        "| `--seeds` | 1 |", "| `--seed` | 42 | the first seed |\n| `--seeds` | 1 |"),
+])
+def test_a_planted_mismatch_between_the_page_and_the_declarations_is_found(plant):
+    text = PAGE.read_text()
+    planted = plant(text)
+    assert planted != text
+    assert table_mismatches(planted)
+
+
+def test_a_declaration_that_changed_is_found(monkeypatch):
+    """The other way round: the page stays, a declaration changes (its default, as the table says it)."""
+    changed = options.flag(3, least=0, help="h", doc=FLAGS["--max-failures"].metadata["doc"])
+    changed.name = "max_failures"
+    monkeypatch.setattr(options, "DECLARED", tuple(changed if f.name == "max_failures" else f for f in DECLARED))
+    assert table_mismatches(PAGE.read_text()) == [
+        "- | `--max-failures` | 1 | retries of a crashed trial from its last checkpoint |",
+        "+ | `--max-failures` | 3 | retries of a crashed trial from its last checkpoint |"]
+
+
+def test_every_choice_is_named_in_its_row():
+    for f in DECLARED:
+        for choice in f.metadata["choices"] or ():
+            assert choice in f.metadata["doc"], (flag_name(f), choice)
 
 
 def test_the_parser_is_the_declarations():
