@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> None:
         try:
             check_modes(args)  # flags that contradict each other, before any mode runs
             if args.dry_run or args.estimate:
-                dry_run(args)
+                from fsd.tuning.command.preview import dry_run
+
+                for text in dry_run(args):  # the schedule at once, --estimate's hours after its timed steps
+                    print(text)
                 return
             search = validate(args)  # every check, before anything is written
         except UsageError as e:
@@ -73,81 +76,6 @@ def main(argv: list[str] | None = None) -> None:
         run(search)
     finally:  # for a caller that goes on (a test calling main())
         signal.signal(signal.SIGINT, _SIGINT_BEFORE)
-
-
-def dry_run(args) -> None:
-    """Every stage, its grid and what it will cost (with --estimate, in hours, from steps timed here); nothing
-    is written. With --compare, the cost of every method's search, shared stages counted once."""
-    from fsd.logs import first_line, quiet_libraries
-    from fsd.tuning.command.checks import check_batch_sizes, check_compare, dry_spec
-    from fsd.tuning.cost.count import budget_plan, search_cost
-    from fsd.tuning.cost.dryrun import cache_line, compare_cost, format_compare_cost, format_cost
-    from fsd.tuning.cost.estimate import samples_per_hour
-    from fsd.tuning.plan.budget import format_plan
-    from fsd.tuning.plan.budget import parse as parse_budget
-    from fsd.tuning.plan.spec import method_spec
-    from search_spaces import format_schedule, get_schedule
-
-    spec, schedule = dry_spec(args)
-    print(format_schedule(schedule))
-    pairs = [(spec, schedule)]
-    if args.compare:
-        methods = check_compare(args)
-        pairs = [(method_spec(spec, m), get_schedule(m, spec.task, spec.preset, spec.grids)) for m in methods]
-    seen: set[str] = set()
-    plans = [budget_plan(s, sch, samples_per_hour(s, sch) if parse_budget(s.budget).hours else None)
-             if s.budget else None for s, sch in pairs]
-    for (s, _), planned in zip(pairs, plans, strict=True):
-        if planned is not None:
-            print(format_plan(planned, parse_budget(s.budget)))
-    costs = [search_cost(s, sch, seen, planned) for (s, sch), planned in zip(pairs, plans, strict=True)]
-    print(format_cost(costs))
-    print(ranking_line(spec, costs[0].dev_rows))
-    if spec.fresh_seeds:
-        per_run = max(max(st.samples_per_trial) for st in costs[0].stages) if costs[0].stages else 0
-        runs = 4 if spec.method == "fsd" else 1  # the search's best, VKD's winner, the two untuned start points
-        print(f"fresh seeds: at most {runs} configuration(s) x {spec.fresh_seeds} seeds = {runs * spec.fresh_seeds} "
-              f"runs after the search, {runs * spec.fresh_seeds * per_run:,} training samples")
-    line, cache_bytes = cache_line(spec, schedule, costs[0].rows)
-    print(line)
-    print(disk_peak(spec, schedule, costs, cache_bytes))
-    if args.compare:
-        batch_sizes = check_batch_sizes(args)
-        print(format_compare_cost(compare_cost(costs, [sch for _, sch in pairs], args.seeds, args.ablation,
-                                               batch_sizes)))
-    if args.estimate:
-        from fsd.tuning.cost.estimate import format_estimate, measure
-
-        quiet_libraries()
-        schedules = [sch for _, sch in pairs]
-        try:
-            rates = measure(spec, schedules)
-        except OSError as e:  # a hub model that is not here (offline), a folder without weights
-            fail(f"--estimate: the models cannot be loaded to time them ({first_line(e, 300)}): pass a local --teacher "
-                 "folder or packaged-minilm")
-        print(format_estimate(costs, schedules, rates))
-
-
-def ranking_line(spec, rows: int) -> str:
-    """The line of --dry-run that says how finely one trial's score on the ranking split can rank."""
-    from fsd.tuning.plan.evidence import binomial_error, split_error_line
-    from fsd.tuning.plan.ranking import score_kind
-
-    kind = score_kind(spec.task)
-    line = split_error_line(kind, "holdout" if spec.select_on == "holdout" else "dev", rows, None)
-    if kind == "accuracy":
-        line += (f": two single runs closer than about {200 * binomial_error(0.5, rows):.1f} points cannot be told "
-                 "apart by this split alone (more rows: --holdout-rows; more seeds: --confirm-top/--confirm-seeds)")
-    return line
-
-
-def disk_peak(spec, schedule, costs, cache_bytes: float | None) -> str:
-    """The line of --dry-run that says how much disk the search will hold at its fullest."""
-    from fsd.tuning.search.disk import peak
-
-    stages = sum(1 for c in costs for s in c.stages if not s.reused and s.trials != 0)
-    found = peak(spec, schedule, stages, costs[0].rows, cache_bytes)
-    return found.says() if found else "disk at its peak: not known before the backbone's configuration is downloaded"
 
 
 def run(search) -> None:
