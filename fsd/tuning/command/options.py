@@ -32,7 +32,8 @@ def flag(default: Any = MISSING, *, help: str, doc: str, shown: str | None = Non
         shown: the default as that row says it (without it: the default itself; off for a switch).
         choices: the only values it takes.
         least: the smallest number it takes (checks.check_search_numbers refuses less).
-        metavar: the name of its value in `--help` and in the table.
+        metavar: the name of its value in `--help` and in the table (a field typed tuple is a repeatable flag).
+        name: the flag where it is not the field's name with dashes (`--set` gives `sets`).
         exclusive: flags of the same key are not given together.
     """
     return field(default=default, metadata={"help": help, "doc": doc, "shown": shown, "choices": choices,
