@@ -1,10 +1,11 @@
 """The command line.
 
-Public: flags (parsed into a SearchSpec; contradicting flags), checks (every value, path, storage folder and
-service, before anything runs).
+Public: options (every flag declared once: the parser, the parsed record, the docs' table), flags (parsed into a
+SearchSpec; contradicting flags), checks (every value, path, storage folder and service, before anything runs),
+preview (what --dry-run and --estimate print).
 
 The room's own: inputs (data and models, through the core's checks), stored (the storage folder's files a
 command reads back, checked whole), writable (a path the system refuses).
 """
 
-__all__ = ["checks", "flags"]
+__all__ = ["checks", "flags", "options", "preview"]

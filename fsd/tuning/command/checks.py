@@ -6,7 +6,6 @@ Nothing here writes, and Ray is not imported: a bad command fails in seconds and
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import socket
@@ -30,6 +29,7 @@ from fsd.tuning.command.flags import (
     parse_set,
 )
 from fsd.tuning.command.inputs import check_data, check_models
+from fsd.tuning.command.options import DECLARED, Options, flag_name
 from fsd.tuning.command.stored import check_stored
 from fsd.tuning.command.writable import cannot_create, cannot_write, too_long
 from fsd.tuning.plan.resume import Refused, check_resume
@@ -61,7 +61,7 @@ class Search:
     report: bool = False
 
 
-def validate(args: argparse.Namespace) -> Search:
+def validate(args: Options) -> Search:
     """Check every flag of `args` (tune_main.py's parser) and resolve them into a `Search`.
 
     The checks that need no heavy import come first (names, paths, the ledger, services), so most mistakes
@@ -113,7 +113,7 @@ def validate(args: argparse.Namespace) -> Search:
     return Search(spec, schedule, args.resume, compare=methods, ablation=args.ablation, batch_sizes=batch_sizes)
 
 
-def dry_spec(args: argparse.Namespace) -> tuple[SearchSpec, Schedule]:
+def dry_spec(args: Options) -> tuple[SearchSpec, Schedule]:
     """What --dry-run and --estimate need: names, values and paths checked, nothing written or contacted."""
     schedule = check_schedule(args)
     storage = Path(args.storage).expanduser().resolve()
@@ -131,7 +131,7 @@ def dry_spec(args: argparse.Namespace) -> tuple[SearchSpec, Schedule]:
     return spec, schedule
 
 
-def check_schedule(args: argparse.Namespace) -> Schedule:
+def check_schedule(args: Options) -> Schedule:
     """What --dry-run needs: the names and the values, no paths or services."""
     schedule, _ = check_names(args)
     check_search_numbers(args)
@@ -142,7 +142,7 @@ def check_schedule(args: argparse.Namespace) -> Schedule:
 # ---------------------------------------------------------------------------------------------- values
 
 
-def check_values(args: argparse.Namespace, schedule: Schedule, extra: dict[str, Any]) -> None:
+def check_values(args: Options, schedule: Schedule, extra: dict[str, Any]) -> None:
     """Each DistillConfig value alone (so the error names its flag; a value valid only beside another, as
     `fsd.config.PAIRED` says, beside it), then all together, then each --grid value on top. A stage's grid and
     earlier winners come on top of these at run time; the schedule's own values are tested elsewhere."""
@@ -167,15 +167,12 @@ def _check_config(base: dict[str, Any], values: dict[str, Any], flag: str) -> No
         raise UsageError(f"{flag}: {e}") from None
 
 
-def check_search_numbers(args: argparse.Namespace) -> None:
+def check_search_numbers(args: Options) -> None:
     """The search's own numbers: seeds, samples, concurrency, retries, teacher epochs and lr, CPU share."""
-    minimum = {"--seeds": (args.seeds, 1), "--num-samples": (args.num_samples, 1),
-               "--max-concurrent": (args.max_concurrent, 0), "--max-failures": (args.max_failures, 0),
-               "--teacher-epochs": (args.teacher_epochs, 1), "--confirm-top": (args.confirm_top, 0),
-               "--confirm-seeds": (args.confirm_seeds, 0), "--fresh-seeds": (args.fresh_seeds, 0)}
-    for flag, (value, least) in minimum.items():
-        if value is not None and value < least:
-            raise UsageError(f"{flag} {value}: use {least} or more")
+    for f in DECLARED:  # the least value each flag declares
+        value, least = getattr(args, f.name), f.metadata["least"]
+        if least is not None and value is not None and value < least:
+            raise UsageError(f"{flag_name(f)} {value}: use {least} or more")
     if args.reduction_factor is not None and not args.reduction_factor > 1:
         raise UsageError(f"--reduction-factor {args.reduction_factor:g}: use a factor above 1 (e.g. 3: a third of "
                          "the trials go on at each rung)")

@@ -5,7 +5,6 @@ of paths and services are in checks.py, of data and models in inputs.py."""
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import math
 import types
@@ -18,10 +17,12 @@ from fsd.config import DistillConfig
 from fsd.layout import Layout
 from fsd.storage import absolute
 from fsd.tasks import TASKS, get_task
+from fsd.tuning.command.options import DECLARED, Options, given
 from fsd.tuning.plan.spec import FIRST_RUNG, HOLDOUT_ROWS, HOLDOUT_SHARE, REDUCTION_FACTOR, SearchSpec
 from search_spaces import Schedule, get_schedule
 from search_spaces.base import METHODS
 
+SPEC_FIELDS = {f.name for f in fields(SearchSpec)}  # a flag of one of these names goes into the spec
 # DistillConfig values that tune_main.py flags own: --set may not change them behind the flag's back.
 OWNED = {"task": "--task", "method": "--method", "teacher": "--teacher", "student_init": "--student-init",
          "student_layers": "--student-layers", "data_dir": "--data-dir", "storage": "--storage",
@@ -33,31 +34,27 @@ class UsageError(Exception):
     """A command line that cannot run; the message (one line) names the problem and the fix."""
 
 
-def build_spec(args: argparse.Namespace, schedule: Schedule, stages: tuple[str, ...], extra: dict[str, Any],
-               storage: Path, gpus_per_trial: float = 0.0) -> SearchSpec:
-    """The SearchSpec of checked flags (paths made absolute; the GPU share as `check_gpus` resolved it)."""
-    return SearchSpec(
-        task=schedule.task, method=args.method, storage=str(storage),
-        mlflow_uri=args.mlflow_uri or Layout(storage).mlflow_uri,
+def build_spec(args: Options, schedule: Schedule, stages: tuple[str, ...], extra: dict[str, Any], storage: Path,
+               gpus_per_trial: float = 0.0) -> SearchSpec:
+    """The SearchSpec of checked flags: those resolved here (paths made absolute, the preset's defaults filled in,
+    the GPU share as `check_gpus` resolved it), and every other flag named as a SearchSpec field, as given."""
+    resolved = dict(
+        task=schedule.task, storage=str(storage), mlflow_uri=args.mlflow_uri or Layout(storage).mlflow_uri,
         teacher=absolute(args.teacher), student_init=absolute(args.student_init),
-        student_layers=args.student_layers,
-        data_dir=str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None, preset=args.preset,
-        stages=stages, seeds=args.seeds, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
+        data_dir=str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None, stages=stages,
         confirm_top=schedule.budget.confirm_top if args.confirm_top is None else args.confirm_top,
         confirm_seeds=schedule.budget.confirm_seeds if args.confirm_seeds is None else args.confirm_seeds,
-        fresh_seeds=args.fresh_seeds,
         gpus_per_trial=gpus_per_trial,
-        max_concurrent=args.max_concurrent, max_failures=args.max_failures, strategy=args.strategy,
         reduction_factor=REDUCTION_FACTOR if args.reduction_factor is None else args.reduction_factor,
-        first_rung=FIRST_RUNG if args.first_rung is None else args.first_rung, num_samples=args.num_samples,
-        max_seq_len=args.max_seq_len, select_on=args.select_on, holdout_rows=_holdout_rows(args),
+        first_rung=FIRST_RUNG if args.first_rung is None else args.first_rung, holdout_rows=_holdout_rows(args),
         teacher_epochs=args.teacher_epochs or schedule.budget.teacher_epochs,
         teacher_lr=schedule.budget.teacher_lr if args.teacher_lr is None else args.teacher_lr,
-        log_checkpoints=args.log_checkpoints, address=args.address, extra=extra, grids=parse_grids(args),
-        verbose=args.verbose, budget=args.budget)
+        extra=extra, grids=parse_grids(args))
+    as_given = {f.name: getattr(args, f.name) for f in DECLARED if f.name in SPEC_FIELDS and f.name not in resolved}
+    return SearchSpec(**as_given, **resolved)
 
 
-def _holdout_rows(args: argparse.Namespace) -> int | None:
+def _holdout_rows(args: Options) -> int | None:
     """--holdout-rows, or HOLDOUT_SHARE of the task's training rows (at most HOLDOUT_ROWS) with --select-on
     holdout; None without (trials are ranked on dev)."""
     if args.select_on != "holdout":
@@ -69,7 +66,7 @@ def _holdout_rows(args: argparse.Namespace) -> int | None:
     return min(HOLDOUT_ROWS, int(HOLDOUT_SHARE * split_rows(args.task, args.data_dir)[0]))
 
 
-def check_names(args: argparse.Namespace) -> tuple[Schedule, tuple[str, ...]]:
+def check_names(args: Options) -> tuple[Schedule, tuple[str, ...]]:
     """Task, method and --stages.
 
     Returns:
@@ -97,7 +94,7 @@ def check_names(args: argparse.Namespace) -> tuple[Schedule, tuple[str, ...]]:
     return schedule, stages
 
 
-def check_batch_sizes(args: argparse.Namespace) -> tuple[int, ...]:
+def check_batch_sizes(args: Options) -> tuple[int, ...]:
     """--batch-sizes as positive whole numbers (empty without the flag)."""
     if not args.batch_sizes:
         return ()
@@ -111,7 +108,7 @@ def check_batch_sizes(args: argparse.Namespace) -> tuple[int, ...]:
     return sizes
 
 
-def check_compare(args: argparse.Namespace) -> list[str]:
+def check_compare(args: Options) -> list[str]:
     """The methods of --compare: known schedules, no repeats; --ablation and --batch-sizes need fsd among them."""
     studies = [f for f, on in (("--ablation", args.ablation), ("--batch-sizes", args.batch_sizes)) if on]
     if studies and "fsd" not in (args.compare or "").split(","):
@@ -128,7 +125,7 @@ def check_compare(args: argparse.Namespace) -> list[str]:
     return methods
 
 
-def parse_extra(args: argparse.Namespace) -> dict[str, Any]:
+def parse_extra(args: Options) -> dict[str, Any]:
     """The DistillConfig values every trial gets (`SearchSpec.extra`): --cache-budget-gb, --compile, --set."""
     extra: dict[str, Any] = {"cache_budget_gb": args.cache_budget_gb, "compile": args.compile}
     extra.update(parse_set(pair) for pair in args.sets or [])
@@ -170,7 +167,7 @@ def parse_set(pair: str, flag: str = "--set") -> tuple[str, Any]:
     raise UsageError(f"{flag} {pair}: {key} takes {names}, not {raw!r}")
 
 
-def parse_grids(args: argparse.Namespace) -> dict[str, tuple]:
+def parse_grids(args: Options) -> dict[str, tuple]:
     """`--grid KEY=V1,V2,...` (repeatable) -> {the DistillConfig field: its values, typed}."""
     grids: dict[str, tuple] = {}
     for text in args.grids or []:
@@ -199,15 +196,14 @@ CONFLICTS = (
 REPORT_FLAGS = ("--task", "--storage", "--mlflow-uri", "--verbose", "--report")
 
 
-def check_modes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+def check_modes(args: Options) -> None:
     """No two flags that contradict each other (`CONFLICTS`), and --report with none that shapes a search."""
-    given = [a.option_strings[0] for a in parser._actions
-             if a.option_strings and a.dest != "help" and getattr(args, a.dest) != parser.get_default(a.dest)]
+    flags = given(args)
     for firsts, second, why in CONFLICTS:
-        first = next((f for f in firsts if f in given), None)
-        if first and second in given:
+        first = next((f for f in firsts if f in flags), None)
+        if first and second in flags:
             raise UsageError(f"{first} with {second}: {why}")
-    ignored = [f for f in given if f not in REPORT_FLAGS]
-    if "--report" in given and ignored:
+    ignored = [f for f in flags if f not in REPORT_FLAGS]
+    if "--report" in flags and ignored:
         raise UsageError(f"--report with {ignored[0]}: the report covers every search of the task in --storage and "
                          f"trains nothing, so {ignored[0]} changes nothing there; drop it")

@@ -1,5 +1,6 @@
 """What `--dry-run` prints of a search's cost: the table of every stage's training samples and evaluations,
-and the seed runs of a --compare (counted by `fsd.tuning.cost.count`)."""
+the seed runs of a --compare (counted by `fsd.tuning.cost.count`), how finely the ranking split ranks, the
+fresh-seed runs and the teacher-output cache."""
 
 from __future__ import annotations
 
@@ -136,3 +137,24 @@ def cache_line(spec, schedule: Schedule, rows: int) -> tuple[str, float | None]:
     return (f"teacher-output cache: the {'+'.join(features)} features need about {need / 1e9:.2f} GB ({rows:,} rows x "
             f"{np.mean(lengths):.1f} tokens on average (measured on {len(lengths):,} rows) x {config.hidden_size} "
             f"values x {np.dtype(dtype).itemsize} bytes); {why}"), need if cached else 0.0
+
+
+def ranking_line(spec, rows: int) -> str:
+    """The line of --dry-run that says how finely one trial's score on the ranking split can rank."""
+    from fsd.tuning.plan.evidence import binomial_error, split_error_line
+    from fsd.tuning.plan.ranking import score_kind
+
+    kind = score_kind(spec.task)
+    line = split_error_line(kind, "holdout" if spec.select_on == "holdout" else "dev", rows, None)
+    if kind == "accuracy":
+        line += (f": two single runs closer than about {200 * binomial_error(0.5, rows):.1f} points cannot be told "
+                 "apart by this split alone (more rows: --holdout-rows; more seeds: --confirm-top/--confirm-seeds)")
+    return line
+
+
+def fresh_line(spec, cost: SearchCost) -> str:
+    """The line of --dry-run that counts --fresh-seeds' runs after the search, at its longest trial's samples."""
+    per_run = max(max(st.samples_per_trial) for st in cost.stages) if cost.stages else 0
+    runs = 4 if spec.method == "fsd" else 1  # the search's best, VKD's winner, the two untuned start points
+    return (f"fresh seeds: at most {runs} configuration(s) x {spec.fresh_seeds} seeds = {runs * spec.fresh_seeds} "
+            f"runs after the search, {runs * spec.fresh_seeds * per_run:,} training samples")

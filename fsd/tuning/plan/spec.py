@@ -21,6 +21,11 @@ HOLDOUT_SHARE = 0.1
 # winner 16th of 24 there); at 3/4, rho 0.78 and every stage winner kept.
 REDUCTION_FACTOR = 3.0
 FIRST_RUNG = 3 / 4  # of a trial's budget
+# The values a SearchSpec's choices take (and the command's flags offer): see fsd.tuning.plan.strategy for the
+# strategies, ranking.py for the splits; "all" also keeps and logs every trial's best checkpoint.
+STRATEGIES = ("grid", "halving", "optuna")
+SELECT_ON = ("dev", "holdout")
+LOG_CHECKPOINTS = ("best", "all")
 
 # What a resumed search must agree on with the stored one (the rest, e.g. concurrency, may change).
 IDENTITY = ("task", "method", "preset", "teacher", "teacher_epochs", "teacher_lr", "student_init", "student_layers",
