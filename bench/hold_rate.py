@@ -4,7 +4,7 @@ both in the stage's `evidence`) has both re-trained on seeds no search used; a s
 its fresh-seed mean beats the runner-up's. The hold rate is over the stages the search declared a winner
 (not tied); the tied ones are listed too (issue 34, item 8).
 
-    python bench/hold_rate.py <storage> --task sst2 --method fsd --seeds 5 --out <folder>/hold.json
+    python bench/hold_rate.py <storage> --task sst2 --method fsd --seeds 5 --out <folder>/hold.json [--stages fsdl]
 
 It starts a local Ray and logs the runs to the storage's MLflow store (stage `hold-rate`); run it from a clone
 at a fixed commit, in the background, one CPU-heavy job at a time.
@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--method", default="fsd")
     a.add_argument("--seeds", type=int, default=5)
     a.add_argument("--out", required=True)
+    a.add_argument("--stages", type=lambda v: v.split(","), default=None,
+                   help="only these stages (comma-separated), e.g. the declared ones when time is short")
     args = a.parse_args(argv)
     from fsd.tuning.search.seed_runs import seed_runs
 
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     seeds = fresh_seed_list(args.seeds)
     results = {}
     for stage, c in contests(ledger).items():
+        if args.stages is not None and stage not in args.stages:
+            continue
         scores = {}
         for role in ("winner", "runner_up"):
             runs = seed_runs(spec, folder, f"{stage}-{role}", c[role], seeds, outbox, run_id, exp_id, "hold-rate")

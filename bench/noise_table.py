@@ -31,6 +31,9 @@ from fsd.tuning.results.significance import greater  # noqa: E402
 
 RECORDED = ROOT / "bench" / "results" / "sst2-paper-schedule"
 UNTUNED = ("untuned fsd", "untuned fsdil")
+# The searches whose own --fresh-seeds trained the untuned start points for the preset's 3 epochs (before
+# df735b5 gave them the search's epochs): their start points are rows of their own.
+THREE_EPOCH_START_POINTS = ("optuna",)
 SEARCHED = "the search's best"
 
 
@@ -110,7 +113,6 @@ def table(folder: Path) -> None:
     holds = {s["name"]: json.loads((folder / f"hold-{s['name']}.json").read_text()) for s in searches
              if (folder / f"hold-{s['name']}.json").is_file()}
     fresh = {s["name"]: s["ledger"]["fresh"]["runs"] for s in searches}
-    first = fresh[searches[0]["name"]]
     untuned = {k: _reseeded(folder, k.replace(" ", "-")) for k in UNTUNED}
     untuned = {k: v for k, v in untuned.items() if v is not None}
     best_untuned = max(untuned, key=lambda k: statistics.fmean(untuned[k].values()))
@@ -124,11 +126,13 @@ def table(folder: Path) -> None:
                      fresh[s["name"]][SEARCHED]["scores"]))
     for k, scores in untuned.items():
         rows.append((f"{k} (the search's epochs)", "0", "-", "-", "-", scores))
-    if "vkd's winner" in first:
-        rows.append((f"VKD's winner ({searches[0]['name']})", "", "", "", "", first["vkd's winner"]["scores"]))
-    for k in UNTUNED:  # the search's own --fresh-seeds start points, trained before the fix for 3 epochs
-        if k in first:
-            rows.append((f"{k}, 3 epochs (the search's --fresh-seeds)", "", "", "", "", first[k]["scores"]))
+    for name, runs in fresh.items():
+        if "vkd's winner" in runs:
+            rows.append((f"VKD's winner (noise-aware {name})", "", "", "", "", runs["vkd's winner"]["scores"]))
+    for name in THREE_EPOCH_START_POINTS:
+        for k in UNTUNED:
+            if k in fresh.get(name, {}):
+                rows.append((f"{k}, 3 epochs ({name}'s --fresh-seeds)", "", "", "", "", fresh[name][k]["scores"]))
     three = _reseeded(folder, "grid-final-3ep")
     if three is not None:
         rows.append(("single-seed grid's final, 3 epochs", "", "", "", "", three))
