@@ -11,6 +11,7 @@ so that the retried trial's copy does not land on top of its remains.
 
 from __future__ import annotations
 
+import glob
 import json
 import shutil
 from pathlib import Path
@@ -38,11 +39,12 @@ def reported(trial: Path) -> set[str]:
     return names
 
 
-def unreported(experiments: Path) -> list[Path]:
-    """The checkpoint folders under `experiments/<experiment>/<trial>/` (a stage folder) that no result of
-    their trial names."""
+def unreported(experiments: Path, experiment: str | None = None) -> list[Path]:
+    """The checkpoint folders under `experiments/<experiment>/<trial>/` (a stage folder; every experiment of it
+    unless one is named) that no result of their trial names."""
+    pattern = f"{'*' if experiment is None else glob.escape(experiment)}/*/{CHECKPOINTS}"
     out = []
-    for trial in sorted({p.parent for p in experiments.glob(f"*/*/{CHECKPOINTS}") if p.is_dir()}):
+    for trial in sorted({p.parent for p in experiments.glob(pattern) if p.is_dir()}):
         names = reported(trial)
         out += [p for p in sorted(trial.glob(CHECKPOINTS)) if p.is_dir() and p.name not in names]
     return out
@@ -51,7 +53,7 @@ def unreported(experiments: Path) -> list[Path]:
 def remove_unreported(experiment: Path) -> list[Path]:
     """Remove the checkpoint folders of `experiment` (one Ray experiment's folder) that no result names, and
     return them."""
-    gone = [p for p in unreported(experiment.parent) if p.parent.parent == experiment]
+    gone = unreported(experiment.parent, experiment.name)
     for folder in gone:
         shutil.rmtree(folder, ignore_errors=True)
     return gone
