@@ -4,9 +4,11 @@ A stage's candidates are points trained on the same seeds (its own points, confi
 winners carried into it). The winner is the candidate with the highest mean over its seeds; against each
 other candidate the per-seed differences over the seeds both ran (paired: two points trained with one seed
 share its head initialisation and data order) give a t interval. A candidate whose interval holds 0 is
-statistically tied with the winner. Exact ties of the mean (copies: a point and another that trains the same
-student) go to the point nearest the previous stage's winner, then to the point whose values sort first:
-never to the order the trials happened to run in (docs/search.md, "Seeds and ties").
+statistically tied with the winner, and so is one whose mean trails the winner's by less than the ranking
+split's sampling error (`margin`): every candidate is scored on the same rows, so a lead that small may be a
+property of those rows, which no number of seeds averages away. Exact ties of the mean (copies: a point and
+another that trains the same student) go to the point nearest the previous stage's winner, then to the point
+whose values sort first: never to the order the trials happened to run in (docs/search.md, "Seeds and ties").
 """
 
 from __future__ import annotations
@@ -108,6 +110,16 @@ def order(entry: Entry, reference: dict[str, Any] | None) -> tuple:
     return -entry.mean, distance(entry.values, reference), json.dumps(entry.values, sort_keys=True, default=str)
 
 
+def tied_within(p: Paired | None, margin: float) -> bool | None:
+    """Whether a candidate is tied with the winner: its paired interval holds 0, or the winner leads it by less
+    than `margin`; None where neither can tell (no shared seed, or too few to give an interval)."""
+    if p is None:
+        return None
+    if abs(p.diff) < margin:
+        return True
+    return p.tied
+
+
 @dataclass(frozen=True)
 class Decision:
     """A stage's named winner (an index into the candidates) and its evidence."""
@@ -116,22 +128,29 @@ class Decision:
     ranked: tuple[int, ...]  # every candidate, best first
     entries: tuple[Entry, ...]
     against: tuple[Paired | None, ...]  # the winner against each of ranked[1:]
+    margin: float  # leads smaller than this are ties (the ranking split's sampling error; 0: none known)
     rule: str  # "alone", "clear", or how a tie was settled
 
     @property
+    def ties(self) -> tuple[bool | None, ...]:
+        """`tied_within` for each of ranked[1:]."""
+        return tuple(tied_within(p, self.margin) for p in self.against)
+
+    @property
     def tied(self) -> int:
-        """Candidates statistically tied with the winner (their interval holds 0)."""
-        return sum(1 for p in self.against if p is not None and p.tied)
+        """Candidates tied with the winner (their interval holds 0, or the lead over them is under `margin`)."""
+        return sum(1 for t in self.ties if t)
 
     @property
     def untested(self) -> int:
-        """Candidates that share fewer than two seeds with the winner (not an exact tie): nothing to test."""
-        return sum(1 for p in self.against if p is None or p.tied is None)
+        """Candidates too close to tell by seeds (fewer than two shared, not an exact tie) and not within the
+        margin: nothing to test."""
+        return sum(1 for t in self.ties if t is None)
 
     def to_json(self) -> dict[str, Any]:
         w = self.entries[self.winner]
         out: dict[str, Any] = {"mean": w.mean, "sd": w.sd, "n": w.n, "candidates": len(self.entries),
-                               "tied": self.tied, "untested": self.untested, "rule": self.rule}
+                               "tied": self.tied, "untested": self.untested, "margin": self.margin, "rule": self.rule}
         if len(self.ranked) > 1:
             r = self.entries[self.ranked[1]]
             out["runner_up"] = {"values": r.values, "mean": r.mean, "sd": r.sd, "n": r.n}
@@ -139,26 +158,37 @@ class Decision:
         return out
 
 
-def decide(entries: list[Entry], reference: dict[str, Any] | None = None) -> Decision:
+def decide(entries: list[Entry], reference: dict[str, Any] | None = None, accuracy_rows: int | None = None
+           ) -> Decision:
     """Name the winner of `entries` (at least one) by the rule, with the paired evidence against the others.
 
     Args:
         entries: the candidates.
         reference: the previous stage's winner's values (the tie-break after the mean), or None.
+        accuracy_rows: the ranking split's rows when its score is an accuracy: a lead under its binomial error
+            at the winner's mean is a tie (None: no margin, as for F1, MCC and correlations, whose error needs
+            the predictions).
     """
     if not entries:
         raise ValueError("no candidate")
     ranked = sorted(range(len(entries)), key=lambda i: order(entries[i], reference))
     best = entries[ranked[0]]
+    margin = binomial_error(best.mean, accuracy_rows) if accuracy_rows else 0.0
     against = tuple(paired(best.seeds, entries[i].seeds) for i in ranked[1:])
-    return Decision(ranked[0], tuple(ranked), tuple(entries), against, _rule(entries, ranked, against, reference))
+    ties = tuple(tied_within(p, margin) for p in against)
+    return Decision(ranked[0], tuple(ranked), tuple(entries), against, margin, _rule(entries, ranked, ties, reference))
 
 
-def _rule(entries: list[Entry], ranked: list[int], against: tuple, reference: dict[str, Any] | None) -> str:
+def accuracy_rows(ranking: dict[str, Any] | None) -> int | None:
+    """The ranking split's rows (the ledger's "ranking" record) where its score is an accuracy, else None."""
+    return ranking["rows"] if ranking and ranking.get("score") == "accuracy" else None
+
+
+def _rule(entries: list[Entry], ranked: list[int], ties: tuple, reference: dict[str, Any] | None) -> str:
     if len(ranked) == 1:
         return "alone"
     best, second = entries[ranked[0]], entries[ranked[1]]
-    if not any(p is not None and p.tied for p in against):
+    if not any(ties):
         return "clear"
     if best.mean != second.mean:
         return "tie settled by the higher seed mean"
@@ -186,7 +216,9 @@ def said(evidence: dict[str, Any], split: str) -> str:
     others = evidence["candidates"] - 1
     untested = evidence.get("untested", 0)
     if evidence.get("tied"):
-        text += f"; tied with {evidence['tied']} of {others} ({evidence['rule']})"
+        margin = evidence.get("margin") or 0.0
+        within = f"interval holds 0, or lead under {100 * margin:.2f}: the split's sampling error; " if margin else ""
+        text += f"; tied with {evidence['tied']} of {others} ({within}{evidence['rule']})"
     elif untested == others:
         text += "; too few seeds to tell its candidates apart"
     elif untested:

@@ -58,12 +58,13 @@ def carried(records: dict[str, StageRecord], stage: Stage, folded: Folded | None
 
 
 def decide(own: list[Candidate], others: list[Candidate],
-           reference: dict[str, Any] | None = None) -> tuple[Candidate, evidence.Decision]:
+           reference: dict[str, Any] | None = None, accuracy_rows: int | None = None
+           ) -> tuple[Candidate, evidence.Decision]:
     """The stage's winner among its own candidates and the carried ones, by the rule of
     `fsd.tuning.plan.evidence` (the best seed mean, then the nearest to `reference`, the previous stage's
-    winner, then the values' order), with the evidence against the others."""
+    winner, then the values' order), with the evidence against the others (`accuracy_rows`: see there)."""
     pool = list(own) + list(others)
-    decision = evidence.decide([c.entry() for c in pool], reference)
+    decision = evidence.decide([c.entry() for c in pool], reference, accuracy_rows)
     return pool[decision.winner], decision
 
 

@@ -37,7 +37,8 @@ COLUMNS = """What the winners' columns mean (docs/method.md §8), each measured 
 - trials: the stage's own trials (0: skipped, an earlier winner kept)
 - seeds, sd: the seeds the winner was trained on and the sd of its score over them; vs runner-up: the paired
   difference to the next candidate over their shared seeds with its 95% t interval; tied: the candidates
-  whose interval holds 0 (docs/search.md, "Seeds and ties")"""
+  whose interval holds 0, or that the winner leads by less than the ranking split's sampling error
+  (docs/search.md, "Seeds and ties")"""
 
 
 def searches(storage: Path, task: str) -> dict[str, Ledger]:

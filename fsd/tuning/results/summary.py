@@ -170,7 +170,7 @@ def noise_lines(ledger: Ledger) -> list[str]:
     if leads:
         small = sum(1 for d in leads if abs(d) < error)
         line += (f"; {small} of the {len(leads)} stage winners that trained their own lead their runner-up by less "
-                 "than that")
+                 "than that (said tied)")
     return [line]
 
 

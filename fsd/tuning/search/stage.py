@@ -100,7 +100,8 @@ def run_stage(spec: SearchSpec, schedule: Schedule, stage: Stage, teacher: str, 
     record["shared"] = key
     reference = winners.previous_winner(schedule, stage, records)
     done = trials_of(spec, stage, grid, how, base, first, folder, key, record, mlflow_ids, rows, teacher, reference)
-    hand_on(spec, stage, done, carried, record, records, outbox, reference)
+    hand_on(spec, stage, done, carried, record, records, outbox, reference,
+            evidence.accuracy_rows(ledger.data.get("ranking")))
     ledger.save()
     outbox.do("close_run", record["run_id"], "FINISHED")
 
@@ -132,11 +133,12 @@ def trials_of(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Strat
 
 def hand_on(spec: SearchSpec, stage: Stage, done: dict[str, Any], carried: list[winners.Candidate],
             record: StageRecord, records: dict[str, StageRecord], outbox: Outbox,
-            reference: dict[str, Any] | None = None) -> None:
+            reference: dict[str, Any] | None = None, accuracy_rows: int | None = None) -> None:
     """The stage's winner, of its own candidates and the winners carried into it, named with its evidence in
-    its record: measured on dev when trials are ranked on a holdout, analysed and registered."""
+    its record (ties within the ranking split's error at `accuracy_rows`): measured on dev when trials are
+    ranked on a holdout, analysed and registered."""
     own = own_candidates(done)
-    chosen, decision = winners.decide(own, carried, reference)
+    chosen, decision = winners.decide(own, carried, reference, accuracy_rows)
     if chosen.source is not None and done["checkpoint"] and spec.log_checkpoints != "all":
         # A carried student won: the stage's own best can never be handed on (a search that reuses this
         # stage carries the same winners, its key says so).
@@ -188,7 +190,7 @@ def stage_budget(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], base: d
 def keep(stage: Stage, record: StageRecord, carried: list[winners.Candidate], ledger: Ledger, outbox: Outbox,
          why: str) -> None:
     """A stage with nothing to train: the best carried winner stays, with no trials of its own."""
-    chosen, decision = winners.decide([], carried)
+    chosen, decision = winners.decide([], carried, None, evidence.accuracy_rows(ledger.data.get("ranking")))
     console.info(f"stage {stage.name}: skipped: {why}; {chosen.source}'s winner stays")
     record.update(winners.stage_record(chosen, stage.name, decision), trials=0, skipped=why)
     ledger.save()

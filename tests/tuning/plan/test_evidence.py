@@ -117,7 +117,8 @@ def test_the_summary_and_the_report_show_a_stage_named_with_its_evidence(tmp_pat
                         f"{100 * p.diff:+.2f} [{100 * p.lo:+.2f}, {100 * p.hi:+.2f}] | 1 of 1 | 90.92 |")  # a tie
     (line,) = noise_lines(ledger)
     assert "dev, 872 rows" in line and "1.43 points" in line  # sqrt(0.77 x 0.23 / 872)
-    assert line.endswith("1 of the 1 stage winners that trained their own lead their runner-up by less than that")
+    assert line.endswith("1 of the 1 stage winners that trained their own lead their runner-up by less than that "
+                         "(said tied)")
     (row,) = [r for r in stage_rows("vkd", "sst2", ledger) if r["stage"] == "vkd"]
     assert row["seeds"] == "3" and row["tied"] == "1 of 1" and row["vs runner-up [95%]"].startswith("+0.67 [")
 
@@ -173,3 +174,33 @@ def test_the_fresh_seed_table_tests_the_searchs_best_against_each_start_point(tm
     p = holm([greater(list(s.values()), list(x.values()), [1, 2, 3], [1, 2, 3])[0] for x in (v, u)])
     assert lines[4].startswith("| vkd's winner (vkd) | 70.33 (1.53) | +5.67 | " + f"{p[0]:.3f} (paired t)")
     assert lines[5].endswith(f"| {p[1]:.3f} (paired t) | 1 of 3 |")  # one seed collapsed to the majority class
+
+
+def test_a_lead_under_the_ranking_splits_error_is_a_tie_even_with_an_interval_clear_of_zero():
+    """fsdl on the noise-aware grid: +0.27 on 3 seeds with an interval clear of 0, on 1,000 holdout rows whose
+    binomial error is about 1.3 points; it trailed on fresh seeds. The margin makes such a lead a tie."""
+    lead = Entry({"beta": 10.0}, {42: 0.770, 43: 0.771, 44: 0.773}, 0.0)
+    runner = Entry({"beta": 1.0}, {42: 0.767, 43: 0.769, 44: 0.770}, 0.0)
+    plain = decide([runner, lead], None)
+    assert plain.against[0].lo > 0 and plain.tied == 0 and plain.rule == "clear" and plain.margin == 0.0
+    d = decide([runner, lead], None, accuracy_rows=1000)
+    assert d.entries[d.winner] is lead  # the margin changes what is said, never who wins
+    assert d.margin == pytest.approx(math.sqrt(0.7713333 * (1 - 0.7713333) / 1000), rel=1e-5)
+    assert d.tied == 1 and d.rule == "tie settled by the higher seed mean"
+    text = said(d.to_json(), "holdout")
+    assert "tied with 1 of 1 (interval holds 0, or lead under 1.33: the split's sampling error; tie settled" in text
+    # A lead beyond the margin is still judged by its interval; one under it ties even on a single seed.
+    far = Entry({"beta": 0.1}, {42: 0.70, 43: 0.71, 44: 0.705}, 0.0)
+    assert decide([far, lead], None, accuracy_rows=1000).rule == "clear"
+    one = decide([Entry({"a": 1}, {42: 0.770}, 0.0), Entry({"a": 2}, {42: 0.765}, 0.0)], None, accuracy_rows=1000)
+    assert one.tied == 1 and one.untested == 0
+    # With more rows the error shrinks below the lead: on 100,000 rows +0.27 is told apart again.
+    assert decide([runner, lead], None, accuracy_rows=100_000).tied == 0
+
+
+def test_accuracy_rows_come_from_an_accuracy_ranking_split_only():
+    from fsd.tuning.plan.evidence import accuracy_rows
+
+    assert accuracy_rows({"split": "holdout", "rows": 1000, "score": "accuracy"}) == 1000
+    assert accuracy_rows({"split": "dev", "rows": 1043, "score": "mcc"}) is None
+    assert accuracy_rows(None) is None
