@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCHEMA = 1  # the version of this layout: a change that older storage folders would not match bumps it
+LAYOUT_KEY = "layout"  # the ledger's field that records it (none: written by version 1, before it was kept)
 
 # Shared by every search of the storage folder.
 TEACHERS, DATA_CACHE, CACHES, MEMORIES, STAGES = "teacher", "data_cache", "cache", "memory", "stages"

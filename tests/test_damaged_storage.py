@@ -139,3 +139,26 @@ def test_a_report_does_not_read_the_teacher_cache(searched, tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert (copy / "rte-report.html").is_file()
+
+
+@pytest.mark.parametrize("command", ["resume", "report", "compare"])
+def test_a_ledger_of_another_storage_layout_is_refused_by_name(searched, tmp_path, command):
+    """A search folder records the layout version that wrote it; a command of another version says so in one
+    line instead of misreading the folder. A ledger without the field is of version 1, as before it was kept."""
+    import json
+
+    from fsd.layout import SCHEMA
+
+    storage, backbone, glue_dir = searched
+    written = json.loads((storage / FILES["ledger"]).read_text())
+    assert written["layout"] == SCHEMA
+    copy = tmp_path / "runs"
+    shutil.copytree(storage, copy, symlinks=True)
+    path = copy / FILES["ledger"]
+    path.write_text(json.dumps({**written, "layout": SCHEMA + 1}))
+    line = command_refused(_command(command, "ledger", copy, backbone, glue_dir), copy)
+    assert line == (f"error: {path} was written by storage layout {SCHEMA + 1}, and this fsd-tune reads layout "
+                    f"{SCHEMA}: run the fsd-tune that wrote it, or give a new --storage")
+    older = {k: v for k, v in written.items() if k != "layout"}
+    path.write_text(json.dumps(older))
+    check_stored(copy, "rte", [copy / "rte-vkd"], f"sqlite:///{copy}/mlflow.db")  # version 1: read as before

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from fsd.layout import DEV, LEDGER, OUTBOX, RAY_PIDS, RAY_TOKEN, STAGE_RECORD, Layout
+from fsd.layout import DEV, LAYOUT_KEY, LEDGER, OUTBOX, RAY_PIDS, RAY_TOKEN, SCHEMA, STAGE_RECORD, Layout
 from fsd.tuning.command.flags import UsageError
 from fsd.tuning.search.unreported import CHECKPOINTS, unreported
 
@@ -80,8 +80,12 @@ def damaged(path: Path, how: str, fix: str) -> UsageError:
 def _search_folder(folder: Path, storage: Path) -> None:
     ledger = folder / LEDGER
     if ledger.is_file():
-        _json(ledger, f"restore it from a backup, or delete {folder} and run that search again without --resume "
-                      f"(its finished stages are reused from {Layout(storage).stages})", _ledger)
+        value = _json(ledger, f"restore it from a backup, or delete {folder} and run that search again without "
+                              f"--resume (its finished stages are reused from {Layout(storage).stages})", _ledger)
+        version = value.get(LAYOUT_KEY, 1)
+        if version != SCHEMA:
+            raise UsageError(f"{ledger} was written by storage layout {version}, and this fsd-tune reads layout "
+                             f"{SCHEMA}: run the fsd-tune that wrote it, or give a new --storage")
     lose = "and run again (it only names the Ray processes of the search's last driver)"
     if (folder / RAY_TOKEN).is_file():
         _text(folder / RAY_TOKEN, f"delete it {lose}",
@@ -224,7 +228,7 @@ def _fields(required: dict[str, type | tuple], optional: dict[str, type | tuple]
 
 def _ledger(value: Any) -> str | None:
     problem = _fields({}, {"search": dict, "stages": dict, "teacher": str, "best": dict, "budget": dict,
-                           "majority": (dict, type(None)), "search_run_id": MAYBE_STR,
+                           LAYOUT_KEY: int, "majority": (dict, type(None)), "search_run_id": MAYBE_STR,
                            "experiment_id": MAYBE_STR, "run_id": MAYBE_STR})(value)
     if problem:
         return problem

@@ -1,6 +1,8 @@
 """The search's ledger: which stages are done, their winners and scores, the MLflow run ids.
 
-Written to a temporary file and renamed, so a kill never leaves half a ledger.
+Written to a temporary file and renamed, so a kill never leaves half a ledger. It names the version of the
+storage layout that wrote it (`fsd.layout.SCHEMA`; a ledger without one was written by version 1), so a
+command of another version refuses the folder instead of misreading it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, TypedDict
 
-from fsd.layout import LEDGER
+from fsd.layout import LAYOUT_KEY, LEDGER, SCHEMA
 from fsd.storage import write_text
 
 
@@ -38,6 +40,7 @@ class Ledger:
         self.path = Path(folder) / LEDGER
         self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.data.setdefault("stages", {})
+        self.data.setdefault(LAYOUT_KEY, SCHEMA)  # kept as read: a folder of another version is refused first
 
     @property
     def exists(self) -> bool:
