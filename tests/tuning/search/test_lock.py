@@ -72,24 +72,21 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
 
 
 def test_run_holds_the_lock_while_the_search_runs(tmp_path, monkeypatch):
-    """tune_main.run takes the lock before run_search and gives it back after (Ray is imported, not started)."""
-    import importlib.util
-
+    """The command's run takes the lock before run_search and gives it back after (Ray is imported, not
+    started)."""
     import fsd.tuning.search.runner as runner
+    from fsd.tuning.command.dispatch import run
 
-    loader = importlib.util.spec_from_file_location("tune_main", ROOT / "tune_main.py")
-    tune_main = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(tune_main)
     spec = SearchSpec(task="rte", method="vkd", storage=str(tmp_path), mlflow_uri="", teacher="t")
     seen = []
 
     def fake_run_search(spec, schedule):
         seen.append(lock.holder(spec.folder))
-        raise RuntimeError("stop here")  # the lock must still be released (Ctrl-C is tune_main.stop's)
+        raise RuntimeError("stop here")  # the lock must still be released (Ctrl-C is dispatch.stop's)
 
     monkeypatch.setattr(runner, "run_search", fake_run_search)
     with pytest.raises(RuntimeError, match="stop here"):
-        tune_main.run(Search(spec, None, resume=False))
+        run(Search(spec, None, resume=False))
     assert seen == [os.getpid()]
     assert lock.holder(spec.folder) is None
 
