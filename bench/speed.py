@@ -61,6 +61,8 @@ def build_step(config: DistillConfig):
     attn = "eager" if objective.needs_attentions else "sdpa"
     torch.manual_seed(0)
     student = build_student(config.student_init, config.student_layers, task.num_labels, attn).to(device).train()
+    if config.compile:  # as training does (fsd.train)
+        student.compile(dynamic=True)
     d_t = AutoConfig.from_pretrained(resolve_model_path(config.teacher)).hidden_size
     memory = torch.randn(task.memory_size, 128 * d_t, device=device) if objective.needs_memory else None
     objective.setup(Setup(student, 128, memory))

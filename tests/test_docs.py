@@ -65,3 +65,37 @@ def test_the_readme_counts_the_stages_dry_run_lists():
     stages = re.findall(r"^  \d+\. ", out, re.M)
     assert len(stages) == 10
     assert "the paper's six steps, ten stages in `--dry-run`" in (ROOT / "README.md").read_text()
+
+
+RECORD = ROOT / "bench" / "results" / "first-command"
+
+
+def _block_after(text: str, heading: str) -> list[str]:
+    """The lines of the first ``` block of the README's section `heading`."""
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```\n(.*?)```", section, re.S).group(1).splitlines()
+
+
+def test_the_readme_shows_the_recorded_run_of_its_first_command():
+    """The README's first command is the one bench/first_command.py recorded (bench/results/first-command/),
+    the excerpt it shows is that run's output, line by line and in order, and the times it gives are the
+    record's: the front page shows a run that happened."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from first_command import setup_commands
+
+    from fsd.progress import format_duration
+
+    readme = (ROOT / "README.md").read_text()
+    record = json.loads((RECORD / "run.json").read_text())
+    assert record["search_rc"] == 0 and record["install_rc"] == 0
+    assert record["first_command"] == setup_commands(readme)[0]
+    console = iter((RECORD / "console.txt").read_text().splitlines())
+    excerpt = [line for line in _block_after(readme, "The first command") if line != "..."]
+    assert len(excerpt) >= 10
+    for line in excerpt:  # each one found after the one before
+        assert any(line == printed for printed in console), f"not in the recorded run, or out of order: {line}"
+    for seconds in (record["search_s"], record["install_s"]):
+        assert format_duration(seconds) in readme, format_duration(seconds)
+    assert record["commit"][:7] in readme
