@@ -53,6 +53,19 @@ SERVER_AWAY = re.compile(r"error: the MLflow server \S+ stopped answering before
 TRIAL_DONE = re.compile(r"^stage \S+( \(confirm\))?: trial .* \| \d+/\d+ done")
 
 
+def tmpfs_mb(quiet: Path) -> int:
+    """A size for the soaked search's tmpfs: twice what the quiet run left, plus what a stage's pre-flight check
+    asks free before its trials (fsd/tuning/search/disk.py: a trial more than the largest stage ran, each at 4x
+    the teacher's weights while no checkpoint is there to measure), plus 128 MB. Sized from what was left alone,
+    the cpu preset's first stage was refused for want of 1.7 GB on a 1 GB tmpfs, whatever the faults."""
+    left = sum(f.stat().st_size for f in quiet.rglob("*") if f.is_file())
+    weights = max((f.stat().st_size for f in quiet.glob("teacher/*/*") if f.suffix in (".safetensors", ".bin")),
+                  default=0)
+    trials = max((r.get("trials") or 0 for ledger in quiet.glob("*/ledger.json")
+                  for r in json.loads(ledger.read_text())["stages"].values()), default=0)
+    return int((2 * left + (trials + 1) * 4 * weights) / 2**20) + 128
+
+
 class Soak:
     def __init__(self, a: argparse.Namespace):
         self.a, self.log = a, Log(Path(a.log).resolve())
@@ -230,8 +243,7 @@ class Soak:
             return self.root / "soak"
         mount = self.root / "disk"
         mount.mkdir(exist_ok=True)
-        quiet_bytes = sum(f.stat().st_size for f in (self.root / "quiet").rglob("*") if f.is_file())
-        size_mb = self.a.disk_mb or int(2 * quiet_bytes / 2**20) + 128
+        size_mb = self.a.disk_mb or tmpfs_mb(self.root / "quiet")
         made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mount)],
                               capture_output=True, text=True)
         if made.returncode != 0:
@@ -357,8 +369,8 @@ def main() -> None:
     p.add_argument("--hold-max", type=float, default=30.0, help="seconds at most a server stays down or a disk full")
     p.add_argument("--worker-wait", type=float, default=120.0, help="seconds to wait for a trial to kill")
     p.add_argument("--ctrl-c-s", type=float, default=60.0, help="seconds a Ctrl-C'd driver has to exit")
-    p.add_argument("--disk-mb", type=int, default=0, help="the tmpfs's size (0: twice the quiet run's storage "
-                   "plus 128 MB)")
+    p.add_argument("--disk-mb", type=int, default=0, help="the tmpfs's size (0: twice the quiet run's storage, plus "
+                   "what a stage's disk check asks free, plus 128 MB)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds at most for one run of the search")
     p.add_argument("search", nargs=argparse.REMAINDER, help="-- then the search's arguments, without --storage "
                    "and --mlflow-uri")
