@@ -215,39 +215,56 @@ def open_cache(config, fields: tuple[str, ...] | None, batches: Batches, data_ke
     pass) if a field is missing.
 
     Returns None (the caller runs the teacher live) when the cache is off, the objective cannot be served
-    from it, or the features do not fit (`cache_decision`, said on the console).
+    from it, or a missing field does not fit (`cache_decision`, said on the console). A cache already written
+    is read whatever the disk holds now: a trial that started while the disk was full would otherwise run the
+    teacher live, whose features can differ from the cached ones in their last bits (the trial's batches on its
+    thread against the cache pass's length-sorted windows on the driver's), and train another student than the
+    same trial with the disk free.
     """
     if not config.teacher_cache or not fields:
-        return None
-    teacher_config = AutoConfig.from_pretrained(resolve_model_path(config.teacher))
-    need = feature_bytes(fields, batches.lengths, teacher_config.hidden_size, teacher_config.num_hidden_layers,
-                         config.cache_dtype)
-    cached, why = cache_decision(need, config.cache_budget_gb, config.storage)
-    features = "+".join(f for f in fields if f in FEATURE_FIELDS)
-    said = f"teacher cache: the {features} features of {config.task} need {need / 1e9:.2f} GB; {why}"
-    if not cached:
-        if features:
-            console.info(said)  # every time: each run pays for the live teacher
         return None
     key = {"task": config.task, "teacher": model_fingerprint(config.teacher), "data": data_key,
            "rows": batches.num_examples, "precision": "bf16" if device.type == "cuda" else "fp32"}
     folder = cache_folder(config.storage, key)
-    missing = tuple(f for f in fields if not (folder / _file(f, config.cache_dtype)).is_file())
+    missing = _missing(folder, fields, config.cache_dtype)
+    if missing and not _fits(config, missing, batches):
+        return None
     if missing:
         with one_builder(folder, "teacher cache"):  # another search may be writing the same cache
-            missing = tuple(f for f in fields if not (folder / _file(f, config.cache_dtype)).is_file())
+            missing = _missing(folder, fields, config.cache_dtype)
             if missing:
-                if features:
-                    console.info(said)  # once, when the features are written: a stage reading them is quiet
-                console.info(f"teacher cache: one teacher pass over {batches.num_examples} rows for "
-                             f"{', '.join(missing)} -> {folder}")
-                teacher = load_teacher(config.teacher, num_labels).to(device)
-                write_cache(folder, missing, teacher, batches, config.cache_dtype, device)
-                write_text(folder / "key.json", json.dumps(key, indent=1))
-                del teacher
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                _write(config, folder, key, missing, batches, device, num_labels)
     return TeacherCache(folder, fields, config.cache_dtype, batches.lengths)
+
+
+def _missing(folder: Path, fields: tuple[str, ...], dtype: str) -> tuple[str, ...]:
+    return tuple(f for f in fields if not (folder / _file(f, dtype)).is_file())
+
+
+def _fits(config, missing: tuple[str, ...], batches: Batches) -> bool:
+    """Whether the `missing` fields fit the disk (`cache_decision`), said where features are concerned: when they
+    are written, or at every run that pays for the live teacher."""
+    teacher_config = AutoConfig.from_pretrained(resolve_model_path(config.teacher))
+    need = feature_bytes(missing, batches.lengths, teacher_config.hidden_size, teacher_config.num_hidden_layers,
+                         config.cache_dtype)
+    cached, why = cache_decision(need, config.cache_budget_gb, config.storage)
+    features = "+".join(f for f in missing if f in FEATURE_FIELDS)
+    if features:
+        console.info(f"teacher cache: the {features} features of {config.task} need {need / 1e9:.2f} GB; {why}")
+    return cached
+
+
+def _write(config, folder: Path, key: dict, missing: tuple[str, ...], batches: Batches, device: torch.device,
+           num_labels: int) -> None:
+    """One teacher pass writing the `missing` fields, then the key that names what they were made from."""
+    console.info(f"teacher cache: one teacher pass over {batches.num_examples} rows for {', '.join(missing)} -> "
+                 f"{folder}")
+    teacher = load_teacher(config.teacher, num_labels).to(device)
+    write_cache(folder, missing, teacher, batches, config.cache_dtype, device)
+    write_text(folder / "key.json", json.dumps(key, indent=1))
+    del teacher
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def last_attention(attention: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor

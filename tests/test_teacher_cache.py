@@ -169,6 +169,25 @@ def test_over_budget_falls_back_to_the_live_teacher_with_a_message(tiny_bert, gl
     assert np.isfinite(report.metrics["train/loss"])
 
 
+def test_a_written_cache_is_read_when_the_disk_has_filled_since(tiny_bert, glue_dir, tmp_path, monkeypatch,
+                                                                console_lines):
+    """The chaos soak's one difference (docs/faults.md): two trials retried while the disk was full found no room
+    for a cache that was already written, ran the teacher live and trained students whose losses differed from
+    the quiet run's in the 7th digit (the live teacher runs in the trial's batches on its one thread, the cache
+    pass ran in length-sorted windows on the driver's two). A written cache is read whatever the disk holds now."""
+    config = _config(tiny_bert, glue_dir, tmp_path, method="fsd", cache_dtype="float32")
+    (before,) = list(distill(config))
+    monkeypatch.setattr(teacher_source, "free_bytes", lambda storage: 0)
+    assert not teacher_source.cache_decision(1, None, str(tmp_path))[0]  # a cache would not be written now
+    console_lines.clear()
+    cache, passes = _open(config)
+    assert cache is not None and passes == 0
+    assert not [line for line in console_lines if "live" in line]
+    (after,) = list(distill(config))
+    same = [k for k in before.metrics if k.startswith(("train/", "eval/")) and k != "train/samples_per_s"]
+    assert "train/intra" in same and all(after.metrics[k] == before.metrics[k] for k in same)
+
+
 def test_the_size_and_decision_are_said_when_the_features_are_written_not_at_every_read(tiny_bert, glue_dir,
                                                                                        tmp_path, console_lines):
     config = _config(tiny_bert, glue_dir, tmp_path, method="fsd")
