@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-from sklearn.model_selection import train_test_split
 
 from fsd.storage import atomic_folder, content_key, one_builder
 from fsd.tasks import Task, get_task
@@ -148,6 +147,8 @@ class Holdout:
         n = len(labels)
         if not 0 < self.rows < n:
             raise DataError(f"a holdout of {self.rows} rows leaves none of the {n} training rows to train on")
+        from sklearn.model_selection import train_test_split  # here: every trial's worker imports this module
+
         try:
             train, held = train_test_split(list(range(n)), test_size=self.rows, random_state=self.seed,
                                            stratify=None if regression else labels)

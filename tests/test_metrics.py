@@ -113,3 +113,27 @@ def test_a_metric_name_spelled_out_is_found():
               '"""A docstring naming eval/score in passing is prose."""\n')
     literals = set(metric_names(HOME.read_text()).values())
     assert spelled_out(source, literals) == [(2, "eval/best_score"), (3, "eval/score")]
+
+
+def test_accuracy_is_scikit_learns_to_the_bit():
+    """Accuracy is counted here (scikit-learn is not imported for it); on every size and class count it is the
+    float scikit-learn's accuracy_score gives, so no recorded score moves."""
+    from sklearn.metrics import accuracy_score
+
+    for n in (1, 7, 64, 872, 1000, 9815):
+        for classes in (2, 3):
+            y, p = rng.integers(0, classes, n), rng.integers(0, classes, n)
+            task = {2: "sst2", 3: "mnli"}[classes]
+            assert glue_metrics(task, p, y)["accuracy"] == float(accuracy_score(y, p))
+
+
+def test_a_trial_worker_imports_neither_scikit_learn_nor_scipy_stats():
+    """A trial's worker imports the trainable's module tree at every start; scikit-learn and scipy.stats (about a
+    second of it on 2 cores) come in only where a task's metric or a holdout split needs them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fsd.tuning.search.trainable; "
+            "print(sorted(n for n in ('sklearn', 'scipy.stats') if n in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
