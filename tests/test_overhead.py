@@ -1,7 +1,7 @@
 """The overhead cuts of issue 37 change no score. A tiny VKD search (smoke preset, four evaluations a trial,
-its two points confirmed on one more seed) runs with every cut: one trial at a time, so each experiment's
-trials share one reused worker; evaluations on length-sorted batches in inference mode; a checkpoint written
-only where Tune can keep it. Each trial is then run again as trials ran before the cuts
+its two points confirmed on one more seed, in the stage's one experiment) runs with every cut: one trial at a
+time, so the experiment's trials share one reused worker; evaluations on length-sorted batches in inference
+mode; a checkpoint written only where Tune can keep it. Each trial is then run again as trials ran before the cuts
 (tests/unchanged_path.py: a fresh process, no Ray, the stored-order evaluation, no checkpoint), and every
 report's scores and losses, and the checkpoint Tune kept as the trial's best, are compared."""
 
@@ -46,7 +46,7 @@ def search(tmp_path_factory, tiny_bert, glue_dir) -> Path:
 
 def _trials(storage: Path) -> list[Path]:
     found = sorted(storage.glob("stages/rte-vkd-*/rte-vkd*/train_trial_*"))
-    assert len(found) == 4  # 2 grid points, then both on one more seed
+    assert len(found) == 4  # 2 grid points, each on the search's seed and one more
     return found
 
 
@@ -61,12 +61,13 @@ def _ray_best(results: list[dict]) -> int:
 
 
 def test_trials_of_an_experiment_share_one_reused_worker(search):
-    for experiment in {t.parent for t in _trials(search)}:
-        timelines = [json.loads((t / "timeline.json").read_text()) for t in experiment.glob("train_trial_*")]
-        assert len(timelines) == 2
-        assert len({t["pid"] for t in timelines}) == 1  # one process ran both: reuse_actors is on
-        later = max(timelines, key=lambda t: t["start"])
-        assert later["process_start"] < min(t["start"] for t in timelines)  # started before either trial
+    # Both points are the stage's leading points: their confirmation seed runs in the stage's own experiment.
+    (experiment,) = {t.parent for t in _trials(search)}
+    timelines = [json.loads((t / "timeline.json").read_text()) for t in experiment.glob("train_trial_*")]
+    assert len(timelines) == 4
+    assert len({t["pid"] for t in timelines}) == 1  # one process ran all four: reuse_actors is on
+    last = max(timelines, key=lambda t: t["start"])
+    assert last["process_start"] < min(t["start"] for t in timelines)  # started before any trial
 
 
 def test_every_score_loss_and_kept_checkpoint_is_as_before_the_cuts(search, tmp_path):

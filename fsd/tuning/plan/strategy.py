@@ -88,6 +88,14 @@ def confirm_runs(spec: SearchSpec, points: int) -> int:
     return min(spec.confirm_top, points) * spec.confirm_seeds if confirms(spec) and points > 1 else 0
 
 
+def confirms_at_once(how: Strategy, points: int) -> bool:
+    """Whether a stage's confirmation seeds run beside its own seed, in the stage's one experiment: a grid with
+    no cap whose every one of its `points` is one of the leading points confirmed (the cpu preset's two-point
+    stages). Its leaders are known before any trial runs, so nothing waits for a ranking; and in one experiment
+    a slot's worker serves its next trial (`reuse_actors`), where a second experiment starts fresh workers."""
+    return how.kind == "grid" and how.cap is None and how.confirm is not None and 1 < points <= how.confirm[0]
+
+
 def confirm_seed_list(spec: SearchSpec) -> list[int]:
     """The seeds of the confirmation trials: the next ones after the `seeds` every point runs."""
     return [spec.seed + spec.seeds + i for i in range(spec.confirm_seeds)]

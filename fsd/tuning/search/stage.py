@@ -21,7 +21,16 @@ from fsd.tuning.plan.ledger import Ledger, StageRecord
 from fsd.tuning.plan.ranking import METRIC
 from fsd.tuning.plan.rungs import rungs_for
 from fsd.tuning.plan.spec import SearchSpec
-from fsd.tuning.plan.strategy import Strategy, confirm_runs, grid_size, seed_list, stage_trials, strategy_of
+from fsd.tuning.plan.strategy import (
+    Strategy,
+    confirm_runs,
+    confirm_seed_list,
+    confirms_at_once,
+    grid_size,
+    seed_list,
+    stage_trials,
+    strategy_of,
+)
 from fsd.tuning.plan.trials import stage_base, trial_budget
 from fsd.tuning.search import confirm, disk, halving, orphans, retention
 from fsd.tuning.search.services import MlflowIds, best_checkpoint, finished_trials, open_tuner, trainable_for
@@ -216,19 +225,24 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Stra
     tracker = TrialTracker(spec.mlflow_uri, mlflow_ids.experiment_id, stage_run_id,
                            {"stage": stage.name, "method": stage.method, "task": spec.task}, base,
                            mlflow_ids.outbox, dataset_records(base))
-    total = stage_trials(spec, grid, how)
+    at_once = confirms_at_once(how, grid_size(grid))  # every point a leader: its confirmation seeds run now
+    seeds = seed_list(spec) + (confirm_seed_list(spec) if at_once else [])
+    total = stage_trials(spec, grid, how) + (confirm_runs(spec, grid_size(grid)) if at_once else 0)
     console.info(f"stage {stage.name}: {total} trial{'' if total == 1 else 's'} ({strategy}), up to "
-        f"{trial_budget(base, grid, rows):,} training samples each")
+        f"{trial_budget(base, grid, rows):,} training samples each" + (
+        f"; its {grid_size(grid)} points are its leading points, confirmed at once: each on seeds "
+        f"{', '.join(map(str, seeds))}" if at_once else ""))
     finished = finished_trials(os.path.join(folder, name))
     if finished is not None:
         console.info(f"stage {stage.name}: restoring the interrupted stage, {finished} of its {total} trials had "
                      "finished (they are not run again)")
-    shown = StageProgress(stage.name, total, tuple(grid), halving=strategy != "grid")
-    # The leading points' checkpoints stay until the confirmation has named the winner among them.
-    kept = retention.KeepWinners(spec.seeds, delete=spec.log_checkpoints != "all",
+    shown = StageProgress(stage.name, total, tuple(grid) + (("seed",) if at_once else ()), halving=strategy != "grid")
+    # The leading points' checkpoints stay until the confirmation has named the winner among them (all of them
+    # when it runs at once: a point's seeds may tie, and the winner's checkpoint is then its lowest seed's).
+    kept = retention.KeepWinners(len(seeds), delete=spec.log_checkpoints != "all" and not at_once,
                                  top=spec.confirm_top if how.confirm else 1)
     tuner = open_tuner(spec, folder, name, trainable_for(spec, base),
-                       halving.param_space(strategy, grid, seed_list(spec)),
+                       halving.param_space(strategy, grid, seeds),
                        halving.tune_config(strategy, folder, name, rungs, spec.max_concurrent,
                                            how.num_samples or 0,
                                            (how.cap, per_trial) if how.cap is not None else None),
@@ -244,9 +258,11 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Stra
     candidates, more = list(points.values()), []
     if how.confirm and len(points) > 1:
         candidates = confirm.leading(points, spec.confirm_top, reference)
+    if how.confirm and len(points) > 1 and not at_once:
         more = confirm.run_confirmation(spec, stage, candidates, base, folder, stage_run_id, mlflow_ids)
         _check_disk(stage, more)
         confirm.runs_of(more, base["seed"], into=points)  # the leaders' runs gain the confirmation seeds
+    confirming = len(more) + sum(1 for r in results if r.config.get("seed") in confirm_seed_list(spec))
     decision = evidence.decide([c.entry() for c in candidates], reference)
     checkpoint = candidates[decision.winner].best_checkpoint()
     every = spec.log_checkpoints == "all"
@@ -263,7 +279,7 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Stra
     return {"winner": {**base, **winner.values}, "score": winner.entry().mean, "checkpoint": checkpoint,
             "candidates": [{"winner": {**base, **c.values}, "seeds": {str(k): v for k, v in sorted(c.seeds.items())},
                             "checkpoint": None} for c in candidates],
-            "trials": len(results) + len(more), "confirm_trials": len(more), "stopped": stopped, "samples": samples,
+            "trials": len(results) + len(more), "confirm_trials": confirming, "stopped": stopped, "samples": samples,
             "refused": halving.gate_refused(folder)}
 
 

@@ -1,6 +1,8 @@
 """A stage that confirms its leading points on more seeds, end to end on real Ray and MLflow: the confirmation
 trials are ordinary trials (nested under their stage, one MLflow run each, counted by --dry-run), the winner
-is named with its evidence, and a driver killed during the confirmation resumes to the same answer."""
+is named with its evidence, and a driver killed during the confirmation resumes to the same answer. Three grid
+points, two of them leading: the confirmation is an experiment of its own; a stage whose every point leads runs
+its confirmation seeds in its own experiment, to the same scores."""
 
 import json
 import os
@@ -12,7 +14,7 @@ import pytest
 from conftest import ROOT, rte_search_setup, tune_main_args
 
 pytestmark = pytest.mark.slow
-CONFIRM = ("--confirm-top", "2", "--confirm-seeds", "2")
+CONFIRM = ("--confirm-top", "2", "--confirm-seeds", "2", "--grid", "alpha=0.2,0.5,0.7")
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +57,14 @@ def test_dry_run_counts_the_confirmation_trials(setup, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "fresh seeds: at most 1 configuration(s) x 3 seeds = 3 runs after the search, 192 training samples" \
         in r.stdout
-    assert "| vkd | vkd | 2 + 4 confirming | grid | 64 | 384 |" in r.stdout  # 2 points + 2 leaders x 2 seeds
+    assert "| vkd | vkd | 3 + 4 confirming | grid | 64 | 448 |" in r.stdout  # 3 points + 2 leaders x 2 seeds
     assert "ranking split: dev, 64 rows" in r.stdout
 
 
 def test_a_confirmed_stage_names_its_winner_with_its_evidence(confirmed):
     storage, out = confirmed
     record = _stage(storage)
-    assert record["trials"] == 6 and record["confirm_trials"] == 4
+    assert record["trials"] == 7 and record["confirm_trials"] == 4
     assert sorted(record["seed_scores"]) == ["42", "43", "44"]  # the search's seed, then two more
     assert record["score"] == pytest.approx(sum(record["seed_scores"].values()) / 3)
     evidence = record["evidence"]
@@ -82,7 +84,7 @@ def test_a_confirmed_stage_names_its_winner_with_its_evidence(confirmed):
     assert "| stage | winner | dev score | seeds | sd | vs runner-up [95%] | tied | paper |" in out
     # One MLflow run per trial, the confirmation's tagged, all nested under the stage's run.
     runs = _trial_runs(storage)
-    assert len(runs) == 6 and len({r.data.tags["ray_trial_id"] for r in runs}) == 6
+    assert len(runs) == 7 and len({r.data.tags["ray_trial_id"] for r in runs}) == 7
     assert sum(r.data.tags.get("confirm") == "true" for r in runs) == 4
     assert len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1
     seeds = sorted(int(r.data.params["seed"]) for r in runs if r.data.tags.get("confirm") == "true")
@@ -104,9 +106,9 @@ def test_the_confirmation_seeds_are_ordinary_trials_whose_scores_match_their_run
 @pytest.mark.long
 def test_killed_during_the_confirmation_resumes_to_the_same_answer(setup, confirmed):
     storage = setup[0] / "b"
-    # mid-stage: the driver dies at the third trial result, the first of the confirmation (2 points ran first).
+    # mid-stage: the driver dies at the fourth trial result, the first of the confirmation (3 points ran first).
     killed = subprocess.run(_args(setup, storage), capture_output=True, text=True,
-                            env=_env(FSD_KILL_AT="mid-stage:3", RAY_DEDUP_LOGS="0"))
+                            env=_env(FSD_KILL_AT="mid-stage:4", RAY_DEDUP_LOGS="0"))
     assert killed.returncode == -signal.SIGKILL
     assert "confirming its 2 leading points" in killed.stdout + killed.stderr
     resumed = subprocess.run(_args(setup, storage, "--resume"), capture_output=True, text=True, env=_env())
@@ -119,7 +121,7 @@ def test_killed_during_the_confirmation_resumes_to_the_same_answer(setup, confir
     assert {k: v for k, v in again["winner"].items() if k != "storage"} == \
         {k: v for k, v in first["winner"].items() if k != "storage"}
     runs = _trial_runs(storage)
-    assert len(runs) == 6 and len({r.data.tags["ray_trial_id"] for r in runs}) == 6  # nothing ran twice
+    assert len(runs) == 7 and len({r.data.tags["ray_trial_id"] for r in runs}) == 7  # nothing ran twice
 
 
 def test_fresh_seeds_retrain_the_searchs_best_on_seeds_no_search_used(confirmed):
@@ -132,3 +134,34 @@ def test_fresh_seeds_retrain_the_searchs_best_on_seeds_no_search_used(confirmed)
     assert sorted(int(r.data.params["seed"]) for r in runs) == [1001, 1002]
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {ledger["search_run_id"]}  # under the search
     assert "was the search worth it: dev x 100 on 2 seeds no search used (1001-1002)" in out
+
+
+def test_a_stage_whose_every_point_leads_confirms_them_in_its_own_experiment(setup, confirmed):
+    """Two points and two leaders: the confirmation seeds are known before a trial runs, so the stage runs every
+    point on all three seeds in one experiment (a slot's worker serves its next trial); the winner is named by
+    the same rule, and every point and seed both searches trained scored the same."""
+    storage = setup[0] / "at-once"
+    r = subprocess.run(tune_main_args(setup, storage, "vkd", "--confirm-top", "2", "--confirm-seeds", "2", "--grid",
+                                      "alpha=0.2,0.7"), capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert ("stage vkd: 6 trials (grid), up to 64 training samples each; its 2 points are its leading points, "
+            "confirmed at once: each on seeds 42, 43, 44") in out
+    assert "confirming its" not in out
+    record = _stage(storage)
+    assert record["trials"] == 6 and record["confirm_trials"] == 4
+    assert sorted(record["seed_scores"]) == ["42", "43", "44"] and record["evidence"]["candidates"] == 2
+    assert not list((storage / "stages").glob("*/rte-vkd-confirm"))  # no second experiment
+    (experiment,) = (storage / "stages").glob("*/rte-vkd")
+    pids = {json.loads((t / "timeline.json").read_text())["pid"] for t in experiment.glob("train_trial_*")}
+    assert len(list(experiment.glob("train_trial_*"))) == 6 and len(pids) <= 2  # 2 slots' workers, reused
+    runs = _trial_runs(storage)
+    assert len(runs) == 6 and len({r.data.tags["mlflow.parentRunId"] for r in runs}) == 1
+    # The same (point, seed) scored what it scored in the three-point search.
+    def scores(path):
+        return {(float(r.data.params["alpha"]), int(r.data.params["seed"])): r.data.metrics["eval/score"]
+                for r in _trial_runs(path)}
+
+    here, there = scores(storage), scores(confirmed[0])
+    shared = here.keys() & there.keys()
+    assert {(0.2, 42), (0.7, 42)} <= shared and all(here[k] == there[k] for k in shared)
