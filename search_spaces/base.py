@@ -182,7 +182,7 @@ def apply_preset(stages: tuple[Stage, ...], preset: str) -> tuple[Stage, ...]:
 
 
 BUDGETS = {"paper": Budget(), "quick": Budget(epochs=2, max_train_samples=2000, max_eval_samples=1000),
-           # [ours] A complete search that learns on a 2-core CPU in about 10 minutes with its confirmation
+           # [ours] A complete search that learns on a 2-core CPU in about 8 minutes with its confirmation
            # (README, "The first command"): 1,600 training rows, one epoch in batches of 16, the whole dev split; the
            # teacher fine-tuned on the same rows for one epoch at 1e-4 (packaged MiniLM on 2,000 SST-2 rows:
            # 78.6 dev accuracy after one epoch at 1e-4, 78.2 at 5e-5). In batches of 32 (63 steps of 2,000
