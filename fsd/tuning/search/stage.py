@@ -258,10 +258,10 @@ def run_trials(spec: SearchSpec, stage: Stage, grid: dict[str, tuple], how: Stra
     candidates, more = list(points.values()), []
     if how.confirm and len(points) > 1:
         candidates = confirm.leading(points, spec.confirm_top, reference)
-    if how.confirm and len(points) > 1 and not at_once:
-        more = confirm.run_confirmation(spec, stage, candidates, base, folder, stage_run_id, mlflow_ids)
-        _check_disk(stage, more)
-        confirm.runs_of(more, base["seed"], into=points)  # the leaders' runs gain the confirmation seeds
+        if not at_once:  # at once, the leaders' runs already hold the confirmation seeds
+            more = confirm.run_confirmation(spec, stage, candidates, base, folder, stage_run_id, mlflow_ids)
+            _check_disk(stage, more)
+            confirm.runs_of(more, base["seed"], into=points)  # the leaders' runs gain the confirmation seeds
     confirming = len(more) + sum(1 for r in results if r.config.get("seed") in confirm_seed_list(spec))
     decision = evidence.decide([c.entry() for c in candidates], reference)
     checkpoint = candidates[decision.winner].best_checkpoint()
