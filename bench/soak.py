@@ -51,6 +51,8 @@ MAX_UNPLANNED = 3  # driver exits that no fault caused, each resumed, before the
 DISK_ERRORS = ("error: not enough space in ", "error: the disk of ")  # docs/faults.md, "A full disk"
 SERVER_AWAY = re.compile(r"error: the MLflow server \S+ stopped answering before the search began")
 TRIAL_DONE = re.compile(r"^stage \S+( \(confirm\))?: trial .* \| \d+/\d+ done")
+# A line a driver should not print whatever the fault: Ray's own raylet report, a Python traceback.
+RAW = re.compile(r"\(raylet\)|^Traceback \(most recent call last\)")
 
 
 def tmpfs_mb(quiet: Path) -> int:
@@ -85,6 +87,7 @@ class Soak:
         self.disk_note = "not asked for" if "disk-full" not in self.kinds else ""
         self.mount: Path | None = None
         self.runs = 0
+        self.drivers: list[Driver] = []  # the soaked search's, in order
         self.seen = (0.0, time.monotonic())  # the soaked search's last progress: quiet-run time, when seen
 
     # ------------------------------------------------------------------------------------------ the searches
@@ -97,7 +100,8 @@ class Soak:
         stage leaves none, and is then started afresh, as its user would)."""
         self.runs += 1
         resume = (storage / f"{self.task}-{self.method}" / "ledger.json").is_file()
-        return Driver(self.args(storage, uri, resume), self.env, self.log, f"run{self.runs}")
+        self.drivers.append(Driver(self.args(storage, uri, resume), self.env, self.log, f"run{self.runs}"))
+        return self.drivers[-1]
 
     def quiet(self) -> None:
         (self.root / "quiet-server").mkdir(exist_ok=True)
@@ -319,6 +323,8 @@ class Soak:
             if after is not None and after.lines:  # the resumed driver's first word: the search is back
                 fault["back_s"] = round(after.lines[0][0] - self.soak_t0 - fault["at_s"], 1)
         injected = sum(f.get("injected", False) for f in self.faults)
+        self.findings += [f"{d.who} printed a raw line: {line[:160]}" for d in self.drivers for _, line in d.lines
+                          if RAW.search(line)]
         summary = {
             "faults": self.a.faults, "injected": injected,
             "recovered": injected if not self.unplanned and not diffs else 0,

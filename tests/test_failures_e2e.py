@@ -2,6 +2,7 @@
 a trial whose worker is killed is retried from its last checkpoint (FailureConfig), and a stage where every
 trial fails stops the search with its cause; after the fix, --resume completes it."""
 
+import logging
 import os
 import shutil
 import signal
@@ -41,7 +42,7 @@ def _kill_first_trial_worker_after_its_checkpoint(exp_dir: Path, done: threading
         time.sleep(0.2)
 
 
-def test_one_trial_fails_another_is_retried_from_its_checkpoint(tiny_bert, glue_dir, tmp_path):
+def test_one_trial_fails_another_is_retried_from_its_checkpoint(tiny_bert, glue_dir, tmp_path, capfd, caplog):
     # memory_size=100000 cannot be fitted on 2000 rows: that trial fails; the other one is killed mid-run.
     stage = Stage("fsdg", "fsdg", {"memory_size": (4, 100000)}, fixed={"epochs": 2, "batch_size": 16})
     # 2000 rows: an epoch takes seconds even on a quiet machine, so the worker dies during epoch 2 (with 400
@@ -51,6 +52,7 @@ def test_one_trial_fails_another_is_retried_from_its_checkpoint(tiny_bert, glue_
                       teacher=tiny_bert, student_layers=2, data_dir=glue_dir, max_concurrent=1, max_failures=1,
                       extra={"lr": 1e-3})
     exp_dir = tmp_path  # the stage's experiment: <storage>/stages/rte-fsdg-<digest>/rte-fsdg
+    caplog.set_level(logging.INFO, logger="fsd.console")
     done, killed = threading.Event(), []
     watcher = threading.Thread(target=_kill_first_trial_worker_after_its_checkpoint, args=(exp_dir, done, killed))
     watcher.start()
@@ -61,6 +63,10 @@ def test_one_trial_fails_another_is_retried_from_its_checkpoint(tiny_bert, glue_
         watcher.join()
         ray.shutdown()
     assert killed, "the trial's worker was never killed"
+    # The loss is said in the search's own line; Ray's raylet line (its driver prints it) is not shown.
+    assert "lost its worker" in caplog.text
+    out = capfd.readouterr()
+    assert "(raylet)" not in out.out + out.err
     record = ledger.data["stages"]["fsdg"]
     assert record["status"] == "done" and record["winner"]["memory_size"] == 4 and record["trials"] == 2
 

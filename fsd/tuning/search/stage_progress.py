@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray._private.worker
 from ray.tune import Callback
 
 from fsd.logs import console
@@ -19,6 +20,9 @@ from fsd.tuning.plan.ranking import METRIC
 from search_spaces.joint import expand
 
 HEARTBEAT_S = 60.0  # a line at least this often while a stage's trials run
+# What Ray's error says when a trial's process (its worker, its node) was lost rather than raised: its actor
+# errors' messages all begin "The actor ..." (dead, died, unavailable).
+WORKER_LOST = ("The actor ", "ActorDiedError", "NodeDiedError", "ActorUnavailableError")
 QUIET_LOGGERS = ("ray", "mlflow", "alembic")
 
 
@@ -36,6 +40,10 @@ def quiet_services(verbose: bool) -> None:
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     # MLflow's SQL store logs each database error before it raises it; the search's own line says what failed.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    # Ray's driver prints the raylet's messages (a worker killed, a node lost) to stdout from a thread of its own
+    # whatever log_to_driver says, in a long coloured line; on_trial_recover says the same in one line. Ray's
+    # only switch for that printer is this module flag (its debugger sets it the same way).
+    ray._private.worker._worker_logs_enabled = False
 
 
 class StageProgress(Callback):
@@ -70,8 +78,11 @@ class StageProgress(Callback):
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         # Its worker died (a lost node, a killed process): Ray starts it again from its last checkpoint.
-        self._say(f"trial {self._point(trial)} lost its worker ({_last_line(trial.error_file)}); retried from its "
-                  "last checkpoint", trials)
+        # Ray retries a trial that raised too (within --max-failures); only a lost process is a lost worker.
+        text = _error_text(trial.error_file).split("Failure # ")[-1]  # Ray appends one section per failure
+        what = "lost its worker" if any(mark in text for mark in WORKER_LOST) else "failed"
+        why = last_line(text, "no error text").split(" Worker exit detail:")[0]  # Ray's guesses at causes follow
+        self._say(f"trial {self._point(trial)} {what} ({why}); retried from its last checkpoint", trials)
 
     def on_step_end(self, iteration, trials, **info):
         if time.monotonic() - self.last >= self.heartbeat_s and any(t.status == "RUNNING" for t in trials):
@@ -147,10 +158,14 @@ def last_line(text: str, fallback: str, limit: int = 300) -> str:
     return lines[-1][:limit] if lines else fallback
 
 
+def _error_text(path: str | None) -> str:
+    """A trial's error file, or "" when it has none."""
+    try:
+        return Path(path).read_text() if path else ""
+    except OSError:
+        return ""
+
+
 def _last_line(path: str | None) -> str:
     """The line of a trial's error file that says what went wrong."""
-    try:
-        text = Path(path).read_text() if path else ""
-    except OSError:
-        text = ""
-    return last_line(text, "no error text")
+    return last_line(_error_text(path), "no error text")
