@@ -18,8 +18,8 @@ class Progress:
     """Progress over `total` units of `unit` (e.g. training samples), with their rate.
 
     On a terminal it is a tqdm bar; elsewhere a line `<desc>: <done>/<total> <unit>s (<pct>%), <rate>/s,
-    <elapsed>` at most every `every_s` seconds and when it closes. Disabled, or after a command line's --quiet
-    (`fsd.logs.narrating`), it prints nothing.
+    <elapsed>` at most every `every_s` seconds and when it closes (unless the last line said the same count).
+    Disabled, or after a command line's --quiet (`fsd.logs.narrating`), it prints nothing.
     """
 
     def __init__(self, total: int, desc: str, unit: str = "sample", stream: TextIO | None = None,
@@ -29,6 +29,7 @@ class Progress:
         self.every_s, self.enabled = every_s, enabled and narrating()
         self.done, self.start = 0, time.perf_counter()
         self._last_line = self.start
+        self._printed = None  # the count the last plain line showed: the closing line is not said twice
         self._closed = False
         self._bar = None
         if self.enabled and _is_terminal(self.stream):
@@ -51,7 +52,7 @@ class Progress:
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        elif self.enabled:
+        elif self.enabled and self._printed != self.done:
             self._print_line()
 
     def line(self) -> str:
@@ -64,7 +65,7 @@ class Progress:
 
     def _print_line(self) -> None:
         print(self.line(), file=self.stream, flush=True)
-        self._last_line = time.perf_counter()
+        self._last_line, self._printed = time.perf_counter(), self.done
 
     def __enter__(self) -> Progress:
         return self

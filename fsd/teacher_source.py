@@ -17,7 +17,8 @@ which are all MiniLM's losses read).
 
 The cache folder and the memory file are named by a digest of everything that changes their content
 (task, teacher files, tokenisation, length, data, rows, precision; K and the fit for the memory), so a
-stale one is never read; each file is written whole or not at all (fsd.storage).
+stale one is never read; each file is written whole or not at all (fsd.storage; the cache's pass, which a
+killed driver's successor takes up where it stopped, is fsd.cache_pass).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -35,20 +35,19 @@ import torch
 from transformers import AutoConfig
 
 from fsd import failpoints
+from fsd.cache_pass import FEATURE_FIELDS, cache_file, write_cache
 from fsd.data import Batches
 from fsd.layout import Layout
 from fsd.logs import console
-from fsd.loop import autocast
 from fsd.models import ModelOutputs, load_teacher, resolve_model_path, run_model
 from fsd.objectives import Objective
 from fsd.objectives.structure import flatten_padded
 from fsd.objectives.teacher_memory import TeacherMemory, memory_k, memory_rows_problem
 from fsd.progress import Progress
-from fsd.storage import atomic_file, content_key, free_bytes, one_builder, write_text
+from fsd.storage import content_key, free_bytes, one_builder, write_text
 from fsd.tasks import get_task
 
 log = logging.getLogger("fsd")
-FEATURE_FIELDS = ("penultimate", "cls")
 MEMORY_SEED = 0  # one memory per (task, teacher, K): every trial of a search shares it, whatever its seed
 # Rows per batch of the memory's passes: k-means' matrix products run 3 times faster on 256 rows than on a
 # training batch of 32 (K = 300, D = 128 x 384, 2 CPU cores), and 256 such rows take 50 MB.
@@ -70,10 +69,6 @@ def cache_folder(storage: str, key: dict) -> Path:
 
 def memory_path(storage: str, key: dict) -> Path:
     return Layout(storage).memory(key['task'], key['k'], content_key(key))
-
-
-def _file(field: str, dtype: str) -> str:
-    return "logits.npy" if field == "logits" else f"{field}-{dtype}.npy"
 
 
 def feature_bytes(fields: tuple[str, ...], lengths: np.ndarray, hidden: int, layers: int, dtype: str) -> int:
@@ -128,7 +123,7 @@ class TeacherCache:
 
     def __init__(self, folder: Path, fields: tuple[str, ...], dtype: str, lengths: np.ndarray):
         self.folder, self.fields, self.dtype = Path(folder), fields, dtype
-        self.arrays = {f: NpyRows(self.folder / _file(f, dtype)) for f in fields}
+        self.arrays = {f: NpyRows(self.folder / cache_file(f, dtype)) for f in fields}
         self.offsets = np.concatenate([[0], np.cumsum(lengths)])
         if "penultimate" in fields and self.arrays["penultimate"].shape[0] != self.offsets[-1]:
             raise ValueError(f"{self.folder}: cached features do not match the data's token count; delete the folder")
@@ -149,45 +144,6 @@ class TeacherCache:
         return ModelOutputs(torch.from_numpy(self.arrays["logits"].ranges(rows, rows + 1)).to(device),
                             penultimate_states=self.penultimate(batch).float() if "penultimate" in self.fields
                             else None, cls_states=cls)
-
-
-@torch.no_grad()
-def write_cache(folder: Path, fields: tuple[str, ...], teacher: torch.nn.Module, batches: Batches, dtype: str,
-                device: torch.device) -> None:
-    """One teacher pass over `batches` writing each of `fields` to `folder`, row i of each at its place (the
-    rows run in length-sorted windows: half the padding of the stored order on QQP's lengths)."""
-    n, lengths, offsets = batches.num_examples, batches.lengths, batches.offsets
-    hidden, layers = teacher.config.hidden_size, teacher.config.num_hidden_layers
-    shapes = {"logits": ((n, teacher.config.num_labels), "float32"),
-              "penultimate": ((int(np.sum(lengths)), hidden), dtype), "cls": ((n, layers + 1, hidden), dtype)}
-    with ExitStack() as files:  # each field's file appears whole when the pass ends, or not at all
-        tmp = {f: files.enter_context(atomic_file(folder / _file(f, dtype))) for f in fields}
-        out = {f: np.lib.format.open_memmap(tmp[f], mode="w+", dtype=shapes[f][1], shape=shapes[f][0])
-               for f in fields}
-        teacher.eval()
-        bar = Progress(n, f"teacher cache ({', '.join(fields)})", unit="row")
-        for count, rows in enumerate(batches.by_length(), start=1):
-            if count % batches.GROUP_WINDOW == 0:  # a window written: unmapped, so the pass holds one window's pages
-                for f in fields:
-                    out[f].flush()
-                out = {f: np.load(tmp[f], mmap_mode="r+") for f in fields}
-            batch = {k: v.to(device) for k, v in batches.collate(rows).items()}
-            with autocast(device):
-                t = run_model(teacher, batch, hidden=any(f in fields for f in FEATURE_FIELDS))
-            if "logits" in fields:
-                out["logits"][rows] = t.logits.float().cpu().numpy()
-            if "cls" in fields:
-                out["cls"][rows] = torch.stack(t.cls, 1).float().cpu().numpy()
-            if "penultimate" in fields:
-                states = t.penultimate.float().cpu().numpy()  # padded on the right: a row's real tokens first
-                for j, i in enumerate(rows):
-                    out["penultimate"][offsets[i]:offsets[i + 1]] = states[j, :lengths[i]]
-            bar.update(len(rows))
-            failpoints.reached("cache-pass")
-        bar.close()
-        for f in fields:
-            out[f].flush()
-        del out
 
 
 CACHE_DISK_SHARE = 0.5  # without --cache-budget-gb: the cache may take at most this share of the free disk
@@ -238,7 +194,7 @@ def open_cache(config, fields: tuple[str, ...] | None, batches: Batches, data_ke
 
 
 def _missing(folder: Path, fields: tuple[str, ...], dtype: str) -> tuple[str, ...]:
-    return tuple(f for f in fields if not (folder / _file(f, dtype)).is_file())
+    return tuple(f for f in fields if not (folder / cache_file(f, dtype)).is_file())
 
 
 def _fits(config, missing: tuple[str, ...], batches: Batches) -> bool:

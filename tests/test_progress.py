@@ -22,7 +22,7 @@ def test_away_from_a_terminal_progress_is_plain_lines_with_counts_and_rate():
     text = out.getvalue()
     assert "\r" not in text and "\x1b" not in text
     lines = text.splitlines()
-    assert len(lines) == 5  # one per update (every_s=0) and the closing line
+    assert len(lines) == 4  # one per update (every_s=0); the closing line would say 100/100 again
     assert lines[0].startswith("teacher rte epoch 1/3: 25/100 samples (25%), ")
     assert lines[-1].startswith("teacher rte epoch 1/3: 100/100 samples (100%), ") and "samples/s" in lines[-1]
 
@@ -95,6 +95,20 @@ def test_a_stage_says_what_finished_what_runs_the_best_so_far_and_the_time_left(
     shown.on_trial_recover(0, trials, running)
     assert lines[-1].startswith("stage vkd: trial alpha=0.5 lost its worker (ray.exceptions.NodeDiedError: node died); "
                                 "retried from its last checkpoint | 2/4 done, 1 running")
+    # A killed worker: Ray's text goes on with its exit detail and guesses at causes; the line ends before them.
+    lost.write_text("ray.exceptions.ActorDiedError: The actor died because of an error raised in its creation task\n"
+                    "The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR Worker exit "
+                    "detail: Worker unexpectedly exits with a connection error code 2. End of file. Some common causes "
+                    "include: (1) the process was killed by the OOM killer\n")
+    shown.on_trial_recover(0, trials, running)
+    assert lines[-1].startswith("stage vkd: trial alpha=0.5 lost its worker (The actor is dead because its "
+                                "worker process has died. Worker exit type: SYSTEM_ERROR); retried from its last "
+                                "checkpoint | ")
+    # A trial that raised is retried too (within --max-failures): it failed, its worker was not lost.
+    lost.write_text("Traceback (most recent call last):\nValueError: the teacher memory needs more rows\n")
+    shown.on_trial_recover(0, trials, running)
+    assert lines[-1].startswith("stage vkd: trial alpha=0.5 failed (ValueError: the teacher memory needs more rows); "
+                                "retried from its last checkpoint | ")
 
 
 def test_a_heartbeat_comes_only_while_trials_run_and_not_before_its_interval(lines):

@@ -1,6 +1,7 @@
 """The teacher-output cache: same losses and gradients as the live teacher, written once, never stale,
 and a clear fall-back to the live teacher when it does not fit the disk budget."""
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -9,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+import fsd.cache_pass as cache_pass
 import fsd.teacher_source as teacher_source
 from fsd.config import DistillConfig
-from fsd.data import cache_key, load_task_data
+from fsd.data import Batches, cache_key, load_task_data
 from fsd.loop import make_batches
 from fsd.models import build_student, load_tokenizer
 from fsd.objectives import Setup, build_objective
@@ -150,10 +152,74 @@ def test_half_written_files_are_never_read(tiny_bert, glue_dir, tmp_path):
     cache, _ = _open(config)
     target = cache.folder / "penultimate-float16.npy"
     os.remove(target)
-    (cache.folder / ".penultimate-float16.npy.123.tmp").write_bytes(b"half")  # a killed pass
+    (cache.folder / ".penultimate-float16.npy.partial").write_bytes(b"half")  # a killed pass, no record of it
     again, passes = _open(config)
     assert passes == 1 and target.is_file()
     assert again.arrays["penultimate"].shape == cache.arrays["penultimate"].shape
+    assert sorted(p.name for p in cache.folder.iterdir()) == ["key.json", "logits.npy", "penultimate-float16.npy"]
+
+
+def _counting_teacher(patch, stop_after: int | None = None) -> list[int]:
+    """The cache pass's teacher calls, counted (their rows); with `stop_after`, the pass dies at that call."""
+    calls, real = [], cache_pass.run_model
+
+    def run(model, batch, **kw):
+        if stop_after is not None and len(calls) == stop_after:
+            raise KeyboardInterrupt  # the driver killed mid-pass: nothing after this line of the pass runs
+        calls.append(len(batch["input_ids"]))
+        return real(model, batch, **kw)
+
+    patch.setattr(cache_pass, "run_model", run)
+    return calls
+
+
+def test_a_pass_cut_short_is_taken_up_at_its_last_whole_window(tiny_bert, glue_dir, tmp_path, console_lines,
+                                                                  monkeypatch, capsys):
+    """200 rows in batches of 8 (25 batches), windows of 4 batches: a pass dies in its 11th batch, after two
+    whole windows. The next goes on at row 64 (teacher calls for the 17 batches left only) and its files
+    equal, bit for bit, those of a pass that was never cut."""
+    monkeypatch.setattr(Batches, "GROUP_WINDOW", 4)
+    config = _config(tiny_bert, glue_dir, tmp_path / "cut", method="fsd", max_train_samples=200)
+    with pytest.MonkeyPatch.context() as patch:
+        _counting_teacher(patch, stop_after=10)
+        with pytest.raises(KeyboardInterrupt):
+            _open(config)
+    (folder,) = [p for p in (tmp_path / "cut" / "cache").glob("rte-*") if p.is_dir()]
+    assert not (folder / "logits.npy").exists() and (folder / cache_pass.PASS_STATE).is_file()
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        calls = _counting_teacher(patch)
+        cache, passes = _open(config)
+    progress = capsys.readouterr().err.splitlines()
+    assert passes == 1 and len(calls) == 25 - 8 and sum(calls) == 200 - 64
+    assert "teacher cache: going on from row 64 of 200, where a pass cut short stopped" in console_lines
+    assert sorted(p.name for p in folder.iterdir()) == ["key.json", "logits.npy", "penultimate-float16.npy"]
+    whole, _ = _open(config.replace(storage=str(tmp_path / "whole")))
+    for name in ("logits.npy", "penultimate-float16.npy"):
+        assert np.array_equal(np.load(folder / name), np.load(whole.folder / name)), name
+    # The progress line counts the rows of this pass: its last says 136 of 136, once.
+    last = [line for line in progress if line.startswith("teacher cache (logits, penultimate): 136/136 rows")]
+    assert len(last) == 1, progress
+
+
+def test_a_record_of_another_pass_is_not_taken_up(tiny_bert, glue_dir, tmp_path, monkeypatch):
+    """A record that names other fields, or that does not parse, starts the pass afresh (all 25 batches)."""
+    monkeypatch.setattr(Batches, "GROUP_WINDOW", 4)
+    config = _config(tiny_bert, glue_dir, tmp_path, method="fsd", max_train_samples=200)
+    with pytest.MonkeyPatch.context() as patch:
+        _counting_teacher(patch, stop_after=10)
+        with pytest.raises(KeyboardInterrupt):
+            _open(config)
+    (folder,) = [p for p in (tmp_path / "cache").glob("rte-*") if p.is_dir()]
+    record = folder / cache_pass.PASS_STATE
+    state = json.loads(record.read_text())
+    for damaged in (json.dumps({**state, "fields": ["logits"]}), record.read_text()[:20], ""):
+        record.write_text(damaged)
+        with pytest.MonkeyPatch.context() as patch:
+            _counting_teacher(patch, stop_after=12)
+            with pytest.raises(KeyboardInterrupt):
+                _open(config)
+        assert json.loads(record.read_text())["batches"] == 12  # afresh: 12 batches in, three windows recorded
 
 
 def test_over_budget_falls_back_to_the_live_teacher_with_a_message(tiny_bert, glue_dir, tmp_path, console_lines):
