@@ -42,6 +42,7 @@ def _kill_first_trial_worker_after_its_checkpoint(exp_dir: Path, done: threading
         time.sleep(0.2)
 
 
+@pytest.mark.long
 def test_one_trial_fails_another_is_retried_from_its_checkpoint(tiny_bert, glue_dir, tmp_path, capfd, caplog):
     # memory_size=100000 cannot be fitted on 2000 rows: that trial fails; the other one is killed mid-run.
     stage = Stage("fsdg", "fsdg", {"memory_size": (4, 100000)}, fixed={"epochs": 2, "batch_size": 16})

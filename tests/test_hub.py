@@ -76,6 +76,7 @@ def test_a_task_from_the_hub_has_the_rows_labels_and_label_order_of_the_local_fo
         assert hub[split] == digest(local[split]), (task, split)
 
 
+@pytest.mark.long
 def test_the_hub_command_searches_qqp_with_the_hubs_model_and_data(hub_root, tmp_path):
     """`python tune_main.py --task qqp --preset smoke` with only HF_ENDPOINT set: no --teacher, no --data-dir."""
     root, _ = hub_root

@@ -201,6 +201,7 @@ def _into_the_second_stage(setup, storage, started: bool = False, **output) -> s
     return proc
 
 
+@pytest.mark.long
 def test_killed_mid_stage_then_resumed(setup, uninterrupted):
     storage = setup[0] / "b"
     proc = _into_the_second_stage(setup, storage, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -230,6 +231,7 @@ def test_killed_mid_stage_then_resumed(setup, uninterrupted):
     assert _winners(storage) == _winners(uninterrupted[0])
 
 
+@pytest.mark.long
 def test_ctrl_c_stops_within_seconds_keeps_finished_work_and_resume_finishes(setup, uninterrupted):
     """SIGINT in the middle of the second stage: exit 130 within seconds with the --resume command; the
     interrupted stage is not recorded as done (Ray's own handler would have ended it as if finished); no MLflow
