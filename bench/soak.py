@@ -86,7 +86,6 @@ class Soak:
         self.findings: list[str] = []
         self.disk_note = "not asked for" if "disk-full" not in self.kinds else ""
         self.mount: Path | None = None
-        self.runs = 0
         self.drivers: list[Driver] = []  # the soaked search's, in order
         self.seen = (0.0, time.monotonic())  # the soaked search's last progress: quiet-run time, when seen
 
@@ -98,9 +97,9 @@ class Soak:
     def launch(self, storage: Path, uri: str) -> Driver:
         """The search again: with --resume where a ledger was left (a new search that stops before its first
         stage leaves none, and is then started afresh, as its user would)."""
-        self.runs += 1
         resume = (storage / f"{self.task}-{self.method}" / "ledger.json").is_file()
-        self.drivers.append(Driver(self.args(storage, uri, resume), self.env, self.log, f"run{self.runs}"))
+        who = f"run{len(self.drivers) + 1}"
+        self.drivers.append(Driver(self.args(storage, uri, resume), self.env, self.log, who))
         return self.drivers[-1]
 
     def quiet(self) -> None:
@@ -331,7 +330,7 @@ class Soak:
             "by_kind": {k: sum(f["kind"] == k and f.get("injected", False) for f in self.faults) for k in KINDS},
             "disk": self.disk_note, "quiet_s": round(self.quiet_s, 1), "soak_s": round(self.soak_s, 1),
             "lost_s": round(self.soak_s - self.quiet_s, 1),
-            "restarts_s": round(sum(f.get("back_s", 0) for f in self.faults), 1), "drivers": self.runs,
+            "restarts_s": round(sum(f.get("back_s", 0) for f in self.faults), 1), "drivers": len(self.drivers),
             "equal": not diffs, "differences": diffs[:20], "duplicates": soak_state.duplicates(soaked),
             "trials": len(soaked["trials"]), "mlflow_runs": sum(soaked["mlflow"]["runs"].values()),
             "unplanned": self.unplanned, "findings": self.findings, "stray": stray, "ray_root": self.ray_root,
