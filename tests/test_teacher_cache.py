@@ -203,7 +203,8 @@ def test_a_pass_cut_short_is_taken_up_at_its_last_whole_window(tiny_bert, glue_d
 
 
 def test_a_record_of_another_pass_is_not_taken_up(tiny_bert, glue_dir, tmp_path, monkeypatch):
-    """A record that names other fields, or that does not parse, starts the pass afresh (all 25 batches)."""
+    """A record that names other fields, or that does not parse, starts the pass afresh: stopped 12 teacher calls
+    in, its record says 12 batches (a pass that went on from the 8 recorded would say 20)."""
     monkeypatch.setattr(Batches, "GROUP_WINDOW", 4)
     config = _config(tiny_bert, glue_dir, tmp_path, method="fsd", max_train_samples=200)
     with pytest.MonkeyPatch.context() as patch:
